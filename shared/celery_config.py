@@ -1,0 +1,51 @@
+"""The Celery configuration both tiers share: workers run the tasks, the web tier only sends them.
+
+JSON only on the wire. At-least-once delivery: late acks, reject on a lost worker,
+prefetch 1, and time limits below the broker's visibility timeout."""
+
+from celery import Celery, chain
+
+from shared.events import STEPS
+from shared.settings import Settings, get_settings
+
+TASK_PREFIX = "turnstream"
+
+
+def task_name(step: str) -> str:
+    return f"{TASK_PREFIX}.{step}"
+
+
+def celery_config(settings: Settings) -> dict:
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": settings.role_url("broker"),
+        "result_backend": settings.role_url("broker"),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": 3600,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(main: str, settings: Settings | None = None) -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+def turn_chain(app: Celery, turn: dict):
+    """reason -> discover -> execute -> synthesize, by task name (the web tier never imports workers)."""
+    first, *rest = STEPS
+    return chain(app.signature(task_name(first), args=(turn,)), *(app.signature(task_name(s)) for s in rest))

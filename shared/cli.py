@@ -1,0 +1,101 @@
+"""The `turnstream` command: run the whole system locally, mint tokens."""
+
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from shared import defaults, processes
+
+ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
+            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
+
+
+@click.group()
+def main() -> None:
+    """turnstream: a real-time backend for AI-agent turns."""
+
+
+@main.command()
+@click.option("--user", required=True)
+@click.option("--tenant", required=True)
+@click.option("--roles", default="", help="Comma-separated roles, e.g. analyst,admin")
+@click.option("--ttl", type=int, default=None, help="Lifetime in seconds")
+def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
+    """Print a bearer token for the API (signed with TURNSTREAM_SECRET)."""
+    from shared.tokens import issue_user_token
+
+    role_list = [r.strip() for r in roles.split(",") if r.strip()]
+    try:
+        click.echo(issue_user_token(user, tenant, role_list, ttl))
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _port_option(role: str):
+    env = f"TURNSTREAM_{role.upper()}_PORT"
+    return click.option(f"--{role.replace('_', '-')}-port", envvar=env, type=int,
+                        default=defaults.DEV_REDIS_PORTS[role], show_default=True,
+                        help=f"Port of the {role} redis-server (env {env})")
+
+
+@main.command()
+@click.option("--port", envvar="TURNSTREAM_PORT", type=int, default=defaults.DEV_WEB_PORT, show_default=True)
+@_port_option("broker")
+@_port_option("progress")
+@_port_option("exec_cache")
+@_port_option("auth_memo")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".run"), show_default=True)
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Worker threads")
+def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
+        data_dir: Path, concurrency: int) -> None:
+    """Run four redis-servers, a Celery worker and the web app; Ctrl-C stops them all."""
+    ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
+             "auth_memo": auth_memo_port}
+    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p)]
+    if processes.port_in_use(port):
+        busy.append(f"web={port}")
+    if busy:
+        raise click.ClickException(f"ports already in use: {', '.join(busy)}; pick others with --port / --<role>-port")
+
+    data_dir = data_dir.resolve()
+    env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
+    env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
+    env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
+    os.environ.pop("REDIS_URL", None)
+
+    started = []
+    _stop_on_signals()
+    try:
+        for role, p in ports.items():
+            started.append(processes.redis_server(role, p, data_dir).start())
+            click.echo(f"redis {role:<10} redis://127.0.0.1:{p}")
+        started.append(processes.celery_worker(env, data_dir / "logs", concurrency=concurrency).start())
+        processes.wait_for_worker(env)
+        click.echo(f"worker ready (logs in {data_dir / 'logs'})")
+        started.append(processes.web_server(env, port, data_dir / "logs").start())
+        click.echo(f"\nturnstream is running at http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
+        while all(p.running() for p in started):
+            time.sleep(0.5)
+        click.echo("a child process exited; stopping the rest", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("\nstopping")
+    finally:
+        for executor in reversed(started):
+            executor.stop()
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM behaves like Ctrl-C, so the finally-block stops every child."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+if __name__ == "__main__":
+    main()

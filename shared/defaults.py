@@ -1,0 +1,51 @@
+"""Every default in one place, so a reader can see the system's knobs at a glance."""
+
+# Redis roles, in the order their DB numbers are assigned in single-instance mode.
+ROLES = ("broker", "progress", "exec_cache", "auth_memo")
+
+# Dev ports stay clear of 6379, where a machine's own Redis usually listens.
+DEV_WEB_PORT = 8000
+DEV_REDIS_PORTS = {"broker": 6391, "progress": 6392, "exec_cache": 6393, "auth_memo": 6394}
+
+# Eviction policy each role must (or should) run with.
+REQUIRED_POLICY = {"broker": "noeviction", "progress": "noeviction"}
+PREFERRED_POLICY = {"exec_cache": "allkeys-lru", "auth_memo": "volatile-ttl"}
+
+# TTLs, seconds.
+PROGRESS_TTL_S = 10 * 60
+EXEC_CACHE_TTL_S = 45 * 60
+AUTH_MEMO_TTL_S = 30 * 60
+TURN_STATUS_TTL_S = 24 * 60 * 60
+SESSION_TTL_S = 7 * 24 * 60 * 60
+
+# Progress event log: a capped stream per turn.
+PROGRESS_LOG_MAXLEN = 2000
+
+# SSE.
+SSE_HEARTBEAT_S = 15.0
+SSE_RETRY_MS = 2000
+SSE_CLIENT_QUEUE = 256
+SSE_SUBSCRIBE_TIMEOUT_S = 5.0
+TOKEN_COALESCE_S = 0.05
+
+# Tokens.
+USER_TOKEN_TTL_S = 12 * 60 * 60
+STREAM_TOKEN_TTL_S = 15 * 60
+JWT_ALGORITHM = "HS256"
+
+# Redis client behaviour: fail fast, and a blocking pool so gevent/threads wait instead of erroring.
+REDIS_POOL_SIZE = 200
+REDIS_POOL_TIMEOUT_S = 5.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+
+# Input limits.
+PROMPT_MAX_CHARS = 4000
+
+# Built-in tools' simulated upstream latency (the demo should look like real work).
+TOOL_LATENCY_MS = 300
+
+# Celery.
+VISIBILITY_TIMEOUT_S = 3600
+TASK_SOFT_TIME_LIMIT_S = 120
+TASK_TIME_LIMIT_S = 150

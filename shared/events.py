@@ -1,0 +1,61 @@
+"""The progress event schema: what a browser receives, one SSE `event:` name per model."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+STEPS = ("reason", "discover", "execute", "synthesize")
+TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
+
+
+class ProgressEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepEvent(ProgressEvent):
+    step: Literal["reason", "discover", "execute", "synthesize"]
+    status: Literal["started", "finished"]
+    duration_ms: float | None = None
+
+
+class ToolEvent(ProgressEvent):
+    call_id: str
+    tool: str
+    args: dict
+    status: Literal["ok", "error", "denied"]
+    duration_ms: float
+    result_preview: str = ""
+    permission: dict | None = None
+    cache: str | None = None
+    error: str | None = None
+
+
+class TokenEvent(ProgressEvent):
+    text: str
+
+
+class DoneEvent(ProgressEvent):
+    answer: str
+
+
+class ErrorEvent(ProgressEvent):
+    message: str
+    step: str | None = None
+
+
+class CancelledEvent(ProgressEvent):
+    message: str = "cancelled"
+
+
+EVENT_TYPES: dict[type[ProgressEvent], str] = {
+    StepEvent: "step",
+    ToolEvent: "tool",
+    TokenEvent: "token",
+    DoneEvent: "done",
+    ErrorEvent: "error",
+    CancelledEvent: "cancelled",
+}
+
+
+def event_type(event: ProgressEvent) -> str:
+    return EVENT_TYPES[type(event)]

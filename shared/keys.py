@@ -1,0 +1,62 @@
+"""Every Redis key and channel name, built only from validated ids.
+
+Ids come from URLs and tokens; validating them here means a hostile id can never
+shape a key (no `*`, no `:`, no unbounded length)."""
+
+import re
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+PREFIX = "agent"
+
+
+class InvalidId(ValueError):
+    """An id that does not match ID_PATTERN."""
+
+    def __init__(self, what: str, value: object):
+        super().__init__(f"invalid {what}: must match {ID_PATTERN.pattern}")
+        self.what = what
+        self.value = value
+
+
+def valid_id(value: object, what: str = "id") -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InvalidId(what, value)
+    return value
+
+
+def _turn(session_id: str, message_id: str) -> str:
+    return f"{valid_id(session_id, 'session_id')}:{valid_id(message_id, 'message_id')}"
+
+
+def progress_channel(session_id: str, message_id: str) -> str:
+    """Pub/sub channel for live progress (channels are not keys: they cannot expire)."""
+    return f"{PREFIX}:progress:{_turn(session_id, message_id)}"
+
+
+def progress_log(session_id: str, message_id: str) -> str:
+    """Capped stream holding every progress event of a turn, for replay."""
+    return f"{PREFIX}:progress-log:{_turn(session_id, message_id)}"
+
+
+def progress_marker(session_id: str, message_id: str, dedupe: str) -> str:
+    """SET NX marker so a redelivered step does not publish the same event twice."""
+    return f"{PREFIX}:progress-once:{_turn(session_id, message_id)}:{dedupe}"
+
+
+def turn_status(session_id: str, message_id: str) -> str:
+    """Hash with the turn's state; lives on the broker instance (never evicted)."""
+    return f"{PREFIX}:turn:{_turn(session_id, message_id)}"
+
+
+def session_owner(session_id: str) -> str:
+    return f"{PREFIX}:session:{valid_id(session_id, 'session_id')}:owner"
+
+
+def session_turns(session_id: str) -> str:
+    """List of the session's message ids, oldest first."""
+    return f"{PREFIX}:session:{valid_id(session_id, 'session_id')}:turns"
+
+
+def user_sessions(tenant: str, user: str) -> str:
+    """Sorted set of a user's session ids, scored by last activity."""
+    return f"{PREFIX}:user-sessions:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"

@@ -1,0 +1,64 @@
+"""Start-up check of each role's eviction policy.
+
+A broker or progress server that evicts keys silently loses turns or events, so a
+process refuses to start on one. An exec cache that is not LRU only costs hit rate,
+so it gets a warning."""
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from shared import defaults
+from shared.redis_roles import client
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+class EvictingRoleError(RuntimeError):
+    """A role that must never evict runs on a server that does."""
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    role: str
+    policy: str | None
+    ok: bool
+    message: str
+
+
+def read_policy(r: redis.Redis) -> str | None:
+    try:
+        return r.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.ResponseError:
+        return None  # CONFIG is disabled (some managed Redis); we cannot tell.
+
+
+def judge(role: str, policy: str | None) -> PolicyReport:
+    """Pure rule: is `policy` acceptable for `role`?"""
+    required = defaults.REQUIRED_POLICY.get(role)
+    if policy is None:
+        return PolicyReport(role, None, True, f"{role}: cannot read maxmemory-policy (CONFIG disabled?)")
+    if required and policy != required:
+        return PolicyReport(role, policy, False, f"{role}: maxmemory-policy is {policy}, must be {required}")
+    if role == "exec_cache" and "lru" not in policy:
+        return PolicyReport(role, policy, True, f"exec_cache: maxmemory-policy is {policy}; an LRU policy is recommended")
+    return PolicyReport(role, policy, True, "")
+
+
+def check_policies(roles: tuple[str, ...] = defaults.ROLES) -> list[PolicyReport]:
+    """Read every role's policy; raise EvictingRoleError if one that must not evict does."""
+    settings = get_settings()
+    if settings.single_instance:
+        log.warning(
+            "single-instance mode: all four roles share %s (DB 0-3); one full or failing server "
+            "now degrades every domain at once", settings.redis_url)
+    reports = [judge(role, read_policy(client(role))) for role in roles]
+    for report in reports:
+        if report.message and report.ok:
+            log.warning(report.message)
+    failures = [r.message for r in reports if not r.ok]
+    if failures:
+        raise EvictingRoleError("; ".join(failures))
+    return reports

@@ -1,0 +1,94 @@
+"""Starting the system's processes: four redis-servers, Celery workers, the gunicorn web server.
+
+`turnstream dev` and the test fixtures both use these, so tests run the same commands a
+developer does. Every process is a mirakuru executor, which waits until it is ready and
+stops it (and any child it forked) on exit."""
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = REPO_ROOT / "deploy"
+CONF_FILES = {"broker": "broker.conf", "progress": "progress.conf",
+              "exec_cache": "exec-cache.conf", "auth_memo": "auth-memo.conf"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _log_file(log_dir: Path, name: str):
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return open(log_dir / f"{name}.log", "ab")
+
+
+def redis_server(role: str, port: int, data_dir: Path, conf: Path | None = None,
+                 extra: list[str] | None = None) -> TCPExecutor:
+    """A redis-server for `role`, configured by deploy/redis/<role>.conf, on 127.0.0.1:`port`."""
+    role_dir = data_dir / role
+    role_dir.mkdir(parents=True, exist_ok=True)
+    conf = conf or DEPLOY / "redis" / CONF_FILES[role]
+    command = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1",
+               "--dir", str(role_dir), "--logfile", str(role_dir / "redis.log"), *(extra or [])]
+    return TCPExecutor(command, host="127.0.0.1", port=port, timeout=20, stdout=None)
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment for a child process: ours, plus `env`, with the repo importable."""
+    merged = {**os.environ, **env}
+    merged["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), merged.get("PYTHONPATH")]))
+    return merged
+
+
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str | None = None,
+                  pool: str = "threads", concurrency: int = 8) -> SimpleExecutor:
+    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info", "-P", pool,
+               "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    if queues:
+        command += ["-Q", queues]
+    return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
+                          stdout=_log_file(log_dir, name), stderr=-2)
+
+
+def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) -> HTTPExecutor:
+    """gunicorn with gevent workers (deploy/gunicorn.conf.py), ready once /healthz answers."""
+    command = [sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py"),
+               "-b", f"127.0.0.1:{port}", "-w", str(workers), "web.wsgi:app"]
+    return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthz", method="GET", cwd=str(REPO_ROOT),
+                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
+
+
+def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
+    """Block until at least one Celery worker answers a ping on the broker in `env`."""
+    import time
+
+    from shared.celery_config import make_celery
+    from shared.settings import Settings
+
+    app = make_celery("turnstream-ping", Settings(**_settings_overrides(env)))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=0.5)
+            if replies:
+                return [name for reply in replies for name in reply]
+        raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s")
+    finally:
+        app.close()
+
+
+def _settings_overrides(env: dict[str, str]) -> dict[str, str]:
+    names = {"REDIS_URL": "redis_url", "BROKER_REDIS_URL": "broker_redis_url"}
+    return {field: env[name] for name, field in names.items() if name in env}

@@ -1,0 +1,132 @@
+"""Progress events: publish (workers) and the per-turn event log (web replay and polling).
+
+Each event is appended to a capped stream and published on the turn's channel in one
+Lua script, so the live copy and the logged copy carry the same id: the stream entry id,
+which is also the SSE `id:`. The pub/sub payload is flask-sse's Message.to_dict() as JSON,
+so any flask-sse consumer can read it."""
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+from flask_sse import Message
+
+from shared import keys
+from shared.events import TERMINAL_EVENTS, TokenEvent, ProgressEvent, event_type
+from shared.redis_roles import client
+from shared.settings import get_settings
+
+# KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag.
+_APPEND_AND_PUBLISH = """
+if ARGV[7] == '1' then
+  local prior = redis.call('GET', KEYS[2])
+  if prior then return prior end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], '*', 'type', ARGV[2], 'data', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if ARGV[7] == '1' then redis.call('SET', KEYS[2], id, 'PX', ARGV[5]) end
+local message = cjson.decode(ARGV[1])
+message['id'] = id
+redis.call('PUBLISH', ARGV[6], cjson.encode(message))
+return id
+"""
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One event as stored in the log: its stream id, SSE type and JSON data text."""
+
+    id: str
+    type: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def message(self) -> Message:
+        return Message(self.data, type=self.type, id=self.id)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "type": self.type, "data": json.loads(self.data)}
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """Stream ids compare as (milliseconds, sequence)."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def valid_stream_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        stream_id(value)
+    except ValueError:
+        return None
+    return value
+
+
+class Publisher:
+    """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new."""
+
+    def __init__(self, session_id: str, message_id: str, r: redis.Redis | None = None):
+        self.session_id = session_id
+        self.message_id = message_id
+        self.channel = keys.progress_channel(session_id, message_id)
+        self.log_key = keys.progress_log(session_id, message_id)
+        self._redis = r or client("progress")
+        self._script = self._redis.register_script(_APPEND_AND_PUBLISH)
+
+    def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str:
+        settings = get_settings()
+        kind = event_type(event)
+        data = event.model_dump_json(exclude_none=True)
+        wire = json.dumps(Message(data, type=kind).to_dict())
+        marker = keys.progress_marker(self.session_id, self.message_id, dedupe or "none")
+        return self._script(
+            keys=[self.log_key, marker],
+            args=[wire, kind, data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
+                  self.channel, "1" if dedupe else "0"],
+        )
+
+
+class TokenCoalescer:
+    """Buffers streamed answer deltas and publishes them about every `interval` seconds."""
+
+    def __init__(self, publisher: Publisher, interval: float | None = None):
+        self._publisher = publisher
+        self._interval = get_settings().token_coalesce_s if interval is None else interval
+        self._buffer: list[str] = []
+        self._last_flush = time.monotonic()
+        self._chunks = 0
+        self.published = 0
+
+    def add(self, delta: str) -> None:
+        self._buffer.append(delta)
+        if time.monotonic() - self._last_flush >= self._interval:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        text, self._buffer = "".join(self._buffer), []
+        self._publisher.publish(TokenEvent(text=text), dedupe=f"token-{self._chunks}")
+        self._chunks += 1
+        self.published += 1
+
+
+def read_log(session_id: str, message_id: str, after: str | None = None,
+             r: redis.Redis | None = None) -> list[LoggedEvent]:
+    """Every logged event of a turn after `after` (exclusive), oldest first."""
+    start = f"({after}" if after else "-"
+    entries = (r or client("progress")).xrange(keys.progress_log(session_id, message_id), min=start)
+    return [LoggedEvent(id=entry_id, type=fields["type"], data=fields["data"]) for entry_id, fields in entries]
+
+
+def parse_wire(payload: str) -> LoggedEvent:
+    """A pub/sub payload (flask-sse's Message dict) back into a LoggedEvent."""
+    message = Message(**json.loads(payload))
+    return LoggedEvent(id=message.id, type=message.type, data=message.data)

@@ -1,0 +1,89 @@
+"""One settings object, read from the environment.
+
+The Redis URLs keep the names the seed used (PROGRESS_REDIS_URL, ...); everything
+else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mode."""
+
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared import defaults
+
+
+def _local(role: str) -> str:
+    return f"redis://127.0.0.1:{defaults.DEV_REDIS_PORTS[role]}/0"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TURNSTREAM_", extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    broker_redis_url: str = Field(_local("broker"), validation_alias=_env("BROKER_REDIS_URL"))
+    progress_redis_url: str = Field(_local("progress"), validation_alias=_env("PROGRESS_REDIS_URL"))
+    exec_cache_redis_url: str = Field(_local("exec_cache"), validation_alias=_env("EXEC_CACHE_REDIS_URL"))
+    auth_memo_redis_url: str = Field(_local("auth_memo"), validation_alias=_env("AUTH_MEMO_REDIS_URL"))
+
+    secret: SecretStr = SecretStr("")
+    dev: bool = False
+
+    progress_ttl_s: int = defaults.PROGRESS_TTL_S
+    exec_cache_ttl_s: int = defaults.EXEC_CACHE_TTL_S
+    auth_memo_ttl_s: int = defaults.AUTH_MEMO_TTL_S
+    turn_status_ttl_s: int = defaults.TURN_STATUS_TTL_S
+    progress_log_maxlen: int = defaults.PROGRESS_LOG_MAXLEN
+
+    sse_heartbeat_s: float = defaults.SSE_HEARTBEAT_S
+    sse_retry_ms: int = defaults.SSE_RETRY_MS
+    sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
+    token_coalesce_s: float = defaults.TOKEN_COALESCE_S
+
+    user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
+    stream_token_ttl_s: int = defaults.STREAM_TOKEN_TTL_S
+
+    redis_pool_size: int = defaults.REDIS_POOL_SIZE
+    redis_pool_timeout_s: float = defaults.REDIS_POOL_TIMEOUT_S
+    redis_socket_timeout_s: float = defaults.REDIS_SOCKET_TIMEOUT_S
+    redis_connect_timeout_s: float = defaults.REDIS_CONNECT_TIMEOUT_S
+
+    prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
+    tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+
+    visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
+    task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
+    task_time_limit_s: int = defaults.TASK_TIME_LIMIT_S
+
+    @property
+    def single_instance(self) -> bool:
+        return bool(self.redis_url)
+
+    def role_url(self, role: str) -> str:
+        """The URL of a role's server; in single-instance mode, a DB number per role on REDIS_URL."""
+        if role not in defaults.ROLES:
+            raise ValueError(f"unknown Redis role {role!r}")
+        if self.redis_url:
+            parts = urlsplit(self.redis_url)
+            return urlunsplit(parts._replace(path=f"/{defaults.ROLES.index(role)}"))
+        return getattr(self, f"{role}_redis_url")
+
+    def secret_key(self) -> str:
+        value = self.secret.get_secret_value()
+        if not value:
+            raise RuntimeError("TURNSTREAM_SECRET is not set; tokens cannot be signed or checked")
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Re-read the environment (tests and the dev runner change it)."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,80 @@
+"""Signed tokens (PyJWT, HS256, secret from the environment).
+
+Two audiences: API bearer tokens carry who the user is; stream tokens are short-lived,
+scoped to one turn, and ride in the stream URL because EventSource cannot send headers."""
+
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from shared import defaults
+from shared.keys import valid_id
+from shared.settings import get_settings
+
+API_AUDIENCE = "turnstream-api"
+STREAM_AUDIENCE = "turnstream-stream"
+
+
+class TokenError(ValueError):
+    """A token that is missing, malformed, expired, or for something else."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    tenant: str
+    roles: tuple[str, ...]
+
+    @property
+    def owner(self) -> str:
+        return f"{self.tenant}/{self.user}"
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+def _sign(claims: dict, ttl_s: int) -> str:
+    now = int(time.time())
+    return jwt.encode({**claims, "iat": now, "exp": now + ttl_s}, get_settings().secret_key(),
+                      algorithm=defaults.JWT_ALGORITHM)
+
+
+def _verify(token: str, audience: str) -> dict:
+    try:
+        return jwt.decode(token, get_settings().secret_key(), algorithms=[defaults.JWT_ALGORITHM],
+                          audience=audience, options={"require": ["exp", "sub", "aud"]})
+    except jwt.PyJWTError as exc:
+        raise TokenError(str(exc)) from exc
+
+
+def issue_user_token(user: str, tenant: str, roles: list[str] | tuple[str, ...], ttl_s: int | None = None) -> str:
+    valid_id(user, "user")
+    valid_id(tenant, "tenant")
+    for role in roles:
+        valid_id(role, "role")
+    return _sign({"sub": user, "tenant": tenant, "roles": list(roles), "aud": API_AUDIENCE},
+                 ttl_s or get_settings().user_token_ttl_s)
+
+
+def verify_user_token(token: str) -> Principal:
+    claims = _verify(token, API_AUDIENCE)
+    try:
+        return Principal(user=valid_id(claims["sub"], "user"), tenant=valid_id(claims.get("tenant"), "tenant"),
+                         roles=tuple(valid_id(r, "role") for r in claims.get("roles", [])))
+    except ValueError as exc:
+        raise TokenError(str(exc)) from exc
+
+
+def issue_stream_token(principal: Principal, session_id: str, message_id: str) -> str:
+    return _sign({"sub": principal.user, "tenant": principal.tenant, "sid": session_id, "mid": message_id,
+                  "aud": STREAM_AUDIENCE}, get_settings().stream_token_ttl_s)
+
+
+def verify_stream_token(token: str, session_id: str, message_id: str) -> Principal:
+    """The stream's owner, if `token` was issued for exactly this turn."""
+    claims = _verify(token, STREAM_AUDIENCE)
+    if claims.get("sid") != session_id or claims.get("mid") != message_id:
+        raise TokenError("token is for another stream")
+    return Principal(user=claims["sub"], tenant=claims["tenant"], roles=())

@@ -1,0 +1,52 @@
+"""Every error leaves as JSON naming the problem; no traceback ever reaches a client."""
+
+import logging
+
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.keys import InvalidId
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with a status and a message meant for the client."""
+
+    def __init__(self, status: int, error: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.error, self.message, self.headers = status, error, message, headers or {}
+
+
+def error_response(status: int, error: str, message: str, headers: dict | None = None, **extra):
+    response = jsonify({"error": error, "message": message, **extra})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.error, exc.message, exc.headers)
+
+    @app.errorhandler(InvalidId)
+    def _invalid_id(exc: InvalidId):
+        return error_response(400, "invalid_id", str(exc), field=exc.what)
+
+    @app.errorhandler(ValidationError)
+    def _invalid_body(exc: ValidationError):
+        problems = [{"field": ".".join(map(str, e["loc"])), "problem": e["msg"]} for e in exc.errors()]
+        summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        return error_response(400, "invalid_body", summary, problems=problems)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
+                              exc.description or exc.name or "error")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "the server failed to handle this request")

@@ -1,0 +1,93 @@
+"""The SSE endpoint, built on flask-sse's blueprint and Message.
+
+Three separate concerns, as in Mercure: authorization (a stream token scoped to the
+turn), the event log (shared.progress: storage and replay) and fan-out (web.dispatcher).
+A stream subscribes first, then replays the log after Last-Event-ID, then drops live
+events it already sent, so a reconnecting client sees every event exactly once."""
+
+import logging
+from collections.abc import Iterator
+
+import redis
+from flask import current_app, request, stream_with_context
+from flask_sse import ServerSentEventsBlueprint
+
+from shared import keys
+from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
+from shared.settings import get_settings
+from shared.tokens import TokenError, verify_stream_token
+from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
+from web.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class TurnStreamBlueprint(ServerSentEventsBlueprint):
+    """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens."""
+
+    def dispatcher(self) -> Dispatcher:
+        return current_app.extensions["dispatcher"]
+
+    def stream(self, session_id: str, message_id: str):
+        channel = keys.progress_channel(session_id, message_id)
+        self._authorize(session_id, message_id)
+        after = valid_stream_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+        settings = get_settings()
+        events = self.events(channel, session_id, message_id, after)
+        body = stream_with_context(self._render(events, settings.sse_retry_ms))
+        response = current_app.response_class(body, mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        return response
+
+    def _authorize(self, session_id: str, message_id: str) -> None:
+        token = request.args.get("token")
+        if not token:
+            raise ApiError(401, "unauthorized", "missing stream token (?token=...)")
+        try:
+            verify_stream_token(token, session_id, message_id)
+        except TokenError as exc:
+            raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
+
+    def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
+        """Logged then live events after `after`; None means "send a heartbeat"."""
+        heartbeat = get_settings().sse_heartbeat_s
+        try:
+            sub = self.dispatcher().subscribe(channel)
+        except (SubscribeTimeout, redis.RedisError) as exc:
+            log.warning("cannot subscribe to %s: %s", channel, exc)
+            return
+        try:
+            last = after
+            for event in read_log(session_id, message_id, after=after):
+                yield event
+                last = event.id
+                if event.terminal:
+                    return
+            while True:
+                item = sub.get(timeout=heartbeat)
+                if item is CLOSE:
+                    log.info("stream %s closed: %s", channel, sub.closed_reason)
+                    return
+                if item is None:
+                    yield None
+                    continue
+                if last and stream_id(item.id) <= stream_id(last):
+                    continue
+                yield item
+                last = item.id
+                if item.terminal:
+                    return
+        except redis.RedisError as exc:
+            log.warning("stream %s ended: %s", channel, exc)
+        finally:
+            self.dispatcher().unsubscribe(sub)
+
+    def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
+        yield f"retry: {retry_ms}\n: stream open\n\n"
+        for event in events:
+            yield ": heartbeat\n\n" if event is None else str(event.message())
+
+
+stream = TurnStreamBlueprint("stream", __name__)
+stream.add_url_rule("/stream/<session_id>/<message_id>", endpoint="stream", view_func=stream.stream)

@@ -1,0 +1,18 @@
+"""The workers' Celery app. Each process checks the Redis eviction policies before it takes work."""
+
+import logging
+
+from celery.signals import worker_init
+
+from shared.celery_config import make_celery
+from shared.policy import check_policies
+
+app = make_celery("turnstream")
+app.conf.include = ["workers.tasks"]
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _refuse_evicting_redis(**_: object) -> None:
+    check_policies()

@@ -1,0 +1,1 @@
+"""Small shipped datasets for the built-in tools."""
