@@ -5,7 +5,7 @@ import logging
 from celery.signals import worker_init
 
 from shared.celery_config import make_celery
-from shared.policy import check_policies
+from shared.policy import EvictingRoleError, check_policies
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
@@ -15,4 +15,9 @@ log = logging.getLogger(__name__)
 
 @worker_init.connect
 def _refuse_evicting_redis(**_: object) -> None:
-    check_policies()
+    # Celery logs and swallows exceptions from signal handlers; SystemExit is what stops the worker.
+    try:
+        check_policies()
+    except EvictingRoleError as exc:
+        log.critical("refusing to start: %s", exc)
+        raise SystemExit(f"refusing to start: {exc}") from exc

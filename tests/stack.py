@@ -1,0 +1,95 @@
+"""A whole turnstream system for tests: real redis-servers on free ports, real Celery workers,
+gunicorn with gevent. It uses the same launchers as `turnstream dev` (shared.processes)."""
+
+import os
+from contextlib import suppress
+from pathlib import Path
+
+import redis
+
+from shared import processes
+from shared.defaults import ROLES
+
+ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
+            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
+TEST_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
+
+
+class Stack:
+    def __init__(self, base_dir: Path, **env: str):
+        self.base_dir = base_dir
+        self.log_dir = base_dir / "logs"
+        self.env: dict[str, str] = {"TURNSTREAM_SECRET": TEST_SECRET, "TURNSTREAM_TOOL_LATENCY_MS": "0",
+                                    "TURNSTREAM_DEV": "1", **env}
+        self.redis: dict[str, object] = {}
+        self.ports: dict[str, int] = {}
+        self.workers: list = []
+        self.web = None
+        self.web_port: int | None = None
+
+    # --- Redis -----------------------------------------------------------------
+    def start_redis(self, roles: tuple[str, ...] = ROLES, confs: dict[str, Path] | None = None) -> "Stack":
+        for role in roles:
+            port = self.ports.get(role) or processes.free_port()
+            conf = (confs or {}).get(role)
+            self.redis[role] = processes.redis_server(role, port, self.base_dir, conf=conf).start()
+            self.ports[role] = port
+            self.env[ROLE_ENV[role]] = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    def start_single_redis(self) -> "Stack":
+        """Single-instance mode: one noeviction server, REDIS_URL, a DB per role."""
+        port = processes.free_port()
+        self.redis["single"] = processes.redis_server("broker", port, self.base_dir / "single").start()
+        self.ports["single"] = port
+        self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        return self
+
+    def client(self, role: str) -> redis.Redis:
+        if "single" in self.ports:
+            return redis.Redis(port=self.ports["single"], db=ROLES.index(role), decode_responses=True)
+        return redis.Redis(port=self.ports[role], decode_responses=True)
+
+    def stop_redis(self, role: str) -> None:
+        self.redis[role].stop()
+
+    def restart_redis(self, role: str) -> None:
+        self.redis[role].start()
+
+    # --- Workers and web -----------------------------------------------------------
+    def start_worker(self, name: str = "worker", wait: bool = True, **options) -> object:
+        worker = processes.celery_worker(self.env, self.log_dir, name=name, **options).start()
+        self.workers.append(worker)
+        if wait:
+            processes.wait_for_worker(self.env)
+        return worker
+
+    def start_web(self, workers: int = 1) -> str:
+        self.web_port = processes.free_port()
+        self.web = processes.web_server(self.env, self.web_port, self.log_dir, workers=workers).start()
+        return self.base_url
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for executor in [self.web, *reversed(self.workers), *self.redis.values()]:
+            if executor is not None:
+                with suppress(Exception):
+                    executor.stop()
+
+    def apply_env(self) -> None:
+        """Point this (test) process at the stack: settings and clients re-read the environment."""
+        from shared.redis_roles import reset_clients
+        from shared.settings import reload_settings
+
+        for name in ("REDIS_URL", *ROLE_ENV.values()):
+            os.environ.pop(name, None)
+        os.environ.update(self.env)
+        reload_settings()
+        reset_clients()
