@@ -1,10 +1,19 @@
 """The Celery configuration both tiers share: workers run the tasks, the web tier only sends them.
 
-JSON only on the wire. At-least-once delivery: late acks, reject on a lost worker,
-prefetch 1, and time limits below the broker's visibility timeout."""
+JSON only on the wire. At-least-once delivery: a step's message is acknowledged only after
+the step ran (late acks), goes back to the queue if its worker process dies (reject on
+worker lost), and a worker reserves one message at a time (prefetch 1), so a crash strands
+at most one. A message whose worker vanished without a word (kill -9, lost host) is
+restored by the broker after the visibility timeout, which is why the time limits sit
+below it (Settings refuses a config where they do not). Soft shutdown gives running steps
+time to finish before a stopping worker hands their messages back.
+
+Results are not stored: the turn's status record (shared.turns) is its result, and the web
+tier must not hold a result subscription on the broker for every turn it sends."""
 
 from celery import Celery, chain
 
+from shared import defaults
 from shared.events import STEPS
 from shared.settings import Settings, get_settings
 
@@ -15,22 +24,40 @@ def task_name(step: str) -> str:
     return f"{TASK_PREFIX}.{step}"
 
 
+def transport_options(settings: Settings) -> dict:
+    """The same options for the broker and the result backend (Celery reads the visibility timeout from both)."""
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+    }
+
+
 def celery_config(settings: Settings) -> dict:
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = transport_options(settings)
     return {
         "broker_url": settings.role_url("broker"),
         "result_backend": settings.role_url("broker"),
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.redis_connect_timeout_s,
+        "broker_connection_max_retries": None,
+        "task_publish_retry_policy": {"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
+                                      "interval_step": 0.2, "interval_max": 0.2},
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": 3600,
+        "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
+        "worker_enable_soft_shutdown_on_idle": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         "worker_send_task_events": True,
@@ -45,7 +72,21 @@ def make_celery(main: str, settings: Settings | None = None) -> Celery:
     return app
 
 
+def step_task_id(message_id: str, step: str) -> str:
+    """Task ids follow from the turn, so cancelling can revoke every step without a lookup."""
+    return f"{message_id}-{step}"
+
+
 def turn_chain(app: Celery, turn: dict):
     """reason -> discover -> execute -> synthesize, by task name (the web tier never imports workers)."""
+    def options(step: str) -> dict:
+        return {"ignore_result": True, "task_id": step_task_id(turn["message_id"], step)}
+
     first, *rest = STEPS
-    return chain(app.signature(task_name(first), args=(turn,)), *(app.signature(task_name(s)) for s in rest))
+    return chain(app.signature(task_name(first), args=(turn,), options=options(first)),
+                 *(app.signature(task_name(s), options=options(s)) for s in rest))
+
+
+def revoke_turn(app: Celery, message_id: str) -> None:
+    """Tell every worker to drop the turn's steps that have not started (running ones check the status)."""
+    app.control.revoke([step_task_id(message_id, step) for step in STEPS])

@@ -36,8 +36,25 @@ JWT_ALGORITHM = "HS256"
 # Redis client behaviour: fail fast, and a blocking pool so gevent/threads wait instead of erroring.
 REDIS_POOL_SIZE = 200
 REDIS_POOL_TIMEOUT_S = 5.0
-REDIS_SOCKET_TIMEOUT_S = 5.0
-REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 2.0
+REDIS_CONNECT_TIMEOUT_S = 1.0
+
+# Breakers, one per Redis role: after this many consecutive connection failures the role is
+# "open" and every call fails at once; after the reset time one trial call may close it again.
+BREAKER_FAIL_MAX = 3
+BREAKER_RESET_S = 2.0
+
+# Broker outages. The web tier answers 503 with this Retry-After instead of waiting; a worker
+# step waits this long for the broker to return before handing its message back for redelivery.
+BROKER_RETRY_AFTER_S = 5
+WORKER_BROKER_WAIT_S = 60.0
+
+# Per-user turn creation limit (`limits` notation), counted on the broker instance.
+TURN_RATE_LIMIT = "60/minute"
+
+# Browsers from these origins may call the API (comma-separated; empty: same origin only).
+CORS_ORIGINS = ""
+
 
 # Input limits.
 PROMPT_MAX_CHARS = 4000
@@ -45,7 +62,11 @@ PROMPT_MAX_CHARS = 4000
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
 
-# Celery.
-VISIBILITY_TIMEOUT_S = 3600
+# Celery. A step's hard time limit stays below the visibility timeout, so a running step is
+# never handed to a second worker; an unacked message of a dead worker comes back after it.
+VISIBILITY_TIMEOUT_S = 600
 TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 150
+UNACKED_RESTORE_INTERVAL_S = 10
+WORKER_SOFT_SHUTDOWN_S = 30.0
+PUBLISH_RETRIES_WEB = 1

@@ -60,3 +60,12 @@ def session_turns(session_id: str) -> str:
 def user_sessions(tenant: str, user: str) -> str:
     """Sorted set of a user's session ids, scored by last activity."""
     return f"{PREFIX}:user-sessions:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
+
+
+# Prefix of the `limits` library's counters (it appends its own parts).
+RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
+
+
+def turn_rate_limit_identity(tenant: str, user: str) -> str:
+    """Whose turn creations a rate-limit window counts."""
+    return f"turns:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"

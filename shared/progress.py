@@ -6,6 +6,7 @@ which is also the SSE `id:`. The pub/sub payload is flask-sse's Message.to_dict(
 so any flask-sse consumer can read it."""
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from shared import keys
 from shared.events import TERMINAL_EVENTS, TokenEvent, ProgressEvent, event_type
 from shared.redis_roles import client
 from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 # KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag.
 _APPEND_AND_PUBLISH = """
@@ -69,17 +72,35 @@ def valid_stream_id(value: str | None) -> str | None:
 
 
 class Publisher:
-    """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new."""
+    """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new.
 
-    def __init__(self, session_id: str, message_id: str, r: redis.Redis | None = None):
+    A `fail_soft` publisher (the workers') drops an event it cannot deliver instead of
+    raising: progress is a view of the turn, and an outage of its Redis must not fail the
+    turn. The progress breaker makes each such drop immediate."""
+
+    def __init__(self, session_id: str, message_id: str, r: redis.Redis | None = None, fail_soft: bool = False):
         self.session_id = session_id
+        self.fail_soft = fail_soft
+        self.dropped = 0
         self.message_id = message_id
         self.channel = keys.progress_channel(session_id, message_id)
         self.log_key = keys.progress_log(session_id, message_id)
         self._redis = r or client("progress")
         self._script = self._redis.register_script(_APPEND_AND_PUBLISH)
 
-    def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str:
+    def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str | None:
+        try:
+            return self._append_and_publish(event, dedupe)
+        except redis.RedisError as exc:
+            if not self.fail_soft:
+                raise
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("progress of %s/%s not published (%s); the turn goes on without it",
+                            self.session_id, self.message_id, exc)
+            return None
+
+    def _append_and_publish(self, event: ProgressEvent, dedupe: str | None) -> str:
         settings = get_settings()
         kind = event_type(event)
         data = event.model_dump_json(exclude_none=True)

@@ -1,4 +1,8 @@
-"""One pooled client per Redis role.
+"""One pooled client per Redis role, each behind its role's circuit breaker.
+
+Every command and pipeline of a role's client goes through shared.breakers, so a dead
+server fails fast (RoleUnavailable) instead of costing a connect timeout per call.
+Pub/sub connections are not guarded: the dispatcher handles their loss itself.
 
 Pools are BlockingConnectionPools: under gevent or threads, a burst waits for a free
 connection instead of raising MaxConnectionsError (redis-py's default pool stops at 100).
@@ -8,7 +12,9 @@ import logging
 import threading
 
 import redis
+from redis.client import Pipeline
 
+from shared.breakers import breaker, reset_breakers
 from shared.defaults import ROLES
 from shared.settings import Settings, get_settings
 
@@ -30,6 +36,29 @@ def make_pool(url: str, settings: Settings, max_connections: int | None = None) 
     )
 
 
+class GuardedPipeline(Pipeline):
+    def __init__(self, role: str, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.role = role
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        return breaker(self.role).call(super().execute, raise_on_error)
+
+
+class GuardedRedis(redis.Redis):
+    """A role's client: each command passes through the role's breaker."""
+
+    def __init__(self, role: str, **kwargs: object):
+        super().__init__(**kwargs)
+        self.role = role
+
+    def execute_command(self, *args: object, **options: object):
+        return breaker(self.role).call(super().execute_command, *args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> GuardedPipeline:
+        return GuardedPipeline(self.role, self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 def client(role: str) -> redis.Redis:
     """The shared client for `role` ('broker', 'progress', 'exec_cache' or 'auth_memo')."""
     if role not in ROLES:
@@ -40,7 +69,7 @@ def client(role: str) -> redis.Redis:
     with _lock:
         if role not in _clients:
             settings = get_settings()
-            _clients[role] = redis.Redis(connection_pool=make_pool(settings.role_url(role), settings))
+            _clients[role] = GuardedRedis(role, connection_pool=make_pool(settings.role_url(role), settings))
         return _clients[role]
 
 
@@ -50,3 +79,4 @@ def reset_clients() -> None:
         for c in _clients.values():
             c.connection_pool.disconnect()
         _clients.clear()
+    reset_breakers()

@@ -6,7 +6,7 @@ else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mod
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import defaults
@@ -57,6 +57,26 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
     task_time_limit_s: int = defaults.TASK_TIME_LIMIT_S
+    unacked_restore_interval_s: int = defaults.UNACKED_RESTORE_INTERVAL_S
+    worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
+
+    breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
+    breaker_reset_s: float = defaults.BREAKER_RESET_S
+    broker_retry_after_s: int = defaults.BROKER_RETRY_AFTER_S
+    worker_broker_wait_s: float = defaults.WORKER_BROKER_WAIT_S
+    turn_rate_limit: str = defaults.TURN_RATE_LIMIT
+    cors_origins: str = defaults.CORS_ORIGINS
+
+    @model_validator(mode="after")
+    def _limits_below_visibility(self) -> "Settings":
+        """A step outliving the visibility timeout would run twice at once: refuse such a config."""
+        if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
+            raise ValueError("need TURNSTREAM_TASK_SOFT_TIME_LIMIT_S < TURNSTREAM_TASK_TIME_LIMIT_S "
+                             "< TURNSTREAM_VISIBILITY_TIMEOUT_S")
+        return self
+
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def single_instance(self) -> bool:

@@ -1,6 +1,9 @@
 """Turn status records and session ownership, on the broker instance (noeviction, AOF).
 
-A turn is one prompt and its answer; a session is a chat of turns owned by one user."""
+A turn is one prompt and its answer; a session is a chat of turns owned by one user.
+Status changes are atomic (one Lua script): a turn that reached done, failed or cancelled
+keeps that status, so a redelivered step or a late worker cannot undo a cancellation or
+write a second answer."""
 
 import json
 import time
@@ -14,6 +17,17 @@ from shared.tokens import Principal
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
+
+# KEYS: status hash. ARGV: new status, then field/value pairs. Returns the status after the call.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if current == 'done' or current == 'failed' or current == 'cancelled' then return current end
+local fields = {'status', ARGV[1]}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+return ARGV[1]
+"""
 
 
 def claim_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
@@ -47,15 +61,40 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.execute()
 
 
-def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, **fields: object) -> None:
-    """Set fields on a turn's status record; a turn already in a final state keeps its status."""
+def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> None:
+    """Forget a turn that was recorded but could not be enqueued (the client got a 503)."""
     r = r or client("broker")
-    key = keys.turn_status(session_id, message_id)
+    pipe = r.pipeline()
+    pipe.delete(keys.turn_status(session_id, message_id))
+    pipe.lrem(keys.session_turns(session_id), 0, message_id)
+    pipe.execute()
+
+
+def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, **fields: object) -> str | None:
+    """Move a turn to `status` and set `fields`, unless it is already final (then nothing changes).
+
+    Returns the status the turn has afterwards (None if there is no such turn), so a caller
+    can tell whether its own transition won."""
+    r = r or client("broker")
+    status = str(fields.pop("status", "") or "")
     values = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
     values["updated_at"] = time.time()
-    if "status" in values and r.hget(key, "status") in FINAL_STATES:
-        values.pop("status")
-    r.hset(key, mapping=values)
+    flat = [str(item) for pair in values.items() for item in pair]
+    if not status:
+        current = r.hget(keys.turn_status(session_id, message_id), "status")
+        if current is None or current in FINAL_STATES:
+            return current
+        status = current
+    return r.register_script(_TRANSITION)(keys=[keys.turn_status(session_id, message_id)], args=[status, *flat])
+
+
+def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    return (r or client("broker")).hget(keys.turn_status(session_id, message_id), "status")
+
+
+def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """Mark the turn cancelled unless it already ended; returns its status afterwards."""
+    return update_turn(session_id, message_id, r, status=CANCELLED, step="")
 
 
 def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> dict | None:

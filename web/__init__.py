@@ -3,6 +3,7 @@
 import logging
 
 from flask import Flask
+from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
@@ -12,7 +13,9 @@ from shared.settings import get_settings
 from web.api import api
 from web.dispatcher import Dispatcher
 from web.errors import register_error_handlers
+from web.openapi import openapi
 from web.ops import ops
+from web.ratelimit import TurnRateLimiter
 from web.stream import stream
 from web.ui import ui
 
@@ -31,7 +34,19 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["celery"] = make_celery("turnstream-web", settings)
     app.extensions["dispatcher"] = Dispatcher(client("progress"), settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, ui):
+    app.extensions["rate_limiter"] = TurnRateLimiter(settings)
+    for blueprint in (api, openapi, stream, ops, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    allow_cross_origin(app, settings.cors_origin_list())
     return app
+
+
+def allow_cross_origin(app: Flask, origins: list[str]) -> None:
+    """Browsers on `origins` (TURNSTREAM_CORS_ORIGINS) may call the API and open streams; with
+    none configured no CORS header is sent and only same-origin pages can."""
+    if not origins:
+        return
+    CORS(app, resources={r"/api/*": {"origins": origins}, r"/stream/*": {"origins": origins}},
+         allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], expose_headers=["Retry-After"],
+         methods=["GET", "POST", "DELETE"], max_age=600)

@@ -1,35 +1,30 @@
-"""The JSON API: post a prompt, read a turn's status and events, list sessions.
+"""The JSON API: post a prompt, read a turn's status and events, cancel it, list sessions.
 
 Posting answers at once (202): the turn runs as a Celery chain and the client follows
-it on `stream_url` (SSE) or by polling `events`."""
+it on `stream_url` (SSE) or by polling `events`. A turn is accepted only once it is
+enqueued: with the broker down the answer is 503 with Retry-After (web.errors)."""
 
+import logging
 import uuid
 
+import redis
 from flask import Blueprint, current_app, jsonify, request, url_for
-from pydantic import BaseModel, ConfigDict, Field
+from kombu.exceptions import OperationalError
+from pydantic import BaseModel
 
-from shared import turns
-from shared.celery_config import turn_chain
+from shared import defaults, turns
+from shared.celery_config import revoke_turn, turn_chain
 from shared.keys import valid_id
+from shared.outcome import publish_outcome
 from shared.progress import read_log, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import Principal, issue_stream_token, issue_user_token
 from web.auth import current_principal
 from web.errors import ApiError
+from web.schemas import DevTokenBody, PromptBody
 
 api = Blueprint("api", __name__, url_prefix="/api")
-
-
-class PromptBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1)
-
-
-class DevTokenBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: str = "demo"
-    tenant: str = "demo"
-    roles: list[str] = ["analyst"]
+log = logging.getLogger(__name__)
 
 
 def json_body(model: type[BaseModel]) -> BaseModel:
@@ -52,8 +47,12 @@ def owned_turn(session_id: str, message_id: str, principal: Principal) -> dict:
 
 
 def public_turn(record: dict) -> dict:
-    fields = ("session_id", "message_id", "status", "step", "prompt", "answer", "error", "created_at", "updated_at")
-    return {name: record[name] for name in fields if name in record}
+    fields = ("session_id", "message_id", "status", "step", "prompt", "answer", "error")
+    public = {name: record[name] for name in fields if name in record}
+    for name in ("created_at", "updated_at"):
+        if name in record:
+            public[name] = float(record[name])
+    return public
 
 
 @api.post("/sessions/<session_id>/messages")
@@ -66,12 +65,13 @@ def post_message(session_id: str):
         raise ApiError(413, "prompt_too_long", f"prompt is {len(body.prompt)} characters; the limit is {limit}")
     if not turns.claim_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
+    current_app.extensions["rate_limiter"].hit(principal)
 
     message_id = uuid.uuid4().hex
     turns.create_turn(session_id, message_id, principal, body.prompt)
     turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
-    turn_chain(current_app.extensions["celery"], turn).apply_async()
+    enqueue(session_id, message_id, turn)
 
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({
@@ -84,21 +84,66 @@ def post_message(session_id: str):
     return response
 
 
+def enqueue(session_id: str, message_id: str, turn: dict) -> None:
+    """Send the turn's chain, or take the turn back and answer 503: nothing is accepted unqueued."""
+    try:
+        turn_chain(current_app.extensions["celery"], turn).apply_async(
+            retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
+                          "interval_step": 0.2, "interval_max": 0.2})
+    except OperationalError as exc:
+        log.warning("turn %s/%s not enqueued: %s", session_id, message_id, exc)
+        try:
+            turns.discard_turn(session_id, message_id)
+        except redis.RedisError:
+            log.warning("turn %s/%s stays recorded as queued but was never sent", session_id, message_id)
+        raise
+
+
 @api.get("/sessions/<session_id>/messages/<message_id>")
 def get_message(session_id: str, message_id: str):
     return jsonify(public_turn(owned_turn(session_id, message_id, current_principal())))
 
 
+@api.delete("/sessions/<session_id>/messages/<message_id>")
+def cancel_message(session_id: str, message_id: str):
+    """Cancel a queued or running turn: its status becomes `cancelled`, its queued steps are
+    revoked, workers skip the steps still to come, and streams end with a `cancelled` event.
+    Cancelling a cancelled turn again is a no-op; a finished one is a 409."""
+    owned_turn(session_id, message_id, current_principal())
+    status = turns.cancel_turn(session_id, message_id)
+    if status != turns.CANCELLED:
+        raise ApiError(409, "already_finished", f"the turn is already {status}; only a running turn can be cancelled")
+    try:
+        revoke_turn(current_app.extensions["celery"], message_id)
+    except OperationalError as exc:
+        log.warning("could not revoke %s (workers still skip it by its status): %s", message_id, exc)
+    try:
+        publish_outcome(session_id, message_id, {"status": turns.CANCELLED})
+    except redis.RedisError as exc:
+        log.warning("cancelled event for %s/%s not published yet (%s); streams get it on reconnect",
+                    session_id, message_id, exc)
+    return jsonify(public_turn(turns.get_turn(session_id, message_id) or {}))
+
+
 @api.get("/sessions/<session_id>/messages/<message_id>/events")
 def get_events(session_id: str, message_id: str):
-    """Polling fallback for clients without SSE: the same events, from the same log."""
+    """Polling fallback for clients without SSE: the same events, from the same log.
+
+    With the progress store down this still answers, with the status from the broker and
+    `progress_unavailable: true`; a finished turn's outcome is put back into the log."""
     record = owned_turn(session_id, message_id, current_principal())
     after = request.args.get("after")
     if after and not valid_stream_id(after):
         raise ApiError(400, "invalid_after", "after must be an event id such as 1700000000000-0")
-    events = [event.as_json() for event in read_log(session_id, message_id, after=after)]
+    try:
+        publish_outcome(session_id, message_id, record)
+        events = [event.as_json() for event in read_log(session_id, message_id, after=after)]
+        unavailable = False
+    except redis.RedisError as exc:
+        log.info("events of %s/%s unavailable: %s", session_id, message_id, exc)
+        events, unavailable = [], True
     return jsonify({"status": record.get("status"), "events": events,
-                    "last_event_id": events[-1]["id"] if events else after})
+                    "last_event_id": events[-1]["id"] if events else after, "progress_unavailable": unavailable})
 
 
 @api.get("/sessions")

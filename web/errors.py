@@ -2,11 +2,14 @@
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from shared.breakers import UNAVAILABLE
 from shared.keys import InvalidId
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,17 @@ def register_error_handlers(app: Flask) -> None:
         problems = [{"field": ".".join(map(str, e["loc"])), "problem": e["msg"]} for e in exc.errors()]
         summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
         return error_response(400, "invalid_body", summary, problems=problems)
+
+    def _unavailable(exc: Exception):
+        """A Redis role (or the broker's queue) is down: say so at once, and when to come back."""
+        role = getattr(exc, "role", None) or ("broker" if isinstance(exc, OperationalError) else "backing")
+        log.warning("%s %s unavailable: %s", request.method, request.path, exc)
+        retry_after = str(get_settings().broker_retry_after_s)
+        return error_response(503, "unavailable", f"the {role} store is unavailable; retry in {retry_after}s",
+                              {"Retry-After": retry_after})
+
+    for unavailable in (*UNAVAILABLE, OperationalError):
+        app.register_error_handler(unavailable, _unavailable)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -6,9 +6,14 @@ from celery.signals import worker_init
 
 from shared.celery_config import make_celery
 from shared.policy import EvictingRoleError, check_policies
+from shared.settings import get_settings
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
+# The web tier gives up on a dead broker at once (503); a worker sending a turn's next step
+# waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
+app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
+                                      "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 
 log = logging.getLogger(__name__)
 

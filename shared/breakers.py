@@ -1,0 +1,147 @@
+"""One circuit breaker per Redis role, so a dead server costs one fast error instead of a
+connect or socket timeout on every call.
+
+A breaker counts consecutive connection failures and timeouts of its role. At
+`breaker_fail_max` it opens: every call fails at once with RoleUnavailable (a
+redis.ConnectionError, so existing `except redis.RedisError` handlers keep working).
+After `breaker_reset_s` one trial call is let through (half-open); its success closes
+the breaker, its failure opens it again. Other errors (a ResponseError, say) prove the
+server answered and count as success.
+
+This is a small breaker of our own rather than pybreaker because pybreaker holds its
+lock for the whole protected call, which would serialize every Redis command of a
+process and make concurrent requests queue behind one dead connection."""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from prometheus_client import Counter, Gauge
+
+from shared.defaults import ROLES
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+
+FAILURES = Counter("turnstream_redis_failures_total",
+                   "Connection failures and timeouts talking to a Redis role", ["role"])
+REJECTED = Counter("turnstream_redis_breaker_rejected_total",
+                   "Calls refused at once because the role's breaker was open", ["role"])
+TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
+STATE = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
+
+
+class RoleUnavailable(redis.ConnectionError):
+    """The role's breaker is open: the call was not even tried."""
+
+    def __init__(self, role: str):
+        super().__init__(f"the {role} Redis is unavailable (circuit open)")
+        self.role = role
+
+
+class Breaker:
+    def __init__(self, role: str, fail_max: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
+        self.role = role
+        self.fail_max = fail_max
+        self.reset_s = reset_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return CLOSED
+        return HALF_OPEN if self._clock() - self._opened_at >= self.reset_s else OPEN
+
+    def call(self, func: Callable[..., T], *args: object, **kwargs: object) -> T:
+        self._before()
+        try:
+            result = func(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            exc.role = self.role  # so an error handler can name the store that is down
+            self._failure()
+            raise
+        except redis.RedisError:
+            self._success()
+            raise
+        except BaseException:
+            self._release_trial()
+            raise
+        self._success()
+        return result
+
+    def _before(self) -> None:
+        with self._lock:
+            state = self.state
+            if state == CLOSED:
+                return
+            if state == HALF_OPEN and not self._trial_running:
+                self._trial_running = True
+                return
+        REJECTED.labels(self.role).inc()
+        raise RoleUnavailable(self.role)
+
+    def _success(self) -> None:
+        with self._lock:
+            was_open = self._opened_at is not None
+            self._failures, self._opened_at, self._trial_running = 0, None, False
+        if was_open:
+            STATE.labels(self.role).set(0)
+            log.warning("%s Redis answers again: breaker closed", self.role)
+
+    def _failure(self) -> None:
+        FAILURES.labels(self.role).inc()
+        with self._lock:
+            self._failures += 1
+            was_open = self._opened_at is not None
+            trip = was_open or self._failures >= self.fail_max
+            if trip:
+                self._opened_at = self._clock()
+            self._trial_running = False
+        if trip and not was_open:
+            TRIPS.labels(self.role).inc()
+            STATE.labels(self.role).set(1)
+            log.warning("%s Redis failed %d times in a row: breaker open, calls fail fast for %.1fs",
+                        self.role, self.fail_max, self.reset_s)
+
+    def _release_trial(self) -> None:
+        with self._lock:
+            self._trial_running = False
+
+
+_breakers: dict[str, Breaker] = {}
+_lock = threading.Lock()
+
+
+def breaker(role: str) -> Breaker:
+    """The process-wide breaker of `role`."""
+    if role not in ROLES:
+        raise ValueError(f"unknown Redis role {role!r}")
+    existing = _breakers.get(role)
+    if existing is not None:
+        return existing
+    with _lock:
+        if role not in _breakers:
+            settings = get_settings()
+            _breakers[role] = Breaker(role, settings.breaker_fail_max, settings.breaker_reset_s)
+        return _breakers[role]
+
+
+def states() -> dict[str, str]:
+    return {role: breaker(role).state for role in ROLES}
+
+
+def reset_breakers() -> None:
+    """Forget every breaker (after settings change)."""
+    with _lock:
+        _breakers.clear()
