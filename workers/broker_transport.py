@@ -1,0 +1,57 @@
+"""kombu's Redis transport, with one fix so a worker survives its broker dying mid-step.
+
+With kombu 5.7 and Celery 5.7, when the broker connection drops while late-ack messages
+are unacknowledged, the worker closes the channel and tries to hand those messages back
+(restore_unacked), and finishing steps later ack them over that closed channel. Both go
+through a channel whose connection is already gone and raise AttributeError, which Celery
+takes as unrecoverable: the worker process exits and takes every running step with it.
+
+Here both failures are logged instead. The messages stay in the broker's unacked set, and
+its visibility-timeout sweep puts them back on the queue: the at-least-once path that a
+crashed worker takes anyway. Steps are idempotent, so a step that did finish but could not
+ack runs again harmlessly."""
+
+import logging
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+LOST_CONNECTION = (AttributeError, redis.RedisError, OSError)
+
+
+class QoS(kombu_redis.QoS):
+    def restore_unacked(self, client=None):
+        try:
+            return super().restore_unacked(client)
+        except LOST_CONNECTION as exc:
+            log.warning("could not hand back %d unacked message(s) (%r); the broker restores them "
+                        "after the visibility timeout", len(self._delivered), exc)
+            self._delivered.clear()
+            return None
+
+    def ack(self, delivery_tag):
+        try:
+            super().ack(delivery_tag)
+        except LOST_CONNECTION as exc:
+            self._forget(delivery_tag, "ack", exc)
+
+    def reject(self, delivery_tag, requeue=False):
+        try:
+            super().reject(delivery_tag, requeue)
+        except LOST_CONNECTION as exc:
+            self._forget(delivery_tag, "reject", exc)
+
+    def _forget(self, delivery_tag: str, what: str, exc: Exception) -> None:
+        """Drop the message from this channel's bookkeeping only; the broker still holds it as unacked."""
+        log.warning("%s of %s lost with its connection (%r); the message comes back after the "
+                    "visibility timeout and its step runs again (idempotently)", what, delivery_tag, exc)
+        super(kombu_redis.QoS, self).ack(delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
