@@ -57,7 +57,6 @@ def celery_config(settings: Settings) -> dict:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
-        "worker_enable_soft_shutdown_on_idle": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         "worker_send_task_events": True,

@@ -74,6 +74,9 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
     """Block until at least one Celery worker answers a ping on the broker in `env`."""
     import time
 
+    from kombu.exceptions import OperationalError
+    from redis import RedisError
+
     from shared.celery_config import make_celery
     from shared.settings import Settings
 
@@ -81,7 +84,10 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=0.5)
+            try:
+                replies = app.control.ping(timeout=0.5)
+            except (ConnectionError, OSError, OperationalError, RedisError):
+                replies = []  # the broker is (re)starting: ask again
             if replies:
                 return [name for reply in replies for name in reply]
         raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s")

@@ -1,0 +1,162 @@
+"""Faults with real processes: kill a Redis role or a worker during concurrent turns and check
+what each domain promises (README, "Delivery and degradation").
+
+The stack here has its own short visibility timeout, so a message stranded by a dead worker
+comes back within seconds instead of ten minutes."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from shared.events import STEPS
+from tests.sse import bearer, post_prompt, read_stream
+from tests.stack import Stack
+
+SLOW_PROMPT = "What is the weather in Paris, London and Tokyo?"
+SLOW_ANSWER_START = "In Paris it is 14°C"
+TURNS = 6
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory):
+    system = Stack(tmp_path_factory.mktemp("chaos"), TURNSTREAM_TOOL_LATENCY_MS="300",
+                   TURNSTREAM_VISIBILITY_TIMEOUT_S="8", TURNSTREAM_TASK_SOFT_TIME_LIMIT_S="5",
+                   TURNSTREAM_TASK_TIME_LIMIT_S="6", TURNSTREAM_UNACKED_RESTORE_INTERVAL_S="1",
+                   TURNSTREAM_BREAKER_RESET_S="1", TURNSTREAM_WORKER_BROKER_WAIT_S="30")
+    try:
+        system.start_redis()
+        system.apply_env()
+        system.start_worker()
+        system.start_web()
+        yield system
+    finally:
+        system.stop()
+
+
+def post_many(base_url: str, prefix: str, n: int = TURNS, prompt: str = SLOW_PROMPT) -> list[httpx.Response]:
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: post_prompt(base_url, f"{prefix}{i}", prompt), range(n)))
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.0f}s")
+
+
+def status(base_url: str, body: dict) -> dict:
+    return httpx.get(base_url + body["status_url"], headers=bearer(), timeout=10).json()
+
+
+def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 60.0) -> list[dict]:
+    def all_final():
+        records = [status(base_url, b) for b in bodies]
+        return records if all(r.get("status") in ("done", "failed", "cancelled") for r in records) else None
+    return wait_for(all_final, timeout, interval=0.5)
+
+
+def logged_events(chaos: Stack, body: dict) -> list[tuple[str, dict]]:
+    entries = chaos.client("progress").xrange(f"agent:progress-log:{body['session_id']}:{body['message_id']}")
+    return [(fields["type"], json.loads(fields["data"])) for _, fields in entries]
+
+
+def terminal_events(chaos: Stack, body: dict) -> list[str]:
+    return [kind for kind, _ in logged_events(chaos, body) if kind in ("done", "error", "cancelled")]
+
+
+def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps(chaos):
+    base = chaos.base_url
+    body = post_prompt(base, "cancel1", SLOW_PROMPT).json()
+    wait_for(lambda: status(base, body).get("step") == "execute")
+    response = httpx.delete(base + body["status_url"], headers=bearer())
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+
+    events = read_stream(base, body["stream_url"])
+    assert events[-1].type == "cancelled"
+    # Either the revocation reached the worker first, or the step saw the status and stopped.
+    markers = (f"Discarding revoked task: turnstream.synthesize[{body['message_id']}-synthesize]",
+               f"turn cancel1/{body['message_id']} is cancelled: skipping synthesize")
+    wait_for(lambda: any(marker in chaos.log("worker") for marker in markers))
+    assert status(base, body)["status"] == "cancelled"
+    assert ("synthesize", "started") not in [(d.get("step"), d.get("status")) for k, d in logged_events(chaos, body)]
+    assert terminal_events(chaos, body) == ["cancelled"]
+    assert httpx.delete(base + body["status_url"], headers=bearer()).status_code == 200  # idempotent
+
+
+def test_progress_down_turns_complete_and_streams_recover(chaos):
+    base = chaos.base_url
+    bodies = [r.json() for r in post_many(base, "prog")]
+    wait_for(lambda: all(status(base, b)["status"] == "running" for b in bodies))
+    chaos.redis["progress"].kill(sig=9)
+    try:
+        late = post_prompt(base, "prog-late", SLOW_PROMPT)
+        assert late.status_code == 202, "the broker is up, so turns are still accepted"
+        bodies.append(late.json())
+        records = wait_until_final(base, bodies)
+        assert [r["status"] for r in records] == ["done"] * len(bodies)
+        assert all(r["answer"].startswith(SLOW_ANSWER_START) for r in records)
+        polled = httpx.get(base + bodies[0]["status_url"] + "/events", headers=bearer()).json()
+        assert polled["status"] == "done" and polled["progress_unavailable"] is True
+        assert "progress Redis failed 3 times in a row: breaker open" in chaos.log("worker")
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["ready"] is True and ready["roles"]["progress"].startswith("unavailable")
+    finally:
+        chaos.restart_redis("progress")
+
+    for body, record in zip(bodies, records):
+        events = wait_for(lambda: read_stream(base, body["stream_url"], timeout=15))
+        assert events[-1].type == "done"
+        assert events[-1].data["answer"] == record["answer"]
+        assert terminal_events(chaos, body) == ["done"]
+
+
+def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_returns(chaos):
+    base = chaos.base_url
+    accepted = [r.json() for r in post_many(base, "brok")]
+    wait_for(lambda: all(status(base, b)["status"] == "running" for b in accepted))
+    chaos.redis["broker"].kill(sig=9)
+    try:
+        refused = post_prompt(base, "brok-refused", SLOW_PROMPT)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "unavailable"
+        assert int(refused.headers["Retry-After"]) > 0
+        assert httpx.get(f"{base}/readyz").status_code == 503
+    finally:
+        chaos.restart_redis("broker")
+
+    records = wait_until_final(base, accepted, timeout=90)
+    assert [r["status"] for r in records] == ["done"] * len(accepted)
+    assert all(r["answer"].startswith(SLOW_ANSWER_START) for r in records)
+    for body in accepted:
+        assert terminal_events(chaos, body) == ["done"], "exactly one final answer per turn"
+    assert httpx.get(f"{base}/api/sessions/brok-refused/messages", headers=bearer()).status_code == 404
+    after = post_prompt(base, "brok-after", "calculate 1 + 2")
+    assert after.status_code == 202
+    assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
+
+
+def test_a_worker_killed_mid_turn_leaves_exactly_one_answer(chaos):
+    base = chaos.base_url
+    body = post_prompt(base, "kill9", SLOW_PROMPT).json()
+    wait_for(lambda: status(base, body).get("step") == "execute")
+    victim = chaos.workers[-1]
+    victim.kill(sig=9)
+    assert not victim.running()
+    chaos.start_worker(name="replacement")
+
+    record = wait_until_final(base, [body], timeout=90)[0]
+    assert record["status"] == "done" and record["answer"].startswith(SLOW_ANSWER_START)
+    events = logged_events(chaos, body)
+    assert [k for k, _ in events if k in ("done", "error", "cancelled")] == ["done"]
+    steps = [(d["step"], d["status"]) for k, d in events if k == "step"]
+    assert sorted(steps) == sorted((s, st) for s in STEPS for st in ("started", "finished")), \
+        "a redelivered step does not log its events twice"
+    assert len([k for k, _ in events if k == "tool"]) == 3
