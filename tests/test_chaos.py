@@ -143,6 +143,24 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
     assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
 
 
+@pytest.mark.parametrize("role", ["exec_cache", "auth_memo"])
+def test_a_dead_cache_role_blocks_no_turn(chaos, role):
+    """The exec cache and the auth memo only save work: with either down, turns run as usual."""
+    base = chaos.base_url
+    chaos.redis[role].kill(sig=9)
+    try:
+        responses = post_many(base, f"{role.replace('_', '')}-")
+        assert [r.status_code for r in responses] == [202] * TURNS
+        bodies = [r.json() for r in responses]
+        records = wait_until_final(base, bodies)
+        assert all(r["status"] == "done" and r["answer"].startswith(SLOW_ANSWER_START) for r in records)
+        assert all(terminal_events(chaos, b) == ["done"] for b in bodies)
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["ready"] is True and ready["roles"][role].startswith("unavailable")
+    finally:
+        chaos.restart_redis(role)
+
+
 def test_a_worker_killed_mid_turn_leaves_exactly_one_answer(chaos):
     base = chaos.base_url
     body = post_prompt(base, "kill9", SLOW_PROMPT).json()
