@@ -29,7 +29,7 @@ FINAL = ("done", "failed", "cancelled")
 ENV = {"TURNSTREAM_TOOL_LATENCY_MS": "300", "TURNSTREAM_VISIBILITY_TIMEOUT_S": "10",
        "TURNSTREAM_TASK_SOFT_TIME_LIMIT_S": "6", "TURNSTREAM_TASK_TIME_LIMIT_S": "8",
        "TURNSTREAM_UNACKED_RESTORE_INTERVAL_S": "1", "TURNSTREAM_BREAKER_RESET_S": "1",
-       "TURNSTREAM_TURN_RATE_LIMIT": "100000/minute"}
+       "TURNSTREAM_TURN_RATE_LIMIT": "100000/minute", "TURNSTREAM_REDELIVERY_SWEEP_S": "1"}
 
 
 def run_scenario(stack: Stack, role: str | None, turns: int, outage_s: float) -> dict:

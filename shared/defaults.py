@@ -69,4 +69,9 @@ TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 150
 UNACKED_RESTORE_INTERVAL_S = 10
 WORKER_SOFT_SHUTDOWN_S = 10.0
+# A turn with no status change for a visibility timeout lost its message (kombu's Redis
+# transport can drop one popped as the broker dies): workers send its chain again, this often
+# and at most this many times.
+REDELIVERY_SWEEP_S = 30.0
+TURN_MAX_REDELIVERIES = 3
 PUBLISH_RETRIES_WEB = 1

@@ -69,3 +69,17 @@ RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
 def turn_rate_limit_identity(tenant: str, user: str) -> str:
     """Whose turn creations a rate-limit window counts."""
     return f"turns:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
+
+
+def turns_in_flight() -> str:
+    """Sorted set of unfinished turns ("session:message"), scored by their last status change."""
+    return f"{PREFIX}:turns-in-flight"
+
+
+def in_flight_member(session_id: str, message_id: str) -> str:
+    return _turn(session_id, message_id)
+
+
+def redelivery_lock() -> str:
+    """Held by the one worker sweeping for stalled turns at a time."""
+    return f"{PREFIX}:redelivery-lock"

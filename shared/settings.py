@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     task_time_limit_s: int = defaults.TASK_TIME_LIMIT_S
     unacked_restore_interval_s: int = defaults.UNACKED_RESTORE_INTERVAL_S
     worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
+    redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
+    turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S

@@ -18,14 +18,20 @@ from shared.tokens import Principal
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
 
-# KEYS: status hash. ARGV: new status, then field/value pairs. Returns the status after the call.
+# KEYS: status hash, in-flight set. ARGV: new status, in-flight member, now, then field/value pairs.
+# Returns the status after the call. A final status leaves the in-flight set; any other refreshes it.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 if current == 'done' or current == 'failed' or current == 'cancelled' then return current end
 local fields = {'status', ARGV[1]}
-for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+end
 return ARGV[1]
 """
 
@@ -44,7 +50,9 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 
 
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
-                r: redis.Redis | None = None) -> None:
+                r: redis.Redis | None = None, payload: dict | None = None) -> None:
+    """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
+    kept so that a turn whose messages were lost can be sent again (shared.redelivery)."""
     r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
@@ -52,8 +60,9 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe = r.pipeline()
     pipe.hset(status_key, mapping={"session_id": session_id, "message_id": message_id, "owner": principal.owner,
                                    "prompt": prompt, "status": QUEUED, "step": "", "created_at": now,
-                                   "updated_at": now})
+                                   "updated_at": now, "payload": json.dumps(payload or {})})
     pipe.expire(status_key, ttl)
+    pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
     pipe.expire(keys.session_turns(session_id), ttl * 7)
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
@@ -67,6 +76,7 @@ def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None)
     pipe = r.pipeline()
     pipe.delete(keys.turn_status(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)
+    pipe.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
     pipe.execute()
 
 
@@ -77,15 +87,17 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
     can tell whether its own transition won."""
     r = r or client("broker")
     status = str(fields.pop("status", "") or "")
+    now = time.time()
     values = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
-    values["updated_at"] = time.time()
+    values["updated_at"] = now
     flat = [str(item) for pair in values.items() for item in pair]
     if not status:
         current = r.hget(keys.turn_status(session_id, message_id), "status")
         if current is None or current in FINAL_STATES:
             return current
         status = current
-    return r.register_script(_TRANSITION)(keys=[keys.turn_status(session_id, message_id)], args=[status, *flat])
+    return r.register_script(_TRANSITION)(keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
+                                          args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
 
 
 def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:

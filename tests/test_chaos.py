@@ -6,6 +6,7 @@ comes back within seconds instead of ten minutes."""
 
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -25,7 +26,8 @@ def chaos(tmp_path_factory):
     system = Stack(tmp_path_factory.mktemp("chaos"), TURNSTREAM_TOOL_LATENCY_MS="300",
                    TURNSTREAM_VISIBILITY_TIMEOUT_S="8", TURNSTREAM_TASK_SOFT_TIME_LIMIT_S="5",
                    TURNSTREAM_TASK_TIME_LIMIT_S="6", TURNSTREAM_UNACKED_RESTORE_INTERVAL_S="1",
-                   TURNSTREAM_BREAKER_RESET_S="1", TURNSTREAM_WORKER_BROKER_WAIT_S="30")
+                   TURNSTREAM_BREAKER_RESET_S="1", TURNSTREAM_WORKER_BROKER_WAIT_S="30",
+                   TURNSTREAM_REDELIVERY_SWEEP_S="1")
     try:
         system.start_redis()
         system.apply_env()
@@ -141,6 +143,28 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
     after = post_prompt(base, "brok-after", "calculate 1 + 2")
     assert after.status_code == 202
     assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
+
+
+def test_a_turn_whose_message_was_lost_is_sent_again_and_answered_once(chaos):
+    """What kombu's Redis transport can do when the broker dies just as a worker pops a message:
+    the turn is recorded and in flight, but no message for it exists. Workers send it again."""
+    from shared import turns
+    from shared.tokens import Principal
+
+    principal = Principal(user="alice", tenant="acme", roles=("analyst",))
+    session_id, message_id = "lost1", uuid.uuid4().hex
+    payload = {"session_id": session_id, "message_id": message_id, "prompt": "calculate 6 * 7",
+               "user": "alice", "tenant": "acme", "roles": ["analyst"]}
+    turns.claim_session(session_id, principal)
+    turns.create_turn(session_id, message_id, principal, payload["prompt"], payload=payload)
+    body = {"session_id": session_id, "message_id": message_id,
+            "status_url": f"/api/sessions/{session_id}/messages/{message_id}"}
+
+    record = wait_until_final(chaos.base_url, [body], timeout=60)[0]
+    assert record["status"] == "done" and record["answer"] == "6 * 7 = 42."
+    assert f"turn {session_id}/{message_id} made no progress" in chaos.log("worker") + chaos.log("replacement")
+    assert terminal_events(chaos, body) == ["done"]
+    assert not chaos.client("broker").zscore("agent:turns-in-flight", f"{session_id}:{message_id}")
 
 
 @pytest.mark.parametrize("role", ["exec_cache", "auth_memo"])

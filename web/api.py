@@ -68,9 +68,9 @@ def post_message(session_id: str):
     current_app.extensions["rate_limiter"].hit(principal)
 
     message_id = uuid.uuid4().hex
-    turns.create_turn(session_id, message_id, principal, body.prompt)
     turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
+    turns.create_turn(session_id, message_id, principal, body.prompt, payload=turn)
     enqueue(session_id, message_id, turn)
 
     stream_token = issue_stream_token(principal, session_id, message_id)

@@ -1,11 +1,13 @@
 """The workers' Celery app. Each process checks the Redis eviction policies before it takes work."""
 
 import logging
+import threading
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready
 
 from shared.celery_config import make_celery
 from shared.policy import EvictingRoleError, check_policies
+from shared.redelivery import sweep_forever
 from shared.settings import get_settings
 
 app = make_celery("turnstream")
@@ -27,3 +29,9 @@ def _refuse_evicting_redis(**_: object) -> None:
     except EvictingRoleError as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
+
+
+@worker_ready.connect
+def _start_redelivery_sweeper(**_: object) -> None:
+    """Each worker process sweeps for turns whose messages were lost (a broker lock keeps it to one at a time)."""
+    threading.Thread(target=sweep_forever, args=(app,), name="redelivery-sweeper", daemon=True).start()
