@@ -5,6 +5,7 @@ The stack here has its own short visibility timeout, so a message stranded by a 
 comes back within seconds instead of ten minutes."""
 
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ TURNS = 6
 
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory):
+    saved_env = dict(os.environ)
     system = Stack(tmp_path_factory.mktemp("chaos"), TURNSTREAM_TOOL_LATENCY_MS="300",
                    TURNSTREAM_VISIBILITY_TIMEOUT_S="8", TURNSTREAM_TASK_SOFT_TIME_LIMIT_S="5",
                    TURNSTREAM_TASK_TIME_LIMIT_S="6", TURNSTREAM_UNACKED_RESTORE_INTERVAL_S="1",
@@ -36,6 +38,18 @@ def chaos(tmp_path_factory):
         yield system
     finally:
         system.stop()
+        restore_env(saved_env)
+
+
+def restore_env(saved: dict[str, str]) -> None:
+    """Point this process back at what it used before (the session stack), for the modules after this one."""
+    from shared.redis_roles import reset_clients
+    from shared.settings import reload_settings
+
+    os.environ.clear()
+    os.environ.update(saved)
+    reload_settings()
+    reset_clients()
 
 
 def post_many(base_url: str, prefix: str, n: int = TURNS, prompt: str = SLOW_PROMPT) -> list[httpx.Response]:

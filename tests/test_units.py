@@ -70,3 +70,11 @@ def test_weather_and_search_read_the_shipped_data(monkeypatch):
     hits = tools.search_kb({"query": "refund my order"})["hits"]
     assert hits[0]["title"] == "Refund policy"
     json.dumps(hits)
+
+
+def test_finding_arithmetic_takes_linear_time_on_hostile_prompts():
+    assert reasoner.find_arithmetic("What is the weather in Paris? Also 1/0 + 1") == "1/0 + 1"
+    assert reasoner.find_arithmetic("1999 was a year") is None
+    hostile = "1 " * 20000 + "x"  # cubic backtracking made this take hours
+    assert reasoner.find_arithmetic(hostile) is None
+    assert reasoner.plan(hostile)[0]["tool"] == "search_kb"

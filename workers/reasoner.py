@@ -7,7 +7,23 @@ import re
 from workers.tools import BUILTIN_TOOLS
 
 _CITIES = ("new york", "paris", "london", "berlin", "tokyo", "sydney", "madrid", "rome")
-_ARITHMETIC = re.compile(r"[-+*/%().\d\s]*\d[-+*/%().\d\s]*[-+*/%][-+*/%().\d\s]*\d[-+*/%().\d\s]*")
+# An arithmetic expression is a run of these characters with a digit, an operator, then a digit.
+# Found in two linear passes: one regex with nested stars took cubic time on long digit runs
+# (a 4,000-character prompt kept a worker thread busy for minutes; schemathesis found it).
+_ARITHMETIC_RUN = re.compile(r"[-+*/%().\d\s]+")
+_DIGIT = re.compile(r"\d")
+_OPERATOR = re.compile(r"[-+*/%]")
+
+
+def find_arithmetic(prompt: str) -> str | None:
+    """The first run of arithmetic characters holding digit, operator, digit; None if there is none."""
+    for run in _ARITHMETIC_RUN.finditer(prompt):
+        text = run.group()
+        digit = _DIGIT.search(text)
+        operator = _OPERATOR.search(text, digit.end()) if digit else None
+        if operator and _DIGIT.search(text, operator.end()):
+            return text.strip()
+    return None
 
 
 def plan(prompt: str, available: list[str] | None = None) -> list[dict]:
@@ -17,9 +33,9 @@ def plan(prompt: str, available: list[str] | None = None) -> list[dict]:
     calls: list[dict] = []
     if "weather" in allowed and re.search(r"weather|temperature|forecast|rain|sunny", text):
         calls += [{"tool": "weather", "args": {"city": city.title()}} for city in _CITIES if city in text]
-    expression = _ARITHMETIC.search(prompt)
+    expression = find_arithmetic(prompt)
     if "calculator" in allowed and expression:
-        calls.append({"tool": "calculator", "args": {"expression": expression.group().strip()}})
+        calls.append({"tool": "calculator", "args": {"expression": expression}})
     if "search_kb" in allowed and not calls:
         calls.append({"tool": "search_kb", "args": {"query": prompt}})
     return calls
