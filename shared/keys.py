@@ -60,3 +60,8 @@ def session_turns(session_id: str) -> str:
 def user_sessions(tenant: str, user: str) -> str:
     """Sorted set of a user's session ids, scored by last activity."""
     return f"{PREFIX}:user-sessions:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
+
+
+def session_history(session_id: str) -> str:
+    """List of the session's last N finished turns (JSON prompt + answer), oldest first."""
+    return f"{PREFIX}:session:{valid_id(session_id, 'session_id')}:history"

@@ -4,6 +4,7 @@ The Redis URLs keep the names the seed used (PROGRESS_REDIS_URL, ...); everythin
 else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mode."""
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -53,6 +54,26 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+
+    reasoner: Literal["rules", "openai", "local"] = defaults.REASONER
+    reasoner_timeout_s: float = defaults.REASONER_TIMEOUT_S
+    max_tool_rounds: int = Field(defaults.MAX_TOOL_ROUNDS, ge=1)
+    history_turns: int = Field(defaults.HISTORY_TURNS, ge=0)
+    tool_result_chars: int = defaults.TOOL_RESULT_CHARS
+    openai_base_url: str = defaults.OPENAI_BASE_URL
+    openai_api_key: SecretStr = SecretStr("")
+    openai_model: str = defaults.OPENAI_MODEL
+    local_model_path: str | None = None
+    local_context_tokens: int = defaults.LOCAL_CONTEXT_TOKENS
+    local_max_answer_tokens: int = defaults.LOCAL_MAX_ANSWER_TOKENS
+    local_threads: int = defaults.LOCAL_THREADS
+
+    tools_config: str | None = None
+    mcp_servers: str | None = None
+    mcp_tools_ttl_s: float = defaults.MCP_TOOLS_TTL_S
+    mcp_connect_timeout_s: float = defaults.MCP_CONNECT_TIMEOUT_S
+    mcp_call_timeout_s: float = defaults.MCP_CALL_TIMEOUT_S
+    tickets_file: str = defaults.TICKETS_FILE
 
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
