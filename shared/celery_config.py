@@ -5,10 +5,14 @@ prefetch 1, and time limits below the broker's visibility timeout."""
 
 from celery import Celery, chain
 
-from shared.events import STEPS
+from shared import defaults
 from shared.settings import Settings, get_settings
 
 TASK_PREFIX = "turnstream"
+# Reasoning (model calls) and tool work run on separate queues, so ops scale them apart:
+# `-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers.
+LLM_TASKS = ("reason", "synthesize")
+TOOL_TASKS = ("discover", "execute", "call_tool", "collect")
 
 
 def task_name(step: str) -> str:
@@ -36,6 +40,9 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        "task_default_queue": defaults.TOOLS_QUEUE,
+        "task_routes": {**{task_name(t): {"queue": defaults.LLM_QUEUE} for t in LLM_TASKS},
+                        **{task_name(t): {"queue": defaults.TOOLS_QUEUE} for t in TOOL_TASKS}},
     }
 
 
@@ -46,6 +53,10 @@ def make_celery(main: str, settings: Settings | None = None) -> Celery:
 
 
 def turn_chain(app: Celery, turn: dict):
-    """reason -> discover -> execute -> synthesize, by task name (the web tier never imports workers)."""
-    first, *rest = STEPS
-    return chain(app.signature(task_name(first), args=(turn,)), *(app.signature(task_name(s)) for s in rest))
+    """discover -> reason, by task name (the web tier never imports workers). `reason` then
+    replaces itself with execute (tool calls, in parallel) and back, or with synthesize.
+    Any task that fails ends the turn through the `turn_failed` errback, which every task
+    of the chain, and every task it is replaced by, carries."""
+    errback = app.signature(task_name("turn_failed"), args=(turn["session_id"], turn["message_id"]))
+    flow = chain(app.signature(task_name("discover"), args=(turn,)), app.signature(task_name("reason")))
+    return flow.on_error(errback)

@@ -50,10 +50,11 @@ def _port_option(role: str):
 @_port_option("exec_cache")
 @_port_option("auth_memo")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".run"), show_default=True)
-@click.option("--concurrency", type=int, default=8, show_default=True, help="Worker threads")
+@click.option("--concurrency", type=int, default=50, show_default=True, help="Greenlets of the tools worker")
+@click.option("--llm-concurrency", type=int, default=2, show_default=True, help="Threads of the llm worker")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
-        data_dir: Path, concurrency: int) -> None:
-    """Run four redis-servers, a Celery worker and the web app; Ctrl-C stops them all."""
+        data_dir: Path, concurrency: int, llm_concurrency: int) -> None:
+    """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
     busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p)]
@@ -74,9 +75,14 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         for role, p in ports.items():
             started.append(processes.redis_server(role, p, data_dir).start())
             click.echo(f"redis {role:<10} redis://127.0.0.1:{p}")
-        started.append(processes.celery_worker(env, data_dir / "logs", concurrency=concurrency).start())
-        processes.wait_for_worker(env)
-        click.echo(f"worker ready (logs in {data_dir / 'logs'})")
+        env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
+        started.append(processes.celery_worker(env, data_dir / "logs", name="tools", queues=defaults.TOOLS_QUEUE,
+                                               pool="gevent", concurrency=concurrency).start())
+        started.append(processes.celery_worker(env, data_dir / "logs", name="llm", queues=defaults.LLM_QUEUE,
+                                               pool="threads", concurrency=llm_concurrency).start())
+        processes.wait_for_worker(env, count=2)
+        click.echo(f"workers ready: tools (gevent x{concurrency}), llm (threads x{llm_concurrency}); "
+                   f"logs in {data_dir / 'logs'}")
         started.append(processes.web_server(env, port, data_dir / "logs").start())
         click.echo(f"\nturnstream is running at http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
         while all(p.running() for p in started):

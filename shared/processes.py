@@ -11,6 +11,8 @@ from pathlib import Path
 
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
+from shared import defaults
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
 CONF_FILES = {"broker": "broker.conf", "progress": "progress.conf",
@@ -52,12 +54,15 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str | None = None,
+ALL_QUEUES = f"{defaults.LLM_QUEUE},{defaults.TOOLS_QUEUE}"
+
+
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = ALL_QUEUES,
                   pool: str = "threads", concurrency: int = 8) -> SimpleExecutor:
+    """A Celery worker; by default one that takes both queues (`llm` and `tools`)."""
     command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info", "-P", pool,
-               "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
-    if queues:
-        command += ["-Q", queues]
+               "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
+               "-Q", queues]
     return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
                           stdout=_log_file(log_dir, name), stderr=-2)
 
@@ -70,8 +75,8 @@ def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) 
                         envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
 
 
-def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
-    """Block until at least one Celery worker answers a ping on the broker in `env`."""
+def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) -> list[str]:
+    """Block until at least `count` Celery workers answer a ping on the broker in `env`."""
     import time
 
     from shared.celery_config import make_celery
@@ -82,7 +87,7 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
     try:
         while time.monotonic() < deadline:
             replies = app.control.ping(timeout=0.5)
-            if replies:
+            if len(replies) >= count:
                 return [name for reply in replies for name in reply]
         raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s")
     finally:

@@ -1,8 +1,9 @@
-"""The workers' Celery app. Each process checks the Redis eviction policies before it takes work."""
+"""The workers' Celery app. Each process checks the Redis eviction policies before it takes work,
+and opens its MCP sessions after fork, never before (a loop thread and pipes do not survive one)."""
 
 import logging
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from shared.celery_config import make_celery
 from shared.policy import EvictingRoleError, check_policies
@@ -21,3 +22,38 @@ def _refuse_evicting_redis(**_: object) -> None:
     except EvictingRoleError as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
+
+
+def _forks(worker: object) -> bool:
+    pool = getattr(worker, "pool_cls", None)
+    return "prefork" in f"{getattr(pool, '__module__', '')}{pool}"
+
+
+def _open_mcp_sessions() -> None:
+    from workers.mcp_client import get_hub
+
+    try:
+        hub = get_hub()
+        tools = hub.list_tools()
+        log.info("MCP: %d tools from %s", len(tools), ", ".join(hub.servers))
+    except Exception as exc:  # noqa: BLE001 - a broken server must not stop the worker; discover reports it
+        log.error("MCP: cannot open sessions: %s", exc)
+
+
+@worker_init.connect
+def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
+    if not _forks(sender):
+        _open_mcp_sessions()
+
+
+@worker_process_init.connect
+def _mcp_after_fork(**_: object) -> None:
+    _open_mcp_sessions()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _close_mcp_sessions(**_: object) -> None:
+    from workers.mcp_client import close_hub
+
+    close_hub()
