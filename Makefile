@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,local]'
 	touch $(STAMP)
 
 redis-server:
