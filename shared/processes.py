@@ -67,6 +67,13 @@ def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queu
                           stdout=_log_file(log_dir, name), stderr=-2)
 
 
+def tool_server(env: dict[str, str], port: int, log_dir: Path) -> TCPExecutor:
+    """The built-in MCP tool server over streamable HTTP, at http://127.0.0.1:`port`/mcp."""
+    command = [sys.executable, "-m", "toolserver", "--http", "--port", str(port)]
+    return TCPExecutor(command, host="127.0.0.1", port=port, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=30,
+                       stdout=_log_file(log_dir, f"toolserver-{port}"), stderr=-2)
+
+
 def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) -> HTTPExecutor:
     """gunicorn with gevent workers (deploy/gunicorn.conf.py), ready once /healthz answers."""
     command = [sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py"),
