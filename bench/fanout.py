@@ -10,12 +10,11 @@ the same three MCP calls made sequentially through one persistent session.
 """
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import summary  # noqa: E402  (puts the repo on sys.path)
+from _common import percentile, summary  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
 from shared import processes
@@ -91,9 +90,9 @@ def main() -> None:
     print(summary("execute step, 3 tools in parallel", execute))
     print(summary("whole turn (POST -> done)", wall))
     print(summary("3 calls one after another", sequential))
-    ratio = statistics.median(sequential) / statistics.median(execute)
-    print(f"parallel execute p50 vs 3 x {LATENCY_MS} ms sequential p50: {ratio:.2f}x faster "
-          f"({statistics.median(execute):.0f} ms vs {statistics.median(sequential):.0f} ms)")
+    parallel_p50, sequential_p50 = percentile(execute, 50), percentile(sequential, 50)
+    print(f"parallel execute p50 vs 3 x {LATENCY_MS} ms sequential p50: {sequential_p50 / parallel_p50:.2f}x faster "
+          f"({parallel_p50:.0f} ms vs {sequential_p50:.0f} ms)")
 
 
 if __name__ == "__main__":
