@@ -5,7 +5,8 @@ a final chunk with finish_reason, then `data: [DONE]`.
 It plays a scripted model: offered tools and no tool results yet -> it calls weather(Paris)
 and calculator(6*7+1) in one message, the arguments split across chunks; tool results present
 -> it calls nothing (finish_reason "stop"); no tools offered -> it streams an answer built
-from the tool results it was sent. A prompt containing "slow" makes it stall, to test timeouts.
+from the tool results it was sent. A prompt containing "slow" makes it stall, to test timeouts;
+"fail later" makes it answer 500 once tool results are in, to fail a later round.
 Every request body is kept in `requests` for the tests to inspect."""
 
 import json
@@ -55,8 +56,12 @@ class FakeOpenAI:
                 if not self.path.endswith("/chat/completions") or not body.get("stream"):
                     self.send_error(404)
                     return
-                if any("slow" in str(m.get("content")) for m in body["messages"] if m["role"] == "user"):
+                prompt = " ".join(str(m.get("content")) for m in body["messages"] if m["role"] == "user")
+                if "slow" in prompt:
                     time.sleep(fake.stall_s)
+                if "fail later" in prompt and any(m["role"] == "tool" for m in body["messages"]):
+                    self.send_error(500, "the model broke")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")

@@ -102,3 +102,13 @@ def test_a_stalled_model_ends_the_turn_with_an_error_event(openai_stack):
     assert "openai reasoner timed out" in events[-1].data["message"]
     status = httpx.get(openai_stack.base_url + body["status_url"], headers=bearer()).json()
     assert status["status"] == "failed" and "timed out" in status["error"]
+
+
+def test_a_failure_in_a_later_round_still_reaches_the_errback(openai_stack):
+    """Round 2's reason task exists only through Task.replace inside a chord body: the errback
+    must have been carried all the way there."""
+    body = post_prompt(openai_stack.base_url, "oai3", "weather in Paris, then fail later").json()
+    events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
+    assert [e.data["status"] for e in events if e.type == "tool"] == ["ok", "ok"]
+    assert events[-1].type == "error" and events[-1].data["step"] == "reason"
+    assert "500" in events[-1].data["message"]

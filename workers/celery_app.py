@@ -6,6 +6,7 @@ import logging
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from shared.celery_config import make_celery
+from shared.defaults import TOOLS_QUEUE
 from shared.policy import EvictingRoleError, check_policies
 
 app = make_celery("turnstream")
@@ -29,8 +30,17 @@ def _forks(worker: object) -> bool:
     return "prefork" in f"{getattr(pool, '__module__', '')}{pool}"
 
 
+def _takes_tool_calls() -> bool:
+    """Only workers on the tools queue talk to MCP servers; an llm-only worker opens no session."""
+    selected = app.amqp.queues.consume_from
+    return not selected or TOOLS_QUEUE in selected
+
+
 def _open_mcp_sessions() -> None:
     from workers.mcp_client import get_hub
+
+    if not _takes_tool_calls():
+        return
 
     try:
         hub = get_hub()
