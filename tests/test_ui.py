@@ -222,11 +222,12 @@ def test_a_bad_token_is_refused_with_a_reason(page, base_url):
     page.get_by_label("Access token").press("Enter")
     expect(page.get_by_role("alert").first).to_contain_text("Your token was refused: invalid token")
     expect(page.get_by_role("navigation", name="Sessions")).to_be_hidden()
+    screenshot(page, "ui-signin-refused")
 
 
 def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_stack):
     sign_in(page, slow_stack.base_url, "resume" + uuid.uuid4().hex[:6])
-    send_prompt(page, "What is the weather in Paris and in London?")
+    send_prompt(page, "What is the weather in Paris, London and Berlin?")
     turn = page.locator("li.turn").last
     expect(turn.locator("li.tool[data-tool=weather]").first).to_be_visible(timeout=20_000)
     assert turn.locator(".answer .markdown").count() == 0, "the turn is still running"
@@ -234,16 +235,16 @@ def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_sta
     killed = slow_stack.client("progress").client_kill_filter(_type="pubsub")
     assert killed >= 1, "the web process's pub/sub connection was cut"
 
-    expect(turn.locator(".answer .markdown")).to_contain_text("In London", timeout=30_000)
+    expect(turn.locator(".answer .markdown")).to_contain_text("In Berlin", timeout=30_000)
     assert int(turn.get_attribute("data-reconnects")) >= 1
     expect(turn.locator(".note.resume").first).to_contain_text("Connection dropped; resumed after event")
     expect_finished_steps(turn)
     tools = turn.locator("li.tool")
-    expect(tools).to_have_count(2)
-    assert [json.loads(tools.nth(i).locator(".args").inner_text()) for i in range(2)] == [
-        {"city": "Paris"}, {"city": "London"}]
+    expect(tools).to_have_count(3)
+    assert [json.loads(tools.nth(i).locator(".args").inner_text()) for i in range(3)] == [
+        {"city": "Paris"}, {"city": "London"}, {"city": "Berlin"}]
     ids = turn.locator("[data-event-id]").evaluate_all("nodes => nodes.map(n => n.dataset.eventId)")
-    assert len(ids) == len(set(ids)) == 6, "each step and tool line shows once"
+    assert len(ids) == len(set(ids)) == 7, "each step and tool line shows once"
 
     log = log_of(turn, slow_stack.client("progress"))
     assert int(turn.get_attribute("data-event-count")) == len(log)
@@ -256,7 +257,7 @@ def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_sta
 def test_a_plain_eventsource_reconnects_by_itself_and_gets_every_event_once(page, slow_stack):
     """No client-side dedupe here: what arrives is exactly what the server sent."""
     session_id = "s" + uuid.uuid4().hex[:12]
-    body = post_prompt(slow_stack.base_url, session_id, "What is the weather in Paris and in London?").json()
+    body = post_prompt(slow_stack.base_url, session_id, "What is the weather in Paris, London and Berlin?").json()
     page.goto(slow_stack.base_url + "/healthz")
     page.evaluate("""(url) => {
         window.received = []; window.opens = 0; window.drops = 0; window.finished = false;

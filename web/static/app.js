@@ -78,6 +78,7 @@ async function signIn(token) {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("account").hidden = false;
+  $("connection").hidden = false;
   await loadSessions();
   await openSession(sessionFromHash());
   $("prompt").focus();
@@ -90,6 +91,7 @@ function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
   $("app").hidden = true;
   $("account").hidden = true;
+  $("connection").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = message;
   $("turns").replaceChildren();
