@@ -90,6 +90,17 @@ STREAMED_TEXT_RECORDER = """
 """
 
 
+CONNECTION_STATE_RECORDER = """
+    window.connectionStates = [];
+    document.addEventListener("DOMContentLoaded", () => {
+        const node = document.getElementById("connection");
+        new MutationObserver(() => {
+            if (window.connectionStates.at(-1) !== node.dataset.state) window.connectionStates.push(node.dataset.state);
+        }).observe(node, {attributes: true, attributeFilter: ["data-state"]});
+    });
+"""
+
+
 def test_a_prompt_shows_the_turn_its_steps_and_the_answer(page, base_url):
     page.add_init_script(STREAMED_TEXT_RECORDER)
     page.goto(base_url + "/")
@@ -171,7 +182,7 @@ def test_denials_permission_and_cache_results_and_markdown_are_shown(page, stack
                                 duration_ms=3.5, result_preview='{"hits": []}',
                                 permission={"allowed": True, "memo": "hit"}, cache="coalesced"))
     publisher.publish(ToolEvent(call_id="c2", tool="create_ticket", args={"title": "Outage"}, status="denied",
-                                duration_ms=41.0, permission={"allowed": False, "source": "verifier"},
+                                duration_ms=41.0, permission={"allowed": False, "memo": "miss"},
                                 error="role analyst may not call create_ticket"))
     publisher.publish(StepEvent(step="execute", status="finished", duration_ms=52.0))
     answer = "**Sorry.** I could not file it:\n\n- `create_ticket` is denied\n- ask an admin\n\n<img src=x onerror=alert(1)>"
@@ -181,7 +192,7 @@ def test_denials_permission_and_cache_results_and_markdown_are_shown(page, stack
     expect(allowed.locator(".badge.permission .badge-value")).to_have_text("allowed · memo hit")
     expect(allowed.locator(".badge.cache .badge-value")).to_have_text("coalesced")
     expect(denied.locator(".tool-name")).to_have_text("You may not use create_ticket")
-    expect(denied.locator(".badge.permission .badge-value")).to_have_text("denied · verifier")
+    expect(denied.locator(".badge.permission .badge-value")).to_have_text("denied · verifier (memo miss)")
     expect(denied.locator(".tool-error")).to_have_text("role analyst may not call create_ticket")
 
     markdown = turn.locator(".answer .markdown")
@@ -216,6 +227,20 @@ def test_a_failed_turn_and_a_refused_prompt_are_shown_plainly(page, base_url):
     assert [e for e in page.errors if "status of 413" not in e] == []
 
 
+def test_a_tool_error_is_shown_in_its_line_and_the_turn_still_answers(page, base_url):
+    sign_in(page, base_url, "tools" + uuid.uuid4().hex[:6])
+    send_prompt(page, "What is the weather in Paris? Also 1/0 + 1")
+    turn = page.locator("li.turn").last
+    expect(turn.locator(".answer .markdown")).to_contain_text("I could not use calculator", timeout=20_000)
+    failed = turn.locator("li.tool[data-tool=calculator]")
+    expect(failed).to_have_class(re.compile(r"\berror\b"))
+    expect(failed.locator(".tool-name")).to_have_text("calculator failed")
+    expect(failed.locator(".tool-error")).to_contain_text("cannot evaluate")
+    expect(failed.locator(".preview")).to_have_count(0)
+    expect(turn.locator("li.tool[data-tool=weather] .preview")).to_contain_text('"city": "Paris"')
+    assert page.errors == []
+
+
 def test_a_bad_token_is_refused_with_a_reason(page, base_url):
     page.goto(base_url + "/")
     page.get_by_label("Access token").fill("not-a-token")
@@ -226,17 +251,23 @@ def test_a_bad_token_is_refused_with_a_reason(page, base_url):
 
 
 def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_stack):
+    page.add_init_script(CONNECTION_STATE_RECORDER)
     sign_in(page, slow_stack.base_url, "resume" + uuid.uuid4().hex[:6])
     send_prompt(page, "What is the weather in Paris, London and Berlin?")
     turn = page.locator("li.turn").last
     expect(turn.locator("li.tool[data-tool=weather]").first).to_be_visible(timeout=20_000)
     assert turn.locator(".answer .markdown").count() == 0, "the turn is still running"
+    expect(turn.locator("li.step.running .step-name")).to_have_text("Calling tools")
+    screenshot(page, "ui-running")
 
     killed = slow_stack.client("progress").client_kill_filter(_type="pubsub")
     assert killed >= 1, "the web process's pub/sub connection was cut"
 
     expect(turn.locator(".answer .markdown")).to_contain_text("In Berlin", timeout=30_000)
     assert int(turn.get_attribute("data-reconnects")) >= 1
+    states = page.evaluate("window.connectionStates")
+    assert states[-1] == "finished"
+    assert states.index("connected") < states.index("reconnecting") < states.index("resumed"), states
     expect(turn.locator(".note.resume").first).to_contain_text("Connection dropped; resumed after event")
     expect_finished_steps(turn)
     tools = turn.locator("li.tool")

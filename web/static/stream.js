@@ -49,8 +49,9 @@ export class TurnFollower {
       if (this.dropped) this.onState("resumed", this.lastId);
       else this.onState("connected");
     };
-    source.onerror = () => {
-      if (this.done) return;
+    source.onerror = (event) => {
+      // A server-sent `event: error` also reaches onerror; only transport errors matter here.
+      if (this.done || event instanceof MessageEvent) return;
       if (source.readyState === EventSource.CLOSED) {
         this.source = null;
         this.poll();

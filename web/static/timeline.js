@@ -27,7 +27,9 @@ export function formatDuration(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
 }
 
-/** The permission result in words: "allowed · memo hit", "denied · verifier". */
+const MEMO_WORDS = { hit: "memo hit", miss: "verifier (memo miss)", bypass: "verifier (memo bypassed)" };
+
+/** The permission result in words: "allowed · memo hit", "denied · verifier (memo miss)". */
 export function describePermission(permission) {
   if (permission === null || permission === undefined) return "";
   if (typeof permission !== "object") return String(permission);
@@ -35,7 +37,8 @@ export function describePermission(permission) {
   if ("allowed" in permission) parts.push(permission.allowed ? "allowed" : "denied");
   for (const [key, value] of Object.entries(permission)) {
     if (key === "allowed" || value === null || value === undefined || value === false) continue;
-    if (key === "source" || key === "via" || key === "decision") parts.push(String(value));
+    if (key === "memo" && MEMO_WORDS[value]) parts.push(MEMO_WORDS[value]);
+    else if (key === "source" || key === "via" || key === "decision") parts.push(String(value));
     else if (value === true) parts.push(key.replaceAll("_", " "));
     else if (typeof value === "object") parts.push(`${key.replaceAll("_", " ")} ${JSON.stringify(value)}`);
     else parts.push(`${key.replaceAll("_", " ")} ${value}`);
@@ -43,7 +46,7 @@ export function describePermission(permission) {
   return parts.join(" · ");
 }
 
-/** The cache result in words: "hit", "miss", "coalesced". */
+/** The cache result in words: "hit", "miss", "coalesced", "bypass". */
 export function describeCache(cache) {
   if (cache === null || cache === undefined) return "";
   if (typeof cache !== "object") return String(cache);
@@ -202,7 +205,7 @@ export class TurnView {
     if (badges.childElementCount) row.append(badges);
 
     if (data.error) row.append(el("p", "tool-error", data.error));
-    if (data.result_preview) {
+    if (data.status === "ok" && data.result_preview && data.result_preview !== '""') {
       const preview = el("pre", "preview", data.result_preview);
       preview.setAttribute("aria-label", "Result preview");
       row.append(preview);
