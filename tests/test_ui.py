@@ -44,7 +44,9 @@ def page(browser):
 
 @pytest.fixture(scope="module")
 def slow_stack(stack, tmp_path_factory):
-    """A system whose tools take a while, so a turn is still running when its stream is cut."""
+    """A system whose tools take a while, so a turn is still running when its stream is cut.
+
+    It needs `stack` only for this process's settings (the shared test secret signs tokens)."""
     system = Stack(tmp_path_factory.mktemp("slow"), TURNSTREAM_TOOL_LATENCY_MS="1200", TURNSTREAM_SSE_RETRY_MS="300")
     try:
         system.start_redis()
