@@ -290,7 +290,8 @@ def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_sta
 def test_a_plain_eventsource_reconnects_by_itself_and_gets_every_event_once(page, slow_stack):
     """No client-side dedupe here: what arrives is exactly what the server sent."""
     session_id = "s" + uuid.uuid4().hex[:12]
-    body = post_prompt(slow_stack.base_url, session_id, "What is the weather in Paris, London and Berlin?").json()
+    # Other cities than the test above, so no tool result is already cached (the turn stays slow).
+    body = post_prompt(slow_stack.base_url, session_id, "What is the weather in Tokyo, Sydney and Madrid?").json()
     page.goto(slow_stack.base_url + "/healthz")
     page.evaluate("""(url) => {
         window.received = []; window.opens = 0; window.drops = 0; window.finished = false;
