@@ -153,19 +153,24 @@ export class TurnView {
   }
 
   step(data, id) {
-    let step = this.steps.get(data.step);
+    // reason and execute repeat, one row per round (the event carries `round`).
+    const key = data.round ? `${data.step}-${data.round}` : data.step;
+    let step = this.steps.get(key);
     if (!step) {
       step = { row: el("li", "step"), stateText: el("span", "visually-hidden"), duration: el("span", "duration"),
                tools: el("ol", "tools") };
       step.row.dataset.step = data.step;
+      if (data.round) step.row.dataset.round = String(data.round);
       step.row.dataset.eventId = id;
       const icon = el("span", "icon");
       icon.setAttribute("aria-hidden", "true");
       const head = el("div", "step-head");
-      head.append(icon, el("span", "step-name", STEP_LABELS[data.step] || data.step), step.stateText, step.duration);
+      const label = STEP_LABELS[data.step] || data.step;
+      head.append(icon, el("span", "step-name", data.round > 1 ? `${label} (round ${data.round})` : label),
+                  step.stateText, step.duration);
       step.tools.setAttribute("aria-label", "Tool calls");
       step.row.append(head, step.tools);
-      this.steps.set(data.step, step);
+      this.steps.set(key, step);
       this.list.append(step.row);
     }
     if (data.status === "finished") {
