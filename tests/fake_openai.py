@@ -6,7 +6,8 @@ It plays a scripted model: offered tools and no tool results yet -> it calls wea
 and calculator(6*7+1) in one message, the arguments split across chunks; tool results present
 -> it calls nothing (finish_reason "stop"); no tools offered -> it streams an answer built
 from the tool results it was sent. A prompt containing "slow" makes it stall, to test timeouts;
-"fail later" makes it answer 500 once tool results are in, to fail a later round.
+"fail later" makes it answer 500 once tool results are in, to fail a later round; "again and
+again" makes it call tools in every round, to hit the round limit.
 Every request body is kept in `requests` for the tests to inspect."""
 
 import json
@@ -83,7 +84,8 @@ class FakeOpenAI:
 
     def script(self, body: dict) -> list[dict]:
         has_results = any(m["role"] == "tool" for m in body["messages"])
-        if body.get("tools") and not has_results:
+        greedy = any("again and again" in str(m.get("content")) for m in body["messages"] if m["role"] == "user")
+        if body.get("tools") and (greedy or not has_results):
             return tool_call_chunks()
         if body.get("tools"):
             return [chunk({"role": "assistant", "content": ""}), chunk({}, finish="stop")]

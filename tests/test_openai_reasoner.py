@@ -74,7 +74,7 @@ def test_a_stalled_or_missing_endpoint_is_a_reasoner_error(fake):
 def openai_stack(tmp_path_factory, fake, stack):  # `stack` sets the test secret in this process
     system = Stack(tmp_path_factory.mktemp("openai"), TURNSTREAM_REASONER="openai",
                    TURNSTREAM_OPENAI_BASE_URL=fake.base_url, TURNSTREAM_OPENAI_MODEL="fake-model",
-                   TURNSTREAM_REASONER_TIMEOUT_S="1")
+                   TURNSTREAM_REASONER_TIMEOUT_S="1", TURNSTREAM_MAX_TOOL_ROUNDS="2")
     try:
         system.start_redis()
         system.start_worker(name="openai-worker")
@@ -112,3 +112,13 @@ def test_a_failure_in_a_later_round_still_reaches_the_errback(openai_stack):
     assert [e.data["status"] for e in events if e.type == "tool"] == ["ok", "ok"]
     assert events[-1].type == "error" and events[-1].data["step"] == "reason"
     assert "500" in events[-1].data["message"]
+
+
+def test_a_model_that_always_wants_tools_stops_at_the_round_limit(openai_stack):
+    body = post_prompt(openai_stack.base_url, "oai4", "weather in Paris again and again").json()
+    events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
+    started = [(e.data["step"], e.data.get("round")) for e in events if e.type == "step" and e.data["status"] == "started"]
+    assert started == [("discover", None), ("reason", 1), ("execute", 1), ("reason", 2), ("execute", 2),
+                       ("synthesize", None)], "after TURNSTREAM_MAX_TOOL_ROUNDS=2 rounds the answer is written"
+    assert len([e for e in events if e.type == "tool"]) == 4
+    assert events[-1].type == "done"
