@@ -11,26 +11,20 @@ Prints events lost and duplicated for each, in the same run, on the same progres
 import argparse
 import json
 import random
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-from _common import REPO_ROOT  # noqa: F401  (puts the repo on sys.path)
+from _common import start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
 from httpx_sse import connect_sse
-from mirakuru import HTTPExecutor
 
-from shared import processes
 from shared.events import DoneEvent, TokenEvent
 from shared.progress import Publisher
 from shared.tokens import Principal, issue_stream_token
 from tests.stack import Stack
-
-HERE = Path(__file__).parent
-
 
 def read_with_cuts(url: str, cuts: int, parse, cutting_done: threading.Event) -> tuple[list[int], int]:
     """Read 0-3 events per connection, hang up, reconnect with the last id; after `cuts` cuts, read to
@@ -95,13 +89,7 @@ def main() -> None:
                        lambda: publisher.publish(DoneEvent(answer="end")),
                        lambda data: int(data["text"]) if "text" in data else None, args.cuts)
 
-            port = processes.free_port()
-            env = processes.child_env({"SSE_REDIS_URL": stack.env["PROGRESS_REDIS_URL"]})
-            env["PYTHONPATH"] = f"{HERE}:{env['PYTHONPATH']}"
-            stock = HTTPExecutor([sys.executable, "-m", "gunicorn", "-c", str(processes.DEPLOY / "gunicorn.conf.py"),
-                                  "-b", f"127.0.0.1:{port}", "-w", "1", "stock_sse_app:app"],
-                                 url=f"http://127.0.0.1:{port}/healthz", method="GET", envvars=env, timeout=60,
-                                 stdout=open(stack.log_dir / "stock.log", "ab"), stderr=-2).start()
+            stock, port = start_stock_flask_sse(stack.env["PROGRESS_REDIS_URL"], stack.log_dir)
             progress = stack.client("progress")
             theirs = run(f"http://127.0.0.1:{port}/stream?channel=bench",
                          lambda seq: progress.publish("bench", json.dumps(Message({"seq": seq}).to_dict())),

@@ -26,6 +26,8 @@ SSE_HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
 SSE_CLIENT_QUEUE = 256
 SSE_SUBSCRIBE_TIMEOUT_S = 5.0
+# Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
+SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
 
 # Tokens.

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = defaults.SSE_HEARTBEAT_S
     sse_retry_ms: int = defaults.SSE_RETRY_MS
     sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
+    sse_redis_connections: int = defaults.SSE_REDIS_CONNECTIONS
     token_coalesce_s: float = defaults.TOKEN_COALESCE_S
 
     user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
