@@ -1,7 +1,5 @@
 """The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
 
-import logging
-
 from flask import Flask
 
 from shared import defaults
@@ -11,7 +9,9 @@ from shared.redis_roles import client
 from shared.settings import get_settings
 from web.api import api
 from web.dispatcher import Dispatcher
+from web import telemetry
 from web.errors import register_error_handlers
+from web.metrics import metrics_bp
 from web.ops import ops
 from web.stream import stream
 from web.ui import ui
@@ -19,7 +19,7 @@ from web.ui import ui
 
 def create_app(check_redis: bool = True) -> Flask:
     """Build the app. Refuses to start if the broker or progress Redis evicts keys."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    telemetry.configure_process()
     settings = get_settings()
     settings.secret_key()
     if check_redis:
@@ -31,7 +31,8 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["celery"] = make_celery("turnstream-web", settings)
     app.extensions["dispatcher"] = Dispatcher(client("progress"), settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, ui):
+    for blueprint in (api, stream, ops, metrics_bp, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    telemetry.init_app(app)
     return app

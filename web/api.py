@@ -8,7 +8,7 @@ import uuid
 from flask import Blueprint, current_app, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared import turns
+from shared import metrics, turns
 from shared.celery_config import turn_chain
 from shared.keys import valid_id
 from shared.progress import read_log, valid_stream_id
@@ -72,6 +72,7 @@ def post_message(session_id: str):
     turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     turn_chain(current_app.extensions["celery"], turn).apply_async()
+    metrics.TURNS_ACCEPTED.inc()
 
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({
