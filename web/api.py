@@ -3,6 +3,7 @@
 Posting answers at once (202): the turn runs as a Celery chain and the client follows
 it on `stream_url` (SSE) or by polling `events`."""
 
+import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -18,6 +19,7 @@ from web.auth import current_principal
 from web.errors import ApiError
 
 api = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
 
 
 class PromptBody(BaseModel):
@@ -73,6 +75,7 @@ def post_message(session_id: str):
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     turn_chain(current_app.extensions["celery"], turn).apply_async()
     metrics.TURNS_ACCEPTED.inc()
+    log.info("turn accepted", extra={"message_id": message_id})
 
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({
