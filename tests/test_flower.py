@@ -20,10 +20,23 @@ def flower_url(stack):
     port = processes.free_port()
     env = {**stack.env, "FLOWER_BASIC_AUTH": ":".join(AUTH)}
     executor = processes.flower(env, port, stack.log_dir).start()
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_for_worker_events(url)
+        yield url
     finally:
         executor.stop()
+
+
+def wait_for_worker_events(flower_url: str, timeout: float = 30.0) -> None:
+    """Flower lists a worker on its dashboard only once that worker's events reach it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{flower_url}/workers", params={"json": 1}, auth=AUTH, timeout=10)
+        if response.status_code == 200 and response.json().get("data"):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("Flower received no worker event")
 
 
 def flower_tasks(flower_url: str) -> dict:
