@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-# What a guard can report for one tool call. The guards (shared/ exec cache and permission memo)
-# call record_exec_cache / record_auth_memo with one of these.
-EXEC_CACHE_RESULTS = ("hit", "miss", "coalesced", "uncacheable", "unavailable")
-AUTH_MEMO_RESULTS = ("hit", "miss", "unavailable")
+# What a guard can report for one tool call, in the guards' own words: "bypass" is a call that did
+# not use the cache or memo (not cacheable, strict mode, or its Redis is down). The guards (the exec
+# cache and the permission memo in shared/) call record_exec_cache / record_auth_memo with one of these.
+EXEC_CACHE_RESULTS = ("hit", "miss", "coalesced", "bypass")
+AUTH_MEMO_RESULTS = ("hit", "miss", "bypass")
 GUARD_RESULTS = {"exec_cache": EXEC_CACHE_RESULTS, "auth_memo": AUTH_MEMO_RESULTS}
 # The outcomes a ratio is taken over: lookups that reached the cache or memo.
 RATIO_BASIS = {"exec_cache": ("hit", "miss", "coalesced"), "auth_memo": ("hit", "miss")}
@@ -85,12 +86,12 @@ def record_turn(outcome: str) -> None:
 
 
 def record_exec_cache(result: str, r: redis.Redis | None = None) -> None:
-    """Count one tool call's execution-cache result (hit, miss, coalesced, uncacheable, unavailable)."""
+    """Count one tool call's execution-cache result (hit, miss, coalesced, bypass)."""
     _record_guard("exec_cache", result, r)
 
 
 def record_auth_memo(result: str, r: redis.Redis | None = None) -> None:
-    """Count one permission check's memo result (hit, miss, unavailable)."""
+    """Count one permission check's memo result (hit, miss, bypass)."""
     _record_guard("auth_memo", result, r)
 
 

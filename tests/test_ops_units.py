@@ -10,8 +10,8 @@ from workers.telemetry import step_of, turn_ids
 
 
 def test_guard_ratios_are_shares_of_the_lookups_that_reached_redis():
-    counts = {"exec_cache": {"hit": 6, "miss": 2, "coalesced": 2, "uncacheable": 5, "unavailable": 1},
-              "auth_memo": {"hit": 3, "miss": 1, "unavailable": 0}}
+    counts = {"exec_cache": {"hit": 6, "miss": 2, "coalesced": 2, "bypass": 5},
+              "auth_memo": {"hit": 3, "miss": 1, "bypass": 7}}
     ratios = metrics.guard_ratios(counts)
     assert ratios["exec_cache"] == {"hit": 0.6, "miss": 0.2, "coalesced": 0.2}
     assert ratios["auth_memo"] == {"hit": 0.75, "miss": 0.25}

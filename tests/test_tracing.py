@@ -7,9 +7,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                         ExportTraceServiceResponse)
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import processes, tracing
 from shared.celery_config import task_name
@@ -73,7 +75,7 @@ def traced_stack(tmp_path_factory, collector, stack):
     """A second system with tracing on. This test process stays pointed at the session stack (whose
     environment also holds the shared test secret, so its tokens work on both)."""
     system = Stack(tmp_path_factory.mktemp("traced"), OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
-                   OTEL_BSP_SCHEDULE_DELAY="200")
+                   OTEL_BSP_SCHEDULE_DELAY="200", TURNSTREAM_WORKER_METRICS_PORT=str(processes.free_port()))
     try:
         system.start_redis()
         system.start_worker(name="traced-worker")
@@ -124,3 +126,15 @@ def test_one_trace_follows_a_turn_from_the_post_through_every_step_and_redis(tra
     task_lines = logged("traced-worker")
     assert {line["task_name"] for line in task_lines} >= {task_name(step) for step in STEPS}
     assert all(line["message_id"] == body["message_id"] and line["task_id"] for line in task_lines)
+
+
+def test_a_worker_serves_its_own_metrics_when_given_a_port(traced_stack, session_id):
+    """Workers on other hosts than the web tier are scraped on TURNSTREAM_WORKER_METRICS_PORT."""
+    body = post_prompt(traced_stack.base_url, session_id, "calculate 6 * 7").json()
+    assert read_stream(traced_stack.base_url, body["stream_url"])[-1].type == "done"
+    port = traced_stack.env["TURNSTREAM_WORKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = {s.labels["step"]: s.value for family in text_string_to_metric_families(text)
+              if family.name == "turnstream_step_duration_seconds"
+              for s in family.samples if s.name.endswith("_count") and s.labels["outcome"] == "ok"}
+    assert all(counts[step] >= 1 for step in STEPS), counts

@@ -36,8 +36,9 @@ def turn_ids(args: tuple | list | None) -> dict[str, str | None]:
 
 
 @setup_logging.connect
-def _json_logs(**_: object) -> None:
-    logs.configure_logging("worker")
+def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    logs.configure_logging("worker", level=level or logging.INFO)
 
 
 @worker_init.connect
