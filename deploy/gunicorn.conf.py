@@ -14,6 +14,14 @@ errorlog = "-"
 loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
 
 
+def on_starting(server):
+    """Live gauges left by processes of an earlier run (a restarted container) must not count."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from shared.metrics import forget_dead_processes
+
+        forget_dead_processes()
+
+
 def child_exit(server, worker):
     """prometheus-client multiprocess mode: drop a dead worker's live gauges (SSE clients)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

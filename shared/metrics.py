@@ -75,6 +75,32 @@ def prepare_multiprocess_dir(directory: str, wipe: bool) -> None:
                 os.remove(os.path.join(directory, name))
 
 
+def forget_dead_processes(directory: str | None = None) -> list[int]:
+    """Drop the live gauges of processes that no longer exist (a restarted container keeps its directory)."""
+    directory = directory or multiprocess_dir()
+    if not directory or not os.path.isdir(directory):
+        return []
+    dead = set()
+    for name in os.listdir(directory):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = int(name.rsplit("_", 1)[1].removesuffix(".db"))
+            if not _alive(pid):
+                dead.add(pid)
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def observe_step(step: str, seconds: float, ok: bool) -> None:
     STEP_DURATION.labels(step=step if step in STEPS else "other", outcome="ok" if ok else "error").observe(seconds)
 

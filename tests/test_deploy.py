@@ -71,7 +71,8 @@ def test_compose_services_and_references_exist(compose):
 
 def test_compose_runs_every_role_web_workers_per_queue_and_flower(compose):
     services = compose["services"]
-    mounted = {volume.split(":")[0].removeprefix("./redis/") for s in services.values() for volume in s.get("volumes", [])}
+    mounted = {volume.split(":")[0].removeprefix("./redis/")
+               for service in services.values() for volume in service.get("volumes", [])}
     assert set(processes.CONF_FILES.values()) <= mounted, "every Redis role runs with its conf"
     web = services["web"]["command"]
     assert web[0] == "gunicorn" and "deploy/gunicorn.conf.py" in web

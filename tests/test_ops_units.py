@@ -3,6 +3,9 @@
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 from shared import logs, metrics
 from web.snapshot import redacted
@@ -53,3 +56,14 @@ def test_step_names_and_turn_ids_come_from_the_task():
 def test_redis_urls_are_shown_without_passwords():
     assert redacted("redis://:hunter2@broker:6379/0") == "redis://:***@broker:6379/0"
     assert redacted("redis://127.0.0.1:6391/0") == "redis://127.0.0.1:6391/0"
+
+
+def test_live_gauges_of_dead_processes_are_forgotten(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    (tmp_path / f"gauge_livesum_{dead_pid}.db").write_bytes(b"")
+    (tmp_path / f"gauge_livesum_{os.getpid()}.db").write_bytes(b"")
+    (tmp_path / f"counter_{dead_pid}.db").write_bytes(b"")
+    assert metrics.forget_dead_processes(str(tmp_path)) == [dead_pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"gauge_livesum_{os.getpid()}.db", f"counter_{dead_pid}.db"])
