@@ -170,3 +170,23 @@ def test_metrics_exposes_every_documented_series_after_a_turn(base_url, session_
     assert families["turnstream_workers_online"].samples[0].value >= 1
     up = {s.labels["role"]: s.value for s in families["turnstream_redis_up"].samples}
     assert up == dict.fromkeys(ROLES, 1.0)
+
+
+def test_a_dead_redis_shows_as_down_and_the_rest_of_the_page_still_renders(base_url, stack):
+    stack.stop_redis("auth_memo")
+    try:
+        def auth_memo_down():
+            rows = {row["role"]: row for row in ops_snapshot(base_url)["redis"]}
+            return rows if not rows["auth_memo"]["up"] else None
+
+        rows = eventually(auth_memo_down)
+        assert rows and "error" in rows["auth_memo"]
+        assert all(rows[role]["up"] for role in ("broker", "progress", "exec_cache"))
+        page = httpx.get(f"{base_url}/ops", headers=bearer(roles=ADMIN), timeout=20)
+        assert page.status_code == 200
+        assert '<tr data-role="auth_memo" class="down">' in page.text
+        assert '<tr data-role="broker" class="up">' in page.text
+        metrics_text = httpx.get(f"{base_url}/metrics", timeout=20).text
+        assert 'turnstream_redis_up{role="auth_memo"} 0.0' in metrics_text
+    finally:
+        stack.restart_redis("auth_memo")
