@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 KOMBU_PRIORITY_SEP = "\x06\x16"
 KOMBU_PRIORITY_STEPS = (3, 6, 9)
 KOMBU_UNACKED = "unacked"
+# The best of a few pings: the page's other reads share this process, and one slow wake-up of a
+# greenlet is not the server's latency.
+PINGS = 3
 
 
 def process_name() -> str:
@@ -47,15 +50,19 @@ def redacted(url: str) -> str:
     return urlunsplit(parts)
 
 
+def _ping(r: redis.Redis) -> float:
+    started = time.perf_counter()
+    r.ping()
+    return time.perf_counter() - started
+
+
 def redis_role(role: str) -> dict:
     """Ping latency, memory, evictions, policy (judged for the role) and clients of one role's server."""
     url = get_settings().role_url(role)
     stats: dict = {"role": role, "url": redacted(url), "up": False}
     r = client(role)
     try:
-        started = time.perf_counter()
-        r.ping()
-        stats["ping_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        stats["ping_ms"] = round(min(_ping(r) for _ in range(PINGS)) * 1000, 2)
         info = r.info()
         report = judge(role, read_policy(r))
     except redis.RedisError as exc:
