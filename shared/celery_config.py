@@ -4,7 +4,9 @@ JSON only on the wire. At-least-once delivery: late acks, reject on a lost worke
 prefetch 1, and time limits below the broker's visibility timeout."""
 
 from celery import Celery, chain
+from kombu import Exchange, Queue
 
+from shared import defaults
 from shared.events import STEPS
 from shared.settings import Settings, get_settings
 
@@ -13,6 +15,11 @@ TASK_PREFIX = "turnstream"
 
 def task_name(step: str) -> str:
     return f"{TASK_PREFIX}.{step}"
+
+
+def queues() -> tuple[str, ...]:
+    """Every queue a step is routed to; a worker started without -Q consumes them all."""
+    return tuple(dict.fromkeys(defaults.STEP_QUEUES.values()))
 
 
 def celery_config(settings: Settings) -> dict:
@@ -36,6 +43,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
+        "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
+        "task_routes": {task_name(step): {"queue": queue} for step, queue in defaults.STEP_QUEUES.items()},
     }
 
 

@@ -51,3 +51,18 @@ TOOL_LATENCY_MS = 300
 VISIBILITY_TIMEOUT_S = 3600
 TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 150
+
+# Celery queues: LLM-bound steps and tool-bound steps scale separately.
+STEP_QUEUES = {"reason": "llm", "discover": "tools", "execute": "tools", "synthesize": "llm"}
+
+# Operations: the /ops page, /metrics and the cache-ratio window.
+OPS_REFRESH_S = 2.0
+OPS_WINDOW_S = 5 * 60
+OPS_INSPECT_TIMEOUT_S = 1.0
+OPS_TOKEN_TTL_S = 15 * 60
+OPS_MAX_CHANNELS = 50
+OPS_WEB_HEARTBEAT_TTL_S = 15
+TURNS_IN_FLIGHT_MAX_AGE_S = 60 * 60
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+FLOWER_PORT = 5555
+LOG_FORMAT = "json"

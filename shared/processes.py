@@ -70,6 +70,13 @@ def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) 
                         envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
 
 
+def flower(env: dict[str, str], port: int, log_dir: Path) -> HTTPExecutor:
+    """Flower on 127.0.0.1:`port` through `turnstream flower` (auth from FLOWER_BASIC_AUTH in `env`)."""
+    command = [sys.executable, "-m", "shared.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
+    return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthcheck", method="GET", cwd=str(REPO_ROOT),
+                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "flower"), stderr=-2)
+
+
 def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
     """Block until at least one Celery worker answers a ping on the broker in `env`."""
     import time

@@ -1,7 +1,5 @@
 """The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
 
-import logging
-
 import redis
 from flask import Flask
 
@@ -12,7 +10,9 @@ from shared.redis_roles import make_pool
 from shared.settings import get_settings
 from web.api import api
 from web.dispatcher import Dispatcher
+from web import telemetry
 from web.errors import register_error_handlers
+from web.metrics import metrics_bp
 from web.ops import ops
 from web.stream import stream
 from web.ui import ui
@@ -20,7 +20,7 @@ from web.ui import ui
 
 def create_app(check_redis: bool = True) -> Flask:
     """Build the app. Refuses to start if the broker or progress Redis evicts keys."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    telemetry.configure_process()
     settings = get_settings()
     settings.secret_key()
     if check_redis:
@@ -37,7 +37,8 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["stream_redis"] = stream_redis
     app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, ui):
+    for blueprint in (api, stream, ops, metrics_bp, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    telemetry.init_app(app)
     return app

@@ -6,6 +6,7 @@ from celery.signals import worker_init
 
 from shared.celery_config import make_celery
 from shared.policy import EvictingRoleError, check_policies
+from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
