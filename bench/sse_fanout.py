@@ -16,18 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import percentile  # noqa: E402  (puts the repo on sys.path)
+from _common import percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
-from mirakuru import HTTPExecutor
 
-from shared import processes
 from shared.events import TokenEvent
 from shared.progress import Publisher
 from shared.tokens import Principal, issue_stream_token
 from tests.stack import Stack
-
-HERE = Path(__file__).parent
-
 
 class Client:
     def __init__(self) -> None:
@@ -58,10 +53,11 @@ async def hold_clients(port: int, path: str, count: int) -> list[Client]:
 
 
 async def measure(port: int, path: str, count: int, events: int, wait_subscribed, publish, connections) -> dict:
+    before = connections()
     clients = await hold_clients(port, path, count)
     await wait_subscribed(clients)
     await asyncio.sleep(1.0)  # let the last subscriptions and log replays settle
-    held = connections()
+    held = "/".join(str(now - then) for now, then in zip(connections(), before))
     latencies = []
     for seq in range(events):
         started = time.perf_counter()
@@ -88,10 +84,10 @@ async def wait_until(check, timeout: float = 60) -> None:
         await asyncio.sleep(0.1)
 
 
-def web_connections(progress, port: int) -> str:
-    """Subscription connections / all connections the web process holds on the progress server."""
+def web_connections(progress, port: int) -> tuple[int, int]:
+    """Connections with a subscription, and all connections, on the progress server (but ours)."""
     theirs = [c for c in progress.client_list() if c.get("name") != "bench"]
-    return f"{sum(int(c['sub']) > 0 for c in theirs)}/{len(theirs)}"
+    return sum(int(c["sub"]) > 0 for c in theirs), len(theirs)
 
 
 def run_ours(stack: Stack, count: int, events: int) -> dict:
@@ -111,13 +107,7 @@ def run_ours(stack: Stack, count: int, events: int) -> dict:
 
 
 def run_stock(stack: Stack, count: int, events: int) -> dict:
-    port = processes.free_port()
-    env = processes.child_env({"SSE_REDIS_URL": stack.env["PROGRESS_REDIS_URL"]})
-    env["PYTHONPATH"] = f"{HERE}:{env['PYTHONPATH']}"
-    server = HTTPExecutor([sys.executable, "-m", "gunicorn", "-c", str(processes.DEPLOY / "gunicorn.conf.py"),
-                           "-b", f"127.0.0.1:{port}", "-w", "1", "stock_sse_app:app"],
-                          url=f"http://127.0.0.1:{port}/healthz", method="GET", envvars=env, timeout=60,
-                          stdout=open(stack.log_dir / "stock.log", "ab"), stderr=-2).start()
+    server, port = start_stock_flask_sse(stack.env["PROGRESS_REDIS_URL"], stack.log_dir)
     progress = stack.client("progress")
     progress.client_setname("bench")
     try:

@@ -4,19 +4,22 @@ JSON only on the wire. At-least-once delivery: late acks, reject on a lost worke
 prefetch 1, and time limits below the broker's visibility timeout."""
 
 from celery import Celery, chain
+from kombu import Exchange, Queue
 
 from shared import defaults
+from shared.events import STEPS
 from shared.settings import Settings, get_settings
 
 TASK_PREFIX = "turnstream"
-# Reasoning (model calls) and tool work run on separate queues, so ops scale them apart:
-# `-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers.
-LLM_TASKS = ("reason", "synthesize")
-TOOL_TASKS = ("discover", "execute", "call_tool", "collect")
 
 
 def task_name(step: str) -> str:
     return f"{TASK_PREFIX}.{step}"
+
+
+def queues() -> tuple[str, ...]:
+    """Every queue a step is routed to; a worker started without -Q consumes them all."""
+    return tuple(dict.fromkeys(defaults.STEP_QUEUES.values()))
 
 
 def celery_config(settings: Settings) -> dict:
@@ -40,9 +43,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "task_default_queue": defaults.TOOLS_QUEUE,
-        "task_routes": {**{task_name(t): {"queue": defaults.LLM_QUEUE} for t in LLM_TASKS},
-                        **{task_name(t): {"queue": defaults.TOOLS_QUEUE} for t in TOOL_TASKS}},
+        # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
+        "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
+        "task_routes": {task_name(step): {"queue": queue} for step, queue in defaults.STEP_QUEUES.items()},
     }
 
 

@@ -36,6 +36,27 @@ def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", envvar="TURNSTREAM_FLOWER_PORT", type=int, default=defaults.FLOWER_PORT, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--no-auth", is_flag=True, help="Run without basic auth (only on a trusted network).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...]) -> None:
+    """Run Flower against turnstream's broker; basic auth from FLOWER_BASIC_AUTH ("user:password")."""
+    from shared.settings import get_settings
+
+    auth = get_settings().flower_basic_auth.get_secret_value()
+    if not auth and not no_auth:
+        raise click.ClickException("set FLOWER_BASIC_AUTH=user:password (or pass --no-auth on a trusted network)")
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Flower's own metrics are not ours to aggregate.
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = auth
+    command = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", f"--address={address}",
+               *flower_args]
+    os.execvpe(command[0], command, env)
+
+
 def _port_option(role: str):
     env = f"TURNSTREAM_{role.upper()}_PORT"
     return click.option(f"--{role.replace('_', '-')}-port", envvar=env, type=int,
@@ -68,8 +89,12 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
     env["TURNSTREAM_REASONER"] = os.environ.get("TURNSTREAM_REASONER") or _default_reasoner()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(data_dir / "metrics")
     os.environ.pop("REDIS_URL", None)
 
+    from shared.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"], wipe=True)
     started = []
     _stop_on_signals()
     try:
@@ -95,7 +120,15 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         click.echo("\nstopping")
     finally:
         for executor in reversed(started):
-            executor.stop()
+            _stop_quietly(executor)
+
+
+def _stop_quietly(executor) -> None:
+    """Stop one child; a child that already died must not keep the others running."""
+    try:
+        executor.stop()
+    except Exception as exc:  # mirakuru raises if the process had exited with an error
+        click.echo(f"stopping {executor.command[0]}: {exc}", err=True)
 
 
 def _default_reasoner() -> str:

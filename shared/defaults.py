@@ -26,6 +26,8 @@ SSE_HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
 SSE_CLIENT_QUEUE = 256
 SSE_SUBSCRIBE_TIMEOUT_S = 5.0
+# Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
+SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
 
 # Tokens.
@@ -68,11 +70,26 @@ MCP_CONNECT_TIMEOUT_S = 20.0
 MCP_CALL_TIMEOUT_S = 30.0
 TICKETS_FILE = ".run/tickets.jsonl"
 
-# Celery queues: reasoning and tool work scale separately.
-LLM_QUEUE = "llm"
-TOOLS_QUEUE = "tools"
-
 # Celery.
 VISIBILITY_TIMEOUT_S = 3600
 TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 150
+
+# Celery queues: LLM-bound steps and tool-bound steps scale separately
+# (`-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers).
+LLM_QUEUE = "llm"
+TOOLS_QUEUE = "tools"
+STEP_QUEUES = {"reason": LLM_QUEUE, "synthesize": LLM_QUEUE, "discover": TOOLS_QUEUE, "execute": TOOLS_QUEUE,
+               "call_tool": TOOLS_QUEUE, "collect": TOOLS_QUEUE}
+
+# Operations: the /ops page, /metrics and the cache-ratio window.
+OPS_REFRESH_S = 2.0
+OPS_WINDOW_S = 5 * 60
+OPS_INSPECT_TIMEOUT_S = 1.0
+OPS_TOKEN_TTL_S = 15 * 60
+OPS_MAX_CHANNELS = 50
+OPS_WEB_HEARTBEAT_TTL_S = 15
+TURNS_IN_FLIGHT_MAX_AGE_S = 60 * 60
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+FLOWER_PORT = 5555
+LOG_FORMAT = "json"

@@ -11,6 +11,8 @@ TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 
 class ProgressEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # The turn's OpenTelemetry trace id, when tracing is on (shared.tracing), so a user report maps to a trace.
+    trace_id: str | None = None
 
 
 class StepEvent(ProgressEvent):

@@ -62,6 +62,26 @@ def user_sessions(tenant: str, user: str) -> str:
     return f"{PREFIX}:user-sessions:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
 
 
+def progress_channel_pattern() -> str:
+    """PUBSUB CHANNELS pattern matching every turn's progress channel (for /ops)."""
+    return f"{PREFIX}:progress:*"
+
+
+def turns_in_flight() -> str:
+    """Sorted set of `session_id:message_id` for turns not yet final, scored by creation time."""
+    return f"{PREFIX}:turns-in-flight"
+
+
+def guard_window(minute: int) -> str:
+    """Hash of guard outcome counts (`exec_cache:hit`, ...) for one minute since the epoch."""
+    return f"{PREFIX}:ops:guards:{int(minute)}"
+
+
+def web_processes() -> str:
+    """Hash of live web processes: field = process name, value = JSON of its SSE figures and time."""
+    return f"{PREFIX}:ops:web-processes"
+
+
 def session_history(session_id: str) -> str:
     """List of the session's last N finished turns (JSON prompt + answer), oldest first."""
     return f"{PREFIX}:session:{valid_id(session_id, 'session_id')}:history"

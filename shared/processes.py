@@ -11,8 +11,6 @@ from pathlib import Path
 
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
-from shared import defaults
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = REPO_ROOT / "deploy"
 CONF_FILES = {"broker": "broker.conf", "progress": "progress.conf",
@@ -54,15 +52,13 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
     return merged
 
 
-ALL_QUEUES = f"{defaults.LLM_QUEUE},{defaults.TOOLS_QUEUE}"
-
-
-def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str = ALL_QUEUES,
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str | None = None,
                   pool: str = "threads", concurrency: int = 8) -> SimpleExecutor:
-    """A Celery worker; by default one that takes both queues (`llm` and `tools`)."""
+    """A Celery worker; without `queues`, one that takes every queue (`llm` and `tools`)."""
     command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info", "-P", pool,
-               "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
-               "-Q", queues]
+               "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    if queues:
+        command += ["-Q", queues]
     return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
                           stdout=_log_file(log_dir, name), stderr=-2)
 
@@ -80,6 +76,13 @@ def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) 
                "-b", f"127.0.0.1:{port}", "-w", str(workers), "web.wsgi:app"]
     return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthz", method="GET", cwd=str(REPO_ROOT),
                         envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
+
+
+def flower(env: dict[str, str], port: int, log_dir: Path) -> HTTPExecutor:
+    """Flower on 127.0.0.1:`port` through `turnstream flower` (auth from FLOWER_BASIC_AUTH in `env`)."""
+    command = [sys.executable, "-m", "shared.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
+    return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthcheck", method="GET", cwd=str(REPO_ROOT),
+                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "flower"), stderr=-2)
 
 
 def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) -> list[str]:

@@ -17,6 +17,7 @@ from shared import keys
 from shared.events import TERMINAL_EVENTS, TokenEvent, ProgressEvent, event_type
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.tracing import current_trace_id
 
 # KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag.
 _APPEND_AND_PUBLISH = """
@@ -87,6 +88,9 @@ class Publisher:
 
     def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str:
         settings = get_settings()
+        trace_id = current_trace_id()
+        if trace_id and event.trace_id is None:
+            event = event.model_copy(update={"trace_id": trace_id})
         kind = event_type(event)
         data = event.model_dump_json(exclude_none=True)
         wire = json.dumps(Message(data, type=kind).to_dict())

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = defaults.SSE_HEARTBEAT_S
     sse_retry_ms: int = defaults.SSE_RETRY_MS
     sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
+    sse_redis_connections: int = defaults.SSE_REDIS_CONNECTIONS
     token_coalesce_s: float = defaults.TOKEN_COALESCE_S
 
     user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
     task_time_limit_s: int = defaults.TASK_TIME_LIMIT_S
+
+    # Operations (issue 7): Flower and prometheus-client keep their own standard variable names.
+    flower_basic_auth: SecretStr = Field(SecretStr(""), validation_alias=_env("FLOWER_BASIC_AUTH"))
+    flower_port: int = defaults.FLOWER_PORT
+    prometheus_multiproc_dir: str | None = Field(None, validation_alias=_env("PROMETHEUS_MULTIPROC_DIR"))
+    worker_metrics_port: int = defaults.WORKER_METRICS_PORT
+    log_format: str = defaults.LOG_FORMAT
+    ops_refresh_s: float = defaults.OPS_REFRESH_S
+    ops_window_s: int = defaults.OPS_WINDOW_S
+    ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S
 
     @property
     def single_instance(self) -> bool:

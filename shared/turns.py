@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from shared import keys
+from shared import defaults, keys, metrics
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal
@@ -44,6 +44,7 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.expire(keys.session_turns(session_id), ttl * 7)
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
     pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
+    pipe.zadd(keys.turns_in_flight(), {f"{session_id}:{message_id}": now})
     pipe.execute()
 
 
@@ -56,6 +57,9 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
     if "status" in values and r.hget(key, "status") in FINAL_STATES:
         values.pop("status")
     r.hset(key, mapping=values)
+    if values.get("status") in FINAL_STATES:
+        r.zrem(keys.turns_in_flight(), f"{session_id}:{message_id}")
+        metrics.record_turn(values["status"])
 
 
 def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> dict | None:
@@ -69,3 +73,33 @@ def session_message_ids(session_id: str, r: redis.Redis | None = None) -> list[s
 
 def user_session_ids(principal: Principal, r: redis.Redis | None = None) -> list[str]:
     return (r or client("broker")).zrevrange(keys.user_sessions(principal.tenant, principal.user), 0, 99)
+
+
+def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
+    """Turns not yet final, oldest first, with their status and step (for /ops).
+
+    Entries older than TURNS_IN_FLIGHT_MAX_AGE_S, or whose record expired, are dropped: a turn
+    whose worker died without a final state must not stay "in flight" forever."""
+    r = r or client("broker")
+    index = keys.turns_in_flight()
+    r.zremrangebyscore(index, "-inf", time.time() - defaults.TURNS_IN_FLIGHT_MAX_AGE_S)
+    members = r.zrange(index, 0, limit - 1, withscores=True)
+    pipe = r.pipeline(transaction=False)
+    for member, _ in members:
+        session_id, _, message_id = member.partition(":")
+        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step")
+    in_flight, stale = [], []
+    for (member, created), (status, step) in zip(members, pipe.execute()):
+        if status is None or status in FINAL_STATES:
+            stale.append(member)
+            continue
+        session_id, _, message_id = member.partition(":")
+        in_flight.append({"session_id": session_id, "message_id": message_id, "status": status,
+                          "step": step or "", "age_s": round(time.time() - created, 1)})
+    if stale:
+        r.zrem(index, *stale)
+    return in_flight
+
+
+def count_in_flight(r: redis.Redis | None = None) -> int:
+    return (r or client("broker")).zcard(keys.turns_in_flight())

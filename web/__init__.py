@@ -1,17 +1,18 @@
 """The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
 
-import logging
-
+import redis
 from flask import Flask
 
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.policy import check_policies
-from shared.redis_roles import client
+from shared.redis_roles import make_pool
 from shared.settings import get_settings
 from web.api import api
 from web.dispatcher import Dispatcher
+from web import telemetry
 from web.errors import register_error_handlers
+from web.metrics import metrics_bp
 from web.ops import ops
 from web.stream import stream
 from web.ui import ui
@@ -19,7 +20,7 @@ from web.ui import ui
 
 def create_app(check_redis: bool = True) -> Flask:
     """Build the app. Refuses to start if the broker or progress Redis evicts keys."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    telemetry.configure_process()
     settings = get_settings()
     settings.secret_key()
     if check_redis:
@@ -29,9 +30,15 @@ def create_app(check_redis: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096
     app.json.sort_keys = False
     app.extensions["celery"] = make_celery("turnstream-web", settings)
-    app.extensions["dispatcher"] = Dispatcher(client("progress"), settings.sse_client_queue,
+    # Streams get their own small pool: thousands of clients replaying at once queue for a
+    # connection instead of opening one each.
+    stream_redis = redis.Redis(connection_pool=make_pool(settings.role_url("progress"), settings,
+                                                         settings.sse_redis_connections))
+    app.extensions["stream_redis"] = stream_redis
+    app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, ui):
+    for blueprint in (api, stream, ops, metrics_bp, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    telemetry.init_app(app)
     return app

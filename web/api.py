@@ -3,12 +3,13 @@
 Posting answers at once (202): the turn runs as a Celery chain and the client follows
 it on `stream_url` (SSE) or by polling `events`."""
 
+import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared import turns
+from shared import metrics, turns
 from shared.celery_config import turn_chain
 from shared.keys import valid_id
 from shared.progress import read_log, valid_stream_id
@@ -18,6 +19,7 @@ from web.auth import current_principal
 from web.errors import ApiError
 
 api = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger(__name__)
 
 
 class PromptBody(BaseModel):
@@ -72,6 +74,8 @@ def post_message(session_id: str):
     turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     turn_chain(current_app.extensions["celery"], turn).apply_async()
+    metrics.TURNS_ACCEPTED.inc()
+    log.info("turn accepted", extra={"message_id": message_id})
 
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({

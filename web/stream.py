@@ -59,7 +59,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             return
         try:
             last = after
-            for event in read_log(session_id, message_id, after=after):
+            for event in read_log(session_id, message_id, after=after, r=current_app.extensions["stream_redis"]):
                 yield event
                 last = event.id
                 if event.terminal:

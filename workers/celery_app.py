@@ -8,6 +8,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
 from shared.policy import EvictingRoleError, check_policies
+from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
