@@ -55,10 +55,13 @@ def test_flower_lists_the_four_steps_of_a_turn(flower_url, base_url, session_id)
 
     deadline = time.monotonic() + 20
     seen = steps_of_this_turn()
-    while seen != {task_name(step) for step in STEPS} and time.monotonic() < deadline:
+    # The four steps, plus the tool calls `execute` fans out and the `collect` that ends its chord.
+    expected = {task_name(step) for step in (*STEPS, "call_tool", "collect")}
+    while seen != expected and time.monotonic() < deadline:
         time.sleep(0.5)
         seen = steps_of_this_turn()
-    assert seen == {"turnstream.reason", "turnstream.discover", "turnstream.execute", "turnstream.synthesize"}
+    assert seen == {"turnstream.reason", "turnstream.discover", "turnstream.execute", "turnstream.synthesize",
+                    "turnstream.call_tool", "turnstream.collect"}
 
 
 def test_flower_wants_the_credentials_from_the_environment(flower_url):

@@ -3,6 +3,7 @@ tool lists, calls, an unknown tool, a tool error, the caller's identity, and the
 
 import json
 
+import psutil
 import pytest
 
 from shared import processes
@@ -87,6 +88,33 @@ def test_tool_lists_are_cached_briefly(hub):
     assert hub._catalog_at == listed_at, "within the TTL the cached list is served"
     hub.list_tools(refresh=True)
     assert hub._catalog_at > listed_at
+
+
+def _toolservers() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if "toolserver" in " ".join(p.cmdline())}
+
+
+def test_a_stdio_server_that_dies_is_started_again_for_the_next_call():
+    settings = Settings(tool_latency_ms=0)
+    others = _toolservers()
+    hub = McpHub(settings, servers={"builtin": builtin_server(settings)})
+    try:
+        assert hub.call_tool("calculator", {"expression": "1 + 1"})["value"] == 2
+        (first,) = _toolservers() - others
+        psutil.Process(first).kill()
+        psutil.Process(first).wait(5)
+        outcomes = []
+        for _ in range(2):  # the call in flight when the pipe broke may fail; the next one reconnects
+            try:
+                outcomes.append(hub.call_tool("calculator", {"expression": "2 + 2"})["value"])
+                break
+            except ToolCallError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[-1] == 4, outcomes
+        (second,) = _toolservers() - others - {first}
+        assert second != first
+    finally:
+        hub.close()
 
 
 def test_a_dead_server_is_reported_and_the_others_still_serve(tmp_path):

@@ -105,7 +105,7 @@ def test_a_stalled_model_ends_the_turn_with_an_error_event(openai_stack):
 
 
 def test_a_failure_in_a_later_round_still_reaches_the_errback(openai_stack):
-    """Round 2's reason task exists only through Task.replace inside a chord body: the errback
+    """Round 2's reason task is sent by the `collect` that ends a chord: the errback
     must have been carried all the way there."""
     body = post_prompt(openai_stack.base_url, "oai3", "weather in Paris, then fail later").json()
     events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)

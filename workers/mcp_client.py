@@ -18,11 +18,12 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, Tool
+from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
 from shared.tool_meta import CACHE_SCOPES, CALLER_META, POLICY_META
@@ -139,8 +140,15 @@ class _Session:
         self._client = None
 
 
+_TRANSPORT_ERRORS = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError,
+                     httpx2.TransportError)
+
+
 def _connection_failure(exc: BaseException) -> bool:
-    return not isinstance(exc, MCPError) or "closed" in str(exc).lower()
+    """The session itself is gone (not just one request failing or timing out)."""
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    return isinstance(exc, _TRANSPORT_ERRORS)
 
 
 class McpHub:

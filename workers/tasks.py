@@ -1,9 +1,11 @@
 """The steps of a turn: discover -> reason -> [execute -> reason]* -> synthesize.
 
-The web tier sends discover | reason. `reason` asks the reasoner for tool calls and replaces
-itself with `execute` (a chord: one `call_tool` per call, in parallel on the tools queue, then
-`collect`), which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS
-is reached; then `synthesize` streams the answer. Every step publishes `started` and
+The web tier sends discover | reason. `reason` asks the reasoner for tool calls and hands over
+to `execute` (a chord: one `call_tool` per call, in parallel on the tools queue, then `collect`),
+which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS is
+reached; then `synthesize` streams the answer. A step hands over by sending the next one with
+its own errbacks (`forward`), like Task.replace does, but under a task id of its own, so Flower,
+metrics and traces see every step as the task it is. Every step publishes `started` and
 `finished` (reason and execute with their round) and keeps the turn's status record current.
 Events carry dedupe names, so a redelivered step (late acks) re-publishes nothing.
 
@@ -60,6 +62,13 @@ def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], rou
     return result
 
 
+def forward(task, signature) -> None:
+    """Send the turn's next step (or chord), carrying this task's errbacks to it."""
+    for errback in task.request.errbacks or []:
+        signature.link_error(errback)
+    signature.apply_async()
+
+
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -99,12 +108,10 @@ def _reason(turn: dict, publisher: Publisher) -> dict:
 
 
 @app.task(name=task_name("reason"), bind=True)
-def reason(self, turn: dict):
+def reason(self, turn: dict) -> None:
     round_ = len(turn["rounds"]) + 1
     turn = run_step("reason", turn, _reason, round_=round_)
-    if turn["pending"]:
-        return self.replace(execute.si(turn))
-    return self.replace(synthesize.si(turn))
+    forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn))
 
 
 # --- execute -------------------------------------------------------------------------------
@@ -144,7 +151,7 @@ def call_tool(ref: dict, call: dict) -> dict:
 
 
 @app.task(name=task_name("execute"), bind=True)
-def execute(self, turn: dict):
+def execute(self, turn: dict) -> None:
     """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
     round_ = len(turn["rounds"]) + 1
     publisher = Publisher(turn["session_id"], turn["message_id"])
@@ -153,20 +160,19 @@ def execute(self, turn: dict):
     ref = {k: turn[k] for k in ("session_id", "message_id", "user", "tenant", "roles")}
     calls = [{k: c[k] for k in ("call_id", "tool", "args", "error", "model_call_id") if k in c} for c in turn["pending"]]
     state = {**turn, "pending": [], "execute_started_at": time.time()}
-    return self.replace(chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
+    forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
 
 
 @app.task(name=task_name("collect"), bind=True)
-def collect(self, results: list[dict], turn: dict):
+def collect(self, results: list[dict], turn: dict) -> None:
     round_ = len(turn["rounds"]) + 1
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
     Publisher(turn["session_id"], turn["message_id"]).publish(
         StepEvent(step="execute", status="finished", round=round_, duration_ms=duration_ms),
         dedupe=f"execute-{round_}-finished")
     turn = {**turn, "rounds": [*turn["rounds"], {"results": results}]}
-    if len(turn["rounds"]) >= get_settings().max_tool_rounds:
-        return self.replace(synthesize.si(turn))
-    return self.replace(reason.si(turn))
+    done = len(turn["rounds"]) >= get_settings().max_tool_rounds
+    forward(self, synthesize.si(turn) if done else reason.si(turn))
 
 
 # --- synthesize ----------------------------------------------------------------------------

@@ -28,8 +28,9 @@ def step_of(task_name: str) -> str:
 
 
 def turn_ids(args: tuple | list | None) -> dict[str, str | None]:
-    """The session and message ids of a step's turn argument (its first positional argument)."""
-    turn = args[0] if args else None
+    """The session and message ids of a step's turn argument (the first dict that names them:
+    `collect` gets its round's results first, then the turn)."""
+    turn = next((a for a in args or () if isinstance(a, dict) and "session_id" in a), None)
     if not isinstance(turn, dict):
         return {"session_id": None, "message_id": None}
     return {"session_id": turn.get("session_id"), "message_id": turn.get("message_id")}
@@ -71,6 +72,5 @@ def _step_finished(task_id: str | None = None, task=None, state: str | None = No
     if started is None or task is None:
         return
     began, tokens = started
-    # A step that hands over to the next one (Task.replace) ends IGNORED: that is success too.
-    metrics.observe_step(step_of(task.name), time.perf_counter() - began, ok=state in ("SUCCESS", "IGNORED"))
+    metrics.observe_step(step_of(task.name), time.perf_counter() - began, ok=state == "SUCCESS")
     logs.unbind(tokens)
