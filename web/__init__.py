@@ -1,4 +1,4 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
+"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
 
 import logging
 
@@ -9,6 +9,7 @@ from shared.celery_config import make_celery
 from shared.policy import check_policies
 from shared.redis_roles import client
 from shared.settings import get_settings
+from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
 from web.errors import register_error_handlers
@@ -31,7 +32,7 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["celery"] = make_celery("turnstream-web", settings)
     app.extensions["dispatcher"] = Dispatcher(client("progress"), settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, ui):
+    for blueprint in (api, stream, ops, ui, admin):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     return app
