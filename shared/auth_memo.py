@@ -14,7 +14,9 @@ is "not allowed" with the reason (fail closed). Nothing here ever turns a deny i
 
 import hashlib
 import logging
+from collections import Counter as Tally
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import redis
 from prometheus_client import Counter
@@ -77,6 +79,7 @@ class Preflight:
         return [tool for tool, d in self.decisions.items() if d.unavailable]
 
 
+@lru_cache(maxsize=4096)
 def roles_fingerprint(roles: tuple[str, ...]) -> str:
     """Part of the stamp: a memo made for a token with other roles does not count for this one."""
     return hashlib.sha256("\n".join(sorted(set(roles))).encode()).hexdigest()[:16]
@@ -96,6 +99,14 @@ def read_memo(value: str | None, stamp: str) -> bool | None:
     return answer == ALLOW
 
 
+@lru_cache(maxsize=4096)
+def lookup_keys(tenant: str, user: str, tools: tuple[str, ...]) -> list[str]:
+    """What one batch reads: the three shared generations, each tool's generation, each memo.
+    Cached: the same principal asks about the same tool list turn after turn."""
+    return [keys.auth_generation_all(), keys.auth_generation_tenant(tenant), keys.auth_generation_user(user),
+            *map(keys.auth_generation_tool, tools), *(keys.auth_memo(tenant, user, tool) for tool in tools)]
+
+
 class AuthMemo:
     def __init__(self, r: redis.Redis, verifier: Verifier, allow_ttl_s: int, deny_ttl_s: int, strict: bool = False):
         self.redis = r
@@ -113,12 +124,12 @@ class AuthMemo:
     # --- checking -----------------------------------------------------------------------------------------
     def preflight(self, principal: Principal, tools: list[str]) -> Preflight:
         """Decide every tool at once: one round trip for the memos, the misses verified concurrently."""
-        tools = list(dict.fromkeys(keys.valid_tool(tool) for tool in tools))
+        tools = list(dict.fromkeys(tools))
         if not tools:
             return Preflight()
+        names = lookup_keys(principal.tenant, principal.user, tuple(tools))  # validates every name
         if self.strict:
             return self._verify(principal, tools, {}, memo="bypass")
-        names = self._lookup_keys(principal, tools)
         try:
             values = guarded(GUARD, lambda: self.redis.mget(names))
         except GuardDown as exc:
@@ -127,24 +138,22 @@ class AuthMemo:
         stamps = self._stamps(principal, tools, values)
         decisions: dict[str, Decision] = {}
         misses: dict[str, str] = {}
+        hits: Tally = Tally()
         for tool, value in zip(tools, values[3 + len(tools):]):
             answer = read_memo(value, stamps[tool])
             if answer is None:
                 misses[tool] = stamps[tool]
             else:
                 decisions[tool] = Decision(tool, answer, "hit")
-                CHECKS.labels("hit", "allowed" if answer else "denied").inc()
+                hits[answer] += 1
+        for answer, count in hits.items():
+            CHECKS.labels("hit", "allowed" if answer else "denied").inc(count)
         if misses:
             decisions.update(self._verify(principal, list(misses), misses, memo="miss").decisions)
         return Preflight({tool: decisions[tool] for tool in tools})
 
     def check(self, principal: Principal, tool: str) -> Decision:
         return self.preflight(principal, [tool]).decisions[tool]
-
-    def _lookup_keys(self, principal: Principal, tools: list[str]) -> list[str]:
-        return [keys.auth_generation_all(), keys.auth_generation_tenant(principal.tenant),
-                keys.auth_generation_user(principal.user), *map(keys.auth_generation_tool, tools),
-                *(keys.auth_memo(principal.tenant, principal.user, tool) for tool in tools)]
 
     @staticmethod
     def _stamps(principal: Principal, tools: list[str], values: list[str | None]) -> dict[str, str]:

@@ -45,6 +45,7 @@ OK, ERROR, RUN_YOURSELF = "o", "e", "r"
 Scope = Literal["global", "tenant", "user"]
 
 RESULTS = Counter("turnstream_exec_cache_results", "Tool calls by execution-cache result", ["result"])
+_RESULT = {name: RESULTS.labels(name) for name in ("hit", "miss", "coalesced", "bypass")}
 
 # KEYS: result, lease, done. ARGV: lease token, lease ms.
 _ACQUIRE = """
@@ -99,6 +100,7 @@ class _DeclarationsFile(BaseModel):
     tools: dict[str, _ToolEntry] = {}
 
 
+@lru_cache(maxsize=8192)
 def normalize_name(name: str) -> str:
     """requestId, request_id and Request-ID are the same volatile field."""
     return re.sub(r"[-_]", "", name).lower()
@@ -178,12 +180,16 @@ class CacheKey:
 
 
 def scope_of(spec: ToolSpec, principal: Principal) -> str:
-    if spec.scope == "global":
+    return _scope(spec.scope, principal.tenant, principal.user)
+
+
+@lru_cache(maxsize=4096)
+def _scope(scope: Scope, tenant: str, user: str) -> str:
+    if scope == "global":
         return "global"
-    tenant = keys.valid_id(principal.tenant, "tenant")
-    if spec.scope == "tenant":
-        return f"tenant.{tenant}"
-    return f"user.{tenant}.{keys.valid_id(principal.user, 'user')}"
+    if scope == "tenant":
+        return f"tenant.{keys.valid_id(tenant, 'tenant')}"
+    return f"user.{keys.valid_id(tenant, 'tenant')}.{keys.valid_id(user, 'user')}"
 
 
 def cache_key(spec: ToolSpec, params: Any, principal: Principal, volatile: frozenset[str] = frozenset()) -> CacheKey:
@@ -321,7 +327,7 @@ class ExecCache:
 
     @staticmethod
     def _outcome(ok: bool, value: Any, error: str | None, cache: str, started: float) -> Outcome:
-        RESULTS.labels(cache).inc()
+        _RESULT[cache].inc()
         return Outcome(ok, value, error, cache, round((time.perf_counter() - started) * 1000, 2))
 
 
