@@ -80,6 +80,20 @@ class ToolSpec:
     ttl_s: int | None = None
     volatile: frozenset[str] = frozenset()
 
+    @classmethod
+    def from_policy(cls, name: str, policy: dict | None) -> "ToolSpec":
+        """A spec from what a tool says about itself (e.g. MCP tool metadata):
+        {"cache": "global"|"tenant"|"user"|"never", "ttl_s": int, "volatile": [names]}.
+        Anything missing or unexpected means "not cacheable"."""
+        policy = policy if isinstance(policy, dict) else {}
+        scope, ttl_s, volatile = policy.get("cache"), policy.get("ttl_s"), policy.get("volatile") or []
+        if scope not in ("global", "tenant", "user"):
+            return cls(name)
+        ttl_ok = isinstance(ttl_s, int) and not isinstance(ttl_s, bool) and ttl_s > 0
+        names = frozenset(normalize_name(v) for v in volatile if isinstance(v, str)) if isinstance(volatile, list) \
+            else frozenset()
+        return cls(name, True, scope, ttl_s if ttl_ok else None, names)
+
 
 class _ToolEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -111,8 +125,9 @@ class Declarations:
     volatile: frozenset[str] = frozenset(map(normalize_name, defaults.EXEC_CACHE_VOLATILE_FIELDS))
     tools: dict[str, ToolSpec] = field(default_factory=dict)
 
-    def spec(self, tool: str) -> ToolSpec:
-        return self.tools.get(tool) or ToolSpec(tool)
+    def spec(self, tool: str, declared: dict | None = None) -> ToolSpec:
+        """The declarations file wins; otherwise what the tool declares itself; otherwise not cacheable."""
+        return self.tools.get(tool) or ToolSpec.from_policy(tool, declared)
 
 
 def parse_declarations(text: str) -> Declarations:
@@ -133,8 +148,8 @@ def load_declarations(path: str = "") -> Declarations:
     return parse_declarations(Path(path or shipped_declarations_path()).read_text())
 
 
-def declaration(tool: str) -> ToolSpec:
-    return load_declarations(get_settings().exec_cache_tools_file).spec(tool)
+def declaration(tool: str, declared: dict | None = None) -> ToolSpec:
+    return load_declarations(get_settings().exec_cache_tools_file).spec(tool, declared)
 
 
 # --- Keys ------------------------------------------------------------------------------------------------

@@ -145,3 +145,13 @@ def test_shipped_declarations_never_cache_the_side_effecting_tool():
     decls = load_declarations()
     assert decls.spec("create_ticket").cacheable is False
     assert decls.spec("my_orders").scope == "user"
+
+
+def test_a_tool_can_declare_its_own_policy_but_the_file_wins():
+    decls = parse_declarations('[tools.weather]\ncacheable = false\n')
+    assert decls.spec("weather", {"cache": "global"}).cacheable is False, "the operator's file wins"
+    assert decls.spec("lookup", {"cache": "tenant", "ttl_s": 60, "volatile": ["Trace_Id"]}) == ToolSpec(
+        "lookup", True, "tenant", 60, frozenset({"traceid"}))
+    for declared in (None, {}, {"cache": "never"}, {"cache": "planet"}, "global"):
+        assert decls.spec("lookup", declared).cacheable is False
+    assert decls.spec("lookup", {"cache": "user", "ttl_s": True}).ttl_s is None
