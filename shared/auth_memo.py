@@ -124,10 +124,14 @@ class AuthMemo:
     # --- checking -----------------------------------------------------------------------------------------
     def preflight(self, principal: Principal, tools: list[str]) -> Preflight:
         """Decide every tool at once: one round trip for the memos, the misses verified concurrently."""
-        tools = list(dict.fromkeys(tools))
-        if not tools:
-            return Preflight()
-        names = lookup_keys(principal.tenant, principal.user, tuple(tools))  # validates every name
+        ordered = list(dict.fromkeys(tools))
+        valid = [tool for tool in ordered if isinstance(tool, str) and keys.TOOL_PATTERN.fullmatch(tool)]
+        decided = self._decide(principal, valid).decisions if valid else {}
+        # A name no key can hold is denied, never an error that could stop the turn.
+        return Preflight({tool: decided.get(tool) or Decision(tool, False, "bypass") for tool in ordered})
+
+    def _decide(self, principal: Principal, tools: list[str]) -> Preflight:
+        names = lookup_keys(principal.tenant, principal.user, tuple(tools))
         if self.strict:
             return self._verify(principal, tools, {}, memo="bypass")
         try:
@@ -150,7 +154,7 @@ class AuthMemo:
             CHECKS.labels("hit", "allowed" if answer else "denied").inc(count)
         if misses:
             decisions.update(self._verify(principal, list(misses), misses, memo="miss").decisions)
-        return Preflight({tool: decisions[tool] for tool in tools})
+        return Preflight(decisions)
 
     def check(self, principal: Principal, tool: str) -> Decision:
         return self.preflight(principal, [tool]).decisions[tool]

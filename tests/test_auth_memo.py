@@ -213,6 +213,11 @@ def test_with_the_memo_redis_down_the_verifier_decides_and_denies_stay_denied(gu
         reset_breakers()
 
 
+def test_a_tool_name_no_key_can_hold_is_denied(r, policy_file):
+    result = memo_for(r, policy_file, strict=False).preflight(ADMIN, ["weather", "bad:name*", "x" * 200])
+    assert result.allowed == ["weather"] and set(result.denied) == {"bad:name*", "x" * 200}
+
+
 def test_read_memo_needs_the_exact_stamp():
     assert read_memo("A|1.2.3.4|abc", "1.2.3.4|abc") is True
     assert read_memo("D|1.2.3.4|abc", "1.2.3.4|abc") is False
