@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import tomllib
 import uuid
@@ -65,6 +66,12 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'outcome', ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
+"""
+
+# KEYS: lease. ARGV: lease token, lease ms. Extends the lease only while we still hold it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 
@@ -249,6 +256,7 @@ class ExecCache:
         self.block_cap_ms = max(1, int(block_cap_s * 1000))
         self._acquire = r.register_script(_ACQUIRE)
         self._complete = r.register_script(_COMPLETE)
+        self._renew = r.register_script(_RENEW)
 
     @classmethod
     def from_settings(cls) -> "ExecCache":
@@ -314,8 +322,12 @@ class ExecCache:
 
     def _own(self, spec: ToolSpec, key: CacheKey, token: str, params: dict, fn: Callable[[dict], Any],
              started: float) -> Outcome:
-        """We hold the lease: run, store what may be stored, wake the waiters, release the lease."""
-        ok, value, error = _call(spec.name, fn, params)
+        """We hold the lease: run (renewing it), store what may be stored, wake the waiters, release it."""
+        stop_renewing = self._keep_lease(key, token)
+        try:
+            ok, value, error = _call(spec.name, fn, params)
+        finally:
+            stop_renewing()
         if ok:
             text = encode_exact(value)
             stored = OK + text if text is not None and len(text.encode()) <= self.max_bytes else ""
@@ -329,6 +341,22 @@ class ExecCache:
         except GuardDown as exc:
             log.warning("could not store %s's result (%s); waiters will take over", spec.name, type(exc).__name__)
         return self._outcome(ok, value, error, "miss", started)
+
+    def _keep_lease(self, key: CacheKey, token: str) -> Callable[[], None]:
+        """Renew the lease every third of its length while the tool runs, so a slow tool keeps it and
+        only a dead owner (whose renewals stop) lets a waiter take over."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease_ms / 3000):
+                try:
+                    if not self._renew(keys=[key.lease], args=[token, self.lease_ms]):
+                        return
+                except redis.RedisError:
+                    return
+
+        threading.Thread(target=renew, name="exec-cache-lease", daemon=True).start()
+        return stop.set
 
     def _direct(self, params: dict, fn: Callable[[dict], Any], started: float, cache: str = "bypass") -> Outcome:
         ok, value, error = _call(getattr(fn, "__name__", "tool"), fn, params)

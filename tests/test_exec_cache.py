@@ -208,6 +208,20 @@ def test_a_waiter_takes_over_after_the_lease_when_the_owner_is_killed(r, guard_r
     assert cache.run(SLOW, {"city": "Paris"}, BOB, tool).cache == "hit"
 
 
+def test_a_slow_owner_keeps_its_lease_past_its_length(r):
+    cache = make_cache(r, lease_s=0.3)
+    tool = Counting({"v": "slow"}, delay_s=1.2)
+    results = []
+    owner = threading.Thread(target=lambda: results.append(cache.run(SLOW, {"q": "long"}, ALICE, tool)))
+    owner.start()
+    while not r.exists(cache.key(SLOW, {"q": "long"}, ALICE).lease):
+        time.sleep(0.01)
+    waiter = cache.run(SLOW, {"q": "long"}, BOB, tool)
+    owner.join()
+    assert (waiter.cache, waiter.value, tool.runs) == ("coalesced", {"v": "slow"}, 1)
+    assert not r.exists(cache.key(SLOW, {"q": "long"}, ALICE).lease), "released when done"
+
+
 def test_a_waiter_runs_the_tool_itself_after_the_wait_timeout(r):
     slow_owner = make_cache(r, lease_s=30.0)
     impatient = make_cache(r, lease_s=30.0, wait_s=0.5)
