@@ -171,7 +171,7 @@ def bench_saved(exec_r: redis.Redis, conversations: int) -> list[tuple]:
         cache.run(tool, args, principal, upstream)
 
     full_payload_runs = 0  # the baseline: sha256 of the whole payload as sent, no stripping, no sorting
-    for principal, tool, args in calls:
+    for _principal, tool, args in calls:
         key = "bench:full:" + hashlib.sha256(json.dumps({"tool": tool, "args": args}).encode()).hexdigest()
         if exec_r.get(key) is None:
             full_payload_runs += 1

@@ -143,7 +143,7 @@ class AuthMemo:
         decisions: dict[str, Decision] = {}
         misses: dict[str, str] = {}
         hits: Tally = Tally()
-        for tool, value in zip(tools, values[3 + len(tools):]):
+        for tool, value in zip(tools, values[3 + len(tools):], strict=True):
             answer = read_memo(value, stamps[tool])
             if answer is None:
                 misses[tool] = stamps[tool]
@@ -180,7 +180,8 @@ class AuthMemo:
             CHECKS.labels(memo, "allowed" if answer else "denied").inc()
             if tool in stamps:
                 ttl = self.allow_ttl_s if answer else self.deny_ttl_s
-                to_write[keys.auth_memo(principal.tenant, principal.user, tool)] = (memo_value(answer, stamps[tool]), ttl)
+                name = keys.auth_memo(principal.tenant, principal.user, tool)
+                to_write[name] = (memo_value(answer, stamps[tool]), ttl)
         if to_write:
             self._write(to_write)
         return Preflight(decisions)

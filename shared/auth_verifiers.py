@@ -148,7 +148,7 @@ class HttpVerifier:
         if len(tools) == 1:
             return {tools[0]: self._safe(principal, tools[0])}
         answers = self._pool.map(lambda tool: self._safe(principal, tool), tools)
-        return dict(zip(tools, answers))
+        return dict(zip(tools, answers, strict=True))
 
 
 def make_verifier(settings: Settings | None = None) -> Verifier:

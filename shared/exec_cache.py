@@ -310,7 +310,7 @@ class ExecCache:
                     return self._direct(params, fn, started, cache="miss")
                 lease_ms = int(payload) if int(payload) > 0 else 1
                 block_ms = max(1, min(remaining_ms, lease_ms + 5, self.block_cap_ms))
-                reply = guarded(GUARD, lambda: self.redis.xread({key.done: "0-0"}, count=1, block=block_ms))
+                reply = guarded(GUARD, lambda ms=block_ms: self.redis.xread({key.done: "0-0"}, count=1, block=ms))
                 if reply:
                     notice = reply[0][1][0][1]["outcome"]
                     if notice == RUN_YOURSELF:
