@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import redis
 from prometheus_client import Counter
@@ -182,8 +182,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-@dataclass(frozen=True)
-class CacheKey:
+class CacheKey(NamedTuple):
     tool: str
     scope: str
     digest: str
@@ -214,8 +213,13 @@ def _scope(scope: Scope, tenant: str, user: str) -> str:
     return f"user.{keys.valid_id(tenant, 'tenant')}.{keys.valid_id(user, 'user')}"
 
 
+@lru_cache(maxsize=1024)
+def _volatile(global_names: frozenset[str], tool_names: frozenset[str]) -> frozenset[str]:
+    return global_names | tool_names
+
+
 def cache_key(spec: ToolSpec, params: Any, principal: Principal, volatile: frozenset[str] = frozenset()) -> CacheKey:
-    stable = strip_volatile(params, volatile | spec.volatile)
+    stable = strip_volatile(params, _volatile(volatile, spec.volatile))
     digest = hashlib.sha256(canonical_json(stable).encode()).hexdigest()
     return CacheKey(keys.valid_tool(spec.name), scope_of(spec, principal), digest)
 
@@ -231,7 +235,7 @@ def encode_exact(value: Any) -> str | None:
 
 # --- Running through the cache -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """A tool call's result as the cache saw it. `cache` is "hit", "miss" (this caller ran the tool),
     "coalesced" (another caller's run, shared) or "bypass" (not cacheable, or the cache is down)."""
