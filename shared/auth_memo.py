@@ -17,6 +17,7 @@ import logging
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import redis
 from prometheus_client import Counter
@@ -40,8 +41,7 @@ class PermissionUnavailable(RuntimeError):
     """No memo, and the verifier could not answer: the tool must not run."""
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One tool's answer. `memo` is "hit" (from the memo), "miss" (verifier asked, memo written) or
     "bypass" (verifier asked without the memo: strict mode, or the memo's Redis is down)."""
 
@@ -100,6 +100,13 @@ def read_memo(value: str | None, stamp: str) -> bool | None:
 
 
 @lru_cache(maxsize=4096)
+def split_names(tools: tuple) -> tuple[tuple, tuple[str, ...]]:
+    """The tools without repeats, and those whose names a key can hold."""
+    ordered = tuple(dict.fromkeys(tools))
+    return ordered, tuple(t for t in ordered if isinstance(t, str) and keys.TOOL_PATTERN.fullmatch(t))
+
+
+@lru_cache(maxsize=4096)
 def lookup_keys(tenant: str, user: str, tools: tuple[str, ...]) -> list[str]:
     """What one batch reads: the three shared generations, each tool's generation, each memo.
     Cached: the same principal asks about the same tool list turn after turn."""
@@ -124,9 +131,8 @@ class AuthMemo:
     # --- checking -----------------------------------------------------------------------------------------
     def preflight(self, principal: Principal, tools: list[str]) -> Preflight:
         """Decide every tool at once: one round trip for the memos, the misses verified concurrently."""
-        ordered = list(dict.fromkeys(tools))
-        valid = [tool for tool in ordered if isinstance(tool, str) and keys.TOOL_PATTERN.fullmatch(tool)]
-        decided = self._decide(principal, valid).decisions if valid else {}
+        ordered, valid = split_names(tuple(tools))
+        decided = self._decide(principal, list(valid)).decisions if valid else {}
         # A name no key can hold is denied, never an error that could stop the turn.
         return Preflight({tool: decided.get(tool) or Decision(tool, False, "bypass") for tool in ordered})
 

@@ -177,9 +177,14 @@ def strip_volatile(value: Any, volatile: frozenset[str]) -> Any:
     return value
 
 
+# Built once: json.dumps with non-default options builds a new encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_EXACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """Names kept, keys sorted at every depth, no whitespace; NaN and non-JSON values raise."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 class CacheKey(NamedTuple):
@@ -227,7 +232,7 @@ def cache_key(spec: ToolSpec, params: Any, principal: Principal, volatile: froze
 def encode_exact(value: Any) -> str | None:
     """JSON text that decodes back to exactly `value`, or None (tuples, non-string keys, NaN, objects)."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _EXACT.encode(value)
     except (TypeError, ValueError):
         return None
     return text if json.loads(text) == value else None
