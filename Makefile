@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server clean
+.PHONY: run test bench redis-server chromium clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ $(STAMP): setup.cfg setup.py
 redis-server:
 	@bash deploy/install-redis.sh
 
+chromium:
+	@bash deploy/install-chromium.sh
+
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

@@ -8,6 +8,7 @@ so any flask-sse consumer can read it."""
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis
 from flask_sse import Message
@@ -47,6 +48,11 @@ class LoggedEvent:
 
     def message(self) -> Message:
         return Message(self.data, type=self.type, id=self.id)
+
+    @cached_property
+    def sse(self) -> str:
+        """The SSE text, rendered once however many clients receive the event."""
+        return str(self.message())
 
     def as_json(self) -> dict:
         return {"id": self.id, "type": self.type, "data": json.loads(self.data)}

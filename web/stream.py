@@ -86,7 +86,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
         yield f"retry: {retry_ms}\n: stream open\n\n"
         for event in events:
-            yield ": heartbeat\n\n" if event is None else str(event.message())
+            yield ": heartbeat\n\n" if event is None else event.sse
 
 
 stream = TurnStreamBlueprint("stream", __name__)
