@@ -237,15 +237,22 @@ def test_a_waiter_runs_the_tool_itself_after_the_wait_timeout(r):
 
 
 def test_with_the_cache_redis_down_tools_run_directly(guard_redis):
+    from prometheus_client import REGISTRY
+
+    def degraded() -> float:
+        return REGISTRY.get_sample_value("turnstream_guard_degraded_total", {"guard": "exec_cache"}) or 0.0
+
     reset_breakers()
     dead = pooled(f"redis://127.0.0.1:{guard_redis.ports['exec_cache']}/0")
     guard_redis.stop_redis("exec_cache")
+    before = degraded()
     try:
         cache = make_cache(dead)
         tool = Counting({"v": 1})
         outcomes = [cache.run(SLOW, {"q": i}, ALICE, tool) for i in range(3)]
         assert [(o.ok, o.value, o.cache) for o in outcomes] == [(True, {"v": 1}, "bypass")] * 3
         assert tool.runs == 3
+        assert degraded() - before == 3, "the metric counts every call that skipped the cache"
     finally:
         guard_redis.restart_redis("exec_cache")
         reset_breakers()

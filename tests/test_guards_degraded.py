@@ -6,6 +6,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from tests.guard_support import IdentityProvider
@@ -101,6 +102,9 @@ def test_killing_a_guards_redis_mid_run_still_completes_turns_and_keeps_denies(g
             assert tools_of(after[0])[0]["cache"] == "bypass"
         else:
             assert {t["permission"]["memo"] for t in degraded} == {"bypass"}
+            response = httpx.post(f"{guarded_system.base_url}/admin/auth/invalidate", json={"all": True},
+                                  headers=bearer("root", "acme", ("admin",)), timeout=30)
+            assert response.status_code == 503 and response.json()["error"] == "auth_memo_unavailable"
     finally:
         guarded_system.restart_redis(role)
     assert f"{role} Redis failed" in guarded_system.log("guards-worker"), "the degradation is logged"

@@ -72,3 +72,10 @@ def test_invalidation_applies_to_the_next_turn(stack, base_url, session_id):
     read_stream(base_url, post_prompt(base_url, session_id, prompt).json()["stream_url"])
     stamp = memos.get("agent:auth:memo:acme:alice:calculator").split("|")[1]
     assert stamp.split(".")[1] == str(generation)
+
+
+def test_cli_invalidate_needs_exactly_one_target():
+    for args in ([], ["--user", "alice", "--tool", "weather"]):
+        result = subprocess.run([sys.executable, "-m", "shared.cli", "auth", "invalidate", *args], env=child_env({}),
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "exactly one of user, tool, tenant or all" in result.stderr
