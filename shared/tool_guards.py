@@ -35,9 +35,11 @@ def unavailable_message(tools: list[str], reason: str) -> str:
             "Try again when the permission service is back.")
 
 
-def guarded_call(principal: Principal, tool: str, args: dict, fn: Callable[[dict], Any]) -> GuardedCall:
+def guarded_call(principal: Principal, tool: str, args: dict, fn: Callable[[dict], Any],
+                 declared: dict | None = None) -> GuardedCall:
     """Check, then run through the cache. Raises PermissionUnavailable (fail closed) when the verifier
-    cannot answer and no memo exists."""
+    cannot answer and no memo exists. `declared` is the tool's own cache policy (e.g. from its MCP
+    metadata: {"cache": "global"|"tenant"|"user"|"never", "ttl_s": ...}); the declarations file wins."""
     started = time.perf_counter()
     decision = auth_memo.check(principal, tool)
     if decision.unavailable:
@@ -45,6 +47,6 @@ def guarded_call(principal: Principal, tool: str, args: dict, fn: Callable[[dict
     if not decision.allowed:
         return GuardedCall(tool, "denied", None, denied_message(tool), decision.as_event(), None,
                            round((time.perf_counter() - started) * 1000, 2))
-    outcome = exec_cache.run(exec_cache.declaration(tool), args, principal, fn)
+    outcome = exec_cache.run(exec_cache.declaration(tool, declared), args, principal, fn)
     return GuardedCall(tool, "ok" if outcome.ok else "error", outcome.value, outcome.error, decision.as_event(),
                        outcome.cache, round((time.perf_counter() - started) * 1000, 2))
