@@ -112,7 +112,15 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         click.echo("\nstopping")
     finally:
         for executor in reversed(started):
-            executor.stop()
+            _stop_quietly(executor)
+
+
+def _stop_quietly(executor) -> None:
+    """Stop one child; a child that already died must not keep the others running."""
+    try:
+        executor.stop()
+    except Exception as exc:  # mirakuru raises if the process had exited with an error
+        click.echo(f"stopping {executor.command[0]}: {exc}", err=True)
 
 
 def _stop_on_signals() -> None:

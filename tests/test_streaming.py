@@ -240,3 +240,22 @@ def test_token_deltas_are_coalesced(stack):
     chunks = [json.loads(e.data)["text"] for e in read_log(sid, mid)]
     assert "".join(chunks) == "".join(words)
     assert 2 <= len(chunks) <= 25, f"{len(chunks)} token events for 100 deltas over ~0.5 s"
+
+
+def test_a_lost_pubsub_connection_drops_streams_once_and_they_resume_from_the_log(stack, base_url):
+    sid, mid = new_turn()
+    publisher = Publisher(sid, mid)
+    first_ids = [publisher.publish(TokenEvent(text=str(i))) for i in range(5)]
+    with httpx.Client(timeout=10) as client:
+        with connect_sse(client, "GET", base_url + stream_path(sid, mid)) as source:
+            events = (sse for sse in source.iter_sse() if sse.data)
+            before = [next(events).id for _ in range(5)]
+            stack.client("progress").client_kill_filter(_type="pubsub")
+            after_kill = [sse.id for sse in events]  # the server closes the stream
+    assert before == first_ids and after_kill == []
+    rest_ids = [publisher.publish(TokenEvent(text=str(i))) for i in range(5, 10)]
+    closer = threading.Timer(0.5, lambda: rest_ids.append(publisher.publish(DoneEvent(answer="end"))))
+    closer.start()
+    resumed = read_stream(base_url, stream_path(sid, mid), last_event_id=before[-1], timeout=10)
+    closer.join()
+    assert [e.id for e in resumed] == rest_ids, "one reconnect: the rest of the log, then live, to the end"
