@@ -4,6 +4,7 @@ The Redis URLs keep the names the seed used (PROGRESS_REDIS_URL, ...); everythin
 else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mode."""
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -54,6 +55,20 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+
+    auth_verifier: Literal["policy", "http"] = defaults.AUTH_VERIFIER
+    auth_policy_file: str = ""
+    auth_verifier_url: str = ""
+    auth_verifier_timeout_s: float = defaults.AUTH_VERIFIER_TIMEOUT_S
+    auth_verifier_concurrency: int = defaults.AUTH_VERIFIER_CONCURRENCY
+    auth_deny_ttl_s: int = defaults.AUTH_DENY_TTL_S
+    auth_strict: bool = defaults.AUTH_STRICT
+    exec_cache_tools_file: str = ""
+    exec_cache_max_bytes: int = defaults.EXEC_CACHE_MAX_BYTES
+    exec_cache_error_ttl_s: int = defaults.EXEC_CACHE_ERROR_TTL_S
+    exec_cache_lease_s: float = defaults.EXEC_CACHE_LEASE_S
+    exec_cache_wait_s: float = defaults.EXEC_CACHE_WAIT_S
+    guard_breaker_reset_s: float = defaults.GUARD_BREAKER_RESET_S
 
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S

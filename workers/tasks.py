@@ -8,13 +8,15 @@ import json
 import time
 from typing import Callable
 
-from shared import turns
+from shared import auth_memo, turns
 from shared.celery_config import task_name
 from shared.events import DoneEvent, ErrorEvent, StepEvent, ToolEvent
 from shared.progress import Publisher, TokenCoalescer
+from shared.tokens import Principal
+from shared.tool_guards import PermissionUnavailable, guarded_call, unavailable_message
 from workers import reasoner
 from workers.celery_app import app
-from workers.tools import BUILTIN_TOOLS, ToolError
+from workers.tools import BUILTIN_TOOLS
 
 PREVIEW_CHARS = 200
 
@@ -44,29 +46,36 @@ def _reason(turn: dict, publisher: Publisher) -> dict:
     return {**turn, "intents": reasoner.plan(turn["prompt"])}
 
 
+def _principal(turn: dict) -> Principal:
+    return Principal(user=turn["user"], tenant=turn["tenant"], roles=tuple(turn.get("roles", ())))
+
+
 def _discover(turn: dict, publisher: Publisher) -> dict:
+    """Preflight every candidate tool in one batch; only the allowed ones are offered on."""
+    preflight = auth_memo.preflight(_principal(turn), sorted(BUILTIN_TOOLS))
     wanted = {intent["tool"] for intent in turn["intents"]}
-    return {**turn, "tools": sorted(name for name in BUILTIN_TOOLS if name in wanted)}
+    blocked = sorted(wanted & set(preflight.unavailable))
+    if blocked:
+        raise PermissionUnavailable(unavailable_message(blocked, preflight.decisions[blocked[0]].error or ""))
+    return {**turn, "tools": preflight.allowed}
 
 
-def _call_tool(call_id: str, call: dict, publisher: Publisher) -> dict:
-    started = time.perf_counter()
-    try:
-        result = BUILTIN_TOOLS[call["tool"]].run(call["args"])
-        outcome = {**call, "call_id": call_id, "status": "ok", "result": result}
-    except ToolError as exc:
-        outcome = {**call, "call_id": call_id, "status": "error", "error": str(exc)}
-    duration_ms = round((time.perf_counter() - started) * 1000, 2)
-    publisher.publish(ToolEvent(call_id=call_id, tool=call["tool"], args=call["args"], status=outcome["status"],
-                                duration_ms=duration_ms, error=outcome.get("error"),
-                                result_preview=json.dumps(outcome.get("result", ""))[:PREVIEW_CHARS]),
-                      dedupe=f"tool-{call_id}")
+def _call_tool(call_id: str, call: dict, principal: Principal, publisher: Publisher) -> dict:
+    """Re-checked and cached by the guards; a denied call is reported, never run."""
+    guarded = guarded_call(principal, call["tool"], call["args"], BUILTIN_TOOLS[call["tool"]].run)
+    outcome = {**call, "call_id": call_id, "status": guarded.status}
+    outcome.update({"result": guarded.result} if guarded.status == "ok" else {"error": guarded.error})
+    preview = json.dumps(guarded.result if guarded.status == "ok" else "")[:PREVIEW_CHARS]
+    publisher.publish(ToolEvent(call_id=call_id, tool=call["tool"], args=call["args"], status=guarded.status,
+                                duration_ms=guarded.duration_ms, error=guarded.error, permission=guarded.permission,
+                                cache=guarded.cache, result_preview=preview), dedupe=f"tool-{call_id}")
     return outcome
 
 
 def _execute(turn: dict, publisher: Publisher) -> dict:
-    calls = [intent for intent in turn["intents"] if intent["tool"] in turn["tools"]]
-    return {**turn, "results": [_call_tool(f"call-{i}", call, publisher) for i, call in enumerate(calls)]}
+    principal = _principal(turn)
+    return {**turn, "results": [_call_tool(f"call-{i}", call, principal, publisher)
+                                 for i, call in enumerate(turn["intents"])]}
 
 
 def _synthesize(turn: dict, publisher: Publisher) -> dict:
