@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
 
 import redis
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from shared import defaults, keys
@@ -45,8 +44,6 @@ GUARD = "exec_cache"
 OK, ERROR, RUN_YOURSELF = "o", "e", "r"
 Scope = Literal["global", "tenant", "user"]
 
-RESULTS = Counter("turnstream_exec_cache_results", "Tool calls by execution-cache result", ["result"])
-_RESULT = {name: RESULTS.labels(name) for name in ("hit", "miss", "coalesced", "bypass")}
 
 # KEYS: result, lease, done. ARGV: lease token, lease ms.
 _ACQUIRE = """
@@ -379,7 +376,6 @@ class ExecCache:
 
     @staticmethod
     def _outcome(ok: bool, value: Any, error: str | None, cache: str, started: float) -> Outcome:
-        _RESULT[cache].inc()
         return Outcome(ok, value, error, cache, round((time.perf_counter() - started) * 1000, 2))
 
 
