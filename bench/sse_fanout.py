@@ -19,6 +19,7 @@ from pathlib import Path
 from _common import percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
 
+from shared import processes
 from shared.events import TokenEvent
 from shared.progress import Publisher
 from shared.tokens import Principal, issue_stream_token
@@ -53,11 +54,10 @@ async def hold_clients(port: int, path: str, count: int) -> list[Client]:
 
 
 async def measure(port: int, path: str, count: int, events: int, wait_subscribed, publish, connections) -> dict:
-    before = connections()
     clients = await hold_clients(port, path, count)
     await wait_subscribed(clients)
     await asyncio.sleep(1.0)  # let the last subscriptions and log replays settle
-    held = "/".join(str(now - then) for now, then in zip(connections(), before))
+    held = "/".join(map(str, connections()))
     latencies = []
     for seq in range(events):
         started = time.perf_counter()
@@ -84,13 +84,23 @@ async def wait_until(check, timeout: float = 60) -> None:
         await asyncio.sleep(0.1)
 
 
-def web_connections(progress, port: int) -> tuple[int, int]:
+def web_connections(progress) -> tuple[int, int]:
     """Connections with a subscription, and all connections, on the progress server (but ours)."""
     theirs = [c for c in progress.client_list() if c.get("name") != "bench"]
     return sum(int(c["sub"]) > 0 for c in theirs), len(theirs)
 
 
 def run_ours(stack: Stack, count: int, events: int) -> dict:
+    """A fresh web process per run, so the connections counted are this run's alone."""
+    port = processes.free_port()
+    server = processes.web_server(stack.env, port, stack.log_dir / f"ours-{count}").start()
+    try:
+        return _measure_ours(stack, port, count, events)
+    finally:
+        server.stop()
+
+
+def _measure_ours(stack: Stack, port: int, count: int, events: int) -> dict:
     sid, mid = "fanout", f"m{count}"
     token = issue_stream_token(Principal("bench", "bench", ()), sid, mid)
     publisher = Publisher(sid, mid)
@@ -98,12 +108,12 @@ def run_ours(stack: Stack, count: int, events: int) -> dict:
     progress.client_setname("bench")
     channel = f"agent:progress:{sid}:{mid}"
     return asyncio.run(measure(
-        stack.web_port, f"/stream/{sid}/{mid}?token={token}", count, events,
+        port, f"/stream/{sid}/{mid}?token={token}", count, events,
         # Every client has its stream open (it subscribes right after), and the channel is subscribed.
         wait_subscribed=lambda clients: wait_until(
             lambda: all(c.opened for c in clients) and progress.pubsub_numsub(channel)[0][1] >= 1),
         publish=lambda seq: publisher.publish(TokenEvent(text=json.dumps({"seq": seq}))),
-        connections=lambda: web_connections(progress, stack.web_port)))
+        connections=lambda: web_connections(progress)))
 
 
 def run_stock(stack: Stack, count: int, events: int) -> dict:
@@ -115,7 +125,7 @@ def run_stock(stack: Stack, count: int, events: int) -> dict:
             port, "/stream?channel=bench", count, events,
             wait_subscribed=lambda clients: wait_until(lambda: progress.pubsub_numsub("bench")[0][1] >= count),
             publish=lambda seq: progress.publish("bench", json.dumps(Message({"seq": seq}, type="bench").to_dict())),
-            connections=lambda: web_connections(progress, port)))
+            connections=lambda: web_connections(progress)))
     finally:
         server.stop()
 
@@ -126,11 +136,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), TURNSTREAM_SSE_HEARTBEAT_S="60")
+        stack = Stack(Path(tmp), TURNSTREAM_SSE_HEARTBEAT_S="60", TURNSTREAM_WORKER_CONNECTIONS="12000")
         try:
             stack.start_redis()
             stack.apply_env()
-            stack.start_web()
             print(f"{'server':<12} {'clients':>7} {'subscr/all redis conns':>22} {'fan-out p50':>12} {'p99':>10}")
             for count in args.clients:
                 for name, run in (("turnstream", run_ours), ("flask-sse", run_stock)):

@@ -57,6 +57,31 @@ def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...])
     os.execvpe(command[0], command, env)
 
 
+@main.group()
+def auth() -> None:
+    """Permission memos (the auth_memo Redis, AUTH_MEMO_REDIS_URL)."""
+
+
+@auth.command()
+@click.option("--user", help="Every memo of this user id (in every tenant)")
+@click.option("--tool", help="Every memo of this tool")
+@click.option("--tenant", help="Every memo in this tenant")
+@click.option("--all", "everything", is_flag=True, help="Every memo")
+def invalidate(user: str | None, tool: str | None, tenant: str | None, everything: bool) -> None:
+    """Make memos stop counting at once (after a policy change); one INCR, however many memos exist."""
+    import redis
+
+    from shared import auth_memo
+
+    try:
+        result = auth_memo.invalidate(user=user, tool=tool, tenant=tenant, everything=everything)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach the auth memo Redis: {exc}") from exc
+    click.echo(f"invalidated {result['scope']}={result['target']} (generation {result['generation']})")
+
+
 def _port_option(role: str):
     env = f"TURNSTREAM_{role.upper()}_PORT"
     return click.option(f"--{role.replace('_', '-')}-port", envvar=env, type=int,

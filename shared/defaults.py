@@ -70,6 +70,22 @@ MCP_CONNECT_TIMEOUT_S = 20.0
 MCP_CALL_TIMEOUT_S = 30.0
 TICKETS_FILE = ".run/tickets.jsonl"
 
+# Tool-call guards (shared/auth_memo.py, shared/exec_cache.py).
+AUTH_VERIFIER = "policy"                    # "policy" (the policy file) or "http" (an identity provider)
+AUTH_DENY_TTL_S = 60                        # denies expire sooner, so a new grant shows within a minute
+AUTH_VERIFIER_TIMEOUT_S = 2.0
+AUTH_VERIFIER_CONCURRENCY = 16              # misses of one batch verified at once
+AUTH_STRICT = False                         # True: skip the memo, ask the verifier every time
+EXEC_CACHE_MAX_BYTES = 256 * 1024           # larger results are returned but not cached
+EXEC_CACHE_ERROR_TTL_S = 0                  # 0: errors are never cached
+EXEC_CACHE_LEASE_S = 10.0                   # renewed while the tool runs; a dead owner blocks waiters this long
+EXEC_CACHE_WAIT_S = 30.0                    # a waiter runs the tool itself after this long
+GUARD_BREAKER_RESET_S = 5.0                 # after a guard's Redis fails, skip it this long
+# Parameter names that never change a tool's answer; compared without case, "_" or "-".
+EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span_id", "correlation_id",
+                              "ui_hint", "session_token", "csrf_token", "access_token", "nonce", "client_time",
+                              "sent_at")
+
 # Celery.
 VISIBILITY_TIMEOUT_S = 3600
 TASK_SOFT_TIME_LIMIT_S = 120

@@ -47,6 +47,7 @@ SSE_CLIENTS = Gauge("turnstream_sse_clients", "Open SSE streams, summed over liv
 SSE_CHANNELS = Gauge("turnstream_sse_channels", "Progress channels web processes subscribe to.",
                      multiprocess_mode="livesum")
 SSE_CLIENTS_CUT = Counter("turnstream_sse_clients_cut", "SSE clients cut off for reading too slowly.")
+SSE_EVENTS_SENT = Counter("turnstream_sse_events_sent", "Progress events written to SSE clients.")
 
 _GUARD_COUNTERS = {"exec_cache": EXEC_CACHE, "auth_memo": AUTH_MEMO}
 

@@ -76,6 +76,20 @@ class Settings(BaseSettings):
     mcp_call_timeout_s: float = defaults.MCP_CALL_TIMEOUT_S
     tickets_file: str = defaults.TICKETS_FILE
 
+    auth_verifier: Literal["policy", "http"] = defaults.AUTH_VERIFIER
+    auth_policy_file: str = ""
+    auth_verifier_url: str = ""
+    auth_verifier_timeout_s: float = defaults.AUTH_VERIFIER_TIMEOUT_S
+    auth_verifier_concurrency: int = defaults.AUTH_VERIFIER_CONCURRENCY
+    auth_deny_ttl_s: int = defaults.AUTH_DENY_TTL_S
+    auth_strict: bool = defaults.AUTH_STRICT
+    exec_cache_tools_file: str = ""
+    exec_cache_max_bytes: int = defaults.EXEC_CACHE_MAX_BYTES
+    exec_cache_error_ttl_s: int = defaults.EXEC_CACHE_ERROR_TTL_S
+    exec_cache_lease_s: float = defaults.EXEC_CACHE_LEASE_S
+    exec_cache_wait_s: float = defaults.EXEC_CACHE_WAIT_S
+    guard_breaker_reset_s: float = defaults.GUARD_BREAKER_RESET_S
+
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
     task_time_limit_s: int = defaults.TASK_TIME_LIMIT_S

@@ -122,3 +122,16 @@ def test_a_model_that_always_wants_tools_stops_at_the_round_limit(openai_stack):
                        ("synthesize", None)], "after TURNSTREAM_MAX_TOOL_ROUNDS=2 rounds the answer is written"
     assert len([e for e in events if e.type == "tool"]) == 4
     assert events[-1].type == "done"
+
+
+def test_a_model_that_calls_a_tool_it_was_not_offered_gets_a_denied_result(openai_stack):
+    """A viewer is offered only search_kb; the model calls weather and calculator anyway: the guards
+    in `execute` deny both, nothing runs, and the model sees the denial."""
+    viewer = bearer("victor", "acme", ("viewer",))
+    body = post_prompt(openai_stack.base_url, "oai5", "What is the weather in Paris, and 6 * 7 + 1?",
+                       headers=viewer).json()
+    events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
+    tools = sorted((e.data["tool"], e.data["status"], e.data["error"]) for e in events if e.type == "tool")
+    assert tools == [("calculator", "denied", "You may not use calculator"),
+                     ("weather", "denied", "You may not use weather")]
+    assert events[-1].type == "done"

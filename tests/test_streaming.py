@@ -45,7 +45,7 @@ def publish_sequence(session_id: str, message_id: str, count: int, pause: float 
 def tuned_web(stack):
     """A second web process on the same Redis with a short heartbeat and small client queues."""
     port = processes.free_port()
-    env = {**stack.env, "TURNSTREAM_SSE_HEARTBEAT_S": "0.3", "TURNSTREAM_SSE_CLIENT_QUEUE": "8"}
+    env = {**stack.env, "TURNSTREAM_SSE_HEARTBEAT_S": "0.3", "TURNSTREAM_SSE_CLIENT_QUEUE": "64"}
     server = processes.web_server(env, port, stack.log_dir / "tuned").start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
@@ -199,7 +199,7 @@ def test_a_slow_reader_is_cut_off_alone_and_resumes_without_loss(tuned_web):
     fast = threading.Thread(target=lambda: fast_events.extend(read_stream(tuned_web, path, timeout=30)))
     fast.start()
     time.sleep(0.3)
-    published = publish_sequence(sid, mid, 1500, pause=0.001, size=8000)
+    published = publish_sequence(sid, mid, 1500, pause=0.002, size=8000)
     fast.join()
 
     first_connection = _read_all_events(slow)
@@ -208,6 +208,13 @@ def test_a_slow_reader_is_cut_off_alone_and_resumes_without_loss(tuned_web):
     rest = read_stream(tuned_web, path, last_event_id=first_connection[-1][0])
     assert [i for i, _ in first_connection] + [e.id for e in rest] == published
     assert [e.id for e in fast_events] == published, "the fast client on the same channel lost nothing"
+    assert _metric(tuned_web, "turnstream_sse_clients_cut_total") >= 1
+    assert _metric(tuned_web, "turnstream_sse_events_sent_total") >= 2 * len(published)
+
+
+def _metric(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=20).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 def test_polling_returns_the_same_events_as_the_stream(base_url, session_id):

@@ -1,4 +1,4 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
+"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
 
 import redis
 from flask import Flask
@@ -8,6 +8,7 @@ from shared.celery_config import make_celery
 from shared.policy import check_policies
 from shared.redis_roles import make_pool
 from shared.settings import get_settings
+from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
 from web import telemetry
@@ -37,7 +38,7 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["stream_redis"] = stream_redis
     app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    for blueprint in (api, stream, ops, metrics_bp, ui):
+    for blueprint in (api, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     telemetry.init_app(app)

@@ -12,7 +12,7 @@ import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import ServerSentEventsBlueprint
 
-from shared import keys
+from shared import keys, metrics
 from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import TokenError, verify_stream_token
@@ -86,7 +86,11 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
         yield f"retry: {retry_ms}\n: stream open\n\n"
         for event in events:
-            yield ": heartbeat\n\n" if event is None else event.sse
+            if event is None:
+                yield ": heartbeat\n\n"
+            else:
+                yield event.sse
+                metrics.SSE_EVENTS_SENT.inc()
 
 
 stream = TurnStreamBlueprint("stream", __name__)

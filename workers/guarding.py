@@ -1,34 +1,39 @@
-"""Where the tool-call guards plug in: the preflight in `discover` and the wrap around each call.
+"""The tool-call guards at the agent's two points: the preflight in `discover`, the wrap around
+each call in `call_tool`. The guards themselves live in shared/ (auth_memo, exec_cache,
+tool_guards); this module only speaks the agent's terms (catalogue entries from MCP)."""
 
-These are the only two places the agent consults the guards. The permission memo and the
-execution cache (shared/auth_memo.py, shared/exec_cache.py) replace the bodies below; until
-they land, a tool is allowed when it declares no roles or the caller has one of them, and
-every call runs uncached."""
-
-import time
 from typing import Any, Callable
+
+from shared import auth_memo
+from shared.tokens import Principal
+from shared.tool_guards import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
+
+__all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded", "preflight", "principal"]
+
+
+def principal(turn: dict) -> Principal:
+    """Who the turn is for, from the signed token the web tier checked."""
+    return Principal(user=turn["user"], tenant=turn["tenant"], roles=tuple(turn.get("roles", ())))
 
 
 def caller(turn: dict) -> dict:
-    """Who the turn is for, from the signed token the web tier checked."""
-    return {"user": turn["user"], "tenant": turn["tenant"], "roles": list(turn.get("roles", []))}
+    """The same, as the MCP client sends it in each call's `_meta`."""
+    return {"user": turn["user"], "tenant": turn["tenant"], "roles": list(turn.get("roles", ()))}
 
 
-def _permitted(who: dict, tool: dict) -> bool:
-    wanted = tool.get("policy", {}).get("roles") or []
-    return not wanted or bool(set(wanted) & set(who["roles"]))
+def preflight(who: Principal, tools: list[dict]) -> list[dict]:
+    """The tools `who` may call, checked in one batch; the rest are never shown to the reasoner.
+    Fails closed: a tool whose permission cannot be checked (verifier down, no memo) stops the
+    turn with PermissionUnavailable rather than being offered or silently dropped."""
+    checked = auth_memo.preflight(who, [tool["name"] for tool in tools])
+    if checked.unavailable:
+        blocked = sorted(checked.unavailable)
+        raise PermissionUnavailable(unavailable_message(blocked, checked.decisions[blocked[0]].error or ""))
+    allowed = set(checked.allowed)
+    return [tool for tool in tools if tool["name"] in allowed]
 
 
-def preflight(who: dict, tools: list[dict]) -> list[dict]:
-    """The tools `who` may call; the rest are never shown to the reasoner."""
-    return [tool for tool in tools if _permitted(who, tool)]
-
-
-def guarded_call(who: dict, tool: dict, args: dict, run: Callable[[], Any]) -> tuple[Any, dict]:
-    """Run one call behind the guards: permission first (again, as defense in depth), cache second.
-    Returns the result and what the guards did, for the tool's progress event."""
-    started = time.perf_counter()
-    if not _permitted(who, tool):
-        raise PermissionError(f"{tool['name']} is not allowed for roles {who['roles']}")
-    permission = {"allowed": True, "memo": "none", "check_ms": round((time.perf_counter() - started) * 1000, 2)}
-    return run(), {"permission": permission, "cache": "bypass"}
+def guarded(who: Principal, tool: dict, args: dict, run: Callable[[dict], Any]) -> GuardedCall:
+    """One call: permission again (a memo hit is cheap), then the execution cache, with the tool's
+    own cache policy from its MCP metadata (the declarations file wins over it)."""
+    return guarded_call(who, tool["name"], args, run, declared=tool.get("policy"))

@@ -12,6 +12,7 @@ Events carry dedupe names, so a redelivered step (late acks) re-publishes nothin
 A failing tool is an error result the reasoner sees. A failing step raises StepFailed; the
 chain's errback (`turn_failed`), which every task carries, ends the turn with an `error` event."""
 
+import functools
 import json
 import logging
 import time
@@ -52,7 +53,7 @@ def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], rou
         result = body(turn, publisher)
     except StepFailed:
         raise
-    except (ReasonerError, ToolCallError) as exc:
+    except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from exc
     except Exception as exc:
         log.exception("%s failed", step)
@@ -84,7 +85,7 @@ def _discover(turn: dict, publisher: Publisher) -> dict:
     if not catalogue and hub.server_errors:
         raise StepFailed("discover", "discover failed: no MCP server answered: " +
                          "; ".join(f"{name}: {err}" for name, err in hub.server_errors.items()))
-    allowed = guarding.preflight(guarding.caller(turn), catalogue)
+    allowed = guarding.preflight(guarding.principal(turn), catalogue)
     public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
@@ -96,14 +97,10 @@ def discover(turn: dict) -> dict:
 
 # --- reason --------------------------------------------------------------------------------
 def _reason(turn: dict, publisher: Publisher) -> dict:
-    offered = {t["name"] for t in turn["tools"]}
+    """The reasoner's next calls. A call to a tool it was not offered still goes to `execute`,
+    where the guards deny it or the catalogue does not know it: either way, the reasoner sees why."""
     round_ = len(turn["rounds"]) + 1
-    calls = []
-    for i, call in enumerate(get_reasoner().decide(_context(turn))):
-        call = {**call, "call_id": f"r{round_}c{i}"}
-        if call["tool"] not in offered:
-            call["error"] = f"{call['tool']!r} is not one of the offered tools"
-        calls.append(call)
+    calls = [{**call, "call_id": f"r{round_}c{i}"} for i, call in enumerate(get_reasoner().decide(_context(turn)))]
     return {**turn, "pending": calls}
 
 
@@ -115,11 +112,11 @@ def reason(self, turn: dict) -> None:
 
 
 # --- execute -------------------------------------------------------------------------------
-def _tool_event(call: dict, outcome: dict, duration_ms: float, guard: dict | None) -> ToolEvent:
+def _tool_event(call: dict, outcome: dict, duration_ms: float, guard: guarding.GuardedCall | None) -> ToolEvent:
     preview = json.dumps(outcome.get("result", ""), ensure_ascii=False)[:PREVIEW_CHARS]
     return ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=outcome["status"],
                      duration_ms=duration_ms, result_preview=preview, error=outcome.get("error"),
-                     permission=(guard or {}).get("permission"), cache=(guard or {}).get("cache"))
+                     permission=guard.permission if guard else None, cache=guard.cache if guard else None)
 
 
 @app.task(name=task_name("call_tool"))
@@ -132,15 +129,14 @@ def call_tool(ref: dict, call: dict) -> dict:
     if call.get("error"):
         outcome.update(status="error")
     else:
-        hub, who = get_hub(), guarding.caller(ref)
+        hub = get_hub()
         try:
             tool = hub.resolve(call["tool"])
-            result, guard = guarding.guarded_call(
-                who, tool, call["args"], lambda: hub.call_tool(call["tool"], call["args"], caller=who))
-            outcome.update(status="ok", result=result)
-        except PermissionError as exc:
-            outcome.update(status="denied", error=str(exc))
-        except ToolCallError as exc:
+            run = functools.partial(hub.call_tool, call["tool"], caller=guarding.caller(ref))
+            guard = guarding.guarded(guarding.principal(ref), tool, call["args"], run)
+            outcome.update(status=guard.status)
+            outcome.update({"result": guard.result} if guard.status == "ok" else {"error": guard.error})
+        except (ToolCallError, guarding.PermissionUnavailable) as exc:
             outcome.update(status="error", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure is the reasoner's to see, not a dead turn
             log.exception("tool call %s failed", call["tool"])
