@@ -3,7 +3,8 @@
 The system runs as ops would run it: a gevent tools worker (`-Q tools -P gevent`) and a
 threads llm worker, the built-in MCP server over streamable HTTP with 200 ms of simulated
 upstream latency. Measured per turn: the `execute` step's wall time (first started to
-finished event), which includes the chord's scheduling. Baseline, same run, same server:
+finished event), which includes the chord's scheduling and both guards (weather is declared
+not cacheable here, so every turn really calls the tool). Baseline, same run, same server:
 the same three MCP calls made sequentially through one persistent session.
 
     python bench/fanout.py [--turns 20]
@@ -71,7 +72,9 @@ def main() -> None:
         base = Path(tmp)
         port = processes.free_port()
         url = f"http://127.0.0.1:{port}/mcp"
-        stack = Stack(base, TURNSTREAM_TOOL_LATENCY_MS=str(LATENCY_MS),
+        uncached = base / "tool-cache.toml"
+        uncached.write_text("[tools.weather]\ncacheable = false\n")
+        stack = Stack(base, TURNSTREAM_TOOL_LATENCY_MS=str(LATENCY_MS), TURNSTREAM_EXEC_CACHE_TOOLS_FILE=str(uncached),
                       TURNSTREAM_MCP_SERVERS=f'{{"mcpServers": {{"remote": {{"url": "{url}"}}}}}}')
         server = processes.tool_server(stack.env, port, base / "logs").start()
         try:

@@ -2,9 +2,10 @@
 
 CALLER_META rides on every tool call: who the call is for (user, tenant, roles), taken from
 the signed token, never from the model. POLICY_META is what a tool may declare about itself
-for the guards: cache scope (`global`, `tenant`, `user`, or `never` for side effects), TTL,
-and the roles it is meant for. Servers that know neither key simply ignore them; tools that
-declare nothing get a policy derived from their standard MCP annotations."""
+for the execution cache: scope (`global`, `tenant`, `user`, or `never` for side effects) and
+TTL (shared/exec_cache.py: the declarations file wins over it). Servers that know neither key
+simply ignore them; tools that declare nothing get a policy derived from their standard MCP
+annotations."""
 
 CALLER_META = "io.turnstream/caller"
 POLICY_META = "io.turnstream/policy"

@@ -51,7 +51,7 @@ def test_lists_the_builtin_tools_with_schemas_and_policies(hub):
     assert tools["weather"]["input_schema"]["required"] == ["city"]
     assert tools["weather"]["server"] == "builtin"
     assert tools["my_orders"]["policy"]["cache"] == "user"
-    assert tools["create_ticket"]["policy"] == {"cache": "never", "roles": ["admin"]}
+    assert tools["create_ticket"]["policy"] == {"cache": "never"}
 
 
 def test_calls_return_json_results(hub):

@@ -3,10 +3,11 @@
 Run it over stdio (`python -m toolserver`, what workers spawn by default) or streamable
 HTTP (`python -m toolserver --http --port 8931`, URL http://127.0.0.1:8931/mcp).
 
-Each tool declares, in its `_meta` under POLICY_META, how the guards may treat it: its cache
-scope (`global`, `tenant`, `user`, or `never` for side effects), its TTL and the roles it is
-meant for. The caller's identity arrives in each request's `_meta` under CALLER_META; the
-client sets it from the signed token, never from what the model wrote."""
+Each tool declares, in its `_meta` under POLICY_META, how the execution cache may treat it: its
+scope (`global`, `tenant`, `user`, or `never` for side effects) and TTL. Who may call what is the
+permission guard's business (the shipped auth policy keeps create_ticket to admins), and
+create_ticket refuses non-admins itself too. The caller's identity arrives in each request's
+`_meta` under CALLER_META; the client sets it from the signed token, never from the model."""
 
 import asyncio
 import logging
@@ -22,12 +23,10 @@ from toolserver import tools
 log = logging.getLogger(__name__)
 
 
-def _policy(cache: str, ttl_s: int | None = None, roles: list[str] | None = None) -> dict[str, Any]:
+def _policy(cache: str, ttl_s: int | None = None) -> dict[str, Any]:
     policy: dict[str, Any] = {"cache": cache}
     if ttl_s is not None:
         policy["ttl_s"] = ttl_s
-    if roles:
-        policy["roles"] = roles
     return {POLICY_META: policy}
 
 
@@ -86,7 +85,7 @@ def build_server() -> MCPServer:
         return _run(tools.my_orders, caller_of(ctx), status)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False),
-                 meta=_policy("never", roles=["admin"]), structured_output=True)
+                 meta=_policy("never"), structured_output=True)
     async def create_ticket(ctx: Context, subject: str, body: str = "") -> dict[str, Any]:
         """Open a support ticket (admins only). It has a side effect: every call opens a new ticket."""
         await _upstream()
