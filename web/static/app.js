@@ -13,6 +13,7 @@ const state = {
   sessionId: null,
   followers: new Set(),
   titles: new Map(),
+  sends: 0,  // prompts sent; a session load that started before one must not wipe its turn
 };
 
 // --- API ---------------------------------------------------------------------------------
@@ -79,8 +80,10 @@ async function signIn(token) {
   $("app").hidden = false;
   $("account").hidden = false;
   $("connection").hidden = false;
+  const initial = sessionFromHash();
+  const sends = state.sends;
   await loadSessions();
-  await openSession(sessionFromHash());
+  if (state.sends === sends) await openSession(initial);
   $("prompt").focus();
 }
 
@@ -255,6 +258,7 @@ async function send(event) {
     $("prompt").focus();
     return;
   }
+  state.sends += 1;
   const sid = state.sessionId || newSessionId();
   if (!state.sessionId) {
     state.sessionId = sid;
