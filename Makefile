@@ -8,21 +8,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server clean
+.PHONY: run test bench redis-server chromium clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,bench,local]'
 	touch $(STAMP)
 
 redis-server:
 	@bash deploy/install-redis.sh
 
+chromium:
+	@bash deploy/install-chromium.sh
+
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

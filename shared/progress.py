@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis
 from flask_sse import Message
@@ -17,6 +18,7 @@ from shared import keys
 from shared.events import TERMINAL_EVENTS, TokenEvent, ProgressEvent, event_type
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.tracing import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,11 @@ class LoggedEvent:
 
     def message(self) -> Message:
         return Message(self.data, type=self.type, id=self.id)
+
+    @cached_property
+    def sse(self) -> str:
+        """The SSE text, rendered once however many clients receive the event."""
+        return str(self.message())
 
     def as_json(self) -> dict:
         return {"id": self.id, "type": self.type, "data": json.loads(self.data)}
@@ -102,6 +109,9 @@ class Publisher:
 
     def _append_and_publish(self, event: ProgressEvent, dedupe: str | None) -> str:
         settings = get_settings()
+        trace_id = current_trace_id()
+        if trace_id and event.trace_id is None:
+            event = event.model_copy(update={"trace_id": trace_id})
         kind = event_type(event)
         data = event.model_dump_json(exclude_none=True)
         wire = json.dumps(Message(data, type=kind).to_dict())

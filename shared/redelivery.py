@@ -32,7 +32,7 @@ BATCH = 100
 
 
 def stalled_turns(now: float, stale_after_s: float, r: redis.Redis) -> list[tuple[str, str]]:
-    members = r.zrangebyscore(keys.turns_in_flight(), "-inf", now - stale_after_s, start=0, num=BATCH)
+    members = r.zrangebyscore(keys.turn_activity(), "-inf", now - stale_after_s, start=0, num=BATCH)
     return [tuple(member.split(":", 1)) for member in members]
 
 
@@ -47,13 +47,13 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
     for session_id, message_id in stalled_turns(now, settings.visibility_timeout_s, r):
         record = turns.get_turn(session_id, message_id, r)
         if not record or record.get("status") in turns.FINAL_STATES or not json.loads(record.get("payload") or "{}"):
-            r.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
+            r.zrem(keys.turn_activity(), keys.in_flight_member(session_id, message_id))
             continue
         attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries", 1)
         if attempts > settings.turn_max_redeliveries:
             give_up(session_id, message_id, attempts - 1, r)
             continue
-        r.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
+        r.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
         turn_chain(app, json.loads(record["payload"])).apply_async()
         log.warning("turn %s/%s made no progress for %ss: sent again (redelivery %d)",
                     session_id, message_id, settings.visibility_timeout_s, attempts)

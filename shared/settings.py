@@ -4,6 +4,7 @@ The Redis URLs keep the names the seed used (PROGRESS_REDIS_URL, ...); everythin
 else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mode."""
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = defaults.SSE_HEARTBEAT_S
     sse_retry_ms: int = defaults.SSE_RETRY_MS
     sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
+    sse_redis_connections: int = defaults.SSE_REDIS_CONNECTIONS
     token_coalesce_s: float = defaults.TOKEN_COALESCE_S
 
     user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
@@ -53,6 +55,40 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+
+    reasoner: Literal["rules", "openai", "local"] = defaults.REASONER
+    reasoner_timeout_s: float = defaults.REASONER_TIMEOUT_S
+    max_tool_rounds: int = Field(defaults.MAX_TOOL_ROUNDS, ge=1)
+    history_turns: int = Field(defaults.HISTORY_TURNS, ge=0)
+    tool_result_chars: int = defaults.TOOL_RESULT_CHARS
+    openai_base_url: str = defaults.OPENAI_BASE_URL
+    openai_api_key: SecretStr = SecretStr("")
+    openai_model: str = defaults.OPENAI_MODEL
+    local_model_path: str | None = None
+    local_context_tokens: int = defaults.LOCAL_CONTEXT_TOKENS
+    local_max_answer_tokens: int = defaults.LOCAL_MAX_ANSWER_TOKENS
+    local_threads: int = defaults.LOCAL_THREADS
+
+    tools_config: str | None = None
+    mcp_servers: str | None = None
+    mcp_tools_ttl_s: float = defaults.MCP_TOOLS_TTL_S
+    mcp_connect_timeout_s: float = defaults.MCP_CONNECT_TIMEOUT_S
+    mcp_call_timeout_s: float = defaults.MCP_CALL_TIMEOUT_S
+    tickets_file: str = defaults.TICKETS_FILE
+
+    auth_verifier: Literal["policy", "http"] = defaults.AUTH_VERIFIER
+    auth_policy_file: str = ""
+    auth_verifier_url: str = ""
+    auth_verifier_timeout_s: float = defaults.AUTH_VERIFIER_TIMEOUT_S
+    auth_verifier_concurrency: int = defaults.AUTH_VERIFIER_CONCURRENCY
+    auth_deny_ttl_s: int = defaults.AUTH_DENY_TTL_S
+    auth_strict: bool = defaults.AUTH_STRICT
+    exec_cache_tools_file: str = ""
+    exec_cache_max_bytes: int = defaults.EXEC_CACHE_MAX_BYTES
+    exec_cache_error_ttl_s: int = defaults.EXEC_CACHE_ERROR_TTL_S
+    exec_cache_lease_s: float = defaults.EXEC_CACHE_LEASE_S
+    exec_cache_wait_s: float = defaults.EXEC_CACHE_WAIT_S
+    guard_breaker_reset_s: float = defaults.GUARD_BREAKER_RESET_S
 
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S
@@ -79,6 +115,16 @@ class Settings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    # Operations (issue 7): Flower and prometheus-client keep their own standard variable names.
+    flower_basic_auth: SecretStr = Field(SecretStr(""), validation_alias=_env("FLOWER_BASIC_AUTH"))
+    flower_port: int = defaults.FLOWER_PORT
+    prometheus_multiproc_dir: str | None = Field(None, validation_alias=_env("PROMETHEUS_MULTIPROC_DIR"))
+    worker_metrics_port: int = defaults.WORKER_METRICS_PORT
+    log_format: str = defaults.LOG_FORMAT
+    ops_refresh_s: float = defaults.OPS_REFRESH_S
+    ops_window_s: int = defaults.OPS_WINDOW_S
+    ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S
 
     @property
     def single_instance(self) -> bool:

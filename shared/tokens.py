@@ -78,3 +78,23 @@ def verify_stream_token(token: str, session_id: str, message_id: str) -> Princip
     if claims.get("sid") != session_id or claims.get("mid") != message_id:
         raise TokenError("token is for another stream")
     return Principal(user=claims["sub"], tenant=claims["tenant"], roles=())
+
+
+OPS_AUDIENCE = "turnstream-ops"
+
+
+def issue_ops_token(principal: Principal) -> str:
+    """A short-lived token for the /ops live stream, issued only to admins (EventSource sends no headers)."""
+    if not principal.is_admin:
+        raise TokenError("only admins get an ops token")
+    return _sign({"sub": principal.user, "tenant": principal.tenant, "roles": list(principal.roles),
+                  "aud": OPS_AUDIENCE}, defaults.OPS_TOKEN_TTL_S)
+
+
+def verify_ops_token(token: str) -> tuple[Principal, int]:
+    """The admin an ops token was issued to, and when the token expires (epoch seconds)."""
+    claims = _verify(token, OPS_AUDIENCE)
+    roles = tuple(claims.get("roles", []))
+    if "admin" not in roles:
+        raise TokenError("not an admin token")
+    return Principal(user=claims["sub"], tenant=claims["tenant"], roles=roles), int(claims["exp"])

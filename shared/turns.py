@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from shared import keys
+from shared import defaults, keys, metrics
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal
@@ -18,8 +18,8 @@ from shared.tokens import Principal
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
 
-# KEYS: status hash, in-flight set. ARGV: new status, in-flight member, now, then field/value pairs.
-# Returns the status after the call. A final status leaves the in-flight set; any other refreshes it.
+# KEYS: status hash, activity set, in-flight set. ARGV: new status, member, now, then field/value pairs.
+# Returns the status after the call. A final status leaves both sets; any other refreshes the activity.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
@@ -29,6 +29,7 @@ for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
 else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 end
@@ -62,11 +63,12 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
                                    "prompt": prompt, "status": QUEUED, "step": "", "created_at": now,
                                    "updated_at": now, "payload": json.dumps(payload or {})})
     pipe.expire(status_key, ttl)
-    pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
+    pipe.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
     pipe.expire(keys.session_turns(session_id), ttl * 7)
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
     pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
+    pipe.zadd(keys.turns_in_flight(), {f"{session_id}:{message_id}": now})
     pipe.execute()
 
 
@@ -76,6 +78,7 @@ def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None)
     pipe = r.pipeline()
     pipe.delete(keys.turn_status(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)
+    pipe.zrem(keys.turn_activity(), keys.in_flight_member(session_id, message_id))
     pipe.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
     pipe.execute()
 
@@ -96,8 +99,12 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
         if current is None or current in FINAL_STATES:
             return current
         status = current
-    return r.register_script(_TRANSITION)(keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
-                                          args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
+    result = r.register_script(_TRANSITION)(
+        keys=[keys.turn_status(session_id, message_id), keys.turn_activity(), keys.turns_in_flight()],
+        args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
+    if result == status and status in FINAL_STATES:
+        metrics.record_turn(status)
+    return result
 
 
 def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
@@ -120,3 +127,33 @@ def session_message_ids(session_id: str, r: redis.Redis | None = None) -> list[s
 
 def user_session_ids(principal: Principal, r: redis.Redis | None = None) -> list[str]:
     return (r or client("broker")).zrevrange(keys.user_sessions(principal.tenant, principal.user), 0, 99)
+
+
+def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
+    """Turns not yet final, oldest first, with their status and step (for /ops).
+
+    Entries older than TURNS_IN_FLIGHT_MAX_AGE_S, or whose record expired, are dropped: a turn
+    whose worker died without a final state must not stay "in flight" forever."""
+    r = r or client("broker")
+    index = keys.turns_in_flight()
+    r.zremrangebyscore(index, "-inf", time.time() - defaults.TURNS_IN_FLIGHT_MAX_AGE_S)
+    members = r.zrange(index, 0, limit - 1, withscores=True)
+    pipe = r.pipeline(transaction=False)
+    for member, _ in members:
+        session_id, _, message_id = member.partition(":")
+        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step")
+    in_flight, stale = [], []
+    for (member, created), (status, step) in zip(members, pipe.execute()):
+        if status is None or status in FINAL_STATES:
+            stale.append(member)
+            continue
+        session_id, _, message_id = member.partition(":")
+        in_flight.append({"session_id": session_id, "message_id": message_id, "status": status,
+                          "step": step or "", "age_s": round(time.time() - created, 1)})
+    if stale:
+        r.zrem(index, *stale)
+    return in_flight
+
+
+def count_in_flight(r: redis.Redis | None = None) -> int:
+    return (r or client("broker")).zcard(keys.turns_in_flight())

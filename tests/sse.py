@@ -22,12 +22,14 @@ def bearer(user: str = "alice", tenant: str = "acme", roles: tuple[str, ...] = (
 
 
 def read_stream(base_url: str, stream_url: str, last_event_id: str | None = None, timeout: float = 30.0,
-                limit: int | None = None) -> list[Event]:
+                limit: int | None = None, client: httpx.Client | None = None) -> list[Event]:
     """Events from `stream_url` until a terminal event, the server closing, or `limit` events."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events: list[Event] = []
-    with httpx.Client(base_url=base_url, timeout=timeout) as client:
-        with connect_sse(client, "GET", stream_url, headers=headers) as source:
+    owned = client is None
+    client = client or httpx.Client(timeout=timeout)
+    try:
+        with connect_sse(client, "GET", base_url + stream_url, headers=headers) as source:
             source.response.raise_for_status()
             for sse in source.iter_sse():
                 if not sse.data:
@@ -35,9 +37,13 @@ def read_stream(base_url: str, stream_url: str, last_event_id: str | None = None
                 events.append(Event(sse.event, sse.id, json.loads(sse.data)))
                 if sse.event in TERMINAL_EVENTS or (limit and len(events) >= limit):
                     break
+    finally:
+        if owned:
+            client.close()
     return events
 
 
-def post_prompt(base_url: str, session_id: str, prompt: str, headers: dict | None = None) -> httpx.Response:
-    return httpx.post(f"{base_url}/api/sessions/{session_id}/messages", json={"prompt": prompt},
-                      headers=headers or bearer(), timeout=10)
+def post_prompt(base_url: str, session_id: str, prompt: str, headers: dict | None = None,
+                client: httpx.Client | None = None) -> httpx.Response:
+    return (client or httpx).post(f"{base_url}/api/sessions/{session_id}/messages", json={"prompt": prompt},
+                                  headers=headers or bearer(), timeout=10)

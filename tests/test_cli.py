@@ -12,6 +12,7 @@ import pytest
 
 from shared.processes import REPO_ROOT, child_env, free_port, port_in_use
 from shared.tokens import verify_user_token
+from tests.sse import read_stream
 from tests.stack import TEST_SECRET
 
 
@@ -44,7 +45,7 @@ def test_dev_runs_the_system_and_sigterm_leaves_no_process(tmp_path):
     command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["web"]), "--data-dir", str(tmp_path)]
     for role in ("broker", "progress", "exec-cache", "auth-memo"):
         command += [f"--{role}-port", str(ports[role])]
-    env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0"})
+    env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "rules"})
     env.pop("TURNSTREAM_SECRET", None)
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -61,8 +62,11 @@ def test_dev_runs_the_system_and_sigterm_leaves_no_process(tmp_path):
         answer = httpx.post(url + "api/sessions/devcheck/messages", json={"prompt": "weather in Rome"},
                             headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 202
+        # The tools worker runs gevent and reaches the built-in MCP server over stdio.
+        events = read_stream(url.rstrip("/"), answer.json()["stream_url"], timeout=60)
+        assert events[-1].type == "done" and events[-1].data["answer"].startswith("In Rome it is 20°C")
         children = _descendants(proc.pid)
-        assert len(children) >= 6  # four redis-servers, a worker, gunicorn (and their children)
+        assert len(children) >= 8  # four redis-servers, two workers, their MCP servers, gunicorn
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -2,11 +2,13 @@
 
 import httpx
 
-from shared.events import STEPS
 from tests.sse import bearer, post_prompt, read_stream
 
+# discover, then reason -> execute until the reasoner wants no more tools, then synthesize.
+ONE_TOOL_ROUND = [("discover", None), ("reason", 1), ("execute", 1), ("reason", 2), ("synthesize", None)]
 
-def test_prompt_streams_four_steps_in_order_then_the_answer(base_url, session_id):
+
+def test_prompt_streams_every_step_in_order_then_the_answer(base_url, session_id):
     response = post_prompt(base_url, session_id, "What is the weather in Paris?")
     assert response.status_code == 202
     body = response.json()
@@ -15,8 +17,8 @@ def test_prompt_streams_four_steps_in_order_then_the_answer(base_url, session_id
 
     events = read_stream(base_url, body["stream_url"])
 
-    steps = [(e.data["step"], e.data["status"]) for e in events if e.type == "step"]
-    assert steps == [(step, status) for step in STEPS for status in ("started", "finished")]
+    steps = [(e.data["step"], e.data.get("round"), e.data["status"]) for e in events if e.type == "step"]
+    assert steps == [(step, round_, status) for step, round_ in ONE_TOOL_ROUND for status in ("started", "finished")]
     finished = [e.data for e in events if e.type == "step" and e.data["status"] == "finished"]
     assert all(isinstance(d["duration_ms"], (int, float)) and d["duration_ms"] >= 0 for d in finished)
     tools = [e.data for e in events if e.type == "tool"]

@@ -1,4 +1,4 @@
-"""Pure functions: key building, settings, the rules reasoner, the built-in tools."""
+"""Pure functions: key building, settings, the rules reasoner, the built-in tools, tool configs."""
 
 import json
 
@@ -8,7 +8,17 @@ from shared import keys
 from shared.events import StepEvent
 from shared.progress import stream_id
 from shared.settings import Settings
-from workers import reasoner, tools
+from toolserver import tools
+from workers.mcp_config import ToolsConfigError, parse_config
+from workers.reasoners.base import TurnContext
+from workers.reasoners.rules import RulesReasoner
+
+ALL_TOOLS = [{"name": n, "description": "", "input_schema": {}} for n in
+             ("weather", "search_kb", "calculator", "my_orders", "create_ticket")]
+
+
+def plan(prompt: str, tools=ALL_TOOLS, **context) -> list[dict]:
+    return RulesReasoner().decide(TurnContext(prompt=prompt, tools=tools, **context))
 
 
 @pytest.mark.parametrize("bad", ["", "a:b", "a*", "x" * 65, "../etc", "a b", None, 5, "-lead"])
@@ -45,36 +55,78 @@ def test_step_event_rejects_unknown_steps():
         StepEvent(step="dance", status="started")
 
 
-def test_reasoner_plans_weather_calculator_and_search():
-    assert reasoner.plan("weather in Paris and London?") == [
+def test_rules_reasoner_plans_weather_calculator_and_search():
+    assert plan("weather in Paris and London?") == [
         {"tool": "weather", "args": {"city": "Paris"}}, {"tool": "weather", "args": {"city": "London"}}]
-    assert reasoner.plan("what is 2 + 3 * 4") == [{"tool": "calculator", "args": {"expression": "2 + 3 * 4"}}]
-    assert reasoner.plan("how long does shipping take?") == [
+    assert plan("what is 2 + 3 * 4") == [{"tool": "calculator", "args": {"expression": "2 + 3 * 4"}}]
+    assert plan("how long does shipping take?") == [
         {"tool": "search_kb", "args": {"query": "how long does shipping take?"}}]
-    assert reasoner.plan("weather in Paris", available=["search_kb"])[0]["tool"] == "search_kb"
+    only_search = [t for t in ALL_TOOLS if t["name"] == "search_kb"]
+    assert plan("weather in Paris", tools=only_search)[0]["tool"] == "search_kb"
+    assert plan("weather in Paris", tools=[]) == []
+
+
+def test_rules_reasoner_follows_up_on_history_and_on_results():
+    weather_turn = [{"prompt": "weather in Paris?", "answer": "...", "tools": ["weather"]}]
+    assert plan("And in Berlin?", history=weather_turn) == [{"tool": "weather", "args": {"city": "Berlin"}}]
+    assert plan("And in Berlin?")[0]["tool"] == "search_kb"
+    orders = [{"tool": "my_orders", "status": "ok", "result": {"orders": [
+        {"order_id": "A-1", "placed": "2026-01-01"}, {"order_id": "A-2", "placed": "2026-02-01"}]}}]
+    prompt = "open a ticket about my latest order"
+    assert plan(prompt) == [{"tool": "my_orders", "args": {}}]
+    second = plan(prompt, rounds=[orders])
+    assert [(c["tool"], c["args"]["subject"]) for c in second] == [("create_ticket", "Problem with order A-2")]
+    assert plan("weather in Paris", rounds=[orders]) == [], "after results, nothing more unless a rule needs it"
 
 
 def test_calculator_is_safe_and_exact():
-    assert tools.calculator({"expression": "2 + 3 * 4"})["value"] == 14
-    assert tools.calculator({"expression": "7 / 2"})["value"] == 3.5
-    for hostile in ["__import__('os')", "2 ** 1000", "1/0", "a + 1"]:
-        with pytest.raises(tools.ToolError):
-            tools.calculator({"expression": hostile})
+    assert tools.calculator("2 + 3 * 4")["value"] == 14
+    assert tools.calculator("7 / 2")["value"] == 3.5
+    for hostile in ["__import__('os')", "2 ** 1000", "1/0", "a + 1", "True + 1"]:
+        with pytest.raises(tools.ToolFailure):
+            tools.calculator(hostile)
 
 
-def test_weather_and_search_read_the_shipped_data(monkeypatch):
-    monkeypatch.setenv("TURNSTREAM_TOOL_LATENCY_MS", "0")
-    assert tools.weather({"city": "Berlin"})["temp_c"] == 9
-    with pytest.raises(tools.ToolError):
-        tools.weather({"city": "Atlantis"})
-    hits = tools.search_kb({"query": "refund my order"})["hits"]
+def test_weather_search_and_orders_read_the_shipped_data():
+    assert tools.weather("Berlin")["temp_c"] == 9
+    with pytest.raises(tools.ToolFailure):
+        tools.weather("Atlantis")
+    hits = tools.search_kb("refund my order")["hits"]
     assert hits[0]["title"] == "Refund policy"
     json.dumps(hits)
+    alice = tools.my_orders(tools.Caller("alice", "acme", ("analyst",)))
+    assert [o["order_id"] for o in alice["orders"]] == ["A-1001", "A-1017"]
+    assert tools.my_orders(tools.Caller("alice", "other"))["orders"] == [], "orders are per tenant and user"
+    with pytest.raises(tools.ToolFailure):
+        tools.my_orders(tools.Caller())
+
+
+def test_create_ticket_is_admin_only_and_appends_a_ticket(tmp_path):
+    path = tmp_path / "tickets.jsonl"
+    with pytest.raises(tools.ToolFailure, match="admin-only"):
+        tools.create_ticket(tools.Caller("bob", "acme", ("analyst",)), "help", tickets_file=path)
+    first = tools.create_ticket(tools.Caller("root", "acme", ("admin",)), "printer on fire", tickets_file=path)
+    second = tools.create_ticket(tools.Caller("root", "acme", ("admin",)), "printer on fire", tickets_file=path)
+    assert first["ticket_id"] != second["ticket_id"], "a side effect: every call opens a new ticket"
+    assert [json.loads(line)["ticket_id"] for line in path.read_text().splitlines()] == [
+        first["ticket_id"], second["ticket_id"]]
+
+
+def test_tools_config_accepts_stdio_and_http_servers_and_names_mistakes():
+    servers = parse_config(json.dumps({"mcpServers": {
+        "fs": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]},
+        "remote": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}}}}), "test")
+    assert {name: spec.transport for name, spec in servers.items()} == {"fs": "stdio", "remote": "http"}
+    for bad, needle in [("{", "not valid JSON"), ('{"mcpServers": {}}', "empty"),
+                        ('{"mcpServers": {"x": {"command": "a", "url": "http://b"}}}', "exactly one"),
+                        ('{"mcpServers": {"x": {}}}', "exactly one")]:
+        with pytest.raises(ToolsConfigError, match=needle):
+            parse_config(bad, "test")
 
 
 def test_finding_arithmetic_takes_linear_time_on_hostile_prompts():
-    assert reasoner.find_arithmetic("What is the weather in Paris? Also 1/0 + 1") == "1/0 + 1"
-    assert reasoner.find_arithmetic("1999 was a year") is None
-    hostile = "1 " * 20000 + "x"  # cubic backtracking made this take hours
-    assert reasoner.find_arithmetic(hostile) is None
-    assert reasoner.plan(hostile)[0]["tool"] == "search_kb"
+    from workers.reasoners.rules import find_arithmetic
+
+    assert find_arithmetic("What is the weather in Paris? Also 1/0 + 1") == "1/0 + 1"
+    assert find_arithmetic("1999 was a year") is None
+    assert find_arithmetic("1 " * 20000 + "x") is None  # cubic backtracking made this take hours

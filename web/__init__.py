@@ -1,19 +1,21 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui)."""
+"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
 
-import logging
-
+import redis
 from flask import Flask
 from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.policy import check_policies
-from shared.redis_roles import client
+from shared.redis_roles import make_pool
 from shared.settings import get_settings
+from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
+from web import telemetry
 from web.errors import register_error_handlers
 from web.openapi import openapi
+from web.metrics import metrics_bp
 from web.ops import ops
 from web.ratelimit import TurnRateLimiter
 from web.stream import stream
@@ -22,7 +24,7 @@ from web.ui import ui
 
 def create_app(check_redis: bool = True) -> Flask:
     """Build the app. Refuses to start if the broker or progress Redis evicts keys."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    telemetry.configure_process()
     settings = get_settings()
     settings.secret_key()
     if check_redis:
@@ -32,13 +34,19 @@ def create_app(check_redis: bool = True) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096
     app.json.sort_keys = False
     app.extensions["celery"] = make_celery("turnstream-web", settings)
-    app.extensions["dispatcher"] = Dispatcher(client("progress"), settings.sse_client_queue,
+    # Streams get their own small pool: thousands of clients replaying at once queue for a
+    # connection instead of opening one each.
+    stream_redis = redis.Redis(connection_pool=make_pool(settings.role_url("progress"), settings,
+                                                         settings.sse_redis_connections))
+    app.extensions["stream_redis"] = stream_redis
+    app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
     app.extensions["rate_limiter"] = TurnRateLimiter(settings)
-    for blueprint in (api, openapi, stream, ops, ui):
+    for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     allow_cross_origin(app, settings.cors_origin_list())
+    telemetry.init_app(app)
     return app
 
 

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
-from shared import defaults, turns
+from shared import defaults, metrics, turns
 from shared.celery_config import revoke_turn, turn_chain
 from shared.keys import valid_id
 from shared.outcome import publish_outcome
@@ -72,6 +72,8 @@ def post_message(session_id: str):
             "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     turns.create_turn(session_id, message_id, principal, body.prompt, payload=turn)
     enqueue(session_id, message_id, turn)
+    metrics.TURNS_ACCEPTED.inc()
+    log.info("turn accepted", extra={"message_id": message_id})
 
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({
@@ -158,7 +160,17 @@ def list_messages(session_id: str):
     if not turns.owns_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
     records = (turns.get_turn(session_id, mid) for mid in turns.session_message_ids(session_id))
-    return jsonify({"session_id": session_id, "messages": [public_turn(r) for r in records if r]})
+    return jsonify({"session_id": session_id,
+                    "messages": [with_stream_url(public_turn(r), principal) for r in records if r]})
+
+
+def with_stream_url(turn: dict, principal: Principal) -> dict:
+    """An unfinished turn carries a fresh stream URL, so a reloaded page follows it live."""
+    if turn.get("status") in turns.FINAL_STATES:
+        return turn
+    token = issue_stream_token(principal, turn["session_id"], turn["message_id"])
+    return {**turn, "stream_url": url_for("stream.stream", session_id=turn["session_id"],
+                                          message_id=turn["message_id"], token=token)}
 
 
 @api.post("/dev/token")

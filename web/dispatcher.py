@@ -96,6 +96,7 @@ class Dispatcher:
                     self._pubsub.subscribe(channel)
                 except redis.RedisError:
                     self._forget(sub)
+                    self._pending.pop(channel, None)
                     raise
             confirmed = self._confirmed[channel]
         self._ensure_reader()
@@ -122,6 +123,7 @@ class Dispatcher:
             return False
         del self._subscribers[sub.channel]
         self._confirmed.pop(sub.channel, None)
+        self._pending.pop(sub.channel, None)
         return True
 
     def _ensure_reader(self) -> None:
@@ -134,7 +136,7 @@ class Dispatcher:
                 message = self._pubsub.get_message(timeout=1.0)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("progress pub/sub connection lost (%s); closing %d streams", exc, self.client_count)
-                self._close_all("connection lost")
+                self._start_over("connection lost")
                 gevent.sleep(0.5)
                 continue
             if message is not None:
@@ -166,9 +168,18 @@ class Dispatcher:
             else:
                 self.clients_cut += 1
 
-    def _close_all(self, reason: str) -> None:
+    def _start_over(self, reason: str) -> None:
+        """Close every stream (clients resume from the log) and drop the old connection, so it is
+        not silently re-subscribed to channels whose clients are gone."""
         with self._lock:
             for subs in self._subscribers.values():
                 for sub in subs:
                     sub.close(reason)
+            self._subscribers.clear()
+            self._confirmed.clear()
             self._pending.clear()
+            old, self._pubsub = self._pubsub, self._redis.pubsub()
+        try:
+            old.reset()
+        except redis.RedisError:
+            pass

@@ -43,6 +43,7 @@ class Turn(BaseModel):
     error: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    stream_url: str | None = Field(None, description="in session listings, for a turn still running")
 
 
 class LoggedEventOut(Strict):

@@ -12,7 +12,7 @@ import redis
 from flask import current_app, request, stream_with_context
 from flask_sse import ServerSentEventsBlueprint
 
-from shared import keys, turns
+from shared import keys, metrics, turns
 from shared.outcome import publish_outcome
 from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
 from shared.settings import get_settings
@@ -69,7 +69,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             return
         try:
             last = after
-            for event in read_log(session_id, message_id, after=after):
+            for event in read_log(session_id, message_id, after=after, r=current_app.extensions["stream_redis"]):
                 yield event
                 last = event.id
                 if event.terminal:
@@ -96,7 +96,11 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
         yield f"retry: {retry_ms}\n: stream open\n\n"
         for event in events:
-            yield ": heartbeat\n\n" if event is None else str(event.message())
+            if event is None:
+                yield ": heartbeat\n\n"
+            else:
+                yield event.sse
+                metrics.SSE_EVENTS_SENT.inc()
 
 
 stream = TurnStreamBlueprint("stream", __name__)

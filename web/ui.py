@@ -1,12 +1,24 @@
-"""The page users live in: a prompt box and the turn's live progress."""
+"""The page users live in: sign in, sessions at the side, each turn's live timeline.
 
-from flask import Blueprint, render_template
+Everything is served from here (templates/ and static/, plain ES modules, no build step,
+no CDN). The page runs under a strict Content-Security-Policy: scripts, styles and
+connections from this origin only, so even a rendering bug cannot load foreign code."""
+
+from flask import Blueprint, make_response, render_template
 
 from shared.settings import get_settings
 
 ui = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+
 
 @ui.get("/")
 def index():
-    return render_template("index.html", dev=get_settings().dev)
+    response = make_response(render_template("index.html", dev=get_settings().dev))
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

@@ -1,14 +1,17 @@
-"""The workers' Celery app. Each process checks the Redis eviction policies before it takes work."""
+"""The workers' Celery app. Each process checks the Redis eviction policies before it takes work,
+and opens its MCP sessions after fork, never before (a loop thread and pipes do not survive one)."""
 
 import logging
 import threading
 
-from celery.signals import worker_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from shared.celery_config import make_celery
+from shared.defaults import TOOLS_QUEUE
 from shared.policy import EvictingRoleError, check_policies
 from shared.redelivery import sweep_forever
 from shared.settings import get_settings
+from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
@@ -29,6 +32,50 @@ def _refuse_evicting_redis(**_: object) -> None:
     except EvictingRoleError as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
+
+
+def _forks(worker: object) -> bool:
+    pool = getattr(worker, "pool_cls", None)
+    return "prefork" in f"{getattr(pool, '__module__', '')}{pool}"
+
+
+def _takes_tool_calls() -> bool:
+    """Only workers on the tools queue talk to MCP servers; an llm-only worker opens no session."""
+    selected = app.amqp.queues.consume_from
+    return not selected or TOOLS_QUEUE in selected
+
+
+def _open_mcp_sessions() -> None:
+    from workers.mcp_client import get_hub
+
+    if not _takes_tool_calls():
+        return
+
+    try:
+        hub = get_hub()
+        tools = hub.list_tools()
+        log.info("MCP: %d tools from %s", len(tools), ", ".join(hub.servers))
+    except Exception as exc:  # noqa: BLE001 - a broken server must not stop the worker; discover reports it
+        log.error("MCP: cannot open sessions: %s", exc)
+
+
+@worker_init.connect
+def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
+    if not _forks(sender):
+        _open_mcp_sessions()
+
+
+@worker_process_init.connect
+def _mcp_after_fork(**_: object) -> None:
+    _open_mcp_sessions()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _close_mcp_sessions(**_: object) -> None:
+    from workers.mcp_client import close_hub
+
+    close_hub()
 
 
 @worker_ready.connect

@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts."""
+
+import statistics
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(name: str, values_ms: list[float]) -> str:
+    return (f"{name:<34} n={len(values_ms):<5} p50={percentile(values_ms, 50):8.2f} ms  "
+            f"p99={percentile(values_ms, 99):8.2f} ms  mean={statistics.mean(values_ms):8.2f} ms")
+
+
+def start_stock_flask_sse(progress_url: str, log_dir: Path):
+    """Stock flask-sse (bench/stock_sse_app.py) under our gunicorn+gevent config, one worker.
+    Returns the running executor and its port."""
+    from mirakuru import HTTPExecutor
+
+    from shared import processes
+
+    port = processes.free_port()
+    env = processes.child_env({"SSE_REDIS_URL": progress_url})
+    env["PYTHONPATH"] = f"{Path(__file__).parent}:{env['PYTHONPATH']}"
+    server = HTTPExecutor([sys.executable, "-m", "gunicorn", "-c", str(processes.DEPLOY / "gunicorn.conf.py"),
+                           "-b", f"127.0.0.1:{port}", "-w", "1", "stock_sse_app:app"],
+                          url=f"http://127.0.0.1:{port}/healthz", method="GET", envvars=env, timeout=60,
+                          stdout=open(log_dir / "stock.log", "ab"), stderr=-2)
+    return server.start(), port

@@ -1,0 +1,94 @@
+"""turnstream's built-in MCP tool server, written with the official `mcp` SDK (MCPServer).
+
+Run it over stdio (`python -m toolserver`, what workers spawn by default) or streamable
+HTTP (`python -m toolserver --http --port 8931`, URL http://127.0.0.1:8931/mcp).
+
+Each tool declares, in its `_meta` under POLICY_META, how the execution cache may treat it: its
+scope (`global`, `tenant`, `user`, or `never` for side effects) and TTL. Who may call what is the
+permission guard's business (the shipped auth policy keeps create_ticket to admins), and
+create_ticket refuses non-admins itself too. The caller's identity arrives in each request's
+`_meta` under CALLER_META; the client sets it from the signed token, never from the model."""
+
+import asyncio
+import logging
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from shared.tool_meta import CALLER_META, POLICY_META
+from toolserver import tools
+
+log = logging.getLogger(__name__)
+
+
+def _policy(cache: str, ttl_s: int | None = None) -> dict[str, Any]:
+    policy: dict[str, Any] = {"cache": cache}
+    if ttl_s is not None:
+        policy["ttl_s"] = ttl_s
+    return {POLICY_META: policy}
+
+
+def caller_of(ctx: Context) -> tools.Caller:
+    meta = ctx.request_context.meta or {}
+    caller = meta.get(CALLER_META) or {}
+    if not isinstance(caller, dict):
+        return tools.Caller()
+    roles = caller.get("roles") or []
+    return tools.Caller(user=caller.get("user"), tenant=caller.get("tenant"),
+                        roles=tuple(r for r in roles if isinstance(r, str)))
+
+
+async def _upstream() -> None:
+    """The simulated upstream call: awaited, so concurrent calls overlap."""
+    latency = tools.upstream_latency_s()
+    if latency:
+        await asyncio.sleep(latency)
+
+
+def _run(fn, *args, **kwargs) -> dict[str, Any]:
+    try:
+        return fn(*args, **kwargs)
+    except tools.ToolFailure as exc:
+        raise ToolError(str(exc)) from exc
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def build_server() -> MCPServer:
+    server = MCPServer("turnstream-tools", version="1.0.0",
+                       instructions="Demo tools: weather, help-center search, calculator, orders, tickets.")
+
+    @server.tool(annotations=READ_ONLY, meta=_policy("global", ttl_s=600), structured_output=True)
+    async def weather(city: str) -> dict[str, Any]:
+        """Current weather for a city, e.g. city="Paris"."""
+        await _upstream()
+        return _run(tools.weather, city)
+
+    @server.tool(annotations=READ_ONLY, meta=_policy("global"), structured_output=True)
+    async def search_kb(query: str, limit: int = 3) -> dict[str, Any]:
+        """Search the help-center articles (passwords, refunds, shipping, reports, API limits, 2FA)."""
+        await _upstream()
+        return _run(tools.search_kb, query, limit)
+
+    @server.tool(annotations=READ_ONLY, meta=_policy("global"), structured_output=True)
+    def calculator(expression: str) -> dict[str, Any]:
+        """Evaluate arithmetic, e.g. expression="6 * 7 + 1"."""
+        return _run(tools.calculator, expression)
+
+    @server.tool(annotations=READ_ONLY, meta=_policy("user", ttl_s=60), structured_output=True)
+    async def my_orders(ctx: Context, status: str | None = None) -> dict[str, Any]:
+        """The signed-in user's own orders; optional status filter (processing, shipped, delivered)."""
+        await _upstream()
+        return _run(tools.my_orders, caller_of(ctx), status)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False),
+                 meta=_policy("never"), structured_output=True)
+    async def create_ticket(ctx: Context, subject: str, body: str = "") -> dict[str, Any]:
+        """Open a support ticket (admins only). It has a side effect: every call opens a new ticket."""
+        await _upstream()
+        return _run(tools.create_ticket, caller_of(ctx), subject, body)
+
+    return server

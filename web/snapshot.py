@@ -1,0 +1,193 @@
+"""One picture of the running system, for /ops and the live part of /metrics.
+
+Each section is read independently and a failing one reports its error instead of sinking the
+page: /ops is most needed exactly when a Redis is down. The Redis roles and the Celery inspect
+are read concurrently (greenlets), and a snapshot is shared by every caller in this process for
+`ops_refresh_s`, so many open /ops pages and Prometheus scrapes cost one round of reads."""
+
+import json
+import logging
+import os
+import socket
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+import redis
+from celery import Celery
+from gevent.lock import Semaphore
+
+from shared import defaults, keys, metrics, turns
+from shared.celery_config import TASK_PREFIX, queues
+from shared.policy import judge, read_policy
+from shared.redis_roles import client
+from shared.settings import get_settings
+from shared.tracing import suppress_instrumentation
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport: a queue with priorities is several lists, and unacked messages
+# (taken by a worker, not yet acknowledged) wait in this hash until the ack.
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_PRIORITY_STEPS = (3, 6, 9)
+KOMBU_UNACKED = "unacked"
+# The best of a few pings: the page's other reads share this process, and one slow wake-up of a
+# greenlet is not the server's latency.
+PINGS = 3
+
+
+def process_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def redacted(url: str) -> str:
+    """A Redis URL without its password, for display."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def _ping(r: redis.Redis) -> float:
+    started = time.perf_counter()
+    r.ping()
+    return time.perf_counter() - started
+
+
+def redis_role(role: str) -> dict:
+    """Ping latency, memory, evictions, policy (judged for the role) and clients of one role's server."""
+    url = get_settings().role_url(role)
+    stats: dict = {"role": role, "url": redacted(url), "up": False}
+    r = client(role)
+    try:
+        stats["ping_ms"] = round(min(_ping(r) for _ in range(PINGS)) * 1000, 2)
+        info = r.info()
+        report = judge(role, read_policy(r))
+    except redis.RedisError as exc:
+        stats["error"] = f"{type(exc).__name__}: {exc}"
+        return stats
+    stats.update(up=True, used_memory=int(info.get("used_memory", 0)), maxmemory=int(info.get("maxmemory", 0)),
+                 evicted_keys=int(info.get("evicted_keys", 0)), connected_clients=int(info.get("connected_clients", 0)),
+                 policy=report.policy, policy_ok=report.ok, policy_message=report.message)
+    return stats
+
+
+def queue_depths(r: redis.Redis | None = None) -> dict:
+    """Messages waiting per Celery queue (all priority lists), and those taken but not yet acked."""
+    r = r or client("broker")
+    names = queues()
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+        for step in KOMBU_PRIORITY_STEPS:
+            pipe.llen(f"{name}{KOMBU_PRIORITY_SEP}{step}")
+    pipe.hlen(KOMBU_UNACKED)
+    counts = pipe.execute()
+    per_queue = len(KOMBU_PRIORITY_STEPS) + 1
+    depths = [{"name": name, "depth": sum(counts[i * per_queue:(i + 1) * per_queue])} for i, name in enumerate(names)]
+    return {"queues": depths, "unacked": counts[-1]}
+
+
+def _active_task(task: dict) -> dict:
+    args = task.get("args") or []
+    turn = args[0] if args and isinstance(args[0], dict) else {}
+    started = task.get("time_start")
+    return {"task_id": task.get("id"), "step": str(task.get("name", "")).removeprefix(f"{TASK_PREFIX}."),
+            "session_id": turn.get("session_id"), "message_id": turn.get("message_id"),
+            "runtime_s": round(time.time() - started, 1) if started else None}
+
+
+def workers(app: Celery, timeout: float) -> list[dict]:
+    """Every worker that answered `inspect active` within `timeout`, with what it is running."""
+    replies = app.control.inspect(timeout=timeout).active() or {}
+    return [{"name": name, "active": [_active_task(t) for t in tasks or []]} for name, tasks in sorted(replies.items())]
+
+
+def pubsub(r: redis.Redis | None = None, limit: int = defaults.OPS_MAX_CHANNELS) -> dict:
+    """Subscribers per active progress channel (PUBSUB NUMSUB), at most `limit` channels."""
+    r = r or client("progress")
+    channels = sorted(r.pubsub_channels(keys.progress_channel_pattern()))
+    shown = channels[:limit]
+    counts = r.pubsub_numsub(*shown) if shown else []
+    return {"active_channels": len(channels), "truncated": len(channels) > limit,
+            "channels": [{"channel": channel, "subscribers": int(n)} for channel, n in counts]}
+
+
+def publish_web_process(figures: dict, r: redis.Redis | None = None) -> None:
+    """Record this process's SSE figures where every web process's /ops can sum them."""
+    (r or client("progress")).hset(keys.web_processes(), process_name(), json.dumps({**figures, "at": time.time()}))
+
+
+def web_processes(r: redis.Redis | None = None, ttl_s: float = defaults.OPS_WEB_HEARTBEAT_TTL_S) -> dict:
+    """SSE clients, channels and cut-offs summed over web processes seen within `ttl_s`."""
+    r = r or client("progress")
+    now, live, dead = time.time(), [], []
+    for name, raw in r.hgetall(keys.web_processes()).items():
+        figures = json.loads(raw)
+        (live if now - figures.get("at", 0) <= ttl_s else dead).append((name, figures))
+    if dead:
+        r.hdel(keys.web_processes(), *(name for name, _ in dead))
+    total = {field: sum(f.get(field, 0) for _, f in live) for field in ("clients", "channels", "clients_cut")}
+    return {**total, "processes": [{"name": name, **f} for name, f in sorted(live)]}
+
+
+def _section(name: str, read) -> dict:
+    try:
+        with suppress_instrumentation():
+            return {"ok": True, "data": read()}
+    except Exception as exc:  # one broken section must not hide the others
+        log.warning("ops section %s failed: %s", name, exc)
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def take_snapshot(app: Celery) -> dict:
+    settings = get_settings()
+    jobs = {
+        "workers": lambda: workers(app, settings.ops_inspect_timeout_s),
+        "queues": queue_depths,
+        "turns": _turns,
+        "guards": lambda: _guards(settings.ops_window_s),
+        "pubsub": pubsub,
+        "sse": web_processes,
+        **{f"redis:{role}": (lambda role=role: redis_role(role)) for role in defaults.ROLES},
+    }
+    greenlets = {name: gevent.spawn(_section, name, read) for name, read in jobs.items()}
+    gevent.joinall(list(greenlets.values()), timeout=settings.redis_socket_timeout_s + settings.ops_inspect_timeout_s)
+    results = {name: (g.value if g.ready() else {"ok": False, "error": "timed out"}) for name, g in greenlets.items()}
+    snapshot = {name: value for name, value in results.items() if not name.startswith("redis:")}
+    snapshot["redis"] = [_role_row(role, results[f"redis:{role}"]) for role in defaults.ROLES]
+    snapshot["generated_at"] = time.time()
+    snapshot["single_instance"] = settings.single_instance
+    return snapshot
+
+
+def _role_row(role: str, section: dict) -> dict:
+    return section["data"] if section["ok"] else {"role": role, "up": False, "error": section["error"]}
+
+
+def _turns() -> dict:
+    items = turns.turns_in_flight(limit=50)  # prunes finished and stale entries, so count after it
+    return {"count": turns.count_in_flight(), "items": items}
+
+
+def _guards(window_s: int) -> dict:
+    counts = metrics.guard_window(window_s)
+    return {"window_s": window_s, "counts": counts, "ratios": metrics.guard_ratios(counts)}
+
+
+class Snapshotter:
+    """Shares one snapshot among concurrent callers for `max_age` seconds."""
+
+    def __init__(self, app: Celery, max_age: float):
+        self._app = app
+        self._max_age = max_age
+        self._lock = Semaphore()
+        self._snapshot: dict | None = None
+
+    def get(self) -> dict:
+        with self._lock:
+            if self._snapshot is None or time.time() - self._snapshot["generated_at"] >= self._max_age:
+                self._snapshot = take_snapshot(self._app)
+            return self._snapshot

@@ -1,1 +1,0 @@
-"""Small shipped datasets for the built-in tools."""

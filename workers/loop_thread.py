@@ -1,0 +1,165 @@
+"""One asyncio event loop in its own OS thread, which threads or greenlets submit coroutines to.
+
+The MCP SDK is asyncio-only. A worker's pool (threads, or gevent greenlets) is not, and
+`asyncio.run` per call would spawn a stdio server each time (0.5-1 s) and cannot run under
+gevent at all. So each worker process runs one loop here and keeps its sessions on it.
+
+Under gevent's monkey-patching the loop thread must stay a real thread with real I/O:
+- it is started with the original `start_new_thread`, and polls with the original selector;
+- asyncio's subprocess support gets an unpatched copy of `subprocess` (gevent's Popen only
+  works on the main thread's hub) and reaps children through pidfds;
+- blocking helpers (getaddrinfo) run on native threads, not greenlets of a hub nobody runs;
+- a greenlet waiting for a result is woken through a gevent async watcher, the one
+  cross-thread signal gevent supports, so it yields instead of blocking its whole hub."""
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("threading")
+
+
+def _original(module: str, name: str) -> Any:
+    from gevent import monkey
+
+    return monkey.get_original(module, name)
+
+
+def _start_native_thread(target) -> None:
+    if gevent_patched():
+        _original("_thread", "start_new_thread")(target, ())
+    else:
+        threading.Thread(target=target, name="mcp-loop", daemon=True).start()
+
+
+class _NativeThreadExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor under gevent: each job on a real thread (they are rare: DNS)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                future.set_exception(exc)
+
+        _start_native_thread(work)
+        return future
+
+
+_subprocess_fixed = False
+
+
+def _unpatch_asyncio_subprocess() -> None:
+    """Give asyncio a fresh, unpatched `subprocess` module (once per process)."""
+    global _subprocess_fixed
+    if _subprocess_fixed:
+        return
+    import asyncio.unix_events as unix_events
+
+    spec = importlib.util.spec_from_file_location("_turnstream_native_subprocess", subprocess.__file__)
+    native = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(native)
+    unix_events.subprocess = native
+    _subprocess_fixed = True
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if not gevent_patched():
+        return asyncio.new_event_loop()
+    _unpatch_asyncio_subprocess()
+    loop = asyncio.SelectorEventLoop(_original("selectors", "DefaultSelector")())
+    loop.set_default_executor(_NativeThreadExecutor())
+    return loop
+
+
+def _install_child_watcher(loop: asyncio.AbstractEventLoop) -> None:
+    """Python < 3.14 needs a child watcher; a pidfd one needs no helper thread (Linux >= 5.3)."""
+    watcher_cls = getattr(asyncio, "PidfdChildWatcher", None)
+    if watcher_cls is None or not gevent_patched():
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = watcher_cls()
+        asyncio.set_child_watcher(watcher)
+        watcher.attach_loop(loop)
+
+
+class LoopThread:
+    """A running event loop on its own thread, bound to the process that started it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = _new_loop()
+        self._started = concurrent.futures.Future()
+        _start_native_thread(self._run)
+        self._started.result(timeout=10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        _install_child_watcher(self.loop)
+        self.loop.call_soon(self._started.set_result, True)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.loop.is_running()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the loop and wait for its result; the coroutine is cancelled on timeout."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return _wait(future, timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.alive:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _wait(future: concurrent.futures.Future, timeout: float):
+    if not gevent_patched():
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise TimeoutError(f"no result within {timeout:.1f}s") from exc
+    import gevent
+    from gevent.hub import Waiter, get_hub
+
+    watcher = get_hub().loop.async_()
+    waiter = Waiter()
+    watcher.start(waiter.switch, None)
+    try:
+        future.add_done_callback(lambda _done: watcher.send())
+        with gevent.Timeout(timeout, TimeoutError(f"no result within {timeout:.1f}s")):
+            waiter.get()
+    finally:
+        watcher.stop()
+        watcher.close()
+    return future.result(timeout=0)

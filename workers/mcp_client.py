@@ -1,0 +1,300 @@
+"""The workers' MCP client: persistent sessions to every configured server, on one loop thread.
+
+Nothing here knows our own tool server: a server is a stdio command or a streamable-HTTP
+URL from the tools config (workers.mcp_config), and any MCP server works the same way.
+
+Each process owns one McpHub (get_hub). It starts after fork (workers.celery_app wires it to
+worker_process_init, or worker_init for pools that do not fork), never before: a loop thread
+and live pipes do not survive a fork. Sessions open lazily, stay open across tasks, and
+reopen after a server dies. Tool lists are cached for TURNSTREAM_MCP_TOOLS_TTL_S."""
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
+
+from shared.settings import Settings, get_settings
+from shared.tool_meta import CACHE_SCOPES, CALLER_META, POLICY_META
+from workers.loop_thread import LoopThread
+from workers.mcp_config import ServerSpec, load_servers
+
+log = logging.getLogger(__name__)
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class ToolCallError(Exception):
+    """A tool call that did not produce a result: the tool said so, or its server failed."""
+
+
+class UnknownTool(ToolCallError):
+    """No configured server offers a tool by that name."""
+
+
+def tool_policy(tool: Tool) -> dict:
+    """What the tool declares for the guards, or a safe default from its MCP annotations:
+    only a tool that says it is read-only may be cached, and then for its callers' tenant."""
+    declared = (tool.meta or {}).get(POLICY_META)
+    if isinstance(declared, dict) and declared.get("cache") in CACHE_SCOPES:
+        return declared
+    read_only = bool(tool.annotations and tool.annotations.read_only_hint)
+    return {"cache": "tenant" if read_only else "never"}
+
+
+def result_payload(result: CallToolResult) -> Any:
+    """A call result as JSON: structured content if the server sent it, else its text (parsed if JSON)."""
+    texts = [block.text for block in result.content if getattr(block, "type", None) == "text"]
+    text = "\n".join(texts)
+    if result.is_error:
+        raise ToolCallError(text or "the tool reported an error without a message")
+    if result.structured_content is not None:
+        return result.structured_content
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if text or not result.content:
+        return {"text": text}
+    return {"content": [block.model_dump(mode="json", exclude_none=True) for block in result.content]}
+
+
+class _Session:
+    """One server's session, held open by a task on the loop (anyio scopes must exit where they began)."""
+
+    def __init__(self, name: str, spec: ServerSpec, settings: Settings):
+        self.name = name
+        self.spec = spec
+        self.settings = settings
+        self._client: Client | None = None
+        self._stop: asyncio.Event | None = None
+        self._holder: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def _client_for(self, stack: AsyncExitStack) -> Client:
+        timeout = self.settings.mcp_call_timeout_s
+        if self.spec.command:
+            target: Any = StdioServerParameters(command=self.spec.command, args=self.spec.args,
+                                                env=self.spec.env or None, cwd=self.spec.cwd)
+        elif self.spec.headers:
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=self.spec.headers, timeout=httpx2.Timeout(30.0, read=300.0)))
+            target = streamable_http_client(self.spec.url, http_client=http)
+        else:
+            target = self.spec.url
+        return Client(target, read_timeout_seconds=timeout, cache=None)
+
+    async def _hold(self, ready: asyncio.Future) -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                client = await stack.enter_async_context(await self._client_for(stack))
+                self._client = client
+                ready.set_result(client)
+                await self._stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - reported to whoever waits for the session
+            if not ready.done():
+                ready.set_exception(exc)
+            elif not isinstance(exc, asyncio.CancelledError):
+                log.warning("MCP server %s: session ended: %s", self.name, exc)
+        finally:
+            self._client = None
+
+    async def client(self) -> Client:
+        async with self._lock:
+            if self._client is not None and self._holder is not None and not self._holder.done():
+                return self._client
+            self._stop = asyncio.Event()
+            ready = asyncio.get_running_loop().create_future()
+            self._holder = asyncio.get_running_loop().create_task(self._hold(ready))
+            try:
+                return await asyncio.wait_for(asyncio.shield(ready), self.settings.mcp_connect_timeout_s)
+            except BaseException:
+                await self.close()
+                raise
+
+    def broken(self) -> None:
+        """Forget a session whose transport failed; the next call opens a new one."""
+        if self._stop is not None:
+            self._stop.set()
+        self._client = None
+
+    async def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._holder is not None:
+            try:
+                await asyncio.wait_for(self._holder, 10)
+            except BaseException:  # noqa: BLE001 - closing must not fail the shutdown
+                self._holder.cancel()
+        self._client = None
+
+
+_TRANSPORT_ERRORS = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError,
+                     httpx2.TransportError)
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """The session itself is gone (not just one request failing or timing out)."""
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    return isinstance(exc, _TRANSPORT_ERRORS)
+
+
+class McpHub:
+    """Every configured server's session, and the merged, briefly cached tool catalogue."""
+
+    def __init__(self, settings: Settings | None = None, servers: dict[str, ServerSpec] | None = None):
+        self.settings = settings or get_settings()
+        self.pid = os.getpid()
+        self.servers = servers if servers is not None else load_servers(self.settings)
+        self._thread = LoopThread()
+        self._sessions = {name: _Session(name, spec, self.settings) for name, spec in self.servers.items()}
+        self._catalog: dict[str, dict] = {}
+        self._catalog_at = 0.0
+        self.server_errors: dict[str, str] = {}
+        self._catalog_lock = threading.Lock()
+
+    # --- running on the loop ---------------------------------------------------------
+    async def _list_server(self, session: _Session) -> list[Tool]:
+        for attempt in (1, 2):
+            client = await session.client()
+            try:
+                tools, cursor = [], None
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    tools += page.tools
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return tools
+            except Exception as exc:
+                if attempt == 2 or not _connection_failure(exc):
+                    raise
+                session.broken()  # listing is safe to retry on a fresh session
+        return []
+
+    async def _list_all(self) -> dict[str, list[Tool] | BaseException]:
+        names = list(self._sessions)
+        timeout = self.settings.mcp_connect_timeout_s + self.settings.mcp_call_timeout_s
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self._list_server(self._sessions[n]), timeout) for n in names), return_exceptions=True)
+        return dict(zip(names, results))
+
+    async def _call(self, server: str, tool: str, args: dict, meta: dict | None) -> CallToolResult:
+        session = self._sessions[server]
+        client = await session.client()
+        try:
+            return await client.call_tool(tool, args, meta=meta)
+        except Exception as exc:
+            if _connection_failure(exc):
+                session.broken()  # not retried: the call may have had a side effect
+            raise
+
+    async def _close_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._sessions.values()), return_exceptions=True)
+
+    # --- called from tasks (threads or greenlets) --------------------------------------
+    def list_tools(self, refresh: bool = False) -> list[dict]:
+        """Every configured server's tools as JSON tool specs; servers that fail are left out
+        (and named in `server_errors`) so one broken server does not take the others down."""
+        with self._catalog_lock:
+            fresh = time.monotonic() - self._catalog_at < self.settings.mcp_tools_ttl_s
+            if refresh or not fresh or not self._catalog:
+                timeout = self.settings.mcp_connect_timeout_s + self.settings.mcp_call_timeout_s + 5
+                self._catalog = self._merge(self._thread.run(self._list_all(), timeout))
+                self._catalog_at = time.monotonic()
+            return list(self._catalog.values())
+
+    def _merge(self, listed: dict[str, list[Tool] | BaseException]) -> dict[str, dict]:
+        catalog: dict[str, dict] = {}
+        self.server_errors = {}
+        for server, tools in listed.items():
+            if isinstance(tools, BaseException):
+                self.server_errors[server] = f"{type(tools).__name__}: {tools}"
+                log.warning("MCP server %s: cannot list tools: %s", server, self.server_errors[server])
+                continue
+            for tool in tools:
+                name = _NAME_OK.sub("_", tool.name)[:64]
+                if name in catalog:
+                    name = _NAME_OK.sub("_", f"{server}__{tool.name}")[:64]
+                catalog[name] = {"name": name, "server": server, "remote_name": tool.name,
+                                 "description": (tool.description or tool.title or "").strip(),
+                                 "input_schema": tool.input_schema or {"type": "object", "properties": {}},
+                                 "policy": tool_policy(tool)}
+        return catalog
+
+    def resolve(self, name: str) -> dict:
+        tools = {t["name"]: t for t in self.list_tools()}
+        if name not in tools:
+            tools = {t["name"]: t for t in self.list_tools(refresh=True)}
+        if name not in tools:
+            raise UnknownTool(f"no configured MCP server offers a tool named {name!r}")
+        return tools[name]
+
+    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None) -> Any:
+        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed."""
+        spec = self.resolve(name)
+        timeout = timeout or self.settings.mcp_call_timeout_s
+        meta = {CALLER_META: caller} if caller else None
+        try:
+            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta),
+                                      timeout + self.settings.mcp_connect_timeout_s)
+        except TimeoutError as exc:
+            raise ToolCallError(f"{name} timed out after {timeout:.0f}s") from exc
+        except MCPError as exc:
+            raise ToolCallError(f"{name}: {exc}") from exc
+        except ToolCallError:
+            raise
+        except Exception as exc:
+            raise ToolCallError(f"{name}: MCP server {spec['server']} failed: {type(exc).__name__}: {exc}") from exc
+        return result_payload(result)
+
+    def close(self, timeout: float = 15.0) -> None:
+        if self._thread.alive:
+            try:
+                self._thread.run(self._close_all(), timeout)
+            except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+                log.warning("closing MCP sessions: %s", exc)
+            self._thread.stop()
+
+
+_hub: McpHub | None = None
+_hub_lock = threading.Lock()
+
+
+def get_hub() -> McpHub:
+    """This process's hub, created on first use in the process (never inherited across a fork)."""
+    global _hub
+    hub = _hub
+    if hub is not None and hub.pid == os.getpid():
+        return hub
+    with _hub_lock:
+        if _hub is None or _hub.pid != os.getpid():
+            _hub = McpHub()
+        return _hub
+
+
+def close_hub() -> None:
+    global _hub
+    with _hub_lock:
+        hub, _hub = _hub, None
+    if hub is not None and hub.pid == os.getpid():
+        hub.close()
+
+
+def _forget_after_fork() -> None:
+    global _hub
+    _hub = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,76 @@
+"""Logs, metrics and traces for the workers, all hung on Celery signals so the tasks stay plain.
+
+- `setup_logging`: JSON logs (connecting to it stops Celery from installing its own handlers).
+- `worker_init`: OpenTelemetry when OTEL_* asks for it, and a /metrics port when configured.
+- `task_prerun` / `task_postrun`: the log context (session, message, task ids) and each step's
+  duration in `turnstream_step_duration_seconds`. Turn outcomes are counted where the status
+  becomes final (shared.turns), so a cancel from the web tier counts too."""
+
+import logging
+import threading
+import time
+
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_shutdown
+from prometheus_client import start_http_server
+
+from shared import logs, metrics, tracing
+from shared.celery_config import TASK_PREFIX
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+_started: dict[str, tuple[float, list]] = {}
+_lock = threading.Lock()
+
+
+def step_of(task_name: str) -> str:
+    return task_name.removeprefix(f"{TASK_PREFIX}.")
+
+
+def turn_ids(args: tuple | list | None) -> dict[str, str | None]:
+    """The session and message ids of a step's turn argument (the first dict that names them:
+    `collect` gets its round's results first, then the turn)."""
+    turn = next((a for a in args or () if isinstance(a, dict) and "session_id" in a), None)
+    if not isinstance(turn, dict):
+        return {"session_id": None, "message_id": None}
+    return {"session_id": turn.get("session_id"), "message_id": turn.get("message_id")}
+
+
+@setup_logging.connect
+def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
+    level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
+    logs.configure_logging("worker", level=level or logging.INFO)
+
+
+@worker_init.connect
+def _start_telemetry(**_: object) -> None:
+    tracing.setup_tracing("worker")
+    port = get_settings().worker_metrics_port
+    if port:
+        start_http_server(port, registry=metrics.registry())
+        log.info("worker metrics on :%d/metrics", port)
+
+
+@worker_shutdown.connect
+def _flush_traces(**_: object) -> None:
+    tracing.shutdown()
+
+
+@task_prerun.connect
+def _step_started(task_id: str | None = None, task=None, args=None, **_: object) -> None:
+    if task_id is None or task is None:
+        return
+    tokens = logs.bind(task_id=task_id, task_name=task.name, **turn_ids(args))
+    with _lock:
+        _started[task_id] = (time.perf_counter(), tokens)
+
+
+@task_postrun.connect
+def _step_finished(task_id: str | None = None, task=None, state: str | None = None, **_: object) -> None:
+    with _lock:
+        started = _started.pop(task_id, None)
+    if started is None or task is None:
+        return
+    began, tokens = started
+    metrics.observe_step(step_of(task.name), time.perf_counter() - began, ok=state == "SUCCESS")
+    logs.unbind(tokens)
