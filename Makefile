@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server chromium clean
+.PHONY: run test bench redis-server chromium mcp-reference-server clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,13 @@ redis-server:
 chromium:
 	@bash deploy/install-chromium.sh
 
+mcp-reference-server:
+	@bash deploy/install-mcp-reference.sh
+
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-test: $(STAMP) redis-server chromium
+test: $(STAMP) redis-server chromium mcp-reference-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

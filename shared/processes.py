@@ -65,7 +65,7 @@ def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queu
 
 def tool_server(env: dict[str, str], port: int, log_dir: Path) -> TCPExecutor:
     """The built-in MCP tool server over streamable HTTP, at http://127.0.0.1:`port`/mcp."""
-    command = [sys.executable, "-m", "toolserver", "--http", "--port", str(port)]
+    command = [sys.executable, "-m", "workers.toolserver", "--http", "--port", str(port)]
     return TCPExecutor(command, host="127.0.0.1", port=port, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=30,
                        stdout=_log_file(log_dir, f"toolserver-{port}"), stderr=-2)
 

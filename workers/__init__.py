@@ -1,5 +1,14 @@
-"""Celery workers that run an agent turn: `celery -A workers worker -l info`."""
+"""Celery workers that run an agent turn: `celery -A workers worker -l info`.
 
-from workers.celery_app import app
+The Celery app is imported on first use of `workers.app`, so `python -m workers.toolserver`
+(the built-in MCP server, spawned by workers over stdio) starts without loading Celery."""
 
 __all__ = ["app"]
+
+
+def __getattr__(name: str):
+    if name == "app":
+        from workers.celery_app import app
+
+        return app
+    raise AttributeError(f"module 'workers' has no attribute {name!r}")

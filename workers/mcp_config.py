@@ -3,7 +3,7 @@
 The format is the common `mcpServers` one, so configs written for other MCP clients work:
 
     {"mcpServers": {
-        "builtin": {"command": "python", "args": ["-m", "toolserver"]},
+        "builtin": {"command": "python", "args": ["-m", "workers.toolserver"]},
         "fs":      {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv/docs"]},
         "remote":  {"url": "http://tools.internal:8931/mcp", "headers": {"Authorization": "Bearer ..."}}}}
 
@@ -55,7 +55,7 @@ class ToolsConfigError(ValueError):
 def builtin_server(settings: Settings) -> ServerSpec:
     """The shipped tool server over stdio. A stdio child does not inherit our environment, so the
     settings it reads are passed explicitly."""
-    return ServerSpec(command=sys.executable, args=["-m", "toolserver"],
+    return ServerSpec(command=sys.executable, args=["-m", "workers.toolserver"],
                       env={"TURNSTREAM_TOOL_LATENCY_MS": str(settings.tool_latency_ms),
                            "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve())})
 

@@ -1,7 +1,7 @@
 """turnstream's built-in MCP tool server, written with the official `mcp` SDK (MCPServer).
 
-Run it over stdio (`python -m toolserver`, what workers spawn by default) or streamable
-HTTP (`python -m toolserver --http --port 8931`, URL http://127.0.0.1:8931/mcp).
+Run it over stdio (`python -m workers.toolserver`, what workers spawn by default) or streamable
+HTTP (`python -m workers.toolserver --http --port 8931`, URL http://127.0.0.1:8931/mcp).
 
 Each tool declares, in its `_meta` under POLICY_META, how the execution cache may treat it: its
 scope (`global`, `tenant`, `user`, or `never` for side effects) and TTL. Who may call what is the
@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from shared.tool_meta import CALLER_META, POLICY_META
-from toolserver import tools
+from workers.toolserver import tools
 
 log = logging.getLogger(__name__)
 

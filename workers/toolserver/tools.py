@@ -1,6 +1,6 @@
 """The built-in tools as plain functions of JSON arguments, so they are easy to test directly.
 
-The MCP server (toolserver.server) exposes them; the simulated upstream latency
+The MCP server (workers.toolserver.server) exposes them; the simulated upstream latency
 (TURNSTREAM_TOOL_LATENCY_MS) makes the demo look like real work and is 0 in tests."""
 
 import ast
@@ -32,7 +32,7 @@ class Caller:
 
 @lru_cache(maxsize=None)
 def _data(name: str):
-    return json.loads(resources.files("toolserver.data").joinpath(name).read_text())
+    return json.loads(resources.files("workers.toolserver.data").joinpath(name).read_text())
 
 
 def upstream_latency_s() -> float:

@@ -1,1 +1,0 @@
-"""The built-in MCP tool server that turnstream workers use by default (see toolserver.server)."""
