@@ -96,3 +96,15 @@ def test_each_final_status_maps_to_one_terminal_event():
     assert terminal_event({"status": "cancelled"}).message == "cancelled"
     assert terminal_event({"status": "running"}) is None
     assert terminal_event(None) is None
+
+
+def test_a_broker_outage_is_not_a_turn_failure():
+    from celery.exceptions import ChordError
+
+    from workers.tasks import lost_to_an_outage
+
+    assert lost_to_an_outage(redis.ConnectionError("Error 111 connecting"))
+    assert lost_to_an_outage(RoleUnavailable("broker"))
+    assert lost_to_an_outage(ChordError("Dependency 8a2c raised network:ConnectionError"))
+    assert not lost_to_an_outage(RuntimeError("discover failed: no MCP server answered"))
+    assert not lost_to_an_outage(ChordError("Dependency 8a2c raised ValueError('bad args')"))

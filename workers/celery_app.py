@@ -20,6 +20,9 @@ app.conf.include = ["workers.tasks"]
 app.conf.broker_transport = "workers.broker_transport:Transport"
 app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
                                       "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
+# The same for the result backend (also the broker): chords keep their counters there.
+app.conf.result_backend_always_retry = True
+app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ import time
 from typing import Callable, TypeVar
 
 from celery import chord, group
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import ChordError, Ignore, Reject
+from kombu.exceptions import OperationalError
 
 from shared import history, turns
 from shared.breakers import UNAVAILABLE
@@ -100,6 +101,14 @@ def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], rou
         result = body(turn, publisher)
     except (StepFailed, Reject, Ignore):
         raise
+    except UNAVAILABLE as exc:
+        if getattr(exc, "role", None) != "broker":
+            raise StepFailed(step, f"{step} failed: {exc}") from exc
+        # The broker holds the turn (history, status): its outage is no reason to fail the turn.
+        # The message goes back (now, or after the visibility timeout) and the step runs again.
+        log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
+                    turn["session_id"], turn["message_id"])
+        raise Reject(exc, requeue=True) from exc
     except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
         raise StepFailed(step, f"{step} failed: {exc}") from exc
     except Exception as exc:
@@ -248,10 +257,25 @@ def synthesize(turn: dict) -> dict:
 
 
 # --- the chain's errback ---------------------------------------------------------------------
+def lost_to_an_outage(exc: BaseException) -> bool:
+    """Did the task fail because the broker (queue or result backend) was unreachable?
+    A chord reports a failed part as ChordError, naming the part's exception in its text."""
+    if isinstance(exc, (*UNAVAILABLE, OperationalError)):
+        return True
+    return isinstance(exc, ChordError) and any(name in str(exc) for name in ("ConnectionError", "TimeoutError"))
+
+
 @app.task(name=task_name("turn_failed"))
 def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> None:
     """Ends a turn whose task failed: status `failed` and one `error` event, whatever failed.
     Celery runs it in the worker where the task failed, with the exception itself."""
+    if lost_to_an_outage(exc):
+        # Not the turn's fault: a broker outage broke its flow (a chord counter, a send). The
+        # turn stays running; with no progress for a visibility timeout, it is sent again
+        # (shared.redelivery).
+        log.warning("turn %s/%s lost its flow to a broker outage (%s); left for redelivery", session_id,
+                    message_id, exc)
+        return
     step = getattr(exc, "step", None) or str(getattr(request, "task", "") or "").rpartition(".")[2] or None
     message = str(exc) if isinstance(exc, StepFailed) else f"{step or 'a step'} failed: {type(exc).__name__}: {exc}"
     status = with_broker(turns.update_turn, session_id, message_id, status=turns.FAILED, error=message)
