@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), TURNSTREAM_TURN_RATE_LIMIT="100000/minute")  # N turns from one user
         try:
             stack.start_redis()
             stack.apply_env()
