@@ -97,7 +97,6 @@ EXEC_CACHE_MAX_BYTES = 256 * 1024           # larger results are returned but no
 EXEC_CACHE_ERROR_TTL_S = 0                  # 0: errors are never cached
 EXEC_CACHE_LEASE_S = 10.0                   # renewed while the tool runs; a dead owner blocks waiters this long
 EXEC_CACHE_WAIT_S = 30.0                    # a waiter runs the tool itself after this long
-GUARD_BREAKER_RESET_S = 5.0                 # after a guard's Redis fails, skip it this long
 # Parameter names that never change a tool's answer; compared without case, "_" or "-".
 EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span_id", "correlation_id",
                               "ui_hint", "session_token", "csrf_token", "access_token", "nonce", "client_time",

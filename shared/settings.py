@@ -88,7 +88,6 @@ class Settings(BaseSettings):
     exec_cache_error_ttl_s: int = defaults.EXEC_CACHE_ERROR_TTL_S
     exec_cache_lease_s: float = defaults.EXEC_CACHE_LEASE_S
     exec_cache_wait_s: float = defaults.EXEC_CACHE_WAIT_S
-    guard_breaker_reset_s: float = defaults.GUARD_BREAKER_RESET_S
 
     visibility_timeout_s: int = defaults.VISIBILITY_TIMEOUT_S
     task_soft_time_limit_s: int = defaults.TASK_SOFT_TIME_LIMIT_S

@@ -32,7 +32,7 @@ def guarded_system(tmp_path_factory, idp):
         reload_settings()
     system = Stack(tmp_path_factory.mktemp("guards-degraded"), TURNSTREAM_AUTH_VERIFIER="http",
                    TURNSTREAM_AUTH_VERIFIER_URL=idp.url, TURNSTREAM_AUTH_VERIFIER_TIMEOUT_S="1",
-                   TURNSTREAM_TOOL_LATENCY_MS="200", TURNSTREAM_GUARD_BREAKER_RESET_S="1")
+                   TURNSTREAM_TOOL_LATENCY_MS="200", TURNSTREAM_BREAKER_RESET_S="1")
     try:
         system.start_redis()
         system.start_worker(name="guards-worker")
