@@ -24,7 +24,7 @@ from prometheus_client import Counter
 
 from shared import keys
 from shared.auth_verifiers import Verifier, VerifierUnavailable, make_verifier
-from shared.guard_breakers import GuardDown, guarded
+from shared.guard_degradation import GuardDown, guarded
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal

@@ -33,7 +33,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from shared import defaults, keys
-from shared.guard_breakers import GuardDown, guarded
+from shared.guard_degradation import GuardDown, guarded
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal

@@ -8,7 +8,7 @@ import pytest
 
 from shared.auth_memo import AuthMemo, invalidate, read_memo
 from shared.auth_verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
-from shared.guard_breakers import reset_breakers
+from shared.guard_degradation import reset_breakers
 from shared.tokens import Principal
 from tests.guard_support import IdentityProvider, pooled
 from tests.stack import Stack

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from shared.guard_breakers import reset_breakers
+from shared.guard_degradation import reset_breakers
 from shared.processes import REPO_ROOT, child_env
 from shared.tokens import Principal
 from tests.guard_support import SLOW, make_cache, pooled
