@@ -10,6 +10,8 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
+# The path without its query string: stream URLs carry a token (?token=...) that must not reach logs.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
 

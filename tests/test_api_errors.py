@@ -69,6 +69,7 @@ def test_stream_needs_the_turns_own_token(stack, base_url, session_id):
     assert httpx.get(f"{base_url}{path}?token=garbage").status_code == 403
     assert stack.client("progress").pubsub_numsub(f"agent:progress:{session_id}:{body['message_id']}") \
         == subscribers_before
+    assert other_token not in stack.log("web"), "stream tokens stay out of the access log"
 
 
 def test_unknown_route_is_a_json_404(base_url):
