@@ -13,7 +13,7 @@ const state = {
   sessionId: null,
   followers: new Set(),
   titles: new Map(),
-  sends: 0,  // prompts sent; a session load that started before one must not wipe its turn
+  moves: 0,  // sessions opened and prompts sent: sign-in's own session load must not undo one
 };
 
 // --- API ---------------------------------------------------------------------------------
@@ -80,10 +80,9 @@ async function signIn(token) {
   $("app").hidden = false;
   $("account").hidden = false;
   $("connection").hidden = false;
-  const initial = sessionFromHash();
-  const sends = state.sends;
+  const moves = state.moves;
   await loadSessions();
-  if (state.sends === sends) await openSession(initial);
+  if (state.moves === moves) await openSession(sessionFromHash());
   $("prompt").focus();
 }
 
@@ -175,6 +174,7 @@ function addSessionToList(sid, prompt) {
 }
 
 async function openSession(sid) {
+  state.moves += 1;
   for (const follower of state.followers) follower.stop();
   state.followers.clear();
   showConnection("idle");
@@ -258,7 +258,7 @@ async function send(event) {
     $("prompt").focus();
     return;
   }
-  state.sends += 1;
+  state.moves += 1;
   const sid = state.sessionId || newSessionId();
   if (!state.sessionId) {
     state.sessionId = sid;
