@@ -9,15 +9,8 @@ from tests.stack import Stack
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("stack"))
-    try:
-        system.start_redis()
-        system.apply_env()
-        system.start_worker()
-        system.start_web()
+    with Stack(tmp_path_factory.mktemp("stack")).running(apply_env=True) as system:
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 gunicorn with gevent. It uses the same launchers as `turnstream dev` (shared.processes)."""
 
 import os
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import redis
@@ -65,6 +65,20 @@ class Stack:
         if wait:
             processes.wait_for_worker(self.env)
         return worker
+
+    @contextmanager
+    def running(self, apply_env: bool = False, single_redis: bool = False, **worker_options):
+        """The whole system: Redis (a server per role, or one in single-instance mode), one worker
+        (`worker_options` go to start_worker) and the web app; everything is stopped on exit."""
+        try:
+            self.start_single_redis() if single_redis else self.start_redis()
+            if apply_env:
+                self.apply_env()
+            self.start_worker(**worker_options)
+            self.start_web()
+            yield self
+        finally:
+            self.stop()
 
     def start_web(self, workers: int = 1) -> str:
         self.web_port = processes.free_port()

@@ -36,13 +36,9 @@ def chaos(tmp_path_factory):
                    TURNSTREAM_BREAKER_RESET_S="1", TURNSTREAM_WORKER_BROKER_WAIT_S="30",
                    TURNSTREAM_REDELIVERY_SWEEP_S="1")
     try:
-        system.start_redis()
-        system.apply_env()
-        system.start_worker()
-        system.start_web()
-        yield system
+        with system.running(apply_env=True):
+            yield system
     finally:
-        system.stop()
         restore_env(saved_env)
 
 

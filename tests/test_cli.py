@@ -13,7 +13,6 @@ import pytest
 from shared.processes import REPO_ROOT, child_env, free_port, port_in_use
 from shared.tokens import verify_user_token
 from tests.sse import read_stream
-from tests.stack import TEST_SECRET
 
 
 def test_token_command_prints_a_verifiable_jwt(stack):

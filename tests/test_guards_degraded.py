@@ -33,13 +33,8 @@ def guarded_system(tmp_path_factory, idp):
     system = Stack(tmp_path_factory.mktemp("guards-degraded"), TURNSTREAM_AUTH_VERIFIER="http",
                    TURNSTREAM_AUTH_VERIFIER_URL=idp.url, TURNSTREAM_AUTH_VERIFIER_TIMEOUT_S="1",
                    TURNSTREAM_TOOL_LATENCY_MS="200", TURNSTREAM_BREAKER_RESET_S="1")
-    try:
-        system.start_redis()
-        system.start_worker(name="guards-worker")
-        system.start_web()
+    with system.running(name="guards-worker"):
         yield system
-    finally:
-        system.stop()
 
 
 def run_turns(system, turns: list[tuple[str, str, str]], during=None) -> list[list]:

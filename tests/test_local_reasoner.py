@@ -26,13 +26,8 @@ def test_tool_schemas_are_bounded_for_the_grammar():
 def local_stack(tmp_path_factory, stack):  # `stack` sets the test secret in this process
     system = Stack(tmp_path_factory.mktemp("local"), TURNSTREAM_REASONER="local",
                    TURNSTREAM_REASONER_TIMEOUT_S="200")
-    try:
-        system.start_redis()
-        system.start_worker(name="local-worker", concurrency=2)
-        system.start_web()
+    with system.running(name="local-worker", concurrency=2):
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.mark.timeout(400)

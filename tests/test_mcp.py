@@ -8,7 +8,6 @@ import pytest
 
 from shared import processes
 from shared.settings import Settings
-from tests.stack import Stack
 from workers.mcp_client import McpHub, ToolCallError, UnknownTool
 from workers.mcp_config import ServerSpec, builtin_server, parse_config
 

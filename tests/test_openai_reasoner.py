@@ -75,13 +75,8 @@ def openai_stack(tmp_path_factory, fake, stack):  # `stack` sets the test secret
     system = Stack(tmp_path_factory.mktemp("openai"), TURNSTREAM_REASONER="openai",
                    TURNSTREAM_OPENAI_BASE_URL=fake.base_url, TURNSTREAM_OPENAI_MODEL="fake-model",
                    TURNSTREAM_REASONER_TIMEOUT_S="1", TURNSTREAM_MAX_TOOL_ROUNDS="2")
-    try:
-        system.start_redis()
-        system.start_worker(name="openai-worker")
-        system.start_web()
+    with system.running(name="openai-worker"):
         yield system
-    finally:
-        system.stop()
 
 
 def test_a_turn_with_the_openai_reasoner_calls_tools_and_streams_tokens(openai_stack):

@@ -8,13 +8,8 @@ from tests.stack import Stack
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("single")).start_single_redis()
-    try:
-        system.start_worker(name="single-worker")
-        system.start_web()
+    with Stack(tmp_path_factory.mktemp("single")).running(single_redis=True, name="single-worker") as system:
         yield system
-    finally:
-        system.stop()
 
 
 def test_a_turn_completes_on_one_redis_with_a_db_per_role(single):

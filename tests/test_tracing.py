@@ -76,13 +76,8 @@ def traced_stack(tmp_path_factory, collector, stack):
     environment also holds the shared test secret, so its tokens work on both)."""
     system = Stack(tmp_path_factory.mktemp("traced"), OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
                    OTEL_BSP_SCHEDULE_DELAY="200", TURNSTREAM_WORKER_METRICS_PORT=str(processes.free_port()))
-    try:
-        system.start_redis()
-        system.start_worker(name="traced-worker")
-        system.start_web()
+    with system.running(name="traced-worker"):
         yield system
-    finally:
-        system.stop()
 
 
 def test_tracing_is_opt_in_through_otel_variables():

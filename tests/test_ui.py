@@ -49,15 +49,10 @@ def slow_stack(stack, tmp_path_factory):
 
     It needs `stack` only for this process's settings (the shared test secret signs tokens)."""
     system = Stack(tmp_path_factory.mktemp("slow"), TURNSTREAM_TOOL_LATENCY_MS="1200", TURNSTREAM_SSE_RETRY_MS="300")
-    try:
-        system.start_redis()
-        # One slot: the turn's three tool calls run one after another, so it is still running
-        # for seconds after the first tool event (in parallel they would all end together).
-        system.start_worker(concurrency=1)
-        system.start_web()
+    # One worker slot: the turn's three tool calls run one after another, so it is still running
+    # for seconds after the first tool event (in parallel they would all end together).
+    with system.running(concurrency=1):
         yield system
-    finally:
-        system.stop()
 
 
 def sign_in(page: Page, base_url: str, user: str) -> None:
