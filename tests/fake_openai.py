@@ -14,6 +14,7 @@ Words in the user's prompt inject failures:
 - "again and again": it calls tools in every round, to hit the round limit.
 Streamed requests only (the answer):
 - "keep-alive": headers, then an SSE comment every `keepalive_s`, forever.
+- "endless": headers, then an answer piece every `keepalive_s`, forever.
 - "empty stream": 200 with an event-stream content type and no body, as llama-cpp-python's
   server answers a streamed request it refuses.
 - "truncated": the first answer pieces, then the connection closes without finish_reason or [DONE].
@@ -102,9 +103,11 @@ class FakeOpenAI:
         handler.send_header("Content-Type", "text/event-stream")
         handler.send_header("Connection", "close")
         handler.end_headers()
-        if "keep-alive" in prompt:
+        if "keep-alive" in prompt or "endless" in prompt:
+            piece = f"data: {json.dumps(chunk({'content': 'la '}))}\n\n".encode()
+            beat = b": keep-alive\n\n" if "keep-alive" in prompt else piece
             while not self.stopping.wait(self.keepalive_s):
-                handler.wfile.write(b": keep-alive\n\n")
+                handler.wfile.write(beat)
                 handler.wfile.flush()
             return
         pieces = self.chunks(body, prompt)

@@ -20,6 +20,7 @@ from workers.reasoners.local import shipped_model_path
 from workers.reasoners.openai_chat import OpenAIReasoner
 
 MODEL_TIMEOUT_S = 120  # a shared 2-core machine: generous, only a hang should trip it
+pytestmark = pytest.mark.timeout(600)  # a turn is up to three tool rounds of a CPU model
 WEATHER = {"name": "weather", "description": "Current weather for a city.",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
