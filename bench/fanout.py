@@ -18,12 +18,12 @@ from pathlib import Path
 from _common import percentile, summary  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
-from shared import processes
+from shared.cli import processes
 from shared.settings import Settings
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
-from workers.mcp_client import McpHub
-from workers.mcp_config import ServerSpec
+from workers.mcp.client import McpHub
+from workers.mcp.config import ServerSpec
 
 LATENCY_MS = 200
 PROMPT = "Weather in Paris, London and Berlin?"

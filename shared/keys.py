@@ -117,7 +117,7 @@ def auth_generation_tool(tool: str) -> str:
 
 
 def exec_result(tool: str, scope: str, digest: str) -> str:
-    """A cached tool result. `scope` is built by shared.exec_cache from validated ids; `digest` is hex sha256."""
+    """A cached tool result. `scope` is built by shared.guards.exec_cache from validated ids; `digest` is hex sha256."""
     return f"{PREFIX}:exec:result:{valid_tool(tool)}:{scope}:{digest}"
 
 

@@ -53,7 +53,7 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
                 r: redis.Redis | None = None, payload: dict | None = None) -> None:
     """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
-    kept so that a turn whose messages were lost can be sent again (shared.redelivery)."""
+    kept so that a turn whose messages were lost can be sent again (workers.redelivery)."""
     r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s
     now = time.time()

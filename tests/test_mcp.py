@@ -6,10 +6,10 @@ import json
 import psutil
 import pytest
 
-from shared import processes
+from shared.cli import processes
 from shared.settings import Settings
-from workers.mcp_client import McpHub, ToolCallError, UnknownTool
-from workers.mcp_config import ServerSpec, builtin_server, parse_config
+from workers.mcp.client import McpHub, ToolCallError, UnknownTool
+from workers.mcp.config import ServerSpec, builtin_server, parse_config
 
 ALICE = {"user": "alice", "tenant": "acme", "roles": ["analyst"]}
 ADMIN = {"user": "root", "tenant": "acme", "roles": ["admin"]}

@@ -3,10 +3,10 @@ from npm (installed by `make test` into .run/npm), next to the built-in server o
 
 import pytest
 
-from shared.processes import REPO_ROOT
+from shared.cli.processes import REPO_ROOT
 from shared.settings import Settings
-from workers.mcp_client import McpHub, ToolCallError
-from workers.mcp_config import ServerSpec, builtin_server
+from workers.mcp.client import McpHub, ToolCallError
+from workers.mcp.config import ServerSpec, builtin_server
 
 MEMORY_SERVER = REPO_ROOT / ".run" / "npm" / "node_modules" / ".bin" / "mcp-server-memory"
 CALLER = {"user": "alice", "tenant": "acme", "roles": ["analyst"]}

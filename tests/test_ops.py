@@ -10,7 +10,8 @@ import pytest
 from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics, turns
+from shared import turns
+from shared.guards import stats
 from shared.defaults import ROLES
 from shared.tokens import Principal, issue_stream_token
 from tests.sse import bearer, post_prompt, read_stream
@@ -111,8 +112,8 @@ def test_ops_counts_sse_clients_and_channel_subscribers(base_url):
 def test_ops_shows_guard_ratios_over_the_window(base_url):
     before = ops_snapshot(base_url)["guards"]["data"]["counts"]
     for result in ("hit", "hit", "hit", "miss"):
-        metrics.record_exec_cache(result)
-    metrics.record_auth_memo("hit")
+        stats.record_exec_cache(result)
+    stats.record_auth_memo("hit")
 
     def grown():
         counts = ops_snapshot(base_url)["guards"]["data"]["counts"]
@@ -122,7 +123,7 @@ def test_ops_shows_guard_ratios_over_the_window(base_url):
     assert counts["exec_cache"]["miss"] >= before["exec_cache"]["miss"] + 1
     assert counts["auth_memo"]["hit"] >= before["auth_memo"]["hit"] + 1
     with pytest.raises(ValueError):
-        metrics.record_exec_cache("maybe")
+        stats.record_exec_cache("maybe")
 
 
 def test_ops_stream_pushes_rendered_panels(base_url):

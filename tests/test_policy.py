@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from shared.policy import judge
-from shared.processes import REPO_ROOT, child_env
+from shared.cli.processes import REPO_ROOT, child_env
 from tests.stack import Stack
 
 

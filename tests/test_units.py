@@ -9,7 +9,7 @@ from shared.events import StepEvent
 from shared.progress import stream_id
 from shared.settings import Settings
 from workers.toolserver import tools
-from workers.mcp_config import ToolsConfigError, parse_config
+from workers.mcp.config import ToolsConfigError, parse_config
 from workers.reasoners.base import TurnContext
 from workers.reasoners.rules import RulesReasoner
 

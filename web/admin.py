@@ -6,7 +6,7 @@ import redis
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from shared import auth_memo
+from shared.guards import auth_memo
 from shared.keys import valid_id, valid_tool
 from web.api import json_body
 from web.auth import require_admin

@@ -8,17 +8,18 @@ import logging
 import uuid
 
 import redis
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
 from shared import defaults, metrics, turns
-from shared.celery_config import revoke_turn, turn_chain
+from shared.turn_flow import revoke_turn, send_turn
 from shared.keys import valid_id
 from shared.outcome import publish_outcome
 from shared.progress import read_log, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import Principal, issue_stream_token, issue_user_token
+from web import extensions
 from web.auth import current_principal
 from web.errors import ApiError
 from web.schemas import DevTokenBody, PromptBody
@@ -65,7 +66,7 @@ def post_message(session_id: str):
         raise ApiError(413, "prompt_too_long", f"prompt is {len(body.prompt)} characters; the limit is {limit}")
     if not turns.claim_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
-    current_app.extensions["rate_limiter"].hit(principal)
+    extensions.rate_limiter().hit(principal)
 
     message_id = uuid.uuid4().hex
     turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
@@ -89,9 +90,9 @@ def post_message(session_id: str):
 def enqueue(session_id: str, message_id: str, turn: dict) -> None:
     """Send the turn's chain, or take the turn back and answer 503: nothing is accepted unqueued."""
     try:
-        turn_chain(current_app.extensions["celery"], turn).apply_async(
-            retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
-                          "interval_step": 0.2, "interval_max": 0.2})
+        send_turn(extensions.celery(), turn,
+                  retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
+                                "interval_step": 0.2, "interval_max": 0.2})
     except OperationalError as exc:
         log.warning("turn %s/%s not enqueued: %s", session_id, message_id, exc)
         try:
@@ -116,7 +117,7 @@ def cancel_message(session_id: str, message_id: str):
     if status != turns.CANCELLED:
         raise ApiError(409, "already_finished", f"the turn is already {status}; only a running turn can be cancelled")
     try:
-        revoke_turn(current_app.extensions["celery"], message_id)
+        revoke_turn(extensions.celery(), message_id)
     except OperationalError as exc:
         log.warning("could not revoke %s (workers still skip it by its status): %s", message_id, exc)
     try:

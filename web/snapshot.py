@@ -17,8 +17,10 @@ import redis
 from celery import Celery
 from gevent.lock import Semaphore
 
-from shared import defaults, keys, metrics, turns
-from shared.celery_config import TASK_PREFIX, queues
+from shared import defaults, keys, turns
+from shared.guards import stats as guard_stats
+from shared.celery_config import queues
+from shared.turn_flow import step_of, turn_of
 from shared.policy import judge, read_policy
 from shared.redis_roles import client
 from shared.settings import get_settings
@@ -91,10 +93,9 @@ def queue_depths(r: redis.Redis | None = None) -> dict:
 
 
 def _active_task(task: dict) -> dict:
-    args = task.get("args") or []
-    turn = args[0] if args and isinstance(args[0], dict) else {}
+    turn = turn_of(task.get("args"))
     started = task.get("time_start")
-    return {"task_id": task.get("id"), "step": str(task.get("name", "")).removeprefix(f"{TASK_PREFIX}."),
+    return {"task_id": task.get("id"), "step": step_of(str(task.get("name", ""))),
             "session_id": turn.get("session_id"), "message_id": turn.get("message_id"),
             "runtime_s": round(time.time() - started, 1) if started else None}
 
@@ -173,8 +174,8 @@ def _turns() -> dict:
 
 
 def _guards(window_s: int) -> dict:
-    counts = metrics.guard_window(window_s)
-    return {"window_s": window_s, "counts": counts, "ratios": metrics.guard_ratios(counts)}
+    counts = guard_stats.guard_window(window_s)
+    return {"window_s": window_s, "counts": counts, "ratios": guard_stats.guard_ratios(counts)}
 
 
 class Snapshotter:

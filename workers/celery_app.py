@@ -9,7 +9,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
 from shared.policy import EvictingRoleError, check_policies
-from shared.redelivery import sweep_forever
+from workers.redelivery import sweep_forever
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
@@ -49,7 +49,7 @@ def _takes_tool_calls() -> bool:
 
 
 def _open_mcp_sessions() -> None:
-    from workers.mcp_client import get_hub
+    from workers.mcp.client import get_hub
 
     if not _takes_tool_calls():
         return
@@ -76,7 +76,7 @@ def _mcp_after_fork(**_: object) -> None:
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _close_mcp_sessions(**_: object) -> None:
-    from workers.mcp_client import close_hub
+    from workers.mcp.client import close_hub
 
     close_hub()
 

@@ -4,9 +4,9 @@ tool_guards); this module only speaks the agent's terms (catalogue entries from 
 
 from typing import Any, Callable
 
-from shared import auth_memo
+from shared.guards import auth_memo
 from shared.tokens import Principal
-from shared.tool_guards import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
+from shared.guards.call import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
 
 __all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded", "preflight", "principal"]
 

@@ -3,10 +3,10 @@
 The web tier sends discover | reason. `reason` asks the reasoner for tool calls and hands over
 to `execute` (a chord: one `call_tool` per call, in parallel on the tools queue, then `collect`),
 which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS is
-reached; then `synthesize` streams the answer. A step hands over by sending the next one with
-its own errbacks (`forward`), like Task.replace does, but under a task id of its own, so Flower,
-metrics and traces see every step as the task it is. Every step publishes `started` and
-`finished` (reason and execute with their round) and keeps the turn's status record current.
+reached; then `synthesize` streams the answer. A step hands over by sending the next one
+itself; how a step runs, reports and hands over is workers.steps. Every step publishes
+`started` and `finished` (reason and execute with their round) and keeps the turn's status
+record current.
 
 Delivery is at least once, so every step is safe to run twice:
 - events carry dedupe names, so a redelivered step re-publishes nothing the browser has;
@@ -26,108 +26,26 @@ import functools
 import json
 import logging
 import time
-from typing import Callable, TypeVar
 
 from celery import chord, group
-from celery.exceptions import ChordError, Ignore, Reject
+from celery.exceptions import ChordError
 from kombu.exceptions import OperationalError
 
 from shared import history, turns
 from shared.breakers import UNAVAILABLE
-from shared.celery_config import task_name
 from shared.events import ErrorEvent, StepEvent, ToolEvent
 from shared.outcome import publish_outcome
 from shared.progress import Publisher, TokenCoalescer
 from shared.settings import get_settings
+from shared.turn_flow import task_name
 from workers import guarding
 from workers.celery_app import app
-from workers.mcp_client import ToolCallError, get_hub
-from workers.reasoners import ReasonerError, TurnContext, get_reasoner
+from workers.mcp.client import ToolCallError, get_hub
+from workers.reasoners import TurnContext, get_reasoner
+from workers.steps import StepFailed, forward, ms_since, run_step, start_step, with_broker
 
 PREVIEW_CHARS = 200
-BROKER_POLL_S = 0.5
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class StepFailed(RuntimeError):
-    """A step that could not complete; the message is what the user's `error` event says."""
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
-
-
-def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Call `func` (a turn-record operation), waiting out a broker outage; past the wait,
-    hand the message back (Reject with requeue) so the step runs again later."""
-    deadline = time.monotonic() + get_settings().worker_broker_wait_s
-    while True:
-        try:
-            return func(*args, **kwargs)
-        except UNAVAILABLE as exc:
-            if time.monotonic() >= deadline:
-                raise Reject(exc, requeue=True) from exc
-            time.sleep(BROKER_POLL_S)
-
-
-def start_step(turn: dict, step: str) -> Publisher:
-    """Move the turn to `running` this step; stop here (Ignore) if it already ended."""
-    session_id, message_id = turn["session_id"], turn["message_id"]
-    publisher = Publisher(session_id, message_id, fail_soft=True)
-    status = with_broker(turns.update_turn, session_id, message_id, status=turns.RUNNING, step=step)
-    if status != turns.RUNNING:
-        stop_ended_turn(publisher, step, status)
-    return publisher
-
-
-def stop_ended_turn(publisher: Publisher, step: str, status: str | None) -> None:
-    """The turn was cancelled, already finished by an earlier delivery, or is gone: skip the
-    rest of its flow, after making sure the log carries the turn's outcome."""
-    log.info("turn %s/%s is %s: skipping %s and the steps after it",
-             publisher.session_id, publisher.message_id, status or "gone", step)
-    if status is not None:
-        record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_outcome(publisher.session_id, publisher.message_id, record, publisher)
-    raise Ignore()
-
-
-def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], round_: int | None = None) -> dict:
-    publisher = start_step(turn, step)
-    tag = f"{step}-{round_}" if round_ else step
-    publisher.publish(StepEvent(step=step, status="started", round=round_), dedupe=f"{tag}-started")
-    started = time.perf_counter()
-    try:
-        result = body(turn, publisher)
-    except (StepFailed, Reject, Ignore):
-        raise
-    except UNAVAILABLE as exc:
-        if getattr(exc, "role", None) != "broker":
-            raise StepFailed(step, f"{step} failed: {exc}") from exc
-        # The broker holds the turn (history, status): its outage is no reason to fail the turn.
-        # The message goes back (now, or after the visibility timeout) and the step runs again.
-        log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
-                    turn["session_id"], turn["message_id"])
-        raise Reject(exc, requeue=True) from exc
-    except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
-        raise StepFailed(step, f"{step} failed: {exc}") from exc
-    except Exception as exc:
-        log.exception("%s failed", step)
-        raise StepFailed(step, f"{step} failed: {type(exc).__name__}: {exc}") from exc
-    publisher.publish(StepEvent(step=step, status="finished", round=round_, duration_ms=_ms_since(started)),
-                      dedupe=f"{tag}-finished")
-    return result
-
-
-def forward(task, signature) -> None:
-    """Send the turn's next step (or chord), carrying this task's errbacks to it."""
-    for errback in task.request.errbacks or []:
-        signature.link_error(errback)
-    signature.apply_async()
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _context(turn: dict) -> TurnContext:
@@ -198,7 +116,7 @@ def call_tool(ref: dict, call: dict) -> dict:
             log.exception("tool call %s failed", call["tool"])
             outcome.update(status="error", error=f"{type(exc).__name__}: {exc}")
     outcome["ended_at"] = time.time()
-    publisher.publish(_tool_event(call, outcome, _ms_since(started), guard), dedupe=f"tool-{call['call_id']}")
+    publisher.publish(_tool_event(call, outcome, ms_since(started), guard), dedupe=f"tool-{call['call_id']}")
     return outcome
 
 
@@ -272,7 +190,7 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
     if lost_to_an_outage(exc):
         # Not the turn's fault: a broker outage broke its flow (a chord counter, a send). The
         # turn stays running; with no progress for a visibility timeout, it is sent again
-        # (shared.redelivery).
+        # (workers.redelivery).
         log.warning("turn %s/%s lost its flow to a broker outage (%s); left for redelivery", session_id,
                     message_id, exc)
         return

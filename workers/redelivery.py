@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 
 from shared import keys, turns
-from shared.celery_config import turn_chain
+from shared.turn_flow import send_turn
 from shared.outcome import publish_outcome
 from shared.progress import Publisher
 from shared.redis_roles import client
@@ -54,7 +54,7 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
             give_up(session_id, message_id, attempts - 1, r)
             continue
         r.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
-        turn_chain(app, json.loads(record["payload"])).apply_async()
+        send_turn(app, json.loads(record["payload"]))
         log.warning("turn %s/%s made no progress for %ss: sent again (redelivery %d)",
                     session_id, message_id, settings.visibility_timeout_s, attempts)
         sent += 1

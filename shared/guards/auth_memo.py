@@ -23,8 +23,8 @@ import redis
 from prometheus_client import Counter
 
 from shared import keys
-from shared.auth_verifiers import Verifier, VerifierUnavailable, make_verifier
-from shared.guard_degradation import GuardDown, guarded
+from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
+from shared.guards.degradation import GuardDown, guarded
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal

@@ -1,7 +1,7 @@
 """The workers' MCP client: persistent sessions to every configured server, on one loop thread.
 
 Nothing here knows our own tool server: a server is a stdio command or a streamable-HTTP
-URL from the tools config (workers.mcp_config), and any MCP server works the same way.
+URL from the tools config (workers.mcp.config), and any MCP server works the same way.
 
 Each process owns one McpHub (get_hub). It starts after fork (workers.celery_app wires it to
 worker_process_init, or worker_init for pools that do not fork), never before: a loop thread
@@ -26,9 +26,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
-from shared.tool_meta import CACHE_SCOPES, CALLER_META, POLICY_META
-from workers.loop_thread import LoopThread
-from workers.mcp_config import ServerSpec, load_servers
+from workers.mcp.meta import CACHE_SCOPES, CALLER_META, POLICY_META
+from workers.mcp.loop_thread import LoopThread
+from workers.mcp.config import ServerSpec, load_servers
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,111 @@
+"""The step machinery every task of a turn runs through, so workers.tasks reads as the flow alone.
+
+- `run_step`: move the turn to `running`, publish `started`, run the step's body, publish
+  `finished`; turn any failure into StepFailed (the user's one sentence) or, for a broker
+  outage, hand the message back (Reject with requeue) so the step runs again later.
+- `start_step`: the transition alone; a turn already done, failed or cancelled stops its flow
+  here (Ignore), after making sure its log carries the outcome (shared.outcome).
+- `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
+  id of its own, so Flower, metrics and traces see every step as the task it is.
+- `with_broker`: a turn-record operation that waits out a broker outage
+  (TURNSTREAM_WORKER_BROKER_WAIT_S) before handing the message back."""
+
+import logging
+import time
+from typing import Callable, TypeVar
+
+from celery.exceptions import Ignore, Reject
+
+from shared import turns
+from shared.breakers import UNAVAILABLE
+from shared.events import StepEvent
+from shared.outcome import publish_outcome
+from shared.progress import Publisher
+from shared.settings import get_settings
+from workers import guarding
+from workers.mcp.client import ToolCallError
+from workers.reasoners import ReasonerError
+
+BROKER_POLL_S = 0.5
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StepFailed(RuntimeError):
+    """A step that could not complete; the message is what the user's `error` event says."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
+
+
+def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Call `func` (a turn-record operation), waiting out a broker outage; past the wait,
+    hand the message back (Reject with requeue) so the step runs again later."""
+    deadline = time.monotonic() + get_settings().worker_broker_wait_s
+    while True:
+        try:
+            return func(*args, **kwargs)
+        except UNAVAILABLE as exc:
+            if time.monotonic() >= deadline:
+                raise Reject(exc, requeue=True) from exc
+            time.sleep(BROKER_POLL_S)
+
+
+def start_step(turn: dict, step: str) -> Publisher:
+    """Move the turn to `running` this step; stop here (Ignore) if it already ended."""
+    session_id, message_id = turn["session_id"], turn["message_id"]
+    publisher = Publisher(session_id, message_id, fail_soft=True)
+    status = with_broker(turns.update_turn, session_id, message_id, status=turns.RUNNING, step=step)
+    if status != turns.RUNNING:
+        stop_ended_turn(publisher, step, status)
+    return publisher
+
+
+def stop_ended_turn(publisher: Publisher, step: str, status: str | None) -> None:
+    """The turn was cancelled, already finished by an earlier delivery, or is gone: skip the
+    rest of its flow, after making sure the log carries the turn's outcome."""
+    log.info("turn %s/%s is %s: skipping %s and the steps after it",
+             publisher.session_id, publisher.message_id, status or "gone", step)
+    if status is not None:
+        record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
+        publish_outcome(publisher.session_id, publisher.message_id, record, publisher)
+    raise Ignore()
+
+
+def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], round_: int | None = None) -> dict:
+    publisher = start_step(turn, step)
+    tag = f"{step}-{round_}" if round_ else step
+    publisher.publish(StepEvent(step=step, status="started", round=round_), dedupe=f"{tag}-started")
+    started = time.perf_counter()
+    try:
+        result = body(turn, publisher)
+    except (StepFailed, Reject, Ignore):
+        raise
+    except UNAVAILABLE as exc:
+        if getattr(exc, "role", None) != "broker":
+            raise StepFailed(step, f"{step} failed: {exc}") from exc
+        # The broker holds the turn (history, status): its outage is no reason to fail the turn.
+        # The message goes back (now, or after the visibility timeout) and the step runs again.
+        log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
+                    turn["session_id"], turn["message_id"])
+        raise Reject(exc, requeue=True) from exc
+    except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
+        raise StepFailed(step, f"{step} failed: {exc}") from exc
+    except Exception as exc:
+        log.exception("%s failed", step)
+        raise StepFailed(step, f"{step} failed: {type(exc).__name__}: {exc}") from exc
+    publisher.publish(StepEvent(step=step, status="finished", round=round_, duration_ms=ms_since(started)),
+                      dedupe=f"{tag}-finished")
+    return result
+
+
+def forward(task, signature) -> None:
+    """Send the turn's next step (or chord), carrying this task's errbacks to it."""
+    for errback in task.request.errbacks or []:
+        signature.link_error(errback)
+    signature.apply_async()
+
+
+def ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
