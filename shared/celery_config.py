@@ -12,7 +12,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared import defaults
-from shared.events import STEPS
+from shared.vocabulary import STEPS
 from shared.settings import Settings, get_settings
 from shared.turn_flow import task_name
 

@@ -13,19 +13,13 @@ import os
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from shared.events import STEPS
+from shared.vocabulary import FINAL_STATUSES, GUARD_RESULTS, STEPS
 
 log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-# What a guard can report for one tool call, in the guards' own words: "bypass" is a call that did
-# not use the cache or memo (not cacheable, strict mode, or its Redis is down). The guards (the exec
-# cache and the permission memo, shared.guards) report one of these through shared.guards.stats.
-EXEC_CACHE_RESULTS = ("hit", "miss", "coalesced", "bypass")
-AUTH_MEMO_RESULTS = ("hit", "miss", "bypass")
-GUARD_RESULTS = {"exec_cache": EXEC_CACHE_RESULTS, "auth_memo": AUTH_MEMO_RESULTS}
-TURN_OUTCOMES = ("done", "failed", "cancelled")
+TURN_OUTCOMES = tuple(sorted(FINAL_STATUSES))
 
 STEP_DURATION = Histogram("turnstream_step_duration_seconds", "Wall time of one step of a turn (a Celery task).",
                           ["step", "outcome"], buckets=STEP_BUCKETS)
@@ -39,6 +33,15 @@ SSE_CHANNELS = Gauge("turnstream_sse_channels", "Progress channels web processes
                      multiprocess_mode="livesum")
 SSE_CLIENTS_CUT = Counter("turnstream_sse_clients_cut", "SSE clients cut off for reading too slowly.")
 SSE_EVENTS_SENT = Counter("turnstream_sse_events_sent", "Progress events written to SSE clients.")
+# Redis roles and their circuit breakers (shared.breakers).
+REDIS_FAILURES = Counter("turnstream_redis_failures_total",
+                         "Connection failures and timeouts talking to a Redis role", ["role"])
+BREAKER_REJECTED = Counter("turnstream_redis_breaker_rejected_total",
+                           "Calls refused at once because the role's breaker was open", ["role"])
+BREAKER_TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
+BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
+# Guards that skipped themselves because their Redis failed (shared.guards.degradation).
+GUARD_DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
 
 GUARD_COUNTERS = {"exec_cache": EXEC_CACHE, "auth_memo": AUTH_MEMO}
 

@@ -11,6 +11,7 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import turns
+from shared.vocabulary import DONE, RUNNING
 from shared.guards import stats
 from shared.defaults import ROLES
 from shared.tokens import Principal, issue_stream_token
@@ -79,7 +80,7 @@ def test_ops_lists_a_turn_in_flight_with_its_step_until_it_is_final(base_url, st
     session_id, message_id = "ops" + uuid.uuid4().hex[:8], uuid.uuid4().hex
     owner = Principal(user="alice", tenant="acme", roles=("analyst",))
     turns.create_turn(session_id, message_id, owner, "held by the test, never enqueued")
-    turns.update_turn(session_id, message_id, status=turns.RUNNING, step="execute")
+    turns.update_turn(session_id, message_id, status=RUNNING, step="execute")
 
     def listed():
         items = ops_snapshot(base_url)["turns"]["data"]["items"]
@@ -88,7 +89,7 @@ def test_ops_lists_a_turn_in_flight_with_its_step_until_it_is_final(base_url, st
     shown = eventually(listed)
     assert shown and shown[0]["step"] == "execute" and shown[0]["status"] == "running"
 
-    turns.update_turn(session_id, message_id, status=turns.DONE, answer="-")
+    turns.update_turn(session_id, message_id, status=DONE, answer="-")
     assert eventually(lambda: not listed())
 
 

@@ -9,6 +9,7 @@ import sys
 
 from shared import logs, metrics
 from shared.guards import stats
+from shared.vocabulary import GUARD_RESULTS
 from web.snapshot import redacted
 from shared.turn_flow import step_of
 from workers.telemetry import turn_ids
@@ -23,7 +24,7 @@ def test_guard_ratios_are_shares_of_the_lookups_that_reached_redis():
 
 
 def test_guard_ratios_are_none_without_lookups():
-    counts = {guard: dict.fromkeys(results, 0) for guard, results in metrics.GUARD_RESULTS.items()}
+    counts = {guard: dict.fromkeys(results, 0) for guard, results in GUARD_RESULTS.items()}
     assert stats.guard_ratios(counts)["auth_memo"] == {"hit": None, "miss": None}
 
 

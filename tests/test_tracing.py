@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import tracing
 from shared.cli import processes
 from shared.turn_flow import task_name
-from shared.events import STEPS
+from shared.vocabulary import STEPS
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 

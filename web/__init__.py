@@ -6,7 +6,7 @@ from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
-from shared.policy import check_policies
+from shared.eviction import check_evictions
 from shared.redis_roles import make_pool
 from shared.settings import get_settings
 from web.admin import admin
@@ -28,7 +28,7 @@ def create_app(check_redis: bool = True) -> Flask:
     settings = get_settings()
     settings.secret_key()
     if check_redis:
-        check_policies()
+        check_evictions()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096

@@ -21,7 +21,7 @@ from shared import defaults, keys, turns
 from shared.guards import stats as guard_stats
 from shared.celery_config import queues
 from shared.turn_flow import step_of, turn_of
-from shared.policy import judge, read_policy
+from shared.eviction import judge_eviction, read_eviction
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import suppress_instrumentation
@@ -66,7 +66,7 @@ def redis_role(role: str) -> dict:
     try:
         stats["ping_ms"] = round(min(_ping(r) for _ in range(PINGS)) * 1000, 2)
         info = r.info()
-        report = judge(role, read_policy(r))
+        report = judge_eviction(role, read_eviction(r))
     except redis.RedisError as exc:
         stats["error"] = f"{type(exc).__name__}: {exc}"
         return stats

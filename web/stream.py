@@ -13,7 +13,7 @@ from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.outcome import publish_outcome
+from shared.terminal_event import publish_terminal_event
 from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import TokenError, verify_stream_token
@@ -35,7 +35,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def stream(self, session_id: str, message_id: str):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
-        self._restore_outcome(session_id, message_id)
+        self._restore_terminal_event(session_id, message_id)
         after = valid_stream_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
         events = self.events(channel, session_id, message_id, after)
         return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
@@ -46,13 +46,13 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
-    def _restore_outcome(self, session_id: str, message_id: str) -> None:
+    def _restore_terminal_event(self, session_id: str, message_id: str) -> None:
         """A turn that ended while the progress store was down has no terminal event in the log:
         put it back from the status record (once), so the stream ends instead of waiting forever."""
         try:
-            publish_outcome(session_id, message_id, turns.get_turn(session_id, message_id))
+            publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
         except redis.RedisError as exc:
-            log.info("outcome of %s/%s not checked: %s", session_id, message_id, exc)
+            log.info("terminal event of %s/%s not checked: %s", session_id, message_id, exc)
 
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""

@@ -4,7 +4,7 @@
   `finished`; turn any failure into StepFailed (the user's one sentence) or, for a broker
   outage, hand the message back (Reject with requeue) so the step runs again later.
 - `start_step`: the transition alone; a turn already done, failed or cancelled stops its flow
-  here (Ignore), after making sure its log carries the outcome (shared.outcome).
+  here (Ignore), after making sure its log carries the outcome (shared.terminal_event).
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
   id of its own, so Flower, metrics and traces see every step as the task it is.
 - `with_broker`: a turn-record operation that waits out a broker outage
@@ -12,6 +12,7 @@
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Callable, TypeVar
 
 from celery.exceptions import Ignore, Reject
@@ -19,9 +20,11 @@ from celery.exceptions import Ignore, Reject
 from shared import turns
 from shared.breakers import UNAVAILABLE
 from shared.events import StepEvent
-from shared.outcome import publish_outcome
+from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
+from shared.turn_flow import TurnRef
+from shared.vocabulary import FINISHED, RUNNING, STARTED, Step, StepPhase, step_dedupe
 from workers import guarding
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
@@ -29,6 +32,8 @@ from workers.reasoners import ReasonerError
 BROKER_POLL_S = 0.5
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S", bound=Mapping)
+R = TypeVar("R")
 
 
 class StepFailed(RuntimeError):
@@ -52,31 +57,37 @@ def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
             time.sleep(BROKER_POLL_S)
 
 
-def start_step(turn: dict, step: str) -> Publisher:
+def start_step(turn: TurnRef, step: Step) -> Publisher:
     """Move the turn to `running` this step; stop here (Ignore) if it already ended."""
     session_id, message_id = turn["session_id"], turn["message_id"]
     publisher = Publisher(session_id, message_id, fail_soft=True)
-    status = with_broker(turns.update_turn, session_id, message_id, status=turns.RUNNING, step=step)
-    if status != turns.RUNNING:
+    status = with_broker(turns.update_turn, session_id, message_id, status=RUNNING, step=step)
+    if status != RUNNING:
         stop_ended_turn(publisher, step, status)
     return publisher
 
 
-def stop_ended_turn(publisher: Publisher, step: str, status: str | None) -> None:
+def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> None:
     """The turn was cancelled, already finished by an earlier delivery, or is gone: skip the
-    rest of its flow, after making sure the log carries the turn's outcome."""
+    rest of its flow, after making sure the log carries the turn's terminal event."""
     log.info("turn %s/%s is %s: skipping %s and the steps after it",
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_outcome(publisher.session_id, publisher.message_id, record, publisher)
+        publish_terminal_event(publisher.session_id, publisher.message_id, record, publisher)
     raise Ignore()
 
 
-def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], round_: int | None = None) -> dict:
+def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
+                  duration_ms: float | None = None) -> None:
+    """A step's `started` or `finished` event, under its dedupe name."""
+    publisher.publish(StepEvent(step=step, status=phase, round=round_, duration_ms=duration_ms),
+                      dedupe=step_dedupe(step, phase, round_))
+
+
+def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None) -> R:
     publisher = start_step(turn, step)
-    tag = f"{step}-{round_}" if round_ else step
-    publisher.publish(StepEvent(step=step, status="started", round=round_), dedupe=f"{tag}-started")
+    publish_phase(publisher, step, STARTED, round_)
     started = time.perf_counter()
     try:
         result = body(turn, publisher)
@@ -95,8 +106,7 @@ def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], rou
     except Exception as exc:
         log.exception("%s failed", step)
         raise StepFailed(step, f"{step} failed: {type(exc).__name__}: {exc}") from exc
-    publisher.publish(StepEvent(step=step, status="finished", round=round_, duration_ms=ms_since(started)),
-                      dedupe=f"{tag}-finished")
+    publish_phase(publisher, step, FINISHED, round_, ms_since(started))
     return result
 
 

@@ -44,7 +44,6 @@ def guarded_call(principal: Principal, tool: str, args: dict, fn: Callable[[dict
     decision = auth_memo.check(principal, tool)
     if decision.unavailable:
         raise PermissionUnavailable(unavailable_message([tool], decision.error or "verifier unavailable"))
-    stats.record_auth_memo(decision.memo)
     if not decision.allowed:
         return GuardedCall(tool, "denied", None, denied_message(tool), decision.as_event(), None,
                            round((time.perf_counter() - started) * 1000, 2))

@@ -29,7 +29,7 @@ import redis
 
 from shared import keys
 from shared.guards.declarations import Declarations, Scope, ToolSpec, load_declarations, normalize_name
-from shared.guards.degradation import GuardDown, guarded
+from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal
@@ -200,7 +200,7 @@ class ExecCache:
             log.info("%s: parameters are not canonical JSON (%s); running uncached", spec.name, exc)
             return self._direct(params, fn, started)
         try:
-            stored = guarded(GUARD, lambda: self.redis.get(key.result))
+            stored = guard_redis_call(GUARD, lambda: self.redis.get(key.result))
         except GuardDown as exc:
             log.warning("exec cache unavailable (%s): running %s uncached", type(exc).__name__, spec.name)
             return self._direct(params, fn, started)
@@ -216,7 +216,7 @@ class ExecCache:
         names = [key.result, key.lease, key.done]
         try:
             while True:
-                state, payload = guarded(GUARD, lambda: self._acquire(keys=names, args=[token, self.lease_ms]))
+                state, payload = guard_redis_call(GUARD, lambda: self._acquire(keys=names, args=[token, self.lease_ms]))
                 if state == "hit":
                     return self._finish(payload, "hit", started)
                 if state == "own":
@@ -227,7 +227,7 @@ class ExecCache:
                     return self._direct(params, fn, started, cache="miss")
                 lease_ms = int(payload) if int(payload) > 0 else 1
                 block_ms = max(1, min(remaining_ms, lease_ms + 5, self.block_cap_ms))
-                reply = guarded(GUARD, lambda ms=block_ms: self.redis.xread({key.done: "0-0"}, count=1, block=ms))
+                reply = guard_redis_call(GUARD, lambda ms=block_ms: self.redis.xread({key.done: "0-0"}, count=1, block=ms))
                 if reply:
                     notice = reply[0][1][0][1]["outcome"]
                     if notice == RUN_YOURSELF:
@@ -253,7 +253,7 @@ class ExecCache:
             notice = ERROR + error
             stored, ttl_s = (notice if self.error_ttl_s > 0 else ""), max(1, self.error_ttl_s)
         try:
-            guarded(GUARD, lambda: self._complete(keys=[key.result, key.lease, key.done],
+            guard_redis_call(GUARD, lambda: self._complete(keys=[key.result, key.lease, key.done],
                                                   args=[token, stored, ttl_s, notice, self.lease_ms]))
         except GuardDown as exc:
             log.warning("could not store %s's result (%s); waiters will take over", spec.name, type(exc).__name__)

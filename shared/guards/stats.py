@@ -11,6 +11,7 @@ import time
 import redis
 
 from shared import keys, metrics
+from shared.vocabulary import GUARD_RESULTS
 from shared.redis_roles import client
 from shared.settings import get_settings
 
@@ -22,22 +23,22 @@ RATIO_BASIS = {"exec_cache": ("hit", "miss", "coalesced"), "auth_memo": ("hit", 
 
 def record_exec_cache(result: str, r: redis.Redis | None = None) -> None:
     """Count one tool call's execution-cache result (hit, miss, coalesced, bypass)."""
-    _record_guard("exec_cache", result, r)
+    _record_guard("exec_cache", result, 1, r)
 
 
-def record_auth_memo(result: str, r: redis.Redis | None = None) -> None:
-    """Count one permission check's memo result (hit, miss, bypass)."""
-    _record_guard("auth_memo", result, r)
+def record_auth_memo(result: str, r: redis.Redis | None = None, count: int = 1) -> None:
+    """Count `count` permission checks with this memo result (hit, miss, bypass)."""
+    _record_guard("auth_memo", result, count, r)
 
 
-def _record_guard(guard: str, result: str, r: redis.Redis | None) -> None:
-    if result not in metrics.GUARD_RESULTS[guard]:
-        raise ValueError(f"unknown {guard} result {result!r}; expected one of {metrics.GUARD_RESULTS[guard]}")
-    metrics.GUARD_COUNTERS[guard].labels(result=result).inc()
+def _record_guard(guard: str, result: str, count: int, r: redis.Redis | None) -> None:
+    if result not in GUARD_RESULTS[guard]:
+        raise ValueError(f"unknown {guard} result {result!r}; expected one of {GUARD_RESULTS[guard]}")
+    metrics.GUARD_COUNTERS[guard].labels(result=result).inc(count)
     key = keys.guard_window(time.time() // 60)
     try:
         pipe = (r or client("progress")).pipeline(transaction=False)
-        pipe.hincrby(key, f"{guard}:{result}", 1)
+        pipe.hincrby(key, f"{guard}:{result}", count)
         pipe.expire(key, get_settings().ops_window_s + 120)
         pipe.execute()
     except redis.RedisError as exc:
@@ -53,7 +54,7 @@ def guard_window(window_s: int | None = None, now: float | None = None,
     pipe = (r or client("progress")).pipeline(transaction=False)
     for minute in minutes:
         pipe.hgetall(keys.guard_window(minute))
-    counts = {guard: dict.fromkeys(results, 0) for guard, results in metrics.GUARD_RESULTS.items()}
+    counts = {guard: dict.fromkeys(results, 0) for guard, results in GUARD_RESULTS.items()}
     for bucket in pipe.execute():
         for field, value in bucket.items():
             guard, _, result = field.partition(":")
