@@ -11,7 +11,7 @@ import uuid
 import pytest
 from mirakuru import HTTPExecutor
 
-from shared import processes
+from shared.cli import processes
 from shared.settings import Settings
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
