@@ -107,6 +107,13 @@ WORKER_SOFT_SHUTDOWN_S = 10.0
 # Stalled turns (workers.redelivery): how often workers look for them, how often one is resent.
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
+# Durable turns (shared.liveness, shared.outbox). Every worker process beats this often; one that
+# missed three beats is dead, and the turns it held are sent again from their checkpoints.
+HEARTBEAT_S = 5.0
+# A turn with no progress for this long is stalled; a dead worker's turn is re-sent well within it.
+STALL_S = 60
+# Progress events a worker process keeps (on the broker) while the progress Redis is down.
+PROGRESS_OUTBOX_MAX = 1000
 
 # Operations: the /ops page, /metrics and the cache-ratio window; Flower; logs.
 OPS_REFRESH_S = 2.0

@@ -153,3 +153,41 @@ def in_flight_member(session_id: str, message_id: str) -> str:
 def redelivery_lock() -> str:
     """Held by the one worker sweeping for stalled turns at a time."""
     return f"{PREFIX}:redelivery-lock"
+
+
+# --- Durable turns: worker liveness, the tool-call journal, the progress outbox -------------------
+
+def worker_heartbeats() -> str:
+    """Sorted set of live worker processes (their ids), scored by their last heartbeat."""
+    return f"{PREFIX}:workers-alive"
+
+
+def worker_turns(worker: str) -> str:
+    """Set of `session_id:message_id` whose current step (or a tool call) this worker process runs."""
+    return f"{PREFIX}:worker-turns:{valid_id(worker, 'worker')}"
+
+
+def tool_journal(session_id: str, message_id: str) -> str:
+    """Hash of the turn's tool calls by call id: `started` (by which worker) or their outcome."""
+    return f"{PREFIX}:turn-calls:{_turn(session_id, message_id)}"
+
+
+def outbox(worker: str) -> str:
+    """List of the progress events this worker process could not publish yet, oldest first."""
+    return f"{PREFIX}:outbox:{valid_id(worker, 'worker')}"
+
+
+def outbox_workers() -> str:
+    """Set of the worker ids whose outbox may hold events (so a dead one's is found and published)."""
+    return f"{PREFIX}:outboxes"
+
+
+def outbox_pending(session_id: str, message_id: str) -> str:
+    """How many of the turn's events wait in some outbox: a stream does not restore the terminal
+    event while they do, so the outbox publishes it after them, in order."""
+    return f"{PREFIX}:outbox-pending:{_turn(session_id, message_id)}"
+
+
+def liveness_lock() -> str:
+    """Held by the one worker process acting on dead workers at a time."""
+    return f"{PREFIX}:liveness-lock"

@@ -43,6 +43,18 @@ BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker 
 # Guards that skipped themselves because their Redis failed (shared.guards.degradation).
 GUARD_DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
 
+# Durable turns: what the model was asked (a redelivery resumes instead of asking again), turns
+# sent again from their checkpoint, and progress events the outbox could not keep.
+REASONER_CALLS = Counter("turnstream_reasoner_calls", "Calls to the reasoner, by reasoner and kind (decide, answer).",
+                         ["reasoner", "kind"])
+TURNS_RESUMED = Counter("turnstream_turns_resumed", "Turns sent again from their checkpoint, by cause.", ["cause"])
+OUTBOX_QUEUED = Counter("turnstream_progress_outbox_queued", "Progress events kept in a worker's outbox "
+                        "because the progress Redis was down.")
+OUTBOX_OVERFLOW = Counter("turnstream_progress_outbox_overflow", "Progress events lost because a worker's "
+                          "outbox was full (TURNSTREAM_PROGRESS_OUTBOX_MAX) or the broker was down too.", ["reason"])
+RESUME_CAUSES = ("dead_worker", "no_progress", "orphaned")
+OUTBOX_OVERFLOW_REASONS = ("full", "broker_down")
+
 GUARD_COUNTERS = {"exec_cache": EXEC_CACHE, "auth_memo": AUTH_MEMO}
 
 
@@ -106,6 +118,14 @@ def record_turn(outcome: str) -> None:
     TURNS.labels(outcome=outcome).inc()
 
 
+def record_reasoner_call(reasoner: str, kind: str) -> None:
+    REASONER_CALLS.labels(reasoner=reasoner, kind=kind).inc()
+
+
+def record_resume(cause: str) -> None:
+    TURNS_RESUMED.labels(cause=cause if cause in RESUME_CAUSES else "other").inc()
+
+
 def _declare_series() -> None:
     """Create every known label set at zero, so each documented series exists before its first event."""
     for step in STEPS:
@@ -113,6 +133,10 @@ def _declare_series() -> None:
             STEP_DURATION.labels(step=step, outcome=outcome)
     for outcome in TURN_OUTCOMES:
         TURNS.labels(outcome=outcome)
+    for cause in RESUME_CAUSES:
+        TURNS_RESUMED.labels(cause=cause)
+    for reason in OUTBOX_OVERFLOW_REASONS:
+        OUTBOX_OVERFLOW.labels(reason=reason)
     for guard, results in GUARD_RESULTS.items():
         for result in results:
             GUARD_COUNTERS[guard].labels(result=result)

@@ -79,12 +79,43 @@ def valid_stream_id(value: str | None) -> str | None:
     return value
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """An event as the publish script takes it: its SSE type, its JSON data and the pub/sub wire form."""
+
+    kind: str
+    data: str
+    wire: str
+
+
+def render(event: ProgressEvent) -> Rendered:
+    trace_id = current_trace_id()
+    if trace_id and event.trace_id is None:
+        event = event.model_copy(update={"trace_id": trace_id})
+    kind = event_type(event)
+    data = event.model_dump_json(exclude_none=True)
+    return Rendered(kind, data, json.dumps(Message(data, type=kind).to_dict()))
+
+
+def append_and_publish(session_id: str, message_id: str, rendered: Rendered, dedupe: str | None,
+                       r: redis.Redis | None = None) -> str:
+    """Log and publish one rendered event (once per dedupe name); returns its log id."""
+    settings = get_settings()
+    r = r or client("progress")
+    marker = keys.progress_marker(session_id, message_id, dedupe or "none")
+    return r.register_script(_APPEND_AND_PUBLISH)(
+        keys=[keys.progress_log(session_id, message_id), marker],
+        args=[rendered.wire, rendered.kind, rendered.data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
+              keys.progress_channel(session_id, message_id), "1" if dedupe else "0"])
+
+
 class Publisher:
     """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new.
 
-    A `fail_soft` publisher (the workers') drops an event it cannot deliver instead of
-    raising: progress is a view of the turn, and an outage of its Redis must not fail the
-    turn. The progress breaker makes each such drop immediate."""
+    A `fail_soft` publisher (the workers') never raises for the progress Redis: progress is a
+    view of the turn, and an outage of its Redis must not fail the turn. An event it cannot
+    deliver goes to this process's outbox (shared.outbox), and so does every later one while
+    the outbox holds any, so they are published in order once the progress Redis is back."""
 
     def __init__(self, session_id: str, message_id: str, r: redis.Redis | None = None, fail_soft: bool = False):
         self.session_id = session_id
@@ -94,34 +125,25 @@ class Publisher:
         self.channel = keys.progress_channel(session_id, message_id)
         self.log_key = keys.progress_log(session_id, message_id)
         self._redis = r or client("progress")
-        self._script = self._redis.register_script(_APPEND_AND_PUBLISH)
 
     def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str | None:
+        rendered = render(event)
+        if not self.fail_soft:
+            return append_and_publish(self.session_id, self.message_id, rendered, dedupe, self._redis)
+        from shared import outbox
+
+        if outbox.holding():
+            outbox.keep(self.session_id, self.message_id, rendered, dedupe)
+            return None
         try:
-            return self._append_and_publish(event, dedupe)
+            return append_and_publish(self.session_id, self.message_id, rendered, dedupe, self._redis)
         except redis.RedisError as exc:
-            if not self.fail_soft:
-                raise
             self.dropped += 1
             if self.dropped == 1:
-                log.warning("progress of %s/%s not published (%s); the turn goes on without it",
+                log.warning("progress of %s/%s not published (%s); kept in the outbox",
                             self.session_id, self.message_id, exc)
+            outbox.keep(self.session_id, self.message_id, rendered, dedupe)
             return None
-
-    def _append_and_publish(self, event: ProgressEvent, dedupe: str | None) -> str:
-        settings = get_settings()
-        trace_id = current_trace_id()
-        if trace_id and event.trace_id is None:
-            event = event.model_copy(update={"trace_id": trace_id})
-        kind = event_type(event)
-        data = event.model_dump_json(exclude_none=True)
-        wire = json.dumps(Message(data, type=kind).to_dict())
-        marker = keys.progress_marker(self.session_id, self.message_id, dedupe or "none")
-        return self._script(
-            keys=[self.log_key, marker],
-            args=[wire, kind, data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
-                  self.channel, "1" if dedupe else "0"],
-        )
 
 
 class TokenCoalescer:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
     redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
+    heartbeat_s: float = Field(defaults.HEARTBEAT_S, gt=0)
+    stall_s: float = defaults.STALL_S
+    progress_outbox_max: int = Field(defaults.PROGRESS_OUTBOX_MAX, ge=0)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S
@@ -110,6 +113,13 @@ class Settings(BaseSettings):
         if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
             raise ValueError("need TURNSTREAM_TASK_SOFT_TIME_LIMIT_S < TURNSTREAM_TASK_TIME_LIMIT_S "
                              "< TURNSTREAM_VISIBILITY_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _dead_worker_noticed_before_a_stall(self) -> "Settings":
+        """A dead worker is noticed after three missed heartbeats; that must fit in a stall."""
+        if self.heartbeat_s * 4 > self.stall_s:
+            raise ValueError("need 4 * TURNSTREAM_HEARTBEAT_S <= TURNSTREAM_STALL_S")
         return self
 
     def cors_origin_list(self) -> list[str]:

@@ -10,11 +10,12 @@ tasks (`ignore_result`): the turn's record (shared.turns) is its result.
 Rejected: a coordinator task that polls the chain. It would hold a worker slot per turn for
 the whole turn and would itself need redelivery; a self-forwarding chain needs neither."""
 
+from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
 from celery import Celery, chain
 
-from shared.vocabulary import DISCOVER, REASON, TURN_FAILED, ToolStatus
+from shared.vocabulary import COLLECT, DISCOVER, EXECUTE, REASON, SYNTHESIZE, TURN_FAILED, ToolStatus
 
 TASK_PREFIX = "turnstream"
 
@@ -124,3 +125,50 @@ def send_turn(app: Celery, turn: TurnPayload, **options: object) -> None:
 def revoke_turn(app: Celery, message_id: str) -> None:
     """Tell every worker to drop the turn's first tasks if they have not started."""
     app.control.revoke(list(first_task_ids(message_id)))
+
+
+# --- Where a turn stands: positions and checkpoints ------------------------------------------------
+# The flow is a line: discover, then per round reason -> execute (fan out) -> collect, then
+# synthesize. A step's position orders it on that line, so a delivery can tell whether the turn
+# has already moved past it. `collect` has its own position, after `execute`'s: a round's calls
+# finish in it.
+SYNTHESIZE_POSITION = 1_000_000
+
+
+def position(task: str, round_: int | None = None) -> int:
+    """Where `task` (discover, reason, execute, collect, synthesize) of round `round_` stands."""
+    if task == DISCOVER:
+        return 0
+    if task == SYNTHESIZE:
+        return SYNTHESIZE_POSITION
+    offset = {REASON: 2, EXECUTE: 1, COLLECT: 0}[task]
+    return 3 * (round_ or 1) - offset
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The turn as its last finished step left it: the task to run next, its round, and the
+    state it runs on (tools, history, rounds with their tool outcomes, the reasoner's pending calls)."""
+
+    task: str
+    round: int | None
+    state: TurnState
+
+    @property
+    def position(self) -> int:
+        return position(self.task, self.round)
+
+
+def resume_turn(app: Celery, payload: TurnPayload, checkpoint: Checkpoint | None) -> str:
+    """Send a turn again from its checkpoint (from its first step without one); returns the task sent.
+
+    A checkpoint waiting for `collect` sends `execute` again: the round's calls fan out anew and
+    every call whose outcome the tool-call journal holds returns it without running again."""
+    if checkpoint is None or checkpoint.task == DISCOVER:
+        send_turn(app, payload)
+        return DISCOVER
+    task = EXECUTE if checkpoint.task == COLLECT else checkpoint.task
+    signature = app.signature(task_name(task), args=(checkpoint.state,))
+    signature.link_error(app.signature(task_name(TURN_FAILED), args=(payload["session_id"], payload["message_id"])))
+    signature.apply_async()
+    return task

@@ -6,6 +6,13 @@ Job does), so no caller parses a raw hash. Status changes are atomic (one Lua sc
 that reached a final status keeps it, so a redelivered step or a late worker cannot undo a
 cancellation or write a second answer.
 
+A turn is durable: after each step its record keeps a checkpoint (the state the next step runs
+on, and which step that is) written in the same script as the step's status change, and the
+worker process running its current step (`runner`, shared.liveness). A delivery of a step the
+turn has moved past is stale; one whose step a live worker runs is a duplicate; either does
+nothing, so a redelivered or re-sent turn resumes at its last finished step and a finished
+reasoner call is not made again.
+
 Turns not yet final sit in one in-flight index (a sorted set scored by each turn's last status
 change): /ops lists it, and the redelivery sweeper (workers.redelivery) resends the turns whose
 score has not moved for a visibility timeout."""
@@ -17,11 +24,11 @@ from typing import Any
 
 import redis
 
-from shared import keys, metrics
+from shared import keys, liveness, metrics
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal
-from shared.turn_flow import TurnPayload
+from shared.turn_flow import Checkpoint, TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
 
 _FINAL_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(FINAL_STATUSES)) + "}"
@@ -45,6 +52,61 @@ return ARGV[1]
 """
 
 
+# KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set.
+# ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member.
+# Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
+# runner follows when that runner is dead, so the caller can send the turn on), or 'held' (a
+# live worker runs this step).
+_CLAIM = f"""
+local final = {_FINAL_LUA}
+local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos')
+local status, next_pos, runner, runner_pos = f[1], tonumber(f[2] or ''), f[3], tonumber(f[4] or '')
+if not status then return false end
+if final[status] then return status end
+local live = false
+if runner and runner ~= ARGV[3] and runner ~= ARGV[7] then
+  local last = redis.call('ZSCORE', KEYS[3], runner)
+  live = last and tonumber(last) >= tonumber(ARGV[6])
+end
+if next_pos and next_pos > tonumber(ARGV[2]) then
+  if runner and not live and runner_pos == tonumber(ARGV[1]) then return {{'stale', runner}} end
+  return 'stale'
+end
+if live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return 'held' end
+redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[4], 'runner', ARGV[3], 'runner_pos', ARGV[1],
+           'updated_at', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
+redis.call('SADD', KEYS[4], ARGV[8])
+return 'running'
+"""
+
+# KEYS: record hash, in-flight index. ARGV: position, worker, checkpoint JSON, next task, next round,
+# next position, now, member. 'saved', or 'lost' when another worker took the step over (this
+# one was taken for dead): its result is then dropped.
+_ADVANCE = f"""
+local final = {_FINAL_LUA}
+local f = redis.call('HMGET', KEYS[1], 'status', 'runner', 'next_pos')
+if not f[1] then return false end
+if final[f[1]] then return f[1] end
+if f[2] ~= ARGV[2] or tonumber(f[3] or '-1') > tonumber(ARGV[1]) then return 'lost' end
+redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3], 'next_task', ARGV[4], 'next_round', ARGV[5],
+           'next_pos', ARGV[6], 'updated_at', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
+return 'saved'
+"""
+
+# KEYS: record hash, the worker's turns set. ARGV: worker, member, position. The runner lets go of
+# the turn (once the next step is sent); nothing changes if another step (of any process) runs it by now.
+_RELEASE = """
+local f = redis.call('HMGET', KEYS[1], 'runner', 'runner_pos')
+if f[1] == ARGV[1] and f[2] == ARGV[3] then
+  redis.call('HDEL', KEYS[1], 'runner', 'runner_pos')
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class TurnRecord:
     """A turn as its record holds it. `payload` is what its chain was sent with (None for a
@@ -62,6 +124,8 @@ class TurnRecord:
     updated_at: float | None = None
     payload: TurnPayload | None = None
     redeliveries: int = 0
+    checkpoint: Checkpoint | None = None
+    runner: str | None = None
 
     @property
     def final(self) -> bool:
@@ -78,7 +142,9 @@ class TurnRecord:
                    prompt=fields.get("prompt", ""), step=fields.get("step", ""), answer=fields.get("answer"),
                    error=fields.get("error"), created_at=number("created_at"), updated_at=number("updated_at"),
                    payload=json.loads(fields.get("payload") or "null") or None,
-                   redeliveries=int(fields.get("redeliveries") or 0))
+                   redeliveries=int(fields.get("redeliveries") or 0), runner=fields.get("runner") or None,
+                   checkpoint=Checkpoint(fields["next_task"], int(fields["next_round"]) if fields.get("next_round") else None,
+                                         json.loads(fields["checkpoint"])) if fields.get("checkpoint") else None)
 
     def to_hash(self) -> dict[str, str | float]:
         """The hash fields of a new record (later changes go through `update_turn`)."""
@@ -223,3 +289,44 @@ def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict
 
 def count_in_flight(r: redis.Redis | None = None) -> int:
     return (r or client("broker")).zcard(keys.turns_in_flight())
+
+
+# --- Checkpoints: claiming a step, saving what it left, letting go ----------------------------------
+
+def claim_step(session_id: str, message_id: str, step: str, position: int, latest: int | None = None,
+               r: redis.Redis | None = None) -> tuple[str | None, str | None]:
+    """Make this worker process the runner of the turn's step at `position`. Returns the status
+    ('running' when claimed, a final status, 'stale', 'held' or None for no such turn) and, for a
+    stale delivery whose runner died after finishing the step, that runner."""
+    r = r or client("broker")
+    worker = liveness.worker_id()
+    runner = r.hget(keys.turn_status(session_id, message_id), "runner")
+    known_dead = runner if runner and liveness.gone_from_this_host(runner) else ""
+    member = keys.in_flight_member(session_id, message_id)
+    result = r.register_script(_CLAIM)(
+        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
+              keys.worker_turns(worker)],
+        args=[position, position if latest is None else latest, worker, step, time.time(), liveness.dead_before(),
+              known_dead, member])
+    if isinstance(result, list):
+        return result[0], result[1]
+    return result, None
+
+
+def save_checkpoint(session_id: str, message_id: str, position: int, checkpoint: Checkpoint,
+                    r: redis.Redis | None = None) -> str | None:
+    """Record what the step at `position` (the latest position it may run at) left for the next
+    one, if this process still runs it."""
+    r = r or client("broker")
+    return r.register_script(_ADVANCE)(
+        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
+        args=[position, liveness.worker_id(), json.dumps(checkpoint.state), checkpoint.task, checkpoint.round or "",
+              checkpoint.position, time.time(), keys.in_flight_member(session_id, message_id)])
+
+
+def release_step(session_id: str, message_id: str, position: int, r: redis.Redis | None = None) -> None:
+    """This process no longer runs the turn's step at `position`."""
+    r = r or client("broker")
+    worker = liveness.worker_id()
+    r.register_script(_RELEASE)(keys=[keys.turn_status(session_id, message_id), keys.worker_turns(worker)],
+                                args=[worker, keys.in_flight_member(session_id, message_id), position])

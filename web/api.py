@@ -12,7 +12,7 @@ from flask import Blueprint, jsonify, request, url_for
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
-from shared import defaults, metrics, turns
+from shared import defaults, metrics, outbox, turns
 from shared.turn_flow import TurnPayload, revoke_turn, send_turn
 from shared.turns import TurnRecord
 from shared.vocabulary import CANCELLED
@@ -133,7 +133,8 @@ def get_events(session_id: str, message_id: str):
     if after and not valid_stream_id(after):
         raise ApiError(400, "invalid_after", "after must be an event id such as 1700000000000-0")
     try:
-        publish_terminal_event(session_id, message_id, record)
+        if not outbox.waiting(session_id, message_id):  # else the outbox publishes it, after the events it holds
+            publish_terminal_event(session_id, message_id, record)
         events = [event.as_json() for event in read_log(session_id, message_id, after=after)]
         unavailable = False
     except redis.RedisError as exc:

@@ -12,7 +12,7 @@ import redis
 from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
-from shared import keys, metrics, turns
+from shared import keys, metrics, outbox, turns
 from shared.terminal_event import publish_terminal_event
 from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
 from shared.settings import get_settings
@@ -48,8 +48,11 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
 
     def _restore_terminal_event(self, session_id: str, message_id: str) -> None:
         """A turn that ended while the progress store was down has no terminal event in the log:
-        put it back from the status record (once), so the stream ends instead of waiting forever."""
+        put it back from the status record (once), so the stream ends instead of waiting forever.
+        Not while a worker's outbox holds events of the turn: the outbox publishes them, then it."""
         try:
+            if outbox.waiting(session_id, message_id):
+                return
             publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
         except redis.RedisError as exc:
             log.info("terminal event of %s/%s not checked: %s", session_id, message_id, exc)

@@ -9,7 +9,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
 from shared.eviction import EvictingRoleError, check_evictions
-from workers.redelivery import sweep_forever
+from workers.redelivery import beat_forever, sweep_forever
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
@@ -71,6 +71,30 @@ def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
 @worker_process_init.connect
 def _mcp_after_fork(**_: object) -> None:
     _open_mcp_sessions()
+
+
+def _start_beating() -> None:
+    """This process runs steps: it beats (shared.liveness), publishes its outbox and watches for
+    dead workers (workers.redelivery). The first beat comes before the first step."""
+    from shared import liveness
+    from shared.redis_roles import client
+
+    try:
+        liveness.beat(client("broker"))
+    except Exception as exc:  # noqa: BLE001 - the thread keeps trying
+        log.warning("first heartbeat failed: %r", exc)
+    threading.Thread(target=beat_forever, args=(app,), name="liveness", daemon=True).start()
+
+
+@worker_init.connect
+def _beat_for_pools_without_fork(sender=None, **_: object) -> None:
+    if not _forks(sender):
+        _start_beating()
+
+
+@worker_process_init.connect
+def _beat_after_fork(**_: object) -> None:
+    _start_beating()
 
 
 @worker_process_shutdown.connect

@@ -1,16 +1,22 @@
-"""Sending a stalled turn's chain again: the turn-level half of at-least-once delivery.
+"""Sending a turn again from its checkpoint: when its worker died, or when it made no progress.
 
 Late acks and the broker's visibility timeout cover a worker that dies holding a message.
 They do not cover a message kombu's Redis transport drops: BRPOP takes a message off the
 queue before the worker records it as unacknowledged, so a broker that dies between the
 two loses it. The broker still has the turn's record (AOF) and an in-flight index scored
 by each turn's last status change; a turn that has not moved for a visibility timeout is
-sent again from its first step. Steps are idempotent (shared.terminal_event, dedupe names, atomic
-transitions), so a chain sent twice still logs every event once and answers once. A turn
-sent `turn_max_redeliveries` times without finishing is failed instead of looping.
+sent again from its checkpoint (shared.turns), not from its first step.
 
-One worker sweeps at a time (a lock on the broker); the sweep runs in a daemon thread of
-every worker process (workers.celery_app)."""
+A worker process that dies (kill -9, a lost host) is noticed much sooner, by shared.liveness:
+each beat (TURNSTREAM_HEARTBEAT_S), one live process looks for dead ones, sends every turn whose
+current step (or one of whose tool calls) a dead one held again from its checkpoint, and
+publishes what the dead one's progress outbox still holds (shared.outbox). A delivery of a step
+that a live worker runs, or that the turn has moved past, does nothing (workers.steps), so a
+turn sent twice still runs each step once, logs every event once and answers once. A turn sent
+`turn_max_redeliveries` times without finishing is failed instead of looping.
+
+One worker sweeps at a time (a lock on the broker per kind of sweep); the sweeps run in daemon
+threads of the worker processes (workers.celery_app)."""
 
 import logging
 import time
@@ -19,8 +25,8 @@ import uuid
 import redis
 from celery import Celery
 
-from shared import keys, turns
-from shared.turn_flow import send_turn
+from shared import keys, liveness, metrics, outbox, tool_journal, turns
+from shared.turn_flow import resume_turn
 from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.redis_roles import client
@@ -29,6 +35,7 @@ from shared.vocabulary import FAILED
 
 log = logging.getLogger(__name__)
 BATCH = 100
+OUTBOX_RETRY_S = 0.5
 
 
 def resend_stalled(app: Celery, now: float | None = None) -> int:
@@ -44,16 +51,64 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
         if not record or record.final or not record.payload:
             turns.leave_in_flight(session_id, message_id, r)
             continue
-        attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries", 1)
-        if attempts > settings.turn_max_redeliveries:
-            give_up(session_id, message_id, attempts - 1, r)
-            continue
-        turns.touch_in_flight(session_id, message_id, now, r)
-        send_turn(app, record.payload)
-        log.warning("turn %s/%s made no progress for %ss: sent again (redelivery %d)",
-                    session_id, message_id, settings.visibility_timeout_s, attempts)
-        sent += 1
+        if resend(app, record, "no_progress", now, r):
+            log.warning("turn %s/%s made no progress for %ss: sent again from its checkpoint",
+                        session_id, message_id, settings.visibility_timeout_s)
+            sent += 1
     return sent
+
+
+def resend(app: Celery, record: turns.TurnRecord, cause: str, now: float, r: redis.Redis) -> bool:
+    """Send the turn again from its checkpoint, or fail it past TURNSTREAM_TURN_MAX_REDELIVERIES."""
+    session_id, message_id = record.session_id, record.message_id
+    attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries", 1)
+    if attempts > get_settings().turn_max_redeliveries:
+        give_up(session_id, message_id, attempts - 1, r)
+        return False
+    turns.touch_in_flight(session_id, message_id, now, r)
+    task = resume_turn(app, record.payload, record.checkpoint)
+    metrics.record_resume(cause)
+    log.warning("turn %s/%s sent again from its checkpoint (%s, redelivery %d): %s", session_id, message_id, cause,
+                attempts, task)
+    return True
+
+
+def resend_from_dead_workers(app: Celery, now: float | None = None) -> int:
+    """Send again every turn a dead worker process held; publish its outbox. Returns turns sent."""
+    r = client("broker")
+    now = time.time() if now is None else now
+    lock = int(get_settings().heartbeat_s * 900)
+    if not r.set(keys.liveness_lock(), uuid.uuid4().hex, nx=True, px=lock):
+        return 0
+    sent = 0
+    for worker in liveness.dead_workers(r, now):
+        for session_id, message_id in set(liveness.turns_of(worker, r)):
+            record = turns.get_turn(session_id, message_id, r)
+            if not record or record.final or not record.payload:
+                continue
+            held = record.runner == worker or tool_journal.unfinished_by(session_id, message_id, worker, r)
+            if held and resend(app, record, "dead_worker", now, r):
+                log.warning("worker %s died holding turn %s/%s", worker, session_id, message_id)
+                sent += 1
+        liveness.forget(worker, r)
+    for worker in outbox.orphaned(r):
+        if worker != liveness.worker_id() and liveness.is_dead(worker, r, now):
+            published = outbox.flush(worker)
+            if published:
+                log.warning("published %d progress events left in the outbox of dead worker %s", published, worker)
+    return sent
+
+
+def let_go_of_moved_turns(r: redis.Redis) -> None:
+    """Forget the turns this process no longer runs (a step it ran handed over without a release)."""
+    worker = liveness.worker_id()
+    for member in r.smembers(keys.worker_turns(worker)):
+        if member.count(":") != 1:
+            continue  # a tool call: the journal lets go of it when it ends
+        session_id, message_id = member.split(":")
+        record = turns.get_turn(session_id, message_id, r)
+        if record is None or record.final or record.runner != worker:
+            r.srem(keys.worker_turns(worker), member)
 
 
 def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> None:
@@ -63,6 +118,26 @@ def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> 
     if status == FAILED:
         publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id, r),
                         Publisher(session_id, message_id, fail_soft=True))
+
+
+def beat_forever(app: Celery) -> None:
+    """The loop of each step-running process's liveness thread: beat, publish this process's outbox,
+    act on dead workers. Never raises: a dead broker only skips beats."""
+    interval = get_settings().heartbeat_s
+    next_beat = 0.0
+    while True:
+        try:
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + interval
+                r = client("broker")
+                liveness.beat(r)
+                resend_from_dead_workers(app)
+                let_go_of_moved_turns(r)
+            if outbox.holding():
+                outbox.flush()
+        except Exception as exc:  # a beat must never kill its thread; the next one retries
+            log.warning("liveness beat skipped: %r", exc)
+        time.sleep(OUTBOX_RETRY_S if outbox.holding() else max(0.0, next_beat - time.monotonic()))
 
 
 def sweep_forever(app: Celery) -> None:

@@ -3,10 +3,16 @@
 - `run_step`: move the turn to `running`, publish `started`, run the step's body, publish
   `finished`; turn any failure into StepFailed (the user's one sentence) or, for a broker
   outage, hand the message back (Reject with requeue) so the step runs again later.
-- `start_step`: the transition alone; a turn already done, failed or cancelled stops its flow
-  here (Ignore), after making sure its log carries the outcome (shared.terminal_event).
+- `start_step`: claim the step (shared.turns.claim_step): a turn already done, failed or
+  cancelled stops its flow here (Ignore), after making sure its log carries the outcome
+  (shared.terminal_event); so does a delivery of a step the turn has moved past (its
+  checkpoint is further on) or that a live worker runs. A stale delivery whose runner died
+  after saving its checkpoint sends the turn on from that checkpoint.
+- `advance`: save the checkpoint a finished step leaves (atomically with the turn's status); a
+  step taken over by another worker meanwhile drops its result (Ignore).
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
-  id of its own, so Flower, metrics and traces see every step as the task it is.
+  id of its own, so Flower, metrics and traces see every step as the task it is; then let go
+  of the turn (its runner is this process until the next step is sent).
 - `with_broker`: a turn-record operation that waits out a broker outage
   (TURNSTREAM_WORKER_BROKER_WAIT_S) before handing the message back."""
 
@@ -23,7 +29,7 @@ from shared.events import StepEvent
 from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
-from shared.turn_flow import TurnRef
+from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn
 from shared.vocabulary import FINISHED, RUNNING, STARTED, Step, StepPhase, step_dedupe
 from workers import guarding
 from workers.mcp.client import ToolCallError
@@ -57,14 +63,49 @@ def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
             time.sleep(BROKER_POLL_S)
 
 
-def start_step(turn: TurnRef, step: Step) -> Publisher:
-    """Move the turn to `running` this step; stop here (Ignore) if it already ended."""
+def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int | None = None,
+               latest: int | None = None) -> Publisher:
+    """Claim the turn's `task` (default: the step itself) of round `round_` for this process and
+    move the turn to `running` this step; stop here (Ignore) if it ended, moved past this task,
+    or a live worker runs it. `latest`: the furthest checkpoint this task may still run at."""
     session_id, message_id = turn["session_id"], turn["message_id"]
     publisher = Publisher(session_id, message_id, fail_soft=True)
-    status = with_broker(turns.update_turn, session_id, message_id, status=RUNNING, step=step)
-    if status != RUNNING:
-        stop_ended_turn(publisher, step, status)
+    here = position(task or step, round_)
+    status, orphaned_by = with_broker(turns.claim_step, session_id, message_id, step, here, latest)
+    if status == RUNNING:
+        return publisher
+    if status in ("stale", "held"):
+        skip_delivery(session_id, message_id, task or step, round_, status, orphaned_by)
+    stop_ended_turn(publisher, step, status)
     return publisher
+
+
+def skip_delivery(session_id: str, message_id: str, task: str, round_: int | None, status: str,
+                  orphaned_by: str | None) -> None:
+    """A delivery with nothing to do: the turn moved past its task, or a live worker runs it. When
+    the task's runner died between saving its checkpoint and sending the next step, send it now."""
+    log.info("turn %s/%s: %s%s is %s; this delivery does nothing", session_id, message_id, task,
+             f" (round {round_})" if round_ else "", "done already" if status == "stale" else "run by a live worker")
+    if orphaned_by:
+        from workers.celery_app import app
+
+        record = with_broker(turns.get_turn, session_id, message_id)
+        if record and record.payload and not record.final:
+            sent = resume_turn(app, record.payload, record.checkpoint)
+            log.warning("turn %s/%s: its worker %s died before sending the next step; sent %s from the checkpoint",
+                        session_id, message_id, orphaned_by, sent)
+    raise Ignore()
+
+
+def advance(turn: TurnRef, here: int, checkpoint: Checkpoint) -> None:
+    """Save what the step at `here` left for the next one; drop it if another worker took over."""
+    session_id, message_id = turn["session_id"], turn["message_id"]
+    result = with_broker(turns.save_checkpoint, session_id, message_id, here, checkpoint)
+    if result == "saved":
+        return
+    log.warning("turn %s/%s: checkpoint for %s not saved (%s); this delivery stops here", session_id, message_id,
+                checkpoint.task, result or "gone")
+    raise Ignore()
 
 
 def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> None:
@@ -86,7 +127,7 @@ def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: in
 
 
 def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None) -> R:
-    publisher = start_step(turn, step)
+    publisher = start_step(turn, step, round_=round_)
     publish_phase(publisher, step, STARTED, round_)
     started = time.perf_counter()
     try:
@@ -110,11 +151,22 @@ def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int
     return result
 
 
-def forward(task, signature) -> None:
-    """Send the turn's next step (or chord), carrying this task's errbacks to it."""
+def forward(task, signature, turn: TurnRef, here: int) -> None:
+    """Send the turn's next step (or chord), carrying this task's errbacks to it, then let go of
+    the turn's step at `here`."""
     for errback in task.request.errbacks or []:
         signature.link_error(errback)
     signature.apply_async()
+    release(turn, here)
+
+
+def release(turn: TurnRef, here: int) -> None:
+    """This process no longer runs the turn's step at `here` (best effort: the next step takes
+    the turn over anyway, and a runner left behind is only acted on if its process dies)."""
+    try:
+        turns.release_step(turn["session_id"], turn["message_id"], here)
+    except UNAVAILABLE as exc:
+        log.warning("turn %s/%s not released: %s", turn["session_id"], turn["message_id"], exc)
 
 
 def ms_since(started: float) -> float:

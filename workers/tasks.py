@@ -15,7 +15,12 @@ Delivery is at least once, so every step is safe to run twice:
   cancelled turn skips its remaining steps and a finished one is never answered twice;
 - the answer is written by one atomic transition to `done`, and its `done` event is
   published once (shared.terminal_event).
-Progress is fail-soft (a dead progress Redis drops events, the turn goes on); the broker
+And turns are durable: each step claims its place in the turn and leaves a checkpoint (the
+state the next step runs on) before sending the next step, so a redelivered step the turn has
+moved past does nothing and a finished reasoner call is not made again (workers.steps,
+shared.turns); each tool call goes through the tool-call journal (shared.tool_journal), so a
+finished call is not run again and a call that is not read-only carries an idempotency key.
+Progress is fail-soft (a dead progress Redis sends events to the outbox, shared.outbox); the broker
 holds the turn itself, so a step waits for it (up to TURNSTREAM_WORKER_BROKER_WAIT_S) and
 then hands its message back for redelivery.
 
@@ -31,20 +36,23 @@ from celery import chord, group
 from celery.exceptions import ChordError
 from kombu.exceptions import OperationalError
 
-from shared import history, turns
+from shared import history, metrics, tool_journal, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ErrorEvent, ToolEvent
 from shared.progress import Publisher, TokenCoalescer
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
-from shared.turn_flow import FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, task_name
+from shared.guards import declarations
+from shared.turn_flow import (Checkpoint, FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, position,
+                              task_name)
 from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FAILED, FINISHED, REASON, STARTED,
                                SYNTHESIZE, TERMINAL_DEDUPE, TOOL_ERROR, TOOL_OK, TURN_FAILED, tool_dedupe)
 from workers import guarding
 from workers.celery_app import app
 from workers.mcp.client import ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import StepFailed, forward, ms_since, publish_phase, run_step, start_step, with_broker
+from workers.steps import (StepFailed, advance, forward, ms_since, publish_phase, release, run_step, start_step,
+                           with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -73,7 +81,11 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
 
 @app.task(name=task_name(DISCOVER))
 def discover(turn: TurnState) -> TurnState:
-    return run_step(DISCOVER, turn, _discover)
+    """The chain hands discover's result to `reason` (the web tier sends them together)."""
+    turn = run_step(DISCOVER, turn, _discover)
+    # No release: the chain sends `reason` after this returns, and `reason` takes the turn over.
+    advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn))
+    return turn
 
 
 # --- reason --------------------------------------------------------------------------------
@@ -81,14 +93,20 @@ def _reason(turn: TurnState, publisher: Publisher) -> TurnState:
     """The reasoner's next calls. A call to a tool it was not offered still goes to `execute`,
     where the guards deny it or the catalogue does not know it: either way, the reasoner sees why."""
     round_ = _round(turn)
-    calls = [{**call, "call_id": f"r{round_}c{i}"} for i, call in enumerate(get_reasoner().decide(_context(turn)))]
+    reasoner = get_reasoner()
+    metrics.record_reasoner_call(reasoner.name, "decide")
+    calls = [{**call, "call_id": f"r{round_}c{i}"} for i, call in enumerate(reasoner.decide(_context(turn)))]
     return {**turn, "pending": calls}
 
 
 @app.task(name=task_name(REASON), bind=True)
 def reason(self, turn: TurnState) -> None:
-    turn = run_step(REASON, turn, _reason, round_=_round(turn))
-    forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn))
+    round_ = _round(turn)
+    turn = run_step(REASON, turn, _reason, round_=round_)
+    # The decision is saved before anything else happens: a redelivery never asks the reasoner again.
+    following = Checkpoint(EXECUTE, round_, turn) if turn["pending"] else Checkpoint(SYNTHESIZE, None, turn)
+    advance(turn, position(REASON, round_), following)
+    forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn), turn, position(REASON, round_))
 
 
 # --- execute -------------------------------------------------------------------------------
@@ -99,18 +117,60 @@ def _tool_event(outcome: ToolOutcome, duration_ms: float, guard: guarding.Guarde
                      permission=guard.permission if guard else None, cache=guard.cache if guard else None)
 
 
+JOURNAL_POLL_S = 0.25
+
+
+def idempotency_key(ref: TurnRef, call: ToolCall) -> str:
+    """The same for every delivery of one call of one turn (workers.mcp.meta.IDEMPOTENCY_META)."""
+    return f"{ref['session_id']}/{ref['message_id']}/{call['call_id']}"
+
+
+def read_only(tool: dict) -> bool:
+    """A tool that says so in its MCP annotations (readOnlyHint), or that our declarations let the
+    execution cache keep (the declarations never make a side effect cacheable)."""
+    return bool(tool.get("read_only")) or declarations.declaration(tool["name"], tool.get("policy")).cacheable
+
+
+def journal_entry(ref: TurnRef, call: ToolCall) -> tool_journal.Entry:
+    """The journal's word on this call, waiting while a live worker runs it (up to a call's timeout)."""
+    settings = get_settings()
+    deadline = time.monotonic() + settings.mcp_call_timeout_s + settings.mcp_connect_timeout_s
+    while True:
+        entry = with_broker(tool_journal.begin, ref["session_id"], ref["message_id"], call["call_id"])
+        if entry.state != "wait" or time.monotonic() > deadline:
+            return entry
+        time.sleep(JOURNAL_POLL_S)
+
+
 @app.task(name=task_name(CALL_TOOL))
 def call_tool(ref: TurnRef, call: ToolCall) -> ToolOutcome:
-    """One tool call behind the guards. Never raises for a tool's failure: the outcome says it."""
+    """One tool call behind the guards and the journal. Never raises for a tool's failure: the outcome says it."""
     publisher = Publisher(ref["session_id"], ref["message_id"], fail_soft=True)
     started = time.perf_counter()
+    entry = journal_entry(ref, call)
+    if entry.state == "done":
+        outcome = entry.outcome
+        publisher.publish(_tool_event(outcome, round((outcome["ended_at"] - outcome["started_at"]) * 1000, 2), None),
+                          dedupe=tool_dedupe(call["call_id"]))
+        return outcome
+    outcome = _run_call(ref, call, entry, started, publisher)
+    return outcome
+
+
+def _run_call(ref: TurnRef, call: ToolCall, entry: tool_journal.Entry, started: float,
+              publisher: Publisher) -> ToolOutcome:
     outcome: ToolOutcome = {**call, "status": TOOL_ERROR, "started_at": time.time(), "ended_at": 0.0}
     guard = None
     if not call.get("error"):
         client = mcp_client()
         try:
             tool = client.resolve(call["tool"])
-            run = functools.partial(client.call_tool, call["tool"], caller=guarding.caller(ref))
+            key = None if read_only(tool) else idempotency_key(ref, call)
+            if entry.rerun:
+                log.warning("tool call %s (%s) of %s/%s was started by %s, which died: %s", call["call_id"],
+                            call["tool"], ref["session_id"], ref["message_id"], entry.holder,
+                            "running it again (read-only)" if key is None else f"sending it again with key {key}")
+            run = functools.partial(client.call_tool, call["tool"], caller=guarding.caller(ref), idempotency_key=key)
             guard = guarding.guarded_tool_call(guarding.principal(ref), tool, call["args"], run)
             outcome.update(status=guard.status)
             outcome.update({"result": guard.result} if guard.status == TOOL_OK else {"error": guard.error})
@@ -120,33 +180,47 @@ def call_tool(ref: TurnRef, call: ToolCall) -> ToolOutcome:
             log.exception("tool call %s failed", call["tool"])
             outcome.update(error=f"{type(exc).__name__}: {exc}")
     outcome["ended_at"] = time.time()
-    publisher.publish(_tool_event(outcome, ms_since(started), guard), dedupe=tool_dedupe(call["call_id"]))
-    return outcome
+    recorded = with_broker(tool_journal.finish, ref["session_id"], ref["message_id"], call["call_id"], outcome)
+    publisher.publish(_tool_event(recorded, ms_since(started), guard if recorded == outcome else None),
+                      dedupe=tool_dedupe(call["call_id"]))
+    return recorded
 
 
 @app.task(name=task_name(EXECUTE), bind=True)
 def execute(self, turn: TurnState) -> None:
-    """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
-    publish_phase(start_step(turn, EXECUTE), EXECUTE, STARTED, _round(turn))
+    """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect.
+
+    Sent again from a checkpoint that waits for `collect` (a call's worker died), it fans out
+    the same calls again: the journal answers those that finished."""
+    round_ = _round(turn)
+    publish_phase(start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_)), EXECUTE, STARTED,
+                  round_)
+    advance(turn, position(COLLECT, round_), Checkpoint(COLLECT, round_, turn))
     ref: TurnRef = {k: turn[k] for k in TurnRef.__annotations__}
     calls = [{k: c[k] for k in ToolCall.__annotations__ if k in c} for c in turn["pending"]]
     state: TurnState = {**turn, "pending": [], "execute_started_at": time.time()}
-    forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
+    forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)), turn, position(EXECUTE, round_))
 
 
 @app.task(name=task_name(COLLECT), bind=True)
 def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
+    round_ = _round(turn)
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
-    publish_phase(start_step(turn, EXECUTE), EXECUTE, FINISHED, _round(turn), duration_ms)
+    publisher = start_step(turn, EXECUTE, task=COLLECT, round_=round_)
+    publish_phase(publisher, EXECUTE, FINISHED, round_, duration_ms)
     turn = {**turn, "rounds": [*turn["rounds"], {"results": results}]}
     done = len(turn["rounds"]) >= get_settings().max_tool_rounds
-    forward(self, synthesize.si(turn) if done else reason.si(turn))
+    advance(turn, position(COLLECT, round_), Checkpoint(SYNTHESIZE, None, turn) if done
+            else Checkpoint(REASON, round_ + 1, turn))
+    forward(self, synthesize.si(turn) if done else reason.si(turn), turn, position(COLLECT, round_))
 
 
 # --- synthesize ----------------------------------------------------------------------------
 def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
     coalescer = TokenCoalescer(publisher)
-    text = get_reasoner().answer(_context(turn), coalescer.add)
+    reasoner = get_reasoner()
+    metrics.record_reasoner_call(reasoner.name, "answer")
+    text = reasoner.answer(_context(turn), coalescer.add)
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == TOOL_OK})
     return {"session_id": turn["session_id"], "message_id": turn["message_id"], "prompt": turn["prompt"],
@@ -165,6 +239,7 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
         history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
     record = with_broker(turns.get_turn, session_id, message_id)
     publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    release(result, position(SYNTHESIZE))
     return result
 
 

@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
-from workers.mcp.meta import CACHE_SCOPES, CALLER_META, POLICY_META
+from workers.mcp.meta import CACHE_SCOPES, CALLER_META, IDEMPOTENCY_META, POLICY_META
 from workers.mcp.loop_thread import LoopThread
 from workers.mcp.config import ServerSpec, load_servers
 
@@ -230,7 +230,8 @@ class McpClient:
                 catalog[name] = {"name": name, "server": server, "remote_name": tool.name,
                                  "description": (tool.description or tool.title or "").strip(),
                                  "input_schema": tool.input_schema or {"type": "object", "properties": {}},
-                                 "policy": tool_policy(tool)}
+                                 "policy": tool_policy(tool),
+                                 "read_only": bool(tool.annotations and tool.annotations.read_only_hint)}
         return catalog
 
     def resolve(self, name: str) -> dict:
@@ -241,11 +242,13 @@ class McpClient:
             raise UnknownTool(f"no configured MCP server offers a tool named {name!r}")
         return tools[name]
 
-    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None) -> Any:
+    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None,
+                  idempotency_key: str | None = None) -> Any:
         """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed."""
         spec = self.resolve(name)
         timeout = timeout or self.settings.mcp_call_timeout_s
-        meta = {CALLER_META: caller} if caller else None
+        meta = {**({CALLER_META: caller} if caller else {}),
+                **({IDEMPOTENCY_META: idempotency_key} if idempotency_key else {})} or None
         try:
             result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta),
                                       timeout + self.settings.mcp_connect_timeout_s)

@@ -17,7 +17,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
-from workers.mcp.meta import CALLER_META, POLICY_META
+from workers.mcp.meta import CALLER_META, IDEMPOTENCY_META, POLICY_META
 from workers.toolserver import tools
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,12 @@ def caller_of(ctx: Context) -> tools.Caller:
     roles = caller.get("roles") or []
     return tools.Caller(user=caller.get("user"), tenant=caller.get("tenant"),
                         roles=tuple(r for r in roles if isinstance(r, str)))
+
+
+def idempotency_key_of(ctx: Context) -> str | None:
+    """The call's idempotency key (IDEMPOTENCY_META in its `_meta`), if it carries one."""
+    key = (ctx.request_context.meta or {}).get(IDEMPOTENCY_META)
+    return key if isinstance(key, str) and key else None
 
 
 async def _upstream() -> None:
@@ -87,8 +93,9 @@ def build_server() -> MCPServer:
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False),
                  meta=_policy("never"), structured_output=True)
     async def create_ticket(ctx: Context, subject: str, body: str = "") -> dict[str, Any]:
-        """Open a support ticket (admins only). It has a side effect: every call opens a new ticket."""
+        """Open a support ticket (admins only). It has a side effect: every call opens a new ticket,
+        except one carrying the idempotency key of an earlier call, which returns that ticket."""
         await _upstream()
-        return _run(tools.create_ticket, caller_of(ctx), subject, body)
+        return _run(tools.create_ticket, caller_of(ctx), subject, body, idempotency_key=idempotency_key_of(ctx))
 
     return server

@@ -4,6 +4,7 @@ The MCP server (workers.toolserver.server) exposes them; the simulated upstream 
 (TURNSTREAM_TOOL_LATENCY_MS) makes the demo look like real work and is 0 in tests."""
 
 import ast
+import fcntl
 import json
 import operator
 import re
@@ -96,8 +97,13 @@ def my_orders(caller: Caller, status: str | None = None) -> dict:
     return {"user": caller.user, "orders": orders}
 
 
-def create_ticket(caller: Caller, subject: str, body: str = "", tickets_file: Path | None = None) -> dict:
-    """Opens a support ticket: a side effect (a line appended to the tickets file), so never cached."""
+def create_ticket(caller: Caller, subject: str, body: str = "", tickets_file: Path | None = None,
+                  idempotency_key: str | None = None) -> dict:
+    """Opens a support ticket: a side effect (a line appended to the tickets file), so never cached.
+
+    With an idempotency key, a second call with the same key returns the ticket the first one
+    opened and opens none: the file is locked (flock) while it is searched and appended to, so
+    this holds across the tool server processes of every worker on the host."""
     if "admin" not in caller.roles:
         raise ToolFailure("create_ticket is admin-only")
     subject = subject.strip()
@@ -105,8 +111,28 @@ def create_ticket(caller: Caller, subject: str, body: str = "", tickets_file: Pa
         raise ToolFailure("a ticket needs a subject")
     ticket = {"ticket_id": "T-" + uuid.uuid4().hex[:8].upper(), "subject": subject[:200], "body": body[:2000],
               "opened_by": f"{caller.tenant}/{caller.user}", "opened_at": time.time(), "status": "open"}
+    if idempotency_key:
+        ticket["idempotency_key"] = idempotency_key[:200]
     path = tickets_file or Path(get_settings().tickets_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        out.write(json.dumps(ticket) + "\n")
+    with path.open("a+", encoding="utf-8") as tickets:
+        fcntl.flock(tickets, fcntl.LOCK_EX)
+        try:
+            if idempotency_key:
+                tickets.seek(0)
+                earlier = next((t for t in map(_ticket, tickets) if t.get("idempotency_key") == ticket["idempotency_key"]),
+                               None)
+                if earlier is not None:
+                    return earlier
+            tickets.write(json.dumps(ticket) + "\n")
+            tickets.flush()
+        finally:
+            fcntl.flock(tickets, fcntl.LOCK_UN)
     return ticket
+
+
+def _ticket(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {}
