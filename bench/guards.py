@@ -36,7 +36,7 @@ from shared.guards.declarations import Declarations, ToolSpec, load_declarations
 from shared.guards.exec_cache import ExecCache  # noqa: E402
 from shared.redis_roles import make_pool  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.tokens import Principal  # noqa: E402
+from shared.identity import Principal  # noqa: E402
 
 TEN_TOOLS = ["weather", "search_kb", "calculator", "my_orders", "create_ticket", "t5", "t6", "t7", "t8", "t9"]
 ALICE = Principal("alice", "acme", ("analyst",))

@@ -7,7 +7,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from shared.vocabulary import TERMINAL_EVENTS
-from shared.tokens import issue_user_token
+from shared.identity import issue_user_token
 
 
 @dataclass

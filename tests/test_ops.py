@@ -14,7 +14,7 @@ from shared import turns
 from shared.vocabulary import DONE, RUNNING
 from shared.guards import stats
 from shared.defaults import ROLES
-from shared.tokens import Principal, issue_stream_token
+from shared.identity import Principal, issue_stream_token
 from tests.sse import bearer, post_prompt, read_stream
 
 README = Path(__file__).resolve().parent.parent / "README.md"

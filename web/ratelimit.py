@@ -14,7 +14,7 @@ from shared import keys
 from shared.breakers import breaker
 from shared.redis_roles import client
 from shared.settings import Settings
-from shared.tokens import Principal
+from shared.identity import Principal
 from web.errors import ApiError
 
 

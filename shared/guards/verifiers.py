@@ -18,7 +18,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.settings import Settings, get_settings
-from shared.tokens import Principal
+from shared.identity import Principal
 
 log = logging.getLogger(__name__)
 
