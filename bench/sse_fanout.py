@@ -21,8 +21,8 @@ from flask_sse import Message
 
 from shared.cli import processes
 from shared.events import DeltaEvent
-from shared.progress import Publisher
 from shared.identity import Principal, issue_stream_token
+from shared.progress import Publisher
 from tests.stack import Stack
 
 class Client:

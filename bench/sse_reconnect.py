@@ -22,8 +22,8 @@ from flask_sse import Message
 from httpx_sse import connect_sse
 
 from shared.events import DoneEvent, DeltaEvent
-from shared.progress import Publisher
 from shared.identity import Principal, issue_stream_token
+from shared.progress import Publisher
 from tests.stack import Stack
 
 def read_with_cuts(url: str, cuts: int, parse, cutting_done: threading.Event) -> tuple[list[int], int]:

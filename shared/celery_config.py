@@ -11,9 +11,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from shared import defaults
-from shared.vocabulary import STEPS
 from shared.settings import Settings, get_settings
 from shared.turn_flow import task_name
+from shared.vocabulary import STEPS
 
 
 def queues() -> tuple[str, ...]:

@@ -16,10 +16,10 @@ from flask_sse import Message
 
 from shared import keys
 from shared.events import DeltaEvent, ProgressEvent, event_type
-from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
+from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 
 log = logging.getLogger(__name__)
 

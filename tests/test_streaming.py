@@ -15,8 +15,8 @@ from httpx_sse import connect_sse
 
 from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, DeltaEvent
-from shared.progress import Publisher, DeltaCoalescer, read_log
 from shared.identity import Principal, issue_stream_token
+from shared.progress import Publisher, DeltaCoalescer, read_log
 from tests.sse import bearer, post_prompt, read_stream
 
 ALICE = Principal("alice", "acme", ("analyst",))

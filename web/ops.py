@@ -14,9 +14,9 @@ from flask_sse import Message
 
 from shared import breakers
 from shared.defaults import ROLES
+from shared.identity import TokenError, issue_ops_token, verify_ops_token
 from shared.redis_roles import client
 from shared.settings import get_settings
-from shared.identity import TokenError, issue_ops_token, verify_ops_token
 from web import extensions
 from web.auth import query_token, require_admin
 from web.errors import ApiError

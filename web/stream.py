@@ -13,13 +13,13 @@ from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.terminal_event import publish_terminal_event
+from shared.identity import TokenError, verify_stream_token
 from shared.progress import LoggedEvent, entry_order, read_log, valid_entry_id
 from shared.settings import get_settings
-from shared.identity import TokenError, verify_stream_token
-from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
+from shared.terminal_event import publish_terminal_event
 from web import extensions
 from web.auth import query_token
+from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
 from web.sse import sse_response
 

@@ -5,8 +5,8 @@ tool_guards); this module only speaks the agent's terms (catalogue entries from 
 from typing import Any, Callable
 
 from shared.guards import auth_memo
-from shared.identity import Principal
 from shared.guards.call import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
+from shared.identity import Principal
 
 __all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded_tool_call", "preflight", "principal"]
 

@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 
 from shared import keys, turns
-from shared.turn_flow import send_turn
-from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
+from shared.turn_flow import send_turn
 from shared.vocabulary import FAILED
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from celery.exceptions import Ignore, Reject
 from shared import turns
 from shared.breakers import UNAVAILABLE
 from shared.events import StepEvent
-from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnRef
 from shared.vocabulary import FINISHED, RUNNING, STARTED, Step, StepPhase, step_dedupe
 from workers import guarding

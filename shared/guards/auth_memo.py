@@ -25,9 +25,9 @@ from shared import keys
 from shared.guards import stats
 from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
+from shared.identity import Principal
 from shared.redis_roles import PerClient, client
 from shared.settings import get_settings
-from shared.identity import Principal
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import redis
 from shared import keys
 from shared.guards.declarations import Declarations, Scope, ToolSpec, load_declarations, normalize_name
 from shared.guards.degradation import GuardDown, guard_redis_call
+from shared.identity import Principal
 from shared.redis_roles import PerClient, client
 from shared.settings import get_settings
-from shared.identity import Principal
 
 log = logging.getLogger(__name__)
 

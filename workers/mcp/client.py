@@ -26,9 +26,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
-from workers.mcp.meta import CACHE_META, CACHE_SCOPES, CALLER_META
-from workers.mcp.loop_thread import LoopThread
 from workers.mcp.config import ServerSpec, load_servers
+from workers.mcp.loop_thread import LoopThread
+from workers.mcp.meta import CACHE_META, CACHE_SCOPES, CALLER_META
 
 log = logging.getLogger(__name__)
 
