@@ -39,7 +39,7 @@ from kombu.exceptions import OperationalError
 from shared import history, metrics, tool_journal, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ErrorEvent, ToolEvent
-from shared.progress import Publisher, TokenCoalescer
+from shared.progress import Publisher, DeltaCoalescer
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.guards import declarations
@@ -75,7 +75,7 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
         raise StepFailed(DISCOVER, "discover failed: no MCP server answered: " +
                          "; ".join(f"{name}: {err}" for name, err in client.server_errors.items()))
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
-    public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
+    public = [{k: t[k] for k in ("name", "description", "input_schema", "cache_declaration")} for t in allowed]
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
 
@@ -128,7 +128,7 @@ def idempotency_key(ref: TurnRef, call: ToolCall) -> str:
 def read_only(tool: dict) -> bool:
     """A tool that says so in its MCP annotations (readOnlyHint), or that our declarations let the
     execution cache keep (the declarations never make a side effect cacheable)."""
-    return bool(tool.get("read_only")) or declarations.declaration(tool["name"], tool.get("policy")).cacheable
+    return bool(tool.get("read_only")) or declarations.declaration(tool["name"], tool.get("cache_declaration")).cacheable
 
 
 def journal_entry(ref: TurnRef, call: ToolCall) -> tool_journal.Entry:
@@ -217,7 +217,7 @@ def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
 
 # --- synthesize ----------------------------------------------------------------------------
 def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
-    coalescer = TokenCoalescer(publisher)
+    coalescer = DeltaCoalescer(publisher)
     reasoner = get_reasoner()
     metrics.record_reasoner_call(reasoner.name, "answer")
     text = reasoner.answer(_context(turn), coalescer.add)
