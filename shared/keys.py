@@ -172,14 +172,20 @@ def tool_journal(session_id: str, message_id: str) -> str:
     return f"{PREFIX}:turn-calls:{_turn(session_id, message_id)}"
 
 
-def outbox(worker: str) -> str:
-    """List of the progress events this worker process could not publish yet, oldest first."""
-    return f"{PREFIX}:outbox:{valid_id(worker, 'worker')}"
+def outbox() -> str:
+    """List of the progress events workers could not publish yet, oldest first (one list for all,
+    so its order is the order the events were made in, across processes)."""
+    return f"{PREFIX}:outbox"
 
 
-def outbox_workers() -> str:
-    """Set of the worker ids whose outbox may hold events (so a dead one's is found and published)."""
-    return f"{PREFIX}:outboxes"
+def outbox_counts() -> str:
+    """Hash: worker id -> how many of its events wait in the outbox (each worker has its own bound)."""
+    return f"{PREFIX}:outbox-counts"
+
+
+def outbox_lock() -> str:
+    """Held by the one process publishing the outbox at a time, so it goes out in order."""
+    return f"{PREFIX}:outbox-lock"
 
 
 def outbox_pending(session_id: str, message_id: str) -> str:

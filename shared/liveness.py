@@ -4,9 +4,9 @@ Every process that runs steps has an id (`host-pid-random`, a valid key part) an
 broker every TURNSTREAM_HEARTBEAT_S (a sorted set scored by the last beat). A worker is known
 dead when it missed three beats, or at once when it ran on this host and its pid is gone (a
 prefork child killed by a signal: Celery's parent requeues its message right away, and the
-step that picks it up must be able to take the turn over). While a process runs a turn's step
-or one of its tool calls, the turn sits in that process's set (`track`), so the turns a dead
-worker held are found without scanning every turn in flight.
+step that picks it up must be able to take the turn over). While a process holds a message of a turn
+(received, not yet claimed), runs one of its steps or one of its tool calls, the turn sits in
+that process's set, so the turns a dead worker held are found without scanning every turn in flight.
 
 Rejected: Celery's own worker heartbeats (worker events). They name a worker node, not the pool
 process that ran a step, they are off without gossip/events, and reading them needs an event
@@ -86,13 +86,17 @@ def dead_workers(r: redis.Redis, now: float | None = None) -> list[str]:
             if worker != worker_id() and (last < limit or gone_from_this_host(worker))]
 
 
-def track(session_id: str, message_id: str, r: redis.Redis) -> None:
-    """This process now runs a step or a tool call of the turn."""
-    r.sadd(keys.worker_turns(worker_id()), keys.in_flight_member(session_id, message_id))
+RECEIVED = "@received"
 
 
-def untrack(session_id: str, message_id: str, r: redis.Redis) -> None:
-    r.srem(keys.worker_turns(worker_id()), keys.in_flight_member(session_id, message_id))
+def received(session_id: str, message_id: str, r: redis.Redis) -> None:
+    """This process took a message of the turn off the queue: should it die before the step
+    claims the turn, the turn is sent again (nothing else knows where that message went)."""
+    r.sadd(keys.worker_turns(worker_id()), f"{keys.in_flight_member(session_id, message_id)}:{RECEIVED}")
+
+
+def has_received(worker: str, session_id: str, message_id: str, r: redis.Redis) -> bool:
+    return bool(r.sismember(keys.worker_turns(worker), f"{keys.in_flight_member(session_id, message_id)}:{RECEIVED}"))
 
 
 def turns_of(worker: str, r: redis.Redis) -> list[tuple[str, str]]:

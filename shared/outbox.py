@@ -1,27 +1,30 @@
-"""The progress outbox: events a worker process could not publish while the progress Redis was down.
+"""The progress outbox: events workers could not publish while the progress Redis was down.
 
 Rules:
-- A worker's event that fails to publish is kept, with its dedupe name, in this process's
-  outbox, and so is every later event of the process while the outbox holds any: the outbox is
-  a queue, so its events reach the log in the order they were made.
-- The outbox is a list on the broker (noeviction, AOF), one per worker process, bounded by
-  TURNSTREAM_PROGRESS_OUTBOX_MAX (1,000). An event past that bound, or one kept while the
-  broker is down too, is lost: it is counted in `turnstream_progress_outbox_overflow_total`
-  and logged, never dropped silently.
+- A worker's event that fails to publish is kept, with its dedupe name, in the outbox; so is
+  every later event of a turn while the outbox holds events of that turn, and every later
+  event of the process while it knows the outbox in use: the outbox is a queue, so a turn's
+  events reach its log in the order they were made.
+- The outbox is one list on the broker (noeviction, AOF) for every worker, so its order is the
+  order the events were made in, across processes, and a worker killed meanwhile loses none
+  of them. Each worker process may hold TURNSTREAM_PROGRESS_OUTBOX_MAX (1,000) events in it;
+  an event past that bound, or one kept while the broker is down too, is lost: it is counted
+  in `turnstream_progress_outbox_overflow_total` and logged, never dropped silently.
 - A thread of each worker process (workers.celery_app) publishes the outbox as soon as the
-  progress Redis answers, oldest first; the liveness sweep (workers.redelivery) publishes the
-  outbox of a worker process that died.
-- While a turn has events waiting in an outbox, a stream does not restore its terminal event
+  progress Redis answers, oldest first, one process at a time (a lock on the broker).
+- While a turn has events waiting in the outbox, a stream does not restore its terminal event
   from the record (shared.terminal_event's safety net): the outbox publishes it, after the rest.
 
-Rejected: a bounded deque in the worker's memory. It is as fast, but a worker killed while the
-progress Redis is down would take its events with it; the broker already holds everything
-else a turn needs to survive that."""
+Rejected: a bounded deque in each worker's memory. It is as fast, but a worker killed while the
+progress Redis is down would take its events with it, and two workers' queues flushed apart
+would mix a turn's events out of order."""
 
 import json
 import logging
 import os
 import threading
+import time
+import uuid
 
 import redis
 
@@ -32,47 +35,64 @@ from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 BATCH = 100
+IN_USE_S = 10.0  # after its last sight of a non-empty outbox, a process checks each turn for waiting events
 
-# KEYS: outbox, outbox workers set, the turn's pending counter. ARGV: entry, max, worker, ttl s.
+# KEYS: outbox, per-worker counts, the turn's pending counter. ARGV: entry, max, worker, ttl s.
 _KEEP = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 1
 """
 
-# KEYS: outbox, the turn's pending counter. ARGV: the entry just published (the list's head).
+# KEYS: outbox, per-worker counts, the turn's pending counter. ARGV: the entry just published
+# (the list's head), its worker. Returns how many events the outbox still holds.
 _DONE = """
 if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
   redis.call('LPOP', KEYS[1])
-  if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+  if tonumber(redis.call('HINCRBY', KEYS[2], ARGV[2], -1)) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
+  if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
 end
 return redis.call('LLEN', KEYS[1])
 """
 
-_held = 0  # entries this process put in its outbox and has not published yet
+_seen_in_use = 0.0  # monotonic time this process last knew the outbox to hold events
 _lock = threading.Lock()
-_flushing = threading.Lock()
 
 
-def holding() -> bool:
-    """Does this process's outbox hold events (so a new one must queue behind them)?"""
-    return _held > 0
+def in_use() -> bool:
+    """Did this process see the outbox hold events lately (its own or another worker's)?"""
+    return bool(_seen_in_use) and time.monotonic() - _seen_in_use < IN_USE_S
+
+
+def _note_in_use() -> None:
+    global _seen_in_use
+    with _lock:
+        _seen_in_use = time.monotonic()
+
+
+def must_queue(session_id: str, message_id: str) -> bool:
+    """Must this turn's next event go behind events of it already waiting in the outbox?"""
+    if not in_use():
+        return False
+    try:
+        return waiting(session_id, message_id)
+    except redis.RedisError:
+        return False
 
 
 def keep(session_id: str, message_id: str, rendered: Rendered, dedupe: str | None) -> bool:
-    """Put an event in this process's outbox; False (counted, logged) if it could not be kept."""
-    global _held
+    """Put an event in the outbox; False (counted, logged) if it could not be kept."""
     entry = json.dumps({"session_id": session_id, "message_id": message_id, "kind": rendered.kind,
-                        "data": rendered.data, "wire": rendered.wire, "dedupe": dedupe})
+                        "data": rendered.data, "wire": rendered.wire, "dedupe": dedupe,
+                        "worker": liveness.worker_id(), "nonce": uuid.uuid4().hex[:8]})
     settings = get_settings()
-    worker = liveness.worker_id()
     try:
         kept = client("broker").register_script(_KEEP)(
-            keys=[keys.outbox(worker), keys.outbox_workers(), keys.outbox_pending(session_id, message_id)],
-            args=[entry, settings.progress_outbox_max, worker, settings.progress_ttl_s])
+            keys=[keys.outbox(), keys.outbox_counts(), keys.outbox_pending(session_id, message_id)],
+            args=[entry, settings.progress_outbox_max, liveness.worker_id(), settings.progress_ttl_s])
     except redis.RedisError as exc:
         metrics.OUTBOX_OVERFLOW.labels(reason="broker_down").inc()
         log.error("progress event %s of %s/%s lost: the progress and broker Redis are both down (%s)",
@@ -80,36 +100,39 @@ def keep(session_id: str, message_id: str, rendered: Rendered, dedupe: str | Non
         return False
     if not kept:
         metrics.OUTBOX_OVERFLOW.labels(reason="full").inc()
-        log.error("progress event %s of %s/%s lost: the outbox holds %d events already (TURNSTREAM_PROGRESS_OUTBOX_MAX)",
-                  dedupe, session_id, message_id, settings.progress_outbox_max)
+        log.error("progress event %s of %s/%s lost: this worker holds %d events in the outbox already "
+                  "(TURNSTREAM_PROGRESS_OUTBOX_MAX)", dedupe, session_id, message_id, settings.progress_outbox_max)
         return False
     metrics.OUTBOX_QUEUED.inc()
-    with _lock:
-        _held += 1
+    _note_in_use()
     return True
 
 
 def waiting(session_id: str, message_id: str, r: redis.Redis | None = None) -> bool:
-    """Does some outbox hold events of this turn?"""
+    """Does the outbox hold events of this turn?"""
     return int((r or client("broker")).get(keys.outbox_pending(session_id, message_id)) or 0) > 0
 
 
-def flush(worker: str | None = None) -> int:
-    """Publish `worker`'s outbox (this process's by default), oldest first, until it is empty or
-    the progress Redis fails again; returns how many were published."""
-    global _held
-    worker = worker or liveness.worker_id()
-    mine = worker == liveness.worker_id()
+def holding(r: redis.Redis | None = None) -> bool:
+    """Does the outbox hold any event? (Checked each beat; a non-empty outbox marks it in use.)"""
+    held = (r or client("broker")).llen(keys.outbox()) > 0
+    if held:
+        _note_in_use()
+    return held
+
+
+def flush() -> int:
+    """Publish the outbox, oldest first, until it is empty or the progress Redis fails again;
+    returns how many were published. One process at a time (a lock on the broker), so in order."""
     broker = client("broker")
+    token = uuid.uuid4().hex
+    if not broker.set(keys.outbox_lock(), token, nx=True, px=30_000):
+        return 0
     published = 0
-    with _flushing:
+    try:
         while True:
-            entries = broker.lrange(keys.outbox(worker), 0, BATCH - 1)
+            entries = broker.lrange(keys.outbox(), 0, BATCH - 1)
             if not entries:
-                broker.srem(keys.outbox_workers(), worker)
-                if mine:
-                    with _lock:
-                        _held = 0
                 return published
             for raw in entries:
                 entry = json.loads(raw)
@@ -118,23 +141,20 @@ def flush(worker: str | None = None) -> int:
                                        Rendered(entry["kind"], entry["data"], entry["wire"]), entry["dedupe"])
                 except redis.RedisError:
                     return published
-                left = broker.register_script(_DONE)(
-                    keys=[keys.outbox(worker), keys.outbox_pending(entry["session_id"], entry["message_id"])],
-                    args=[raw])
+                broker.register_script(_DONE)(
+                    keys=[keys.outbox(), keys.outbox_counts(), keys.outbox_pending(entry["session_id"],
+                                                                                   entry["message_id"])],
+                    args=[raw, entry["worker"]])
                 published += 1
-                if mine:
-                    with _lock:
-                        _held = left
-
-
-def orphaned(r: redis.Redis | None = None) -> list[str]:
-    """Worker ids whose outbox may still hold events."""
-    return sorted((r or client("broker")).smembers(keys.outbox_workers()))
+            broker.pexpire(keys.outbox_lock(), 30_000)
+    finally:
+        if broker.get(keys.outbox_lock()) == token:
+            broker.delete(keys.outbox_lock())
 
 
 def _forget_after_fork() -> None:
-    global _held
-    _held = 0
+    global _seen_in_use
+    _seen_in_use = 0.0
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

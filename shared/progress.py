@@ -114,8 +114,8 @@ class Publisher:
 
     A `fail_soft` publisher (the workers') never raises for the progress Redis: progress is a
     view of the turn, and an outage of its Redis must not fail the turn. An event it cannot
-    deliver goes to this process's outbox (shared.outbox), and so does every later one while
-    the outbox holds any, so they are published in order once the progress Redis is back."""
+    deliver goes to the outbox (shared.outbox), and so does every later event of the turn while
+    the outbox holds any of it, so they are published in order once the progress Redis is back."""
 
     def __init__(self, session_id: str, message_id: str, r: redis.Redis | None = None, fail_soft: bool = False):
         self.session_id = session_id
@@ -132,7 +132,7 @@ class Publisher:
             return append_and_publish(self.session_id, self.message_id, rendered, dedupe, self._redis)
         from shared import outbox
 
-        if outbox.holding():
+        if outbox.must_queue(self.session_id, self.message_id):
             outbox.keep(self.session_id, self.message_id, rendered, dedupe)
             return None
         try:

@@ -4,7 +4,8 @@ and opens its MCP sessions after fork, never before (a loop thread and pipes do 
 import logging
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (task_received, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
+                            worker_shutdown)
 
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
@@ -87,9 +88,24 @@ def _start_beating() -> None:
 
 
 @worker_init.connect
-def _beat_for_pools_without_fork(sender=None, **_: object) -> None:
-    if not _forks(sender):
-        _start_beating()
+def _beat_in_the_main_process(**_: object) -> None:
+    """The main process receives the messages (every pool) and runs them (threads, gevent)."""
+    _start_beating()
+
+
+@task_received.connect
+def _note_received(request=None, **_: object) -> None:
+    """Until its step claims the turn, a received message is this process's to account for."""
+    from shared import liveness
+    from shared.redis_roles import client
+    from shared.turn_flow import turn_of
+
+    turn = turn_of(getattr(request, "args", None))
+    if turn.get("session_id") and turn.get("message_id"):
+        try:
+            liveness.received(turn["session_id"], turn["message_id"], client("broker"))
+        except Exception as exc:  # noqa: BLE001 - the visibility timeout still covers the message
+            log.warning("could not note a received message of %s/%s: %r", turn["session_id"], turn["message_id"], exc)
 
 
 @worker_process_init.connect

@@ -10,7 +10,7 @@ sent again from its checkpoint (shared.turns), not from its first step.
 A worker process that dies (kill -9, a lost host) is noticed much sooner, by shared.liveness:
 each beat (TURNSTREAM_HEARTBEAT_S), one live process looks for dead ones, sends every turn whose
 current step (or one of whose tool calls) a dead one held again from its checkpoint, and
-publishes what the dead one's progress outbox still holds (shared.outbox). A delivery of a step
+the progress outbox (shared.outbox) keeps what the dead one could not publish. A delivery of a step
 that a live worker runs, or that the turn has moved past, does nothing (workers.steps), so a
 turn sent twice still runs each step once, logs every event once and answers once. A turn sent
 `turn_max_redeliveries` times without finishing is failed instead of looping.
@@ -74,7 +74,7 @@ def resend(app: Celery, record: turns.TurnRecord, cause: str, now: float, r: red
 
 
 def resend_from_dead_workers(app: Celery, now: float | None = None) -> int:
-    """Send again every turn a dead worker process held; publish its outbox. Returns turns sent."""
+    """Send again every turn a dead worker process held; returns how many were sent."""
     r = client("broker")
     now = time.time() if now is None else now
     lock = int(get_settings().heartbeat_s * 900)
@@ -86,16 +86,12 @@ def resend_from_dead_workers(app: Celery, now: float | None = None) -> int:
             record = turns.get_turn(session_id, message_id, r)
             if not record or record.final or not record.payload:
                 continue
-            held = record.runner == worker or tool_journal.unfinished_by(session_id, message_id, worker, r)
+            held = (record.runner == worker or tool_journal.unfinished_by(session_id, message_id, worker, r)
+                    or (not record.runner and liveness.has_received(worker, session_id, message_id, r)))
             if held and resend(app, record, "dead_worker", now, r):
                 log.warning("worker %s died holding turn %s/%s", worker, session_id, message_id)
                 sent += 1
         liveness.forget(worker, r)
-    for worker in outbox.orphaned(r):
-        if worker != liveness.worker_id() and liveness.is_dead(worker, r, now):
-            published = outbox.flush(worker)
-            if published:
-                log.warning("published %d progress events left in the outbox of dead worker %s", published, worker)
     return sent
 
 
@@ -103,11 +99,12 @@ def let_go_of_moved_turns(r: redis.Redis) -> None:
     """Forget the turns this process no longer runs (a step it ran handed over without a release)."""
     worker = liveness.worker_id()
     for member in r.smembers(keys.worker_turns(worker)):
-        if member.count(":") != 1:
+        session_id, message_id, *rest = member.split(":")
+        if rest and rest[0] != liveness.RECEIVED:
             continue  # a tool call: the journal lets go of it when it ends
-        session_id, message_id = member.split(":")
         record = turns.get_turn(session_id, message_id, r)
-        if record is None or record.final or record.runner != worker:
+        # A received message is accounted for once its step claimed the turn here.
+        if record is None or record.final or (record.runner != worker if not rest else record.runner == worker):
             r.srem(keys.worker_turns(worker), member)
 
 
@@ -133,11 +130,13 @@ def beat_forever(app: Celery) -> None:
                 liveness.beat(r)
                 resend_from_dead_workers(app)
                 let_go_of_moved_turns(r)
-            if outbox.holding():
+            held = outbox.holding()
+            if held:
                 outbox.flush()
         except Exception as exc:  # a beat must never kill its thread; the next one retries
             log.warning("liveness beat skipped: %r", exc)
-        time.sleep(OUTBOX_RETRY_S if outbox.holding() else max(0.0, next_beat - time.monotonic()))
+            held = False
+        time.sleep(OUTBOX_RETRY_S if held else max(0.0, next_beat - time.monotonic()))
 
 
 def sweep_forever(app: Celery) -> None:
