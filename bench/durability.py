@@ -40,7 +40,7 @@ from tests.stack import Stack  # noqa: E402
 
 CITIES = ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid", "Sydney", "New York")
 FINAL = ("done", "failed", "cancelled")
-ENV = {"TURNSTREAM_TOOL_LATENCY_MS": "300", "TURNSTREAM_TURN_RATE_LIMIT": "100000/minute",
+ENV = {"TURNSTREAM_TOOL_LATENCY_MS": "1000", "TURNSTREAM_TURN_RATE_LIMIT": "100000/minute",
        "TURNSTREAM_BREAKER_RESET_S": "1"}
 
 
