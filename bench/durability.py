@@ -21,6 +21,7 @@ A killed main process is restarted 1 s later, as a supervisor would.
 import argparse
 import json
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -82,8 +83,9 @@ class Run:
                 continue
             proc = psutil.Process(worker.process.pid)
             name = self.WORKERS[index][0]
-            children = proc.children()
-            found += [(f"{name}-child", index, c.pid) for c in children] if children else [(name, index, proc.pid)]
+            # A prefork worker's pool processes run celery; the other children are MCP tool servers.
+            pool = [c for c in proc.children() if "celery" in " ".join(c.cmdline())]
+            found += [(f"{name}-child", index, c.pid) for c in pool] if pool else [(name, index, proc.pid)]
         return found
 
     def held_by(self, pid: int) -> list[tuple[str, str]]:
@@ -144,7 +146,10 @@ class Run:
         if faults:
             faults.join(timeout=120)
         elapsed = time.time() - started
-        time.sleep(3)  # outboxes drain (they publish within a beat of the progress Redis returning)
+        broker = self.stack.client("broker")
+        drain = time.time()
+        while broker.llen("agent:outbox") and time.time() - drain < 120:  # published once progress is back
+            time.sleep(0.5)
         return {"records": records, "logs": [self.log(b) for b in self.bodies], "tickets": self.tickets(),
                 "reasoner_calls": self.reasoner_calls(), "elapsed": elapsed}
 
@@ -214,6 +219,7 @@ def compare_logs(baseline: list, faulty: list) -> tuple[int, int, int]:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack on `kill` too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--kills", type=int, default=12)

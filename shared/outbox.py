@@ -35,6 +35,7 @@ from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 BATCH = 100
+LOCK_MS = 2000  # renewed after each event: a publisher killed mid-flush holds the others up this long
 IN_USE_S = 10.0  # after its last sight of a non-empty outbox, a process checks each turn for waiting events
 
 # KEYS: outbox, per-worker counts, the turn's pending counter. ARGV: entry, max, worker, ttl s.
@@ -126,7 +127,7 @@ def flush() -> int:
     returns how many were published. One process at a time (a lock on the broker), so in order."""
     broker = client("broker")
     token = uuid.uuid4().hex
-    if not broker.set(keys.outbox_lock(), token, nx=True, px=30_000):
+    if not broker.set(keys.outbox_lock(), token, nx=True, px=LOCK_MS):
         return 0
     published = 0
     try:
@@ -146,7 +147,7 @@ def flush() -> int:
                                                                                    entry["message_id"])],
                     args=[raw, entry["worker"]])
                 published += 1
-            broker.pexpire(keys.outbox_lock(), 30_000)
+                broker.pexpire(keys.outbox_lock(), LOCK_MS)
     finally:
         if broker.get(keys.outbox_lock()) == token:
             broker.delete(keys.outbox_lock())

@@ -190,3 +190,20 @@ def test_create_ticket_honours_the_idempotency_key(tmp_path):
     assert again == first and other["ticket_id"] != first["ticket_id"]
     assert unkeyed[0]["ticket_id"] != unkeyed[1]["ticket_id"], "without a key every call opens a ticket"
     assert len(Path(path).read_text().splitlines()) == 4
+
+
+def test_a_tool_server_dying_under_a_call_gets_the_call_again_with_the_same_key(durable):
+    body = post_prompt(durable.base_url, "lost-session", TICKET_PROMPT, headers=admin()).json()
+    holder = wait_for(lambda: journal(durable, body).get("r1c2:started"), timeout=60, interval=0.05)
+    worker = psutil.Process(pid_of(holder))
+    servers = [c for c in worker.children(recursive=True) if "workers.toolserver" in " ".join(c.cmdline())]
+    assert servers, "the worker runs the built-in tool server over stdio"
+    for server in servers:
+        server.kill()
+
+    record = wait_final(durable, body)
+    assert record["status"] == "done"
+    tickets = tickets_of(durable, body)
+    assert len(tickets) == 1 and tickets[0]["ticket_id"] in record["answer"]
+    assert "session lost during create_ticket; sending the call again" in "".join(
+        durable.log(name) for name in ("first", "second", "replacement"))

@@ -24,6 +24,9 @@ app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_b
 # The same for the result backend (also the broker): chords keep their counters there.
 app.conf.result_backend_always_retry = True
 app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
+# A prefork child opens its MCP sessions before it reports itself up; on a busy host that takes
+# longer than Celery's 4 s default, and a child replacing a killed one would be killed in turn, in a loop.
+app.conf.worker_proc_alive_timeout = get_settings().mcp_connect_timeout_s + 10
 
 log = logging.getLogger(__name__)
 

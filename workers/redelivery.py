@@ -59,17 +59,19 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
 
 
 def resend(app: Celery, record: turns.TurnRecord, cause: str, now: float, r: redis.Redis) -> bool:
-    """Send the turn again from its checkpoint, or fail it past TURNSTREAM_TURN_MAX_REDELIVERIES."""
+    """Send the turn again from its checkpoint. A turn that made no progress is failed past
+    TURNSTREAM_TURN_MAX_REDELIVERIES re-sends; one whose worker died is not: a dead worker is no
+    fault of the turn (a step that keeps killing its worker is the delivery counter's to stop)."""
     session_id, message_id = record.session_id, record.message_id
-    attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries", 1)
-    if attempts > get_settings().turn_max_redeliveries:
+    attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries" if cause == "no_progress"
+                         else "worker_losses", 1)
+    if cause == "no_progress" and attempts > get_settings().turn_max_redeliveries:
         give_up(session_id, message_id, attempts - 1, r)
         return False
     turns.touch_in_flight(session_id, message_id, now, r)
     task = resume_turn(app, record.payload, record.checkpoint)
     metrics.record_resume(cause)
-    log.warning("turn %s/%s sent again from its checkpoint (%s, redelivery %d): %s", session_id, message_id, cause,
-                attempts, task)
+    log.warning("turn %s/%s sent again from its checkpoint (%s, %d): %s", session_id, message_id, cause, attempts, task)
     return True
 
 

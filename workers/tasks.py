@@ -170,7 +170,9 @@ def _run_call(ref: TurnRef, call: ToolCall, entry: tool_journal.Entry, started: 
                 log.warning("tool call %s (%s) of %s/%s was started by %s, which died: %s", call["call_id"],
                             call["tool"], ref["session_id"], ref["message_id"], entry.holder,
                             "running it again (read-only)" if key is None else f"sending it again with key {key}")
-            run = functools.partial(client.call_tool, call["tool"], caller=guarding.caller(ref), idempotency_key=key)
+            # A lost tool-server session is retried: the tool is read-only, or the key makes it act once.
+            run = functools.partial(client.call_tool, call["tool"], caller=guarding.caller(ref), idempotency_key=key,
+                                    retry_lost_session=True)
             guard = guarding.guarded_tool_call(guarding.principal(ref), tool, call["args"], run)
             outcome.update(status=guard.status)
             outcome.update({"result": guard.result} if guard.status == TOOL_OK else {"error": guard.error})

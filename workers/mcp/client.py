@@ -190,15 +190,23 @@ class McpClient:
             *(asyncio.wait_for(self._list_server(self._sessions[n]), timeout) for n in names), return_exceptions=True)
         return dict(zip(names, results))
 
-    async def _call(self, server: str, tool: str, args: dict, meta: dict | None) -> CallToolResult:
+    async def _call(self, server: str, tool: str, args: dict, meta: dict | None, retry: bool) -> CallToolResult:
+        """One call; on a lost session, sent once more on a fresh one only if `retry` (the caller
+        knows the tool is read-only, or the call carries an idempotency key): else it may have
+        had a side effect."""
         session = self._sessions[server]
-        client = await session.client()
-        try:
-            return await client.call_tool(tool, args, meta=meta)
-        except Exception as exc:
-            if _connection_failure(exc):
-                session.broken()  # not retried: the call may have had a side effect
-            raise
+        for attempt in (1, 2):
+            client = await session.client()
+            try:
+                return await client.call_tool(tool, args, meta=meta)
+            except Exception as exc:
+                if not _connection_failure(exc):
+                    raise
+                session.broken()
+                if attempt == 2 or not retry:
+                    raise
+                log.warning("MCP server %s: session lost during %s; sending the call again", server, tool)
+        raise AssertionError("unreachable")
 
     async def _close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()), return_exceptions=True)
@@ -243,14 +251,16 @@ class McpClient:
         return tools[name]
 
     def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None,
-                  idempotency_key: str | None = None) -> Any:
-        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed."""
+                  idempotency_key: str | None = None, retry_lost_session: bool = False) -> Any:
+        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed.
+        `retry_lost_session`: send the call once more if its server's session dies under it (safe
+        for a read-only tool, or with an idempotency key the tool honours)."""
         spec = self.resolve(name)
         timeout = timeout or self.settings.mcp_call_timeout_s
         meta = {**({CALLER_META: caller} if caller else {}),
                 **({IDEMPOTENCY_META: idempotency_key} if idempotency_key else {})} or None
         try:
-            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta),
+            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta, retry_lost_session),
                                       timeout + self.settings.mcp_connect_timeout_s)
         except TimeoutError as exc:
             raise ToolCallError(f"{name} timed out after {timeout:.0f}s") from exc
