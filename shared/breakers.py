@@ -35,7 +35,10 @@ FAILURES = Counter("turnstream_redis_failures_total",
 REJECTED = Counter("turnstream_redis_breaker_rejected_total",
                    "Calls refused at once because the role's breaker was open", ["role"])
 TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
-STATE = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
+# livemax: across the processes of a host (multiprocess mode) a role counts as open if any live
+# process has its breaker open; a dead process's last state does not linger.
+STATE = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"],
+              multiprocess_mode="livemax")
 
 
 class RoleUnavailable(redis.ConnectionError):
@@ -145,3 +148,16 @@ def reset_breakers() -> None:
     """Forget every breaker (after settings change)."""
     with _lock:
         _breakers.clear()
+
+
+def _declare_series() -> None:
+    """Every role's series exist at 0 from the start, so dashboards and alerts see a closed
+    breaker as 0 rather than as no data."""
+    for role in ROLES:
+        FAILURES.labels(role)
+        REJECTED.labels(role)
+        TRIPS.labels(role)
+        STATE.labels(role).set(0)
+
+
+_declare_series()

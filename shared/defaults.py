@@ -131,6 +131,12 @@ OPS_TOKEN_TTL_S = 15 * 60
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
 TURNS_IN_FLIGHT_MAX_AGE_S = 60 * 60
+# A turn whose status has not changed for this long is flagged as stalled in /ops and
+# turnstream_turns_stalled. Every step records its start, so only a step stuck longer than this
+# (or a lost message) trips it; the redelivery sweep acts later, after the visibility timeout.
+STALL_S = 60
+# Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
+REDACT_USER_TEXT = True
 WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
 FLOWER_PORT = 5555
 LOG_FORMAT = "json"

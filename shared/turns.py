@@ -129,8 +129,9 @@ def user_session_ids(principal: Principal, r: redis.Redis | None = None) -> list
     return (r or client("broker")).zrevrange(keys.user_sessions(principal.tenant, principal.user), 0, 99)
 
 
-def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
-    """Turns not yet final, oldest first, with their status and step (for /ops).
+def turns_in_flight(limit: int = 100, r: redis.Redis | None = None, stall_s: float | None = None) -> list[dict]:
+    """Turns not yet final, oldest first, with their status, step, the seconds since their status
+    last changed (`idle_s`) and whether that exceeds `stall_s` (`stalled`; for /ops).
 
     Entries older than TURNS_IN_FLIGHT_MAX_AGE_S, or whose record expired, are dropped: a turn
     whose worker died without a final state must not stay "in flight" forever."""
@@ -138,18 +139,22 @@ def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict
     index = keys.turns_in_flight()
     r.zremrangebyscore(index, "-inf", time.time() - defaults.TURNS_IN_FLIGHT_MAX_AGE_S)
     members = r.zrange(index, 0, limit - 1, withscores=True)
+    stall_s = get_settings().stall_s if stall_s is None else stall_s
     pipe = r.pipeline(transaction=False)
     for member, _ in members:
         session_id, _, message_id = member.partition(":")
-        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step")
+        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step", "updated_at")
     in_flight, stale = [], []
-    for (member, created), (status, step) in zip(members, pipe.execute()):
+    now = time.time()
+    for (member, created), (status, step, updated_at) in zip(members, pipe.execute()):
         if status is None or status in FINAL_STATES:
             stale.append(member)
             continue
         session_id, _, message_id = member.partition(":")
+        idle_s = round(now - float(updated_at or created), 1)
         in_flight.append({"session_id": session_id, "message_id": message_id, "status": status,
-                          "step": step or "", "age_s": round(time.time() - created, 1)})
+                          "step": step or "", "age_s": round(now - created, 1), "idle_s": idle_s,
+                          "stalled": idle_s > stall_s})
     if stale:
         r.zrem(index, *stale)
     return in_flight
@@ -157,3 +162,13 @@ def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict
 
 def count_in_flight(r: redis.Redis | None = None) -> int:
     return (r or client("broker")).zcard(keys.turns_in_flight())
+
+
+def count_stalled(stall_s: float | None = None, now: float | None = None, r: redis.Redis | None = None) -> int:
+    """Unfinished turns whose status has not changed for longer than `stall_s` (TURNSTREAM_STALL_S).
+
+    The activity index is scored by each turn's last status change, and every step records its
+    start, so this counts turns whose current step has run (or waited) longer than the limit."""
+    stall_s = get_settings().stall_s if stall_s is None else stall_s
+    now = time.time() if now is None else now
+    return (r or client("broker")).zcount(keys.turn_activity(), "-inf", now - stall_s)
