@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared import processes
+from shared import metrics_dir
+from shared.cli import processes
 from shared.celery_config import queues
 from shared.settings import Settings
 from shared.tracing import STANDARD_ENV
@@ -35,7 +36,7 @@ def settings_env_names() -> set[str]:
 
 def known_env() -> set[str]:
     gunicorn = re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', (DEPLOY / "gunicorn.conf.py").read_text())
-    return settings_env_names() | set(gunicorn) | set(STANDARD_ENV)
+    return settings_env_names() | set(gunicorn) | set(STANDARD_ENV) | {metrics_dir.ENV}
 
 
 def queue_option(command: list[str]) -> set[str]:

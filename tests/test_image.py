@@ -21,7 +21,7 @@ import httpx
 import pytest
 from mirakuru import HTTPExecutor
 
-from shared import processes
+from shared.cli import processes
 from tests.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,11 +180,11 @@ def in_image(image: Builder, *command: str) -> subprocess.CompletedProcess:
 
 def test_the_build_stage_installs_the_package_itself_with_its_data(image):
     venv = Path(image.vars["VIRTUAL_ENV"])
-    script = ("import web, shared, workers.celery_app, importlib.resources as r;"
+    script = ("import web, shared.guards, workers.celery_app, importlib.resources as r;"
               "print(web.__file__);"
               "print(r.files('web').joinpath('templates/index.html').is_file(),"
               "      r.files('web').joinpath('static/app.js').is_file(),"
-              "      r.files('shared').joinpath('data/auth-policy.toml').is_file())")
+              "      r.files('shared.guards').joinpath('data/auth-policy.toml').is_file())")
     result = in_image(image, str(venv / "bin" / "python"), "-c", script)
     assert result.returncode == 0, result.stderr
     location, data = result.stdout.splitlines()

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import processes
+from shared.cli import processes
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from shared import defaults, processes
+from shared import defaults
+from shared.cli import processes
 
 ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
             "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
@@ -53,8 +54,8 @@ def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...])
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Flower's own metrics are not ours to aggregate.
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
-    command = [sys.executable, "-m", "celery", "-A", "shared.flower_app", "flower", f"--port={port}", f"--address={address}",
-               *flower_args]
+    command = [sys.executable, "-m", "celery", "-A", "shared.flower_app", "flower", f"--port={port}",
+               f"--address={address}", *flower_args]
     os.execvpe(command[0], command, env)
 
 
@@ -72,7 +73,7 @@ def invalidate(user: str | None, tool: str | None, tenant: str | None, everythin
     """Make memos stop counting at once (after a policy change); one INCR, however many memos exist."""
     import redis
 
-    from shared import auth_memo
+    from shared.guards import auth_memo
 
     try:
         result = auth_memo.invalidate(user=user, tool=tool, tenant=tenant, everything=everything)
@@ -173,7 +174,3 @@ def _stop_on_signals() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
-
-
-if __name__ == "__main__":
-    main()
