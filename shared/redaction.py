@@ -4,7 +4,8 @@ worker logs.
 User text is everything a user or a model wrote: prompts, answers, history, tool arguments and
 tool results. A turn's task arguments carry all of it, and Celery copies their repr into the
 message headers (`argsrepr`, `kwargsrepr`), the `task-sent` and `task-received` events Flower
-shows, the `task-succeeded` event's result and the worker's "succeeded in …: <result>" log line.
+shows, the `task-succeeded` event's result, the worker's "succeeded in …: <result>" log line, and
+the arguments `inspect active` (Flower's worker pages) reports.
 
 Rule: an allowlist. Inside task arguments only values under the keys in SHOWN_KEYS (ids, names,
 states, counts) are shown; every other string becomes a placeholder with its length, so an
@@ -64,12 +65,21 @@ class RedactingAMQP(AMQP):
 
 
 class RedactingRequest(Request):
-    """A worker-side request whose task events carry no result text."""
+    """A worker-side request whose task events carry no result text, and whose `inspect` view
+    (`active`, `reserved`, `scheduled`: Flower's worker pages, /ops) carries redacted arguments,
+    still as structures, so the turn's ids stay readable."""
 
     def send_event(self, type, **fields):
         if "result" in fields and enabled():
             fields["result"] = RESULT_PLACEHOLDER
         super().send_event(type, **fields)
+
+    def info(self, safe=False):
+        shown = super().info(safe=safe)
+        if enabled() and not safe:
+            shown["args"] = redact(list(shown["args"] or ()))
+            shown["kwargs"] = redact(dict(shown["kwargs"] or {}))
+        return shown
 
 
 class RedactingTask(Task):

@@ -124,3 +124,17 @@ def test_redaction_can_be_turned_off_for_a_developer(monkeypatch):
     reload_settings()
     assert "my private question" not in shown["1"] and "'message_id': 'm1'" in shown["1"]
     assert "my private question" in shown["0"]
+
+
+def test_turnstream_flower_listens_on_loopback_unless_told_otherwise(monkeypatch):
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", ":".join(AUTH))
+    from shared.settings import reload_settings
+
+    reload_settings()
+    launched = []
+    monkeypatch.setattr("os.execvpe", lambda file, command, env: launched.append(command))
+    assert CliRunner().invoke(main, ["flower"]).exit_code == 0
+    assert CliRunner().invoke(main, ["flower", "--address", "0.0.0.0"]).exit_code == 0
+    reload_settings()
+    assert "--address=127.0.0.1" in launched[0] and "--address=0.0.0.0" in launched[1]
+    assert launched[0][launched[0].index("-A") + 1] == "shared.flower_app"
