@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from shared import metrics_dir
-from shared.cli import processes
 from shared.celery_config import queues
+from shared.cli import processes
 from shared.settings import Settings
 from shared.tracing import STANDARD_ENV
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.celery_config import make_celery
-from shared.tokens import issue_user_token
+from shared.identity import issue_user_token
 from shared.settings import Settings
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
@@ -20,7 +20,7 @@ def slow_tools(tmp_path_factory):
     """A system whose weather tool takes seconds, so its call is still running when asked."""
     stack = Stack(tmp_path_factory.mktemp("redaction"), TURNSTREAM_TOOL_LATENCY_MS="4000",
                   TURNSTREAM_OPS_REFRESH_S="0.5")
-    with stack.running(apply_env=True) as system:
+    with stack.running(), stack.env_applied() as system:
         yield system
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.tokens import issue_user_token
+from shared.identity import issue_user_token
 from tests.sse import bearer, post_prompt
 from tests.stack import Stack
 
@@ -40,9 +40,9 @@ def idle_stack(tmp_path_factory):
     stack = Stack(tmp_path_factory.mktemp("stalled"), TURNSTREAM_STALL_S=str(STALL_S), TURNSTREAM_OPS_REFRESH_S="0.5")
     try:
         stack.start_redis()
-        stack.apply_env()
-        stack.start_web()
-        yield stack
+        with stack.env_applied():
+            stack.start_web()
+            yield stack
     finally:
         stack.stop()
 

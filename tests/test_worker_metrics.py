@@ -48,11 +48,11 @@ def project(tmp_path):
     stack = Stack(tmp_path / "stack", PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "llm-worker-metrics"))
     try:
         stack.start_redis()
-        stack.apply_env()
-        stack.start_worker(name="llm", queues="llm")
-        stack.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / ".run" / "metrics")
-        stack.start_web()
-        yield tmp_path, stack
+        with stack.env_applied():
+            stack.start_worker(name="llm", queues="llm")
+            stack.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / ".run" / "metrics")
+            stack.start_web()
+            yield tmp_path, stack
     finally:
         stack.stop()
 
