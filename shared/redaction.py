@@ -13,10 +13,10 @@ operator can still follow a turn by its ids. Results, which are whole turns or t
 are replaced by one placeholder. The rejected alternative is a denylist of known text fields
 (prompt, answer, args…): it leaks the first field somebody adds.
 
-Hooks, all documented Celery extension points: the app's `amqp` class (task reprs, before the
-`task-sent` event is built), the task class's `Request` (the `task-succeeded` result) and a
-logging filter (the success line). TURNSTREAM_REDACT_USER_TEXT=0 turns all of it off, for
-debugging on a developer's machine."""
+Hooks, each a class Celery lets an app replace: the app's `amqp` class (task reprs, before the
+`task-sent` event is built), the task class's `Request` (the `task-succeeded` result and the
+`inspect` view), and a logging filter (the success line). TURNSTREAM_REDACT_USER_TEXT=0 turns all
+of it off, for debugging on a developer's machine."""
 
 import logging
 
