@@ -110,8 +110,6 @@ TURN_MAX_REDELIVERIES = 3
 # Durable turns (shared.liveness, shared.outbox). Every worker process beats this often; one that
 # missed three beats is dead, and the turns it held are sent again from their checkpoints.
 HEARTBEAT_S = 5.0
-# A turn with no progress for this long is stalled; a dead worker's turn is re-sent well within it.
-STALL_S = 60
 # Progress events a worker process keeps (on the broker) while the progress Redis is down.
 PROGRESS_OUTBOX_MAX = 1000
 
@@ -119,9 +117,16 @@ PROGRESS_OUTBOX_MAX = 1000
 OPS_REFRESH_S = 2.0
 OPS_WINDOW_S = 5 * 60
 OPS_INSPECT_TIMEOUT_S = 1.0
-WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (the web tier reads their files)
 FLOWER_PORT = 5555
 LOG_FORMAT = "json"
+# A turn whose status has not changed for this long is flagged as stalled in /ops and
+# turnstream_turns_stalled. Every step records its start, so only a step stuck longer than this
+# (or a lost message) trips it; the redelivery sweep acts later, after the visibility timeout.
+# A turn whose worker died is re-sent well within it (shared.liveness, HEARTBEAT_S).
+STALL_S = 60.0
+# Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
+REDACT_USER_TEXT = True
 
 SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
 _before_fixed = set(globals())

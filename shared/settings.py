@@ -97,7 +97,6 @@ class Settings(BaseSettings):
     redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
     heartbeat_s: float = Field(defaults.HEARTBEAT_S, gt=0)
-    stall_s: float = defaults.STALL_S
     progress_outbox_max: int = Field(defaults.PROGRESS_OUTBOX_MAX, ge=0)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
@@ -134,6 +133,8 @@ class Settings(BaseSettings):
     ops_refresh_s: float = defaults.OPS_REFRESH_S
     ops_window_s: int = defaults.OPS_WINDOW_S
     ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S
+    stall_s: float = defaults.STALL_S
+    redact_user_text: bool = defaults.REDACT_USER_TEXT
 
     @property
     def single_instance(self) -> bool:
