@@ -84,7 +84,7 @@ class Run:
             proc = psutil.Process(worker.process.pid)
             name = self.WORKERS[index][0]
             # A prefork worker's pool processes run celery; the other children are MCP tool servers.
-            pool = [c for c in proc.children() if "celery" in " ".join(c.cmdline())]
+            pool = [c for c in proc.children() if "celery" in " ".join(_cmdline(c))]
             found += [(f"{name}-child", index, c.pid) for c in pool] if pool else [(name, index, proc.pid)]
         return found
 
@@ -101,7 +101,10 @@ class Run:
         name, index, pid = self.rng.choice(self.victims())
         held = self.held_by(pid)
         started = time.time()
-        psutil.Process(pid).kill()
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            return  # it died on its own meanwhile: not a kill of ours
         self.kill_log.append({"victim": name, "pid": pid, "held": len(held), "at": started})
         threading.Thread(target=self.watch_recovery, args=(held, pid, started), daemon=True).start()
         worker = self.stack.workers[index]
@@ -197,6 +200,13 @@ class Run:
 
     def stop(self) -> None:
         self.stack.stop()
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:  # exited (or a zombie) since it was listed
+        return []
 
 
 def signature(kind: str, data: dict) -> tuple:
