@@ -50,7 +50,7 @@ def beat(r: redis.Redis, now: float | None = None) -> None:
 
 def dead_before(now: float | None = None) -> float:
     """A worker whose last beat is older than this is dead."""
-    return (time.time() if now is None else now) - MISSED_BEATS * get_settings().heartbeat_s
+    return (time.time() if now is None else now) - MISSED_BEATS * get_settings().beat_s
 
 
 def gone_from_this_host(worker: str) -> bool:

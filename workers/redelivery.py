@@ -79,7 +79,7 @@ def resend_from_dead_workers(app: Celery, now: float | None = None) -> int:
     """Send again every turn a dead worker process held; returns how many were sent."""
     r = client("broker")
     now = time.time() if now is None else now
-    lock = int(get_settings().heartbeat_s * 900)
+    lock = int(get_settings().beat_s * 900)
     if not r.set(keys.liveness_lock(), uuid.uuid4().hex, nx=True, px=lock):
         return 0
     sent = 0
@@ -122,7 +122,7 @@ def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> 
 def beat_forever(app: Celery) -> None:
     """The loop of each step-running process's liveness thread: beat, publish this process's outbox,
     act on dead workers. Never raises: a dead broker only skips beats."""
-    interval = get_settings().heartbeat_s
+    interval = get_settings().beat_s
     next_beat = 0.0
     while True:
         try:
