@@ -115,6 +115,8 @@ WORKER_SOFT_SHUTDOWN_S = 10.0
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
 PUBLISH_RETRIES_WEB = 1
+# A step whose worker died under it this many times ends its turn instead of being taken again.
+MAX_DELIVERIES = 3
 
 # Celery queues: LLM-bound steps and tool-bound steps scale separately
 # (`-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers).

@@ -19,8 +19,14 @@ Progress is fail-soft (a dead progress Redis drops events, the turn goes on); th
 holds the turn itself, so a step waits for it (up to TURNSTREAM_WORKER_BROKER_WAIT_S) and
 then hands its message back for redelivery.
 
-A failing tool is an error result the reasoner sees. A failing step raises StepFailed; the
-chain's errback (`turn_failed`), which every task carries, ends the turn with an `error` event."""
+A failing tool is an error result the reasoner sees. A failing step ends its turn itself: it
+records the failure as one sentence (shared.failures) and publishes the `error` event, then
+raises StepFailed. The chain's errback (`turn_failed`), which every task carries, ends the turn
+the same way for what a step cannot report itself (a hard time limit); the first sentence
+recorded wins. Two guards sit around every step (TurnTask): a delivery counter fails a turn
+whose message keeps killing its worker (shared.deliveries), and in a pool that cannot
+interrupt a step, a watchdog fails a turn whose step outlives its time limit
+(workers.time_limits)."""
 
 import functools
 import json
@@ -28,18 +34,20 @@ import logging
 import time
 from typing import Callable, TypeVar
 
-from celery import chord, group
-from celery.exceptions import ChordError, Ignore, Reject
+from celery import Task, chord, group
+from celery.exceptions import ChordError, Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
-from shared import history, turns
+from shared import deliveries, history, turns
 from shared.breakers import UNAVAILABLE
 from shared.celery_config import task_name
-from shared.events import ErrorEvent, StepEvent, ToolEvent
+from shared.events import StepEvent, ToolEvent
+from shared.failures import (StepFailed, crash_cause, sentence, step_of, time_limit_cause,
+                             unexpected_cause)
 from shared.outcome import publish_outcome
 from shared.progress import Publisher, TokenCoalescer
 from shared.settings import get_settings
-from workers import guarding
+from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp_client import ToolCallError, get_hub
 from workers.reasoners import ReasonerError, TurnContext, get_reasoner
@@ -48,14 +56,6 @@ PREVIEW_CHARS = 200
 BROKER_POLL_S = 0.5
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class StepFailed(RuntimeError):
-    """A step that could not complete; the message is what the user's `error` event says."""
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
 
 
 def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -99,24 +99,93 @@ def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], rou
     started = time.perf_counter()
     try:
         result = body(turn, publisher)
-    except (StepFailed, Reject, Ignore):
+    except (Reject, Ignore):
         raise
-    except UNAVAILABLE as exc:
-        if getattr(exc, "role", None) != "broker":
-            raise StepFailed(step, f"{step} failed: {exc}") from exc
-        # The broker holds the turn (history, status): its outage is no reason to fail the turn.
-        # The message goes back (now, or after the visibility timeout) and the step runs again.
-        log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
-                    turn["session_id"], turn["message_id"])
-        raise Reject(exc, requeue=True) from exc
-    except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
-        raise StepFailed(step, f"{step} failed: {exc}") from exc
     except Exception as exc:
-        log.exception("%s failed", step)
-        raise StepFailed(step, f"{step} failed: {type(exc).__name__}: {exc}") from exc
+        failure = step_failure(step, turn, exc)
+        fail_turn(turn["session_id"], turn["message_id"], failure.step, str(failure))
+        raise failure from exc
     publisher.publish(StepEvent(step=step, status="finished", round=round_, duration_ms=_ms_since(started)),
                       dedupe=f"{tag}-finished")
     return result
+
+
+def step_failure(step: str, turn: dict, exc: Exception) -> StepFailed:
+    """What went wrong in a step, as the sentence its turn ends with. A broker outage is no
+    failure of the turn: the message goes back (Reject) and the step runs again later."""
+    if isinstance(exc, StepFailed):
+        return exc
+    if isinstance(exc, UNAVAILABLE) and getattr(exc, "role", None) == "broker":
+        # The broker holds the turn (history, status): its outage is no reason to fail the turn.
+        log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
+                    turn["session_id"], turn["message_id"])
+        raise Reject(exc, requeue=True) from exc
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return StepFailed(step, time_limit_cause(get_settings().task_soft_time_limit_s,
+                                                 "TURNSTREAM_TASK_SOFT_TIME_LIMIT_S"))
+    if isinstance(exc, (ReasonerError, ToolCallError, guarding.PermissionUnavailable, *UNAVAILABLE)):
+        return StepFailed(step, str(exc))
+    log.exception("%s failed", step)
+    return StepFailed(step, unexpected_cause(exc))
+
+
+def fail_turn(session_id: str, message_id: str, step: str | None, message: str) -> None:
+    """Mark the turn failed with `message` and publish its `error` event. The first failure
+    recorded wins: a turn already final keeps its outcome, which is published (once) instead."""
+    if with_broker(turns.turn_status, session_id, message_id) not in turns.FINAL_STATES:
+        with_broker(turns.update_turn, session_id, message_id, status=turns.FAILED, error=message, step=step or "")
+        log.warning("turn %s/%s failed: %s", session_id, message_id, message)
+    record = with_broker(turns.get_turn, session_id, message_id)
+    publish_outcome(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+
+
+class TurnTask(Task):
+    """Every step of a turn runs inside two guards: its delivery is counted, so a step whose
+    worker keeps dying ends its turn (shared.deliveries), and where the pool cannot interrupt
+    a step, the watchdog holds its deadline (workers.time_limits)."""
+
+    def __call__(self, *args, **kwargs):
+        ref = next((a for a in args if isinstance(a, dict) and "session_id" in a and "message_id" in a), None)
+        if ref is None:
+            return super().__call__(*args, **kwargs)
+        session_id, message_id = ref["session_id"], ref["message_id"]
+        step, tag, doing = step_tag(self.name, args)
+        crashes = with_broker(deliveries.begin, session_id, message_id, tag)
+        if deliveries.exhausted(crashes):
+            fail_turn(session_id, message_id, step, sentence(step, crash_cause(step, crashes, doing)))
+            raise Ignore()
+        task_id = self.request.id or tag
+        time_limits.watch(task_id, session_id, message_id, step)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            time_limits.unwatch(task_id)
+            _end_delivery(session_id, message_id, tag)
+
+
+def step_tag(task: str, args: tuple) -> tuple[str, str, str | None]:
+    """The user-facing step, the tag a delivery is counted under, and what a crash interrupted."""
+    name = task.rpartition(".")[2]
+    if name == "call_tool":
+        call = args[1]
+        return "execute", f"call_tool-{call['call_id']}", f"while calling {call['tool']}"
+    turn = args[-1]
+    if name in ("reason", "execute", "collect"):
+        return step_of(name), f"{name}-{len(turn.get('rounds') or []) + 1}", None
+    return step_of(name), name, None
+
+
+def _end_delivery(session_id: str, message_id: str, tag: str) -> None:
+    try:
+        with_broker(deliveries.end, session_id, message_id, tag)
+    except Exception as exc:  # noqa: BLE001 - the step's own outcome matters more than its count
+        log.warning("could not count the end of %s for %s/%s: %r", tag, session_id, message_id, exc)
+
+
+def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
+    """The watchdog's verdict on a step its pool could not interrupt."""
+    fail_turn(watched.session_id, watched.message_id, watched.step,
+              sentence(watched.step, time_limit_cause(limit_s)))
 
 
 def forward(task, signature) -> None:
@@ -139,14 +208,13 @@ def _discover(turn: dict, publisher: Publisher) -> dict:
     hub = get_hub()
     catalogue = hub.list_tools()
     if not catalogue and hub.server_errors:
-        raise StepFailed("discover", "discover failed: no MCP server answered: " +
-                         "; ".join(f"{name}: {err}" for name, err in hub.server_errors.items()))
+        raise StepFailed("discover", "no MCP server answered (" + "; ".join(hub.server_errors.values()) + ")")
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
     public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
 
-@app.task(name=task_name("discover"))
+@app.task(name=task_name("discover"), base=TurnTask)
 def discover(turn: dict) -> dict:
     return run_step("discover", turn, _discover)
 
@@ -160,7 +228,7 @@ def _reason(turn: dict, publisher: Publisher) -> dict:
     return {**turn, "pending": calls}
 
 
-@app.task(name=task_name("reason"), bind=True)
+@app.task(name=task_name("reason"), bind=True, base=TurnTask)
 def reason(self, turn: dict) -> None:
     round_ = len(turn["rounds"]) + 1
     turn = run_step("reason", turn, _reason, round_=round_)
@@ -175,7 +243,7 @@ def _tool_event(call: dict, outcome: dict, duration_ms: float, guard: guarding.G
                      permission=guard.permission if guard else None, cache=guard.cache if guard else None)
 
 
-@app.task(name=task_name("call_tool"))
+@app.task(name=task_name("call_tool"), base=TurnTask)
 def call_tool(ref: dict, call: dict) -> dict:
     """One tool call behind the guards. Never raises for a tool's failure: the outcome says it."""
     publisher = Publisher(ref["session_id"], ref["message_id"], fail_soft=True)
@@ -186,12 +254,19 @@ def call_tool(ref: dict, call: dict) -> dict:
         outcome.update(status="error")
     else:
         hub = get_hub()
+        late: list[SoftTimeLimitExceeded] = []
         try:
             tool = hub.resolve(call["tool"])
-            run = functools.partial(hub.call_tool, call["tool"], caller=guarding.caller(ref))
+            run = functools.partial(_noting_time_limit, late, hub.call_tool, call["tool"], caller=guarding.caller(ref))
             guard = guarding.guarded(guarding.principal(ref), tool, call["args"], run)
+            if late:
+                raise late[0]  # the execution cache reported it as the tool's error: it is the step's
             outcome.update(status=guard.status)
             outcome.update({"result": guard.result} if guard.status == "ok" else {"error": guard.error})
+        except SoftTimeLimitExceeded as exc:
+            failure = step_failure("execute", ref, exc)
+            fail_turn(ref["session_id"], ref["message_id"], failure.step, str(failure))
+            raise failure from exc
         except (ToolCallError, guarding.PermissionUnavailable) as exc:
             outcome.update(status="error", error=str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure is the reasoner's to see, not a dead turn
@@ -202,7 +277,15 @@ def call_tool(ref: dict, call: dict) -> dict:
     return outcome
 
 
-@app.task(name=task_name("execute"), bind=True)
+def _noting_time_limit(late: list, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except SoftTimeLimitExceeded as exc:
+        late.append(exc)
+        raise
+
+
+@app.task(name=task_name("execute"), bind=True, base=TurnTask)
 def execute(self, turn: dict) -> None:
     """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
     round_ = len(turn["rounds"]) + 1
@@ -211,10 +294,16 @@ def execute(self, turn: dict) -> None:
     ref = {k: turn[k] for k in ("session_id", "message_id", "user", "tenant", "roles")}
     calls = [{k: c[k] for k in ("call_id", "tool", "args", "error", "model_call_id") if k in c} for c in turn["pending"]]
     state = {**turn, "pending": [], "execute_started_at": time.time()}
-    forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
+    # Each call carries the turn's errbacks too: a call killed by its time limit ends the turn
+    # at once, not only once the chord notices (Celery links a chord's errbacks to its body only).
+    header = [call_tool.si(ref, c) for c in calls]
+    for signature in header:
+        for errback in self.request.errbacks or []:
+            signature.link_error(errback)
+    forward(self, chord(group(header), collect.s(state)))
 
 
-@app.task(name=task_name("collect"), bind=True)
+@app.task(name=task_name("collect"), bind=True, base=TurnTask)
 def collect(self, results: list[dict], turn: dict) -> None:
     round_ = len(turn["rounds"]) + 1
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
@@ -251,7 +340,7 @@ def finish_turn(result: dict) -> dict:
     return result
 
 
-@app.task(name=task_name("synthesize"))
+@app.task(name=task_name("synthesize"), base=TurnTask)
 def synthesize(turn: dict) -> dict:
     return finish_turn(run_step("synthesize", turn, _synthesize))
 
@@ -268,7 +357,8 @@ def lost_to_an_outage(exc: BaseException) -> bool:
 @app.task(name=task_name("turn_failed"))
 def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> None:
     """Ends a turn whose task failed: status `failed` and one `error` event, whatever failed.
-    Celery runs it in the worker where the task failed, with the exception itself."""
+    Celery runs it in the worker where the task failed (for a hard time limit, in the process
+    that enforced it), with the exception as the result backend would store it."""
     if lost_to_an_outage(exc):
         # Not the turn's fault: a broker outage broke its flow (a chord counter, a send). The
         # turn stays running; with no progress for a visibility timeout, it is sent again
@@ -276,9 +366,14 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
         log.warning("turn %s/%s lost its flow to a broker outage (%s); left for redelivery", session_id,
                     message_id, exc)
         return
-    step = getattr(exc, "step", None) or str(getattr(request, "task", "") or "").rpartition(".")[2] or None
-    message = str(exc) if isinstance(exc, StepFailed) else f"{step or 'a step'} failed: {type(exc).__name__}: {exc}"
-    status = with_broker(turns.update_turn, session_id, message_id, status=turns.FAILED, error=message)
-    if status == turns.FAILED:
-        Publisher(session_id, message_id, fail_soft=True).publish(ErrorEvent(message=message, step=step),
-                                                                  dedupe="terminal")
+    step = step_of(getattr(exc, "step", None) or getattr(request, "task", None))
+    fail_turn(session_id, message_id, step, errback_sentence(step, exc))
+
+
+def errback_sentence(step: str | None, exc: BaseException) -> str:
+    if isinstance(exc, StepFailed):
+        return str(exc)  # the step recorded it already; this only matters if that record was lost
+    if isinstance(exc, TimeLimitExceeded):
+        limit = exc.args[0] if exc.args and isinstance(exc.args[0], (int, float)) else get_settings().task_time_limit_s
+        return sentence(step, time_limit_cause(limit))
+    return sentence(step, unexpected_cause(exc))
