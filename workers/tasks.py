@@ -278,10 +278,16 @@ def call_tool(ref: dict, call: dict) -> dict:
 
 
 def _noting_time_limit(late: list, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run a tool call, noting a soft time limit that fired in it even when the MCP client
+    reported it as the call's own failure."""
     try:
         return fn(*args, **kwargs)
-    except SoftTimeLimitExceeded as exc:
-        late.append(exc)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SoftTimeLimitExceeded):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            late.append(cause)
         raise
 
 
@@ -365,6 +371,11 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
         # (shared.redelivery).
         log.warning("turn %s/%s lost its flow to a broker outage (%s); left for redelivery", session_id,
                     message_id, exc)
+        return
+    if isinstance(exc, ChordError) and str(exc).startswith("Dependency "):
+        # A tool call failed (a time limit): it carries this errback too and reports its own
+        # exception, which says more than the chord's summary of it.
+        log.info("turn %s/%s: %s; the call reports it", session_id, message_id, exc)
         return
     step = step_of(getattr(exc, "step", None) or getattr(request, "task", None))
     fail_turn(session_id, message_id, step, errback_sentence(step, exc))

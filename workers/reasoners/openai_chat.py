@@ -17,6 +17,7 @@ class OpenAIReasoner(Reasoner):
 
     def __init__(self, settings: Settings):
         self.model = settings.openai_model
+        self.base_url = settings.openai_base_url
         self.timeout = settings.reasoner_timeout_s
         self.client = openai.OpenAI(base_url=settings.openai_base_url,
                                     api_key=settings.openai_api_key.get_secret_value() or "not-needed",
@@ -27,6 +28,10 @@ class OpenAIReasoner(Reasoner):
             return self.client.chat.completions.create(model=self.model, stream=True, **request)
         except openai.APITimeoutError as exc:
             raise ReasonerError(f"the openai reasoner timed out after {self.timeout:.0f}s") from exc
+        except openai.APIStatusError as exc:
+            raise ReasonerError(f"the model server at {self.base_url} answered HTTP {exc.status_code}") from exc
+        except openai.APIConnectionError as exc:
+            raise ReasonerError(f"the model server at {self.base_url} cannot be reached") from exc
         except openai.APIError as exc:
             raise ReasonerError(f"the openai reasoner failed: {exc}") from exc
 
