@@ -17,12 +17,13 @@ and wording them there. Celery serializes a task's exception into its base class
 it gets, which is how messages read "reason failed: RuntimeError: reason failed: …"."""
 
 from shared.defaults import STEP_QUEUES
+from shared.vocabulary import CALL_TOOL, COLLECT, DISCOVER, EXECUTE, REASON, SYNTHESIZE
 
 # The words the page shows for each step (web/static/timeline.js STEP_LABELS); a tool call
 # and the chord's collect belong to `execute`.
-STEP_LABELS = {"discover": "Finding tools", "reason": "Reasoning", "execute": "Calling tools",
-               "synthesize": "Writing the answer"}
-TASK_STEPS = {"call_tool": "execute", "collect": "execute"}
+STEP_LABELS = {DISCOVER: "Finding tools", REASON: "Reasoning", EXECUTE: "Calling tools",
+               SYNTHESIZE: "Writing the answer"}
+TASK_STEPS = {CALL_TOOL: EXECUTE, COLLECT: EXECUTE}
 
 
 class StepFailed(RuntimeError):

@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.processes import REPO_ROOT, child_env, free_port, port_in_use
+from shared.cli.processes import REPO_ROOT, child_env, free_port, port_in_use
 from shared.tokens import verify_user_token
 from tests.sse import read_stream
 
@@ -24,12 +24,15 @@ def test_token_command_prints_a_verifiable_jwt(stack):
     assert (principal.user, principal.tenant, principal.roles) == ("alice", "acme", ("analyst", "admin"))
 
 
-def test_token_command_explains_a_missing_secret():
+def test_token_command_explains_a_missing_secret(tmp_path):
+    """No TURNSTREAM_SECRET and no `turnstream dev` secret in the data dir: say which and what to do."""
     env = {k: v for k, v in os.environ.items() if k != "TURNSTREAM_SECRET"}
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "a", "--tenant", "b"],
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "a", "--tenant", "b",
+                             "--data-dir", str(tmp_path)],
                             env={**child_env({}), **env, "TURNSTREAM_SECRET": ""}, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "TURNSTREAM_SECRET" in result.stderr
+    assert "TURNSTREAM_SECRET is not set" in result.stderr and str(tmp_path / "secret") in result.stderr
+    assert "turnstream dev" in result.stderr
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

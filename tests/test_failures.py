@@ -13,7 +13,7 @@ import psutil
 import pytest
 import redis
 
-from shared import processes
+from shared.cli import processes
 from shared.failures import StepFailed
 from tests.fake_openai import FakeOpenAI
 from tests.sse import post_prompt, read_stream
@@ -136,13 +136,13 @@ def test_the_readme_server_config_runs_python_servers_with_the_workers_interpret
     """`"command": "python"` is the worker's own interpreter, not the first python on PATH
     (which here has no `mcp` package)."""
     from shared.settings import Settings
-    from workers.mcp_client import McpHub
-    from workers.mcp_config import parse_config
+    from workers.mcp.client import McpClient
+    from workers.mcp.config import parse_config
 
     servers = parse_config(json.dumps({"mcpServers": {"builtin": {"command": "python",
                                                                   "args": ["-m", "workers.toolserver"]}}}), "test")
     assert servers["builtin"].command == sys.executable
-    hub = McpHub(Settings(tool_latency_ms=0), servers=servers)
+    hub = McpClient(Settings(tool_latency_ms=0), servers=servers)
     try:
         assert "weather" in {t["name"] for t in hub.list_tools()}
     finally:

@@ -52,10 +52,6 @@ class ServerSpec(BaseModel):
             self.command = sys.executable
         return self
 
-    @property
-    def transport(self) -> str:
-        return "stdio" if self.command else "http"
-
 
 class ToolsConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from shared import defaults, dev_secret, processes
-from shared.supervision import Supervisor
+from shared import defaults
+from shared.cli import dev_secret, processes
+from shared.cli.supervision import Supervisor
 
 ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
             "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
@@ -82,7 +83,7 @@ def invalidate(user: str | None, tool: str | None, tenant: str | None, everythin
     """Make memos stop counting at once (after a policy change); one INCR, however many memos exist."""
     import redis
 
-    from shared import auth_memo
+    from shared.guards import auth_memo
 
     try:
         result = auth_memo.invalidate(user=user, tool=tool, tenant=tenant, everything=everything)
@@ -185,7 +186,3 @@ def _stop_on_signals() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
-
-
-if __name__ == "__main__":
-    main()
