@@ -147,3 +147,18 @@ def test_the_readme_server_config_runs_python_servers_with_the_workers_interpret
         assert "weather" in {t["name"] for t in hub.list_tools()}
     finally:
         hub.close()
+
+
+def test_a_stdio_server_that_cannot_start_is_named_with_its_command():
+    from shared.settings import Settings
+    from workers.mcp.client import McpClient
+    from workers.mcp.config import parse_config
+
+    servers = parse_config(json.dumps({"mcpServers": {"docs": {"command": "no-such-mcp-server"}}}), "test")
+    client = McpClient(Settings(mcp_connect_timeout_s=5), servers=servers)
+    try:
+        assert client.list_tools() == []
+        assert client.server_errors == {
+            "docs": "the MCP server docs (no-such-mcp-server) could not start: no-such-mcp-server was not found"}
+    finally:
+        client.close()

@@ -132,7 +132,10 @@ def server_failure(name: str, spec: ServerSpec, exc: BaseException, stderr: str 
                    connect_timeout_s: float | None = None) -> str:
     """Why a server's session could not be opened, in one clause naming the server."""
     exc = first_error(exc)
-    where = f"the MCP server {name} ({os.path.basename(spec.command)})" if spec.command else f"the MCP server {name} at {spec.url}"
+    if spec.command:
+        where = f"the MCP server {name} ({os.path.basename(spec.command)})"
+    else:
+        where = f"the MCP server {name} at {spec.url}"
     if isinstance(exc, TimeoutError):
         return f"{where} did not answer within {connect_timeout_s or 0:g} s"
     if spec.command:
