@@ -28,9 +28,9 @@ from shared import deliveries, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import StepEvent
 from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
-from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnRef
 from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, Step,
                                StepPhase, step_dedupe)
@@ -109,7 +109,7 @@ def step_failure(step: Step, turn: TurnRef, exc: Exception) -> StepFailed:
         return exc
     if isinstance(exc, UNAVAILABLE) and getattr(exc, "role", None) == "broker":
         # The broker holds the turn (history, status): its outage is no reason to fail the turn.
-        # The message goes back (now, or after the visibility timeout) and the step runs again.
+        # The message goes back (now, or after the visibility timeout: shared.celery_config) and the step runs again.
         log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
                     turn["session_id"], turn["message_id"])
         raise Reject(exc, requeue=True) from exc

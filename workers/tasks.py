@@ -39,7 +39,7 @@ from shared import history, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ToolEvent
 from shared.failures import sentence, step_of, time_limit_cause, unexpected_cause
-from shared.progress import Publisher, TokenCoalescer
+from shared.progress import DeltaCoalescer, Publisher
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, task_name
@@ -73,7 +73,7 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
     if not catalogue and client.server_errors:
         raise StepFailed(DISCOVER, "no MCP server answered (" + "; ".join(client.server_errors.values()) + ")")
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
-    public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
+    public = [{k: t[k] for k in ("name", "description", "input_schema", "cache_declaration")} for t in allowed]
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
 
@@ -179,7 +179,7 @@ def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
 
 # --- synthesize ----------------------------------------------------------------------------
 def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
-    coalescer = TokenCoalescer(publisher)
+    coalescer = DeltaCoalescer(publisher)
     text = get_reasoner().answer(_context(turn), coalescer.add)
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == TOOL_OK})

@@ -32,7 +32,7 @@ def token(user: str, tenant: str, roles: str, ttl: int | None, data_dir: Path) -
     """Print a bearer token for the API (signed with TURNSTREAM_SECRET, else with the secret of
     `turnstream dev` in --data-dir)."""
     from shared.settings import reload_settings
-    from shared.tokens import issue_user_token
+    from shared.identity import issue_user_token
 
     if not os.environ.get("TURNSTREAM_SECRET"):
         kept = dev_secret.read(data_dir)
