@@ -101,6 +101,7 @@ def test_dead_mcp_servers_are_named_with_their_first_real_error(system):
     ("gevent", "Madrid", f"{HARD_LIMIT_S} s (TURNSTREAM_TASK_TIME_LIMIT_S)"),     # gevent.Timeout
     ("prefork", "Tokyo", f"{SOFT_LIMIT_S} s (TURNSTREAM_TASK_SOFT_TIME_LIMIT_S)"),  # Celery's soft limit
 ])
+@pytest.mark.timeout(240)
 def test_a_step_past_its_time_limit_ends_the_turn_in_every_pool(system, pool, city, limit):
     # The weather tool answers after 20 s: the `execute` step outlives its limit.
     with worker(system, f"slow-{pool}", pool=pool, TURNSTREAM_TOOL_LATENCY_MS="20000"):
@@ -110,6 +111,7 @@ def test_a_step_past_its_time_limit_ends_the_turn_in_every_pool(system, pool, ci
     assert record["status"] == "failed" and record["error"] == event["message"]
 
 
+@pytest.mark.timeout(360)  # three crashes, each followed by a new child opening its MCP session
 def test_a_message_that_keeps_killing_its_worker_ends_its_turn(system):
     """A prefork child killed by SIGSEGV under the same tool call, three times: the fourth
     delivery does not run, the turn fails and says why."""
@@ -120,7 +122,8 @@ def test_a_message_that_keeps_killing_its_worker_ends_its_turn(system):
         deliveries = f"agent:deliveries:crashy:{body['message_id']}"
         broker: redis.Redis = system.client("broker")
         for crash in (1, 2, 3):
-            wait_for(lambda: broker.hget(deliveries, "call_tool-r1c0") == str(crash), timeout=60, interval=0.05)
+            wait_for(lambda: broker.hget(deliveries, "call_tool-r1c0") == str(crash), timeout=90, interval=0.05,
+                     describe=lambda: (crash, broker.hgetall(deliveries), system.log("crashy")[-1500:]))
             (child,) = psutil.Process(executor.process.pid).children()
             child.send_signal(signal.SIGSEGV)
             child.wait(10)
