@@ -24,7 +24,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from _common import REPO_ROOT
+from _common import REPO_ROOT  # also puts the repository on sys.path
 
 CASES = Path(__file__).with_name("answers.jsonl")
 CALLER = {"user": "demo", "tenant": "demo", "roles": ["analyst"]}
@@ -38,13 +38,13 @@ def has_fact(answer: str, fact: str) -> bool:
 
 
 def offered_tools(hub) -> list[dict]:
-    policy = tomllib.loads((REPO_ROOT / "shared/data/auth-policy.toml").read_text())
+    policy = tomllib.loads((REPO_ROOT / "shared/guards/data/auth-policy.toml").read_text())
     allowed = set(policy["tenants"]["*"]["roles"]["analyst"])
     return [t for t in hub.list_tools() if t["name"] in allowed]
 
 
 def run_turn(reasoner, hub, tools: list[dict], prompt: str, history: list[dict], max_rounds: int) -> dict:
-    from workers.mcp_client import ToolCallError
+    from workers.mcp.client import ToolCallError
     from workers.reasoners import TurnContext
 
     ctx = TurnContext(prompt=prompt, history=list(history), tools=tools)
@@ -71,12 +71,12 @@ def run_turn(reasoner, hub, tools: list[dict], prompt: str, history: list[dict],
 
 
 def evaluate(name: str, reasoner, hub, cases: list[dict], max_rounds: int, verbose: bool) -> tuple[int, float]:
-    correct, started = 0, time.monotonic()
+    correct, started, tools = 0, time.monotonic(), offered_tools(hub)
     for case in cases:
         history: list[dict] = []
         try:
             for prompt in case["prompts"]:
-                turn = run_turn(reasoner, hub, offered_tools(hub), prompt, history, max_rounds)
+                turn = run_turn(reasoner, hub, tools, prompt, history, max_rounds)
                 history.append({"prompt": turn["prompt"], "answer": turn["answer"], "tools": turn["tools"]})
             answer, calls, error = history[-1]["answer"], turn["calls"], None
         except Exception as exc:  # a failed turn is a wrong answer; the bench goes on
@@ -96,7 +96,7 @@ def start_llama_server(model: Path, log_dir: Path):
     """llama-cpp-python's own OpenAI-compatible server on a free port; (executor, base URL)."""
     from mirakuru import HTTPExecutor
 
-    from shared import processes
+    from shared.cli import processes
 
     port = processes.free_port()
     server = HTTPExecutor([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
@@ -132,13 +132,13 @@ def main() -> None:
 
     os.environ["TURNSTREAM_TOOL_LATENCY_MS"] = "0"
     from shared.settings import get_settings
-    from workers.mcp_client import McpHub
+    from workers.mcp.client import McpClient
 
     settings = get_settings()
     cases = [json.loads(line) for line in CASES.read_text().splitlines() if line.strip()]
     cases = cases[: options.limit] if options.limit else cases
     log_dir = Path(tempfile.mkdtemp(prefix="bench-answers-"))
-    hub, started = McpHub(settings), []
+    hub, started = McpClient(settings), []
     print(f"{len(cases)} cases, {sum(len(c['prompts']) for c in cases)} turns; logs in {log_dir}", flush=True)
     try:
         for kind in options.reasoners.split(","):

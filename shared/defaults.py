@@ -79,7 +79,6 @@ OPENAI_MODEL = "gpt-4o-mini"
 LOCAL_CONTEXT_TOKENS = 2048
 LOCAL_MAX_ANSWER_TOKENS = 160
 LOCAL_THREADS = 2
-LOCAL_SMOKE_TIMEOUT_S = 180.0  # `turnstream dev` loads the model once in a child process before using it
 
 # MCP: tool servers, sessions, tool-list cache.
 MCP_TOOLS_TTL_S = 30.0
@@ -157,5 +156,8 @@ STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, 
 # /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
+
+# `turnstream dev` runs one smoke inference of the local model in a child process before using it.
+LOCAL_SMOKE_TIMEOUT_S = 180.0
 
 FIXED = frozenset(name for name in set(globals()) - _before_fixed if name.isupper())

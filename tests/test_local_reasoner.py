@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from shared.processes import REPO_ROOT, child_env, free_port
+from shared.cli.processes import REPO_ROOT, child_env, free_port
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 from workers.reasoners.local import bounded_schema, checked, shipped_model_path, spans
@@ -43,7 +43,10 @@ def test_a_model_sentence_counts_only_if_it_states_every_fact():
     assert checked("Paris has light rain, 14°C and wind at 18 km/h.", template, "weather in Paris?")
     assert not checked("Paris is 14°C.", template, "weather in Paris?")  # the wind is missing
     assert not checked("It is 14°C, 18 km/h wind and 25% rain.", template, "weather in Paris?")  # 25 is made up
+    assert not checked("Sydney is 25°C with wind at 19 km/h.",  # the two numbers swapped
+                       "In Sydney it is 19°C with showers and wind at 25 km/h.", "forecast for Sydney")
     assert not checked("The answer is 18 + 7 = 25.", "6 * 7 + 1 = 43.", "calculate 6 * 7 + 1")
+    assert checked("The result is 43.", "6 * 7 + 1 = 43.", "calculate 6 * 7 + 1")
 
 
 def test_the_installed_build_is_portable():
