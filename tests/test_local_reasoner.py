@@ -47,6 +47,8 @@ def test_a_model_sentence_counts_only_if_it_states_every_fact():
                        "In Sydney it is 19°C with showers and wind at 25 km/h.", "forecast for Sydney")
     assert not checked("The answer is 18 + 7 = 25.", "6 * 7 + 1 = 43.", "calculate 6 * 7 + 1")
     assert checked("The result is 43.", "6 * 7 + 1 = 43.", "calculate 6 * 7 + 1")
+    assert not checked("The answer is 31.25, which represents the percentage of a number that can be expressed "
+                       "as an integer.", "250 / 8 = 31.25.", "250 / 8")  # the right number, invented prose
 
 
 def test_the_installed_build_is_portable():

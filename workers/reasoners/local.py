@@ -23,9 +23,10 @@ a tool result:
 - **The answer.** The model writes one sentence from the tool results, and that sentence is
   shown only if it states every number and id of the templated answer (the one the `rules`
   reasoner writes from the same results), each with the unit or word that follows it there
-  ("14°C", "18 km/h": a sentence that swaps two numbers fails), and no number that is in
-  neither the results nor the prompt; otherwise the templated answer is shown. Results with nothing checkable (a help-center
-  article) are answered by the template. The sentence is checked before it is emitted, so the
+  ("14°C", "18 km/h": a sentence that swaps two numbers fails), no number that is in neither
+  the results nor the prompt, and few words of its own (two, or 30% of its content words: "click
+  Security in the top-right corner" is invented). Otherwise the templated answer is shown, as
+  it is for results with nothing checkable (a help-center article without a number). The sentence is checked before it is emitted, so the
   user never sees a wrong figure retracted; it is then streamed word by word.
   Rejected: a templated facts line followed by free model prose (the prose contradicted the line
   next to it: "6 * 7 + 1 = 43. The answer is 18 + 7 = 25."), and streaming the model's tokens
@@ -60,6 +61,9 @@ MAX_SPAN_WORDS = 12  # longest argument span offered, in words
 MAX_SPAN_SOURCE = 80  # words of the message that spans are drawn from
 SCORER_CONTEXT = 512  # tokens of the scoring context: a tool description and the message
 MAX_SCORED_CHARS = 1200  # of the message, for tool choice
+MAX_SENTENCE_WORDS = 40  # a longer model sentence is rambling, not answering
+MIN_GROUNDED_SHARE = 0.7  # of a model sentence's content words that must come from the results or the prompt
+MAX_INVENTED_WORDS = 2  # a short sentence may add "answer", "result"
 _WORD = re.compile(r"[\w°]+(?:[-.'’][\w°]+)*|[^\w\s]")
 # English function words and fillers that are never a whole argument's first or last word.
 _FUNCTION_WORDS = frozenset("""a about an and any are at be can could do does for from give how i in is it its
@@ -185,14 +189,28 @@ def templated(outcome: dict) -> str:
         return f"{outcome['tool']} returned {json.dumps(outcome.get('result'), ensure_ascii=False)[:400]}."
 
 
+def _content_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 3]
+
+
+def grounded(sentence: str, source: str) -> bool:
+    """Short, and most of its words come from the source: a model that adds its own claims
+    ("click Security in the top-right corner") invents more words than it copies."""
+    words, known = _content_words(sentence), set(_content_words(source))
+    invented = sum(w not in known for w in words)
+    return len(sentence.split()) <= MAX_SENTENCE_WORDS and (
+        invented <= MAX_INVENTED_WORDS or invented <= (1 - MIN_GROUNDED_SHARE) * len(words))
+
+
 def checked(sentence: str, template: str, prompt: str) -> bool:
     """The model's sentence states every number and id the tool added to the template, with the
-    word that follows it there, and no other number (one from the prompt is fine)."""
+    word that follows it there, no other number (one from the prompt is fine), and little else."""
     echoed = fact_tokens(prompt)  # the user's own numbers ("6 * 7 + 1") are not the tool's facts
     bound = {fact.lower() for fact in _BOUND_FACT.findall(template) if _FACT.match(fact).group() not in echoed}
     said = fact_tokens(sentence)
     return (bool(bound) and all(fact in sentence.lower() for fact in bound)
-            and said <= fact_tokens(template) | fact_tokens(prompt))
+            and said <= fact_tokens(template) | fact_tokens(prompt)
+            and grounded(sentence, f"{template} {prompt}"))
 
 
 def _facts_text(ctx: TurnContext) -> str:

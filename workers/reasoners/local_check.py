@@ -19,9 +19,11 @@ NOT_PORTABLE = 3  # exit status of `portable` when the build has AMX
 
 
 def system_info() -> str:
-    from workers.reasoners.local import import_llama
+    """What the installed llama.cpp was built with. It uses no reasoner code, so that a broken
+    build, not a bug in a reasoner, is what makes the Makefile rebuild it."""
+    import llama_cpp
 
-    info = import_llama().llama_print_system_info()
+    info = llama_cpp.llama_print_system_info()
     return info.decode() if isinstance(info, bytes) else str(info)
 
 
@@ -47,8 +49,9 @@ def portable() -> int:
 def smoke() -> int:
     """Load the model and generate a few tokens; one line out: the speed, or why it cannot run."""
     from shared.settings import get_settings
-    from workers.reasoners.local import load_model
+    from workers.reasoners.local import import_llama, load_model
 
+    import_llama()  # first, so its threads wait as the reasoner's do (see import_llama)
     amx = amx_features(system_info())
     if amx:
         print(f"llama-cpp-python was built with {', '.join(amx)}, which crashes on virtualized CPUs "
