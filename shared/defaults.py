@@ -112,6 +112,9 @@ TURN_MAX_REDELIVERIES = 3
 HEARTBEAT_S = 5.0
 # Progress events a worker process keeps (on the broker) while the progress Redis is down.
 PROGRESS_OUTBOX_MAX = 1000
+# A step whose worker died under it this many times ends its turn instead of being taken again
+# (shared.deliveries).
+MAX_DELIVERIES = 3
 
 # Operations: the /ops page, /metrics and the cache-ratio window; Flower; logs.
 OPS_REFRESH_S = 2.0
@@ -168,5 +171,8 @@ STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, 
 # /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
+
+# `turnstream dev` runs one smoke inference of the local model in a child process before using it.
+LOCAL_SMOKE_TIMEOUT_S = 180.0
 
 FIXED = frozenset(name for name in set(globals()) - _before_fixed if name.isupper())

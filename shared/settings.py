@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
     heartbeat_s: float = Field(defaults.HEARTBEAT_S, gt=0)
     progress_outbox_max: int = Field(defaults.PROGRESS_OUTBOX_MAX, ge=0)
+    max_deliveries: int = Field(defaults.MAX_DELIVERIES, ge=1)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S
