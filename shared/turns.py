@@ -1,6 +1,12 @@
 """Turn status records and session ownership, on the broker instance (noeviction, AOF).
 
 A turn is one prompt and its answer; a session is a chat of turns owned by one user.
+
+Ownership cannot lapse or pass to someone else: the owner key is written with the session's
+data and its lifetime is refreshed with every write of that data (`session_ttl_s`), so it
+outlives the turns list and the history. A session whose owner key is gone while any of its
+data remains is claimable by nobody until that data has expired or been deleted. Rejected:
+refreshing the owner key on reads, which would let data outlive it on a quiet session.
 Status changes are atomic (one Lua script): a turn that reached done, failed or cancelled
 keeps that status, so a redelivered step or a late worker cannot undo a cancellation or
 write a second answer."""
@@ -37,13 +43,33 @@ return ARGV[1]
 """
 
 
+# KEYS: owner, turns list, history. ARGV: owner, ttl. Returns the session's owner after the call
+# (false for an orphan: data without an owner key, which nobody may claim while it lives).
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
+
+def session_ttl_s() -> int:
+    """How long a session's owner key, turns list and history live after its last write."""
+    return get_settings().turn_status_ttl_s * 7
+
+
+def session_data_keys(session_id: str) -> list[str]:
+    """The keys a session's owner key must outlive."""
+    return [keys.session_turns(session_id), keys.session_history(session_id)]
+
+
 def claim_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
     """Make `principal` the owner of a new session; True if they own it (now or already)."""
     r = r or client("broker")
-    ttl = get_settings().turn_status_ttl_s * 7
-    key = keys.session_owner(session_id)
-    r.set(key, principal.owner, nx=True, ex=ttl)
-    return r.get(key) == principal.owner
+    owner = r.register_script(_CLAIM)(keys=[keys.session_owner(session_id), *session_data_keys(session_id)],
+                                      args=[principal.owner, session_ttl_s()])
+    return owner == principal.owner
 
 
 def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
@@ -65,9 +91,11 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.expire(status_key, ttl)
     pipe.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
-    pipe.expire(keys.session_turns(session_id), ttl * 7)
+    # The owner key's lifetime is renewed in the same transaction as the data it guards.
+    pipe.expire(keys.session_turns(session_id), session_ttl_s())
+    pipe.expire(keys.session_owner(session_id), session_ttl_s())
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
-    pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
+    pipe.expire(keys.user_sessions(principal.tenant, principal.user), session_ttl_s())
     pipe.zadd(keys.turns_in_flight(), {f"{session_id}:{message_id}": now})
     pipe.execute()
 

@@ -21,9 +21,10 @@ class PromptBody(Strict):
 
 
 class DevTokenBody(Strict):
-    user: str = "demo"
-    tenant: str = "demo"
-    roles: list[str] = ["analyst"]
+    """The dev endpoint mints one fixed identity, never an admin; anything else is a 400."""
+    user: Literal["demo"] = "demo"
+    tenant: Literal["demo"] = "demo"
+    roles: list[Literal["analyst"]] = Field(["analyst"], min_length=1, max_length=1)
 
 
 class TurnAccepted(Strict):

@@ -31,12 +31,13 @@ from typing import Callable, TypeVar
 from celery import chord, group
 from celery.exceptions import ChordError, Ignore, Reject
 from kombu.exceptions import OperationalError
+from redis import RedisError
 
-from shared import history, turns
+from shared import defaults, history, turns
 from shared.breakers import UNAVAILABLE
 from shared.celery_config import task_name
-from shared.events import ErrorEvent, StepEvent, ToolEvent
-from shared.outcome import publish_outcome
+from shared.events import ErrorEvent, ProgressEvent, StepEvent, ToolEvent
+from shared.outcome import TERMINAL_DEDUPE, publish_outcome, terminal_event
 from shared.progress import Publisher, TokenCoalescer
 from shared.settings import get_settings
 from workers import guarding
@@ -88,8 +89,33 @@ def stop_ended_turn(publisher: Publisher, step: str, status: str | None) -> None
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_outcome(publisher.session_id, publisher.message_id, record, publisher)
+        settle_outcome(record, publisher)
     raise Ignore()
+
+
+def settle_outcome(record: dict | None, publisher: Publisher, event: ProgressEvent | None = None) -> None:
+    """Publish the turn's terminal event (`event`, or the one its record implies); if the
+    progress store dropped it, `republish_outcome` tries again later, a bounded number of times."""
+    event = event or terminal_event(record)
+    if event is None or publisher.publish(event, dedupe=TERMINAL_DEDUPE) is not None:
+        return
+    try:
+        republish_outcome.apply_async((publisher.session_id, publisher.message_id),
+                                      countdown=defaults.OUTCOME_RETRY_FIRST_S)
+    except OperationalError as exc:
+        log.warning("terminal event of %s/%s dropped and its retry not queued (%s); open streams still "
+                    "find the outcome at their next heartbeat", publisher.session_id, publisher.message_id, exc)
+
+
+@app.task(name=task_name("republish_outcome"), bind=True, max_retries=defaults.OUTCOME_RETRIES)
+def republish_outcome(self, session_id: str, message_id: str) -> None:
+    """The terminal event a worker could not publish: retried with backoff until the progress
+    store takes it (its dedupe name makes a second copy impossible)."""
+    try:
+        publish_outcome(session_id, message_id, turns.get_turn(session_id, message_id))
+    except RedisError as exc:
+        countdown = min(defaults.OUTCOME_RETRY_FIRST_S * 2 ** self.request.retries, defaults.OUTCOME_RETRY_MAX_S)
+        raise self.retry(exc=exc, countdown=countdown)
 
 
 def run_step(step: str, turn: dict, body: Callable[[dict, Publisher], dict], round_: int | None = None) -> dict:
@@ -143,7 +169,7 @@ def _discover(turn: dict, publisher: Publisher) -> dict:
                          "; ".join(f"{name}: {err}" for name, err in hub.server_errors.items()))
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
     public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
-    return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
+    return {**turn, "tools": public, "history": history.recall(turn["session_id"], guarding.principal(turn).owner), "rounds": []}
 
 
 @app.task(name=task_name("discover"))
@@ -233,7 +259,7 @@ def _synthesize(turn: dict, publisher: Publisher) -> dict:
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == "ok"})
     return {"session_id": turn["session_id"], "message_id": turn["message_id"], "prompt": turn["prompt"],
-            "answer": text, "tools_used": used}
+            "owner": guarding.principal(turn).owner, "answer": text, "tools_used": used}
 
 
 def finish_turn(result: dict) -> dict:
@@ -245,9 +271,9 @@ def finish_turn(result: dict) -> dict:
     session_id, message_id = result["session_id"], result["message_id"]
     status = with_broker(turns.update_turn, session_id, message_id, status=turns.DONE, answer=result["answer"])
     if status == turns.DONE:
-        history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
+        history.remember(session_id, result["owner"], result["prompt"], result["answer"], result["tools_used"])
     record = with_broker(turns.get_turn, session_id, message_id)
-    publish_outcome(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    settle_outcome(record, Publisher(session_id, message_id, fail_soft=True))
     return result
 
 
@@ -280,5 +306,4 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
     message = str(exc) if isinstance(exc, StepFailed) else f"{step or 'a step'} failed: {type(exc).__name__}: {exc}"
     status = with_broker(turns.update_turn, session_id, message_id, status=turns.FAILED, error=message)
     if status == turns.FAILED:
-        Publisher(session_id, message_id, fail_soft=True).publish(ErrorEvent(message=message, step=step),
-                                                                  dedupe="terminal")
+        settle_outcome(None, Publisher(session_id, message_id, fail_soft=True), ErrorEvent(message=message, step=step))
