@@ -42,10 +42,14 @@ def normal_turns(stack: Stack, users: int, turns: int, tag: str) -> list[float]:
     """`users` users, each sending `turns` turns back to back; every turn's POST→done in ms."""
     def one_user(i: int) -> list[float]:
         timings = []
-        with httpx.Client(headers=bearer(f"{tag}{i}", "acme"), timeout=60) as client:
+        auth = bearer(f"{tag}{i}", "acme")
+        with httpx.Client(timeout=60) as client:
             for n in range(turns):
                 started = time.perf_counter()
-                body = post_prompt(stack.base_url, f"{tag}{i}s{n}", NORMAL_PROMPTS[n % 2], client=client).json()
+                response = post_prompt(stack.base_url, f"{tag}{i}s{n}", NORMAL_PROMPTS[n % 2], headers=auth,
+                                       client=client)
+                assert response.status_code == 202, response.text
+                body = response.json()
                 events = read_stream(stack.base_url, body["stream_url"], client=client, timeout=60)
                 assert events[-1].type == "done", events[-1]
                 timings.append((time.perf_counter() - started) * 1000)

@@ -10,14 +10,19 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import httpx
 import jwt
 import pytest
+import redis
 
 from shared import keys, turns
+from shared.cli import processes
+
 from shared.tokens import API_AUDIENCE, Principal, issue_stream_token
+from shared.vocabulary import DONE, TERMINAL_EVENTS
 from tests.sse import Event, bearer, post_prompt, read_stream
 from tests.stack import TEST_SECRET, Stack
 
@@ -51,8 +56,21 @@ def sid() -> str:
     return "h" + uuid.uuid4().hex[:12]
 
 
+def follow(base_url: str, stream_url: str, deadline_s: float = 120) -> list[Event]:
+    """The turn's events as EventSource gets them: a stream the server closes before the terminal
+    event (it could not check the turn, the machine is overloaded) is reopened with Last-Event-ID."""
+    events: list[Event] = []
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        events += read_stream(base_url, stream_url, last_event_id=events[-1].id if events else None, timeout=60)
+        if events and events[-1].type in TERMINAL_EVENTS:
+            break
+        time.sleep(1)
+    return events
+
+
 def finished(base_url: str, body: dict, headers: dict | None = None) -> dict:
-    read_stream(base_url, body["stream_url"], timeout=60)
+    follow(base_url, body["stream_url"])
     return httpx.get(base_url + body["status_url"], headers=headers or bearer(), timeout=10).json()
 
 
@@ -118,7 +136,7 @@ def test_records_and_history_are_filtered_by_owner(hostile, sid):
     hostile.client("broker").set(keys.session_owner(sid), "evilcorp/mallory")
 
     follow_up = post_prompt(base, sid, "And in Berlin?", headers=mallory).json()
-    events = read_stream(base, follow_up["stream_url"], timeout=60)
+    events = follow(base, follow_up["stream_url"])
     assert [e.data["tool"] for e in events if e.type == "tool"] == ["search_kb"]
     listing = httpx.get(f"{base}/api/sessions/{sid}/messages", headers=mallory).json()["messages"]
     assert [m["prompt"] for m in listing] == ["And in Berlin?"]
@@ -160,7 +178,7 @@ def test_a_stream_ends_when_its_turn_ends_without_a_terminal_event(hostile, sid)
     with ThreadPoolExecutor(1) as pool:
         reader = pool.submit(stream_until_closed, hostile.base_url + url)
         time.sleep(2)  # the stream is open and heartbeating
-        turns.update_turn(sid, message_id, status=turns.DONE, answer="forty-two")
+        turns.update_turn(sid, message_id, status=DONE, answer="forty-two")
         events = reader.result(timeout=60)
     assert [(e.type, e.data.get("answer")) for e in events] == [("done", "forty-two")]
 
@@ -177,7 +195,7 @@ def test_a_stream_closes_at_once_when_the_outcome_cannot_be_checked(hostile, sid
 
 def test_a_last_event_id_beyond_the_log_ends_a_finished_turns_stream(hostile, sid):
     body = post_prompt(hostile.base_url, sid, "calculate 6 * 7").json()
-    events = read_stream(hostile.base_url, body["stream_url"], timeout=60)
+    events = follow(hostile.base_url, body["stream_url"])
     assert events[-1].type == "done"
     beyond = stream_until_closed(hostile.base_url + body["stream_url"], headers={"Last-Event-ID": "99999999999999-0"})
     assert beyond == []
@@ -223,21 +241,6 @@ def test_any_unparseable_json_is_a_400(hostile, path, body):
     response = httpx.post(hostile.base_url + path, content=body.encode(), headers=headers, timeout=10)
     assert response.status_code == 400, response.text
     assert response.json()["error"] in ("invalid_json", "invalid_body")
-
-
-@pytest.mark.parametrize("refuse,undo", [
-    (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "512mb")),
-    (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE"))], ids=["out-of-memory", "read-only"])
-def test_a_broker_that_refuses_writes_is_a_503_with_retry_after(hostile, sid, refuse, undo):
-    broker = hostile.client("broker")
-    broker.execute_command(*refuse)
-    try:
-        response = post_prompt(hostile.base_url, sid, "calculate 1 + 2")
-    finally:
-        broker.execute_command(*undo)
-    assert response.status_code == 503, response.text
-    assert response.json()["error"] == "unavailable" and int(response.headers["Retry-After"]) > 0
-    assert post_prompt(hostile.base_url, sid, "calculate 1 + 2").status_code == 202
 
 
 BAD_IDS = ["1-", "1_000-0", "\u0661-0", "1", "-1-0", " 1-0", "1-0 ", "18446744073709551616-0",
@@ -315,8 +318,8 @@ def test_a_runaway_calculation_fails_alone_while_other_tenants_tools_finish(host
                                                            f"What is the weather in {c}?", headers=acme).json())
                    for city in CITIES]
         bodies = [f.result() for f in weather]
-        weather_events = list(pool.map(lambda b: read_stream(base, b["stream_url"], timeout=120), bodies))
-        runaway_events = read_stream(base, runaway.result()["stream_url"], timeout=120)
+        weather_events = list(pool.map(lambda b: follow(base, b["stream_url"]), bodies))
+        runaway_events = follow(base, runaway.result()["stream_url"])
     for events in weather_events:
         assert events[-1].type == "done", events[-1]
         assert [e.data["status"] for e in events if e.type == "tool"] == ["ok"], events
@@ -339,3 +342,38 @@ def test_the_dev_token_is_the_demo_analyst_and_not_an_admin(hostile):
     auth = {"Authorization": f"Bearer {minted['token']}"}
     assert httpx.get(f"{hostile.base_url}/ops/snapshot", headers=auth, timeout=10).status_code == 403
     assert httpx.get(f"{hostile.base_url}/api/sessions", headers=auth, timeout=10).status_code == 200
+
+
+# --- a broker that refuses writes -----------------------------------------------------------------
+@contextmanager
+def web_on_refusing_broker(hostile, how: str):
+    """A second web server whose broker is a redis-server that refuses writes: full (maxmemory
+    reached under noeviction) or read-only (a replica of the stack's broker). No worker uses it:
+    demoting a broker under a Celery worker ends the worker (kombu treats the UNBLOCKED error of
+    its BRPOP as unrecoverable), which is the broker's failover to handle, not the web tier's."""
+    port = processes.free_port()
+    server = processes.redis_server("broker", port, hostile.base_dir / f"refusing-{how}").start()
+    web = None
+    try:
+        refusing = redis.Redis(port=port, decode_responses=True)
+        if how == "read-only":
+            refusing.replicaof("127.0.0.1", hostile.ports["broker"])
+        env = {**hostile.env, "BROKER_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        web_port = processes.free_port()
+        web = processes.web_server(env, web_port, hostile.log_dir / f"refusing-{how}").start()
+        if how == "out-of-memory":
+            refusing.config_set("maxmemory", 1)
+        yield f"http://127.0.0.1:{web_port}"
+    finally:
+        for executor in (web, server):
+            if executor is not None:
+                executor.stop()
+
+
+@pytest.mark.parametrize("how", ["out-of-memory", "read-only"])
+def test_a_broker_that_refuses_writes_is_a_503_with_retry_after(hostile, sid, how):
+    with web_on_refusing_broker(hostile, how) as base_url:
+        response = post_prompt(base_url, sid, "calculate 1 + 2")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "unavailable" and int(response.headers["Retry-After"]) > 0
+    assert "refuses writes" in response.json()["message"]

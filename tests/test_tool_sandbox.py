@@ -23,6 +23,7 @@ def tight_limits(monkeypatch):
     monkeypatch.setenv("TURNSTREAM_TOOL_CPU_S", "1")
     monkeypatch.setenv("TURNSTREAM_TOOL_MEMORY_MB", "512")
     monkeypatch.setenv("TURNSTREAM_TOOL_PROCESSES", "3")
+    monkeypatch.setenv("TURNSTREAM_TOOL_WALL_S", "300")  # a loaded machine may give 1 s of CPU only slowly
     monkeypatch.setenv("TURNSTREAM_TOOL_LATENCY_MS", "0")
     reload_settings()
     yield
@@ -51,6 +52,14 @@ def test_a_call_over_its_memory_fails_alone():
     outcome, others = asyncio.run(beside(hog_memory))
     assert isinstance(outcome, tools.ToolFailure) and "memory" in str(outcome)
     assert len(others) == 18
+
+
+def test_a_call_over_its_wall_time_is_stopped(monkeypatch):
+    monkeypatch.setenv("TURNSTREAM_TOOL_WALL_S", "1")
+    monkeypatch.setenv("TURNSTREAM_TOOL_CPU_S", "600")
+    reload_settings()
+    with pytest.raises(tools.ToolFailure, match="ran longer than 1 s"):
+        asyncio.run(sandbox.run(spin))
 
 
 def test_the_pool_serves_calls_after_a_child_was_killed():

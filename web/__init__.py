@@ -6,13 +6,13 @@ from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
-from shared.policy import check_policies
+from shared.eviction import check_evictions
 from shared.redis_roles import make_pool
 from shared.settings import get_settings
 from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
-from web import telemetry
+from web import extensions, telemetry
 from web.errors import register_error_handlers
 from web.openapi import openapi
 from web.metrics import metrics_bp
@@ -28,7 +28,7 @@ def create_app(check_redis: bool = True) -> Flask:
     settings = get_settings()
     settings.secret_key()
     if check_redis:
-        check_policies()
+        check_evictions()
 
     app = Flask(__name__)
     # The byte cap follows JSON's worst case for a prompt within the character limit: a character
@@ -36,15 +36,14 @@ def create_app(check_redis: bool = True) -> Flask:
     # exact limit is the view's character count (a 413 naming it).
     app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * defaults.JSON_MAX_BYTES_PER_CHAR + 4096
     app.json.sort_keys = False
-    app.extensions["celery"] = make_celery("turnstream-web", settings)
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
     stream_redis = redis.Redis(connection_pool=make_pool(settings.role_url("progress"), settings,
                                                          settings.sse_redis_connections))
-    app.extensions["stream_redis"] = stream_redis
-    app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
-                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    app.extensions["rate_limiter"] = TurnRateLimiter(settings)
+    extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
+                       dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
+                                             subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
+                       rate_limiter=TurnRateLimiter(settings))
     for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

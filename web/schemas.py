@@ -6,8 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.defaults import PROMPT_MAX_CHARS
-
-TurnStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+from shared.vocabulary import EventType, TurnStatus
 
 
 class Strict(BaseModel):
@@ -49,7 +48,7 @@ class Turn(BaseModel):
 
 class LoggedEventOut(Strict):
     id: str
-    type: Literal["step", "tool", "token", "done", "error", "cancelled"]
+    type: EventType
     data: dict[str, Any]
 
 

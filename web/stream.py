@@ -9,17 +9,21 @@ import logging
 from collections.abc import Iterator
 
 import redis
-from flask import current_app, request, stream_with_context
+from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.outcome import publish_outcome
+from shared.terminal_event import publish_terminal_event
 from shared.progress import LoggedEvent, last_log_id, read_log, stream_id
 from shared.settings import get_settings
 from shared.tokens import TokenError, verify_stream_token
+from shared.vocabulary import FINAL_STATUSES
 from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
+from web import extensions
 from web.api import event_id_param
+from web.auth import query_token
 from web.errors import ApiError
+from web.sse import sse_response
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +42,33 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     after the `retry:` hint. A Last-Event-ID beyond the log counts as the end of the log."""
 
     def dispatcher(self) -> Dispatcher:
-        return current_app.extensions["dispatcher"]
+        return extensions.dispatcher()
 
     def stream(self, session_id: str, message_id: str):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
         after = event_id_param(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"),
                                "Last-Event-ID")
-        settings = get_settings()
         events = self.events(channel, session_id, message_id, after)
-        body = stream_with_context(self._render(events, settings.sse_retry_ms))
-        response = current_app.response_class(body, mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
 
     def _authorize(self, session_id: str, message_id: str) -> None:
-        token = request.args.get("token")
-        if not token:
-            raise ApiError(401, "unauthorized", "missing stream token (?token=...)")
         try:
-            verify_stream_token(token, session_id, message_id)
+            verify_stream_token(query_token("stream"), session_id, message_id)
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
     def _ended(self, session_id: str, message_id: str) -> bool:
         """Whether the turn is final (or gone); a final turn's terminal event is in the log
-        afterwards. Raises OutcomeUnknown if either store cannot say."""
+        afterwards (put back from the record if the progress store lost it). Raises
+        OutcomeUnknown if either store cannot say."""
         try:
             status = turns.turn_status(session_id, message_id)
             if status is None:
                 return True
-            if status not in turns.FINAL_STATES:
+            if status not in FINAL_STATUSES:
                 return False
-            publish_outcome(session_id, message_id, turns.get_turn(session_id, message_id))
+            publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
             return True
         except redis.RedisError as exc:
             raise OutcomeUnknown(str(exc)) from exc
@@ -79,7 +76,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""
         heartbeat = get_settings().sse_heartbeat_s
-        log_redis = current_app.extensions["stream_redis"]
+        log_redis = extensions.stream_redis()
         try:
             ended = self._ended(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
@@ -105,7 +102,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                     if self._ended(session_id, message_id):
                         # The terminal event was dropped on its way here (a progress outage, a
                         # breaker open in the worker): it is in the log now; send what is left.
-                        yield from (e for e in read_log(session_id, message_id, after=last, r=log_redis))
+                        yield from read_log(session_id, message_id, after=last, r=log_redis)
                         return
                     yield None
                     continue
@@ -131,8 +128,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             return newest
         return after
 
-    def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
-        yield f"retry: {retry_ms}\n: stream open\n\n"
+    def _render(self, events: Iterator[LoggedEvent | None]) -> Iterator[str]:
         for event in events:
             if event is None:
                 yield ": heartbeat\n\n"
