@@ -38,24 +38,48 @@ NORMAL_PROMPTS = ("What is the weather in Paris?", "calculate 6 * 7 + 1")
 RUNAWAY = "calculate (((9**99)**99)**99)**99"
 
 
-def normal_turns(stack: Stack, users: int, turns: int, tag: str) -> list[float]:
-    """`users` users, each sending `turns` turns back to back; every turn's POST→done in ms."""
+def normal_turns(stack: Stack, users: int, turns: int, tag: str) -> tuple[list[float], dict]:
+    """`users` users, each sending `turns` turns back to back: every accepted turn's POST→done in
+    ms, and the statuses of the posts that were refused (a user would retry those later)."""
+    refused: dict[int | str, int] = {}
+
     def one_user(i: int) -> list[float]:
         timings = []
         auth = bearer(f"{tag}{i}", "acme")
         with httpx.Client(timeout=60) as client:
             for n in range(turns):
                 started = time.perf_counter()
-                response = post_prompt(stack.base_url, f"{tag}{i}s{n}", NORMAL_PROMPTS[n % 2], headers=auth,
-                                       client=client)
-                assert response.status_code == 202, response.text
-                body = response.json()
-                events = read_stream(stack.base_url, body["stream_url"], client=client, timeout=60)
-                assert events[-1].type == "done", events[-1]
+                try:
+                    response = post_prompt(stack.base_url, f"{tag}{i}s{n}", NORMAL_PROMPTS[n % 2], headers=auth,
+                                           client=client)
+                except httpx.TimeoutException:
+                    refused["timeout"] = refused.get("timeout", 0) + 1
+                    continue
+                if response.status_code != 202:
+                    refused[response.status_code] = refused.get(response.status_code, 0) + 1
+                    continue
+                try:
+                    follow(stack.base_url, response.json()["stream_url"], client)
+                except (httpx.TimeoutException, TimeoutError):
+                    refused["stream timeout"] = refused.get("stream timeout", 0) + 1
+                    continue
                 timings.append((time.perf_counter() - started) * 1000)
         return timings
     with ThreadPoolExecutor(users) as pool:
-        return [t for user in pool.map(one_user, range(users)) for t in user]
+        return [t for user in pool.map(one_user, range(users)) for t in user], refused
+
+
+def follow(base_url: str, stream_url: str, client: httpx.Client) -> list:
+    """The stream until its terminal event, reconnecting with Last-Event-ID as EventSource does."""
+    events: list = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events += read_stream(base_url, stream_url, last_event_id=events[-1].id if events else None,
+                              client=client, timeout=60)
+        if events and events[-1].type in ("done", "error", "cancelled"):
+            return events
+        time.sleep(0.5)
+    raise TimeoutError(f"no terminal event on {stream_url}")
 
 
 @contextmanager
@@ -127,14 +151,17 @@ def exhaust(stack: Stack):
     bodies = [b'{"prompt": "hello"}', b'{"prompt": "' + b"x" * 60000 + b'"}',
               b"[" * 20000 + b"]" * 20000, b'{"prompt": "hello"}']
     forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.forged", "Content-Type": "application/json"}
-    counts: dict[int, int] = {}
+    counts: dict[int | str, int] = {}
 
     def work(stop: threading.Event) -> None:
         with httpx.Client(timeout=30) as client:
             n = 0
             while not stop.is_set():
                 headers = forged if n % 5 == 4 else auth
-                status = client.post(url, content=bodies[n % len(bodies)], headers=headers).status_code
+                try:
+                    status = client.post(url, content=bodies[n % len(bodies)], headers=headers).status_code
+                except httpx.TimeoutException:
+                    status = "timeout"
                 counts[status] = counts.get(status, 0) + 1
                 n += 1
     return work, counts
@@ -149,21 +176,33 @@ def runaway(stack: Stack):
             n = 0
             while not stop.is_set():
                 user = f"runaway{threading.get_ident()}x{n // 50}"  # a fresh user every 50: no rate limit
-                body = post_prompt(stack.base_url, f"r{uuid.uuid4().hex[:12]}", RUNAWAY,
-                                   headers=bearer(user, "evilcorp"), client=client).json()
-                events = read_stream(stack.base_url, body["stream_url"], client=client, timeout=60)
+                n += 1
+                try:
+                    response = post_prompt(stack.base_url, f"r{uuid.uuid4().hex[:12]}", RUNAWAY,
+                                           headers=bearer(user, "evilcorp"), client=client)
+                except httpx.TimeoutException:
+                    outcomes["post timeout"] = outcomes.get("post timeout", 0) + 1
+                    continue
+                if response.status_code != 202:
+                    outcomes[f"refused {response.status_code}"] = outcomes.get(f"refused {response.status_code}", 0) + 1
+                    continue
+                try:
+                    events = follow(stack.base_url, response.json()["stream_url"], client)
+                except (httpx.TimeoutException, TimeoutError):
+                    outcomes["no terminal event"] = outcomes.get("no terminal event", 0) + 1
+                    continue
                 tool = [e.data for e in events if e.type == "tool"]
                 key = tool[0]["status"] if tool else events[-1].type
                 outcomes[key] = outcomes.get(key, 0) + 1
-                n += 1
     return work, outcomes
 
 
-def report(name: str, timings: list[float], idle_p99: float | None) -> float:
+def report(name: str, measured: tuple[list[float], dict], idle_p99: float | None) -> float:
+    timings, refused = measured
     p50, p99 = percentile(timings, 50), percentile(timings, 99)
     ratio = f"{p99 / idle_p99:6.2f}x" if idle_p99 else "   1.00x"
-    print(f"{name:<12} n={len(timings):<4} p50={p50:8.1f} ms  p99={p99:8.1f} ms  p99 ratio vs idle={ratio}",
-          flush=True)
+    print(f"{name:<12} n={len(timings):<4} p50={p50:8.1f} ms  p99={p99:8.1f} ms  p99 ratio vs idle={ratio}  "
+          f"refused posts={refused or 0}", flush=True)
     return p99
 
 

@@ -59,14 +59,13 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
     def _ended(self, session_id: str, message_id: str) -> bool:
-        """Whether the turn is final (or gone); a final turn's terminal event is in the log
-        afterwards (put back from the record if the progress store lost it). Raises
-        OutcomeUnknown if either store cannot say."""
+        """Whether the turn is final; a final turn's terminal event is in the log afterwards (put
+        back from the record if the progress store lost it). Raises OutcomeUnknown if either
+        store cannot say. A turn without a record is not final: its events come from the log
+        alone (publishers that keep no record, such as the benchmarks, stream this way)."""
         try:
             status = turns.turn_status(session_id, message_id)
-            if status is None:
-                return True
-            if status not in FINAL_STATUSES:
+            if status is None or status not in FINAL_STATUSES:
                 return False
             publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
             return True
