@@ -30,7 +30,7 @@ from pathlib import Path
 from _common import percentile  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
-from shared.tokens import Principal, issue_stream_token
+from shared.identity import Principal, issue_stream_token
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
 

@@ -16,11 +16,11 @@ import redis
 from flask_sse import Message
 
 from shared import keys
-from shared.events import ProgressEvent, TokenEvent, event_type
-from shared.vocabulary import TERMINAL_EVENTS, token_dedupe
+from shared.events import DeltaEvent, ProgressEvent, event_type
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
+from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ return id
 
 @dataclass(frozen=True)
 class LoggedEvent:
-    """One event as stored in the log: its stream id, SSE type and JSON data text."""
+    """One event as stored in the log: its entry id in the log (a Redis stream id), SSE type and JSON data text."""
 
     id: str
     type: str
@@ -64,23 +64,23 @@ class LoggedEvent:
         return {"id": self.id, "type": self.type, "data": json.loads(self.data)}
 
 
-def stream_id(value: str) -> tuple[int, int]:
-    """Stream ids compare as (milliseconds, sequence)."""
+def entry_order(value: str) -> tuple[int, int]:
+    """Log entry ids (Redis stream ids) compare as (milliseconds, sequence)."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
 
 
-# What Redis itself accepts as a full stream id: ASCII digits, both parts within 64 bits. Python's
+# What Redis itself accepts as a full entry id: ASCII digits, both parts within 64 bits. Python's
 # int() alone would let through "1-", "1_000-0", other scripts' digits and 2**64, which Redis refuses.
-STREAM_ID_PATTERN = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
-STREAM_ID_PART_MAX = 2**64 - 1
+ENTRY_ID_PATTERN = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
+ENTRY_ID_PART_MAX = 2**64 - 1
 
 
-def valid_stream_id(value: str | None) -> str | None:
-    """`value` if it is a stream id Redis accepts, else None."""
-    if not value or not STREAM_ID_PATTERN.fullmatch(value):
+def valid_entry_id(value: str | None) -> str | None:
+    """`value` if it is a log entry id Redis accepts, else None."""
+    if not value or not ENTRY_ID_PATTERN.fullmatch(value):
         return None
-    if any(int(part) > STREAM_ID_PART_MAX for part in value.split("-")):
+    if any(int(part) > ENTRY_ID_PART_MAX for part in value.split("-")):
         return None
     return value
 
@@ -130,7 +130,7 @@ class Publisher:
         )
 
 
-class TokenCoalescer:
+class DeltaCoalescer:
     """Buffers streamed answer deltas and publishes them about every `interval` seconds."""
 
     def __init__(self, publisher: Publisher, interval: float | None = None):
@@ -151,7 +151,7 @@ class TokenCoalescer:
         if not self._buffer:
             return
         text, self._buffer = "".join(self._buffer), []
-        self._publisher.publish(TokenEvent(text=text), dedupe=token_dedupe(self._chunks))
+        self._publisher.publish(DeltaEvent(text=text), dedupe=delta_dedupe(self._chunks))
         self._chunks += 1
         self.published += 1
 
@@ -164,7 +164,7 @@ def read_log(session_id: str, message_id: str, after: str | None = None,
     return [LoggedEvent(id=entry_id, type=fields["type"], data=fields["data"]) for entry_id, fields in entries]
 
 
-def last_log_id(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+def last_entry_id(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
     """The id of the turn's newest logged event; None for an empty log."""
     newest = (r or client("progress")).xrevrange(keys.progress_log(session_id, message_id), count=1)
     return newest[0][0] if newest else None

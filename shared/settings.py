@@ -110,7 +110,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> "Settings":
-        """A step outliving the visibility timeout would run twice at once: refuse such a config."""
+        """The time limits must stay below the visibility timeout (shared.celery_config.transport_options)."""
         if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
             raise ValueError("need TURNSTREAM_TASK_SOFT_TIME_LIMIT_S < TURNSTREAM_TASK_TIME_LIMIT_S "
                              "< TURNSTREAM_VISIBILITY_TIMEOUT_S")
@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     ops_refresh_s: float = defaults.OPS_REFRESH_S
     ops_window_s: int = defaults.OPS_WINDOW_S
     ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S
+    stall_s: float = defaults.STALL_S
+    redact_user_text: bool = defaults.REDACT_USER_TEXT
 
     @property
     def single_instance(self) -> bool:

@@ -21,7 +21,7 @@ import redis
 from shared import keys, turns
 from shared.cli import processes
 
-from shared.tokens import API_AUDIENCE, Principal, issue_stream_token
+from shared.identity import API_AUDIENCE, Principal, issue_stream_token
 from shared.vocabulary import DONE, TERMINAL_EVENTS
 from tests.sse import Event, bearer, post_prompt, read_stream
 from tests.stack import TEST_SECRET, Stack

@@ -15,14 +15,14 @@ from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest
 
 from shared import defaults, metrics, turns
+from shared.identity import Principal, issue_stream_token, issue_user_token
+from shared.keys import valid_id
+from shared.progress import read_log, valid_entry_id
+from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnPayload, revoke_turn, send_turn
 from shared.turns import TurnRecord
 from shared.vocabulary import CANCELLED
-from shared.keys import valid_id
-from shared.terminal_event import publish_terminal_event
-from shared.progress import read_log, valid_stream_id
-from shared.settings import get_settings
-from shared.tokens import Principal, issue_stream_token, issue_user_token
 from web import extensions
 from web.auth import current_principal
 from web.errors import REFUSED_WRITES, ApiError
@@ -53,7 +53,7 @@ def event_id_param(value: str | None, name: str) -> str | None:
     """An event id from the client (`after`, `Last-Event-ID`), or None; 400 unless it is one."""
     if not value:
         return None
-    if not valid_stream_id(value):
+    if not valid_entry_id(value):
         raise ApiError(400, "invalid_after", f"{name} must be an event id such as 1700000000000-0")
     return value
 

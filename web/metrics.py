@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 
 from shared import defaults, metrics
 from shared.tracing import suppress_instrumentation
-from web.dispatcher import Dispatcher
 from web import extensions
+from web.dispatcher import Dispatcher
 from web.snapshot import publish_web_process
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ class LiveCollector(Collector):
         if snap["turns"]["ok"]:
             yield GaugeMetricFamily("turnstream_turns_in_flight", "Turns accepted and not yet final.",
                                     value=snap["turns"]["data"]["count"])
+            yield GaugeMetricFamily("turnstream_turns_stalled",
+                                    "Unfinished turns whose step has not moved for longer than TURNSTREAM_STALL_S.",
+                                    value=snap["turns"]["data"]["stalled"])
         yield from self._redis(snap["redis"])
         yield from self._guards(snap["guards"])
         if snap["pubsub"]["ok"]:

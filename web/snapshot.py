@@ -18,13 +18,13 @@ from celery import Celery
 from gevent.lock import Semaphore
 
 from shared import defaults, keys, turns
-from shared.guards import stats as guard_stats
 from shared.celery_config import queues
-from shared.turn_flow import step_of, turn_of
 from shared.eviction import judge_eviction, read_eviction
+from shared.guards import stats as guard_stats
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import suppress_instrumentation
+from shared.turn_flow import step_of, turn_of
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,10 @@ def _role_row(role: str, section: dict) -> dict:
 
 
 def _turns() -> dict:
-    items = turns.turns_in_flight(limit=50)  # prunes finished and stale entries, so count after it
-    return {"count": turns.count_in_flight(), "items": items}
+    stall_s = get_settings().stall_s
+    items = turns.turns_in_flight(limit=50, stall_s=stall_s)  # prunes finished and stale entries, so count after it
+    return {"count": turns.count_in_flight(), "stalled": turns.count_stalled(stall_s), "stall_s": stall_s,
+            "items": items}
 
 
 def _guards(window_s: int) -> dict:

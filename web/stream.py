@@ -13,15 +13,15 @@ from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.terminal_event import publish_terminal_event
-from shared.progress import LoggedEvent, last_log_id, read_log, stream_id
+from shared.identity import TokenError, verify_stream_token
+from shared.progress import LoggedEvent, entry_order, last_entry_id, read_log
 from shared.settings import get_settings
-from shared.tokens import TokenError, verify_stream_token
+from shared.terminal_event import publish_terminal_event
 from shared.vocabulary import FINAL_STATUSES
-from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web import extensions
 from web.api import event_id_param
 from web.auth import query_token
+from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
 from web.sse import sse_response
 
@@ -105,7 +105,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                         return
                     yield None
                     continue
-                if last and stream_id(item.id) <= stream_id(last):
+                if last and entry_order(item.id) <= entry_order(last):
                     continue
                 yield item
                 last = item.id
@@ -122,8 +122,8 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         the terminal one included, would look already sent and be dropped."""
         if after is None:
             return None
-        newest = last_log_id(session_id, message_id, r)
-        if newest is None or stream_id(after) > stream_id(newest):
+        newest = last_entry_id(session_id, message_id, r)
+        if newest is None or entry_order(after) > entry_order(newest):
             return newest
         return after
 

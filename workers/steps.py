@@ -23,9 +23,9 @@ from kombu.exceptions import OperationalError
 from shared import defaults, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ProgressEvent, StepEvent
-from shared.terminal_event import terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
+from shared.terminal_event import terminal_event
 from shared.turn_flow import TurnRef, task_name
 from shared.vocabulary import (FINISHED, REPUBLISH_TERMINAL_EVENT, RUNNING, STARTED, TERMINAL_DEDUPE, Step,
                                StepPhase, step_dedupe)
@@ -116,7 +116,7 @@ def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int
         if getattr(exc, "role", None) != "broker":
             raise StepFailed(step, f"{step} failed: {exc}") from exc
         # The broker holds the turn (history, status): its outage is no reason to fail the turn.
-        # The message goes back (now, or after the visibility timeout) and the step runs again.
+        # The message goes back (now, or after the visibility timeout: shared.celery_config) and the step runs again.
         log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
                     turn["session_id"], turn["message_id"])
         raise Reject(exc, requeue=True) from exc
