@@ -54,6 +54,7 @@ def test_a_model_sentence_counts_only_if_it_states_every_fact():
 def test_the_installed_build_is_portable():
     """The shared build must not have AMX (it crashes on virtualized Xeons); the parser finds it."""
     assert amx_features("CPU : SSE3 = 1 | AVX2 = 1 | AMX_INT8 = 1 | AMX_BF16 = 0 | ") == ["AMX_INT8"]
+    assert amx_features("CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | ") == ["AVX512", "AVX512_VNNI"]
     done = subprocess.run([sys.executable, "-m", "workers.reasoners.local_check", "portable"],
                           env=child_env({}), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -3,7 +3,9 @@
 - `portable`: llama-cpp-python must be built without AMX. A build with native CPU flags turns
   AMX on where the CPU has it, and ggml's AMX backend crashes (SIGSEGV in libggml-cpu) on
   virtualized Sapphire/Granite Rapids CPUs. The Makefile builds with GGML_NATIVE=OFF; this check
-  catches a wheel that pip's cache built natively (its cache key ignores CMAKE_ARGS).
+  catches a wheel that pip's cache built natively (its cache key ignores CMAKE_ARGS). It refuses
+  AVX-512 too: the portable build stops at AVX2, so AVX-512 on means a native build, which is how
+  a native wheel is caught even on a host without AMX (where it would run, and prove nothing).
 - `smoke`: load the shipped model and generate a few tokens; prints the speed.
 
 Rule: the checks run in a child process (`python -m workers.reasoners.local_check smoke`) and the
@@ -27,12 +29,16 @@ def system_info() -> str:
     return info.decode() if isinstance(info, bytes) else str(info)
 
 
+NATIVE_ONLY = ("AMX", "AVX512")  # features only a native build turns on
+
+
 def amx_features(info: str) -> list[str]:
-    """The AMX features a build reports as on, e.g. `AMX_INT8 = 1` in llama_print_system_info()."""
+    """The native-only features (AMX, AVX-512) a build reports as on, e.g. `AMX_INT8 = 1` in
+    llama_print_system_info()."""
     found = []
     for part in info.replace("|", "\n").splitlines():
         name, _, value = part.partition("=")
-        if "AMX" in name.upper() and value.strip() not in ("", "0"):
+        if any(flag in name.upper() for flag in NATIVE_ONLY) and value.strip() not in ("", "0"):
             found.append(name.strip())
     return found
 
@@ -40,9 +46,9 @@ def amx_features(info: str) -> list[str]:
 def portable() -> int:
     amx = amx_features(system_info())
     if amx:
-        print(f"llama-cpp-python was built with {', '.join(amx)}, which crashes on virtualized CPUs")
+        print(f"llama-cpp-python was built with {', '.join(amx)}, a native build (AMX crashes on virtualized CPUs)")
         return NOT_PORTABLE
-    print("llama-cpp-python is built without AMX")
+    print("llama-cpp-python is built portably (no AMX, no AVX-512)")
     return 0
 
 
@@ -54,7 +60,7 @@ def smoke() -> int:
     import_llama()  # first, so its threads wait as the reasoner's do (see import_llama)
     amx = amx_features(system_info())
     if amx:
-        print(f"llama-cpp-python was built with {', '.join(amx)}, which crashes on virtualized CPUs "
+        print(f"llama-cpp-python was built with {', '.join(amx)}, a native build (AMX crashes on virtualized CPUs) "
               "(rebuild it: make clean && make run)")
         return NOT_PORTABLE
     try:
