@@ -10,6 +10,8 @@
   after saving its checkpoint sends the turn on from that checkpoint.
 - `advance`: save the checkpoint a finished step leaves (atomically with the turn's status); a
   step taken over by another worker meanwhile drops its result (Ignore).
+- `settle_terminal_event`: publish a turn's terminal event (the outbox keeps it while the
+  progress store is down).
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
   id of its own, so Flower, metrics and traces see every step as the task it is; then let go
   of the turn (its runner is this process until the next step is sent).
@@ -32,15 +34,16 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from shared import deliveries, turns
 from shared.breakers import UNAVAILABLE
-from shared.events import StepEvent
+from shared.events import ProgressEvent, StepEvent
 from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import Publisher
 from shared.settings import get_settings
-from shared.terminal_event import publish_terminal_event
+from shared.terminal_event import terminal_event
 from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn
-from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, Step,
-                               StepPhase, step_dedupe)
+from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, TERMINAL_DEDUPE,
+                               Step, StepPhase, step_dedupe)
 from workers import guarding, time_limits
+from workers.celery_app import app
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
 
@@ -88,8 +91,6 @@ def skip_delivery(session_id: str, message_id: str, task: str, round_: int | Non
     log.info("turn %s/%s: %s%s is %s; this delivery does nothing", session_id, message_id, task,
              f" (round {round_})" if round_ else "", "done already" if status == "stale" else "run by a live worker")
     if orphaned_by:
-        from workers.celery_app import app
-
         record = with_broker(turns.get_turn, session_id, message_id)
         if record and record.payload and not record.final:
             sent = resume_turn(app, record.payload, record.checkpoint)
@@ -116,8 +117,17 @@ def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> Non
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_terminal_event(publisher.session_id, publisher.message_id, record, publisher)
+        settle_terminal_event(publisher, terminal_event(record))
     raise Ignore()
+
+
+def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None) -> None:
+    """Publish the turn's terminal event. While the progress store is down (or its breaker open)
+    the fail-soft publisher keeps it in the outbox, behind the turn's other waiting events, and
+    the outbox publishes it once the store is back (shared.outbox); an open stream also finds
+    it at its next heartbeat."""
+    if event is not None:
+        publisher.publish(event, dedupe=TERMINAL_DEDUPE)
 
 
 def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
@@ -171,7 +181,7 @@ def fail_turn(session_id: str, message_id: str, step: str | None, message: str) 
         with_broker(turns.update_turn, session_id, message_id, status=FAILED, error=message, step=step or "")
         log.warning("turn %s/%s failed: %s", session_id, message_id, message)
         record = with_broker(turns.get_turn, session_id, message_id)
-    publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
 
 
 class TurnTask(Task):

@@ -46,8 +46,8 @@ from shared.events import ToolEvent
 from shared.failures import sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import DeltaCoalescer, Publisher
 from shared.settings import get_settings
-from shared.terminal_event import publish_terminal_event
 from shared.guards import declarations
+from shared.terminal_event import terminal_event
 from shared.turn_flow import (Checkpoint, FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, position,
                               task_name)
 from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, STARTED, SYNTHESIZE,
@@ -57,7 +57,7 @@ from workers.celery_app import app
 from workers.mcp.client import ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase, release,
-                           run_step, start_step, step_failure, with_broker)
+                           run_step, settle_terminal_event, start_step, step_failure, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
         raise StepFailed(DISCOVER, "no MCP server answered (" + "; ".join(client.server_errors.values()) + ")")
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
     public = [{k: t[k] for k in ("name", "description", "input_schema", "cache_declaration")} for t in allowed]
-    return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
+    return {**turn, "tools": public, "history": history.recall(turn["session_id"], guarding.principal(turn).owner),
+            "rounds": []}
 
 
 @app.task(name=task_name(DISCOVER), base=TurnTask)
@@ -258,7 +259,7 @@ def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == TOOL_OK})
     return {"session_id": turn["session_id"], "message_id": turn["message_id"], "prompt": turn["prompt"],
-            "answer": text, "tools_used": used}
+            "owner": guarding.principal(turn).owner, "answer": text, "tools_used": used}
 
 
 def finish_turn(result: FinishedTurn) -> FinishedTurn:
@@ -270,9 +271,9 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
     session_id, message_id = result["session_id"], result["message_id"]
     status = with_broker(turns.update_turn, session_id, message_id, status=DONE, answer=result["answer"])
     if status == DONE:
-        history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
+        history.remember(session_id, result["owner"], result["prompt"], result["answer"], result["tools_used"])
     record = with_broker(turns.get_turn, session_id, message_id)
-    publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
     release(result, position(SYNTHESIZE))
     return result
 
