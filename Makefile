@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server chromium mcp-reference-server clean
+.PHONY: run test bench redis-server chromium mcp-reference-server ag-ui-client clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,13 @@ chromium:
 mcp-reference-server:
 	@bash deploy/install-mcp-reference.sh
 
+ag-ui-client:
+	@bash deploy/install-ag-ui-client.sh
+
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-test: $(STAMP) redis-server chromium mcp-reference-server
+test: $(STAMP) redis-server chromium mcp-reference-server ag-ui-client
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

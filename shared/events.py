@@ -22,13 +22,21 @@ class StepEvent(ProgressEvent):
     round: int | None = None  # reason and execute repeat: 1, 2, ... up to TURNSTREAM_MAX_TOOL_ROUNDS
 
 
+# A call's life in `tool` events: `started` when execute dispatches it (before the guards),
+# `running` while the tool reports MCP progress, then one final `ok`, `error` or `denied`.
+TOOL_FINAL_STATUSES = frozenset({"ok", "error", "denied"})
+
+
 class ToolEvent(ProgressEvent):
     call_id: str
     tool: str
-    args: dict
-    status: Literal["ok", "error", "denied"]
-    duration_ms: float
-    result_preview: str = ""
+    args: dict | None = None  # on `started` and the final event; `running` carries only what changed
+    status: Literal["started", "running", "ok", "error", "denied"]
+    duration_ms: float | None = None  # on the final event
+    progress: float | None = None  # `running`: the tool's own progress figures (MCP notifications/progress)
+    total: float | None = None
+    message: str | None = None
+    result_preview: str | None = None
     permission: dict | None = None
     cache: str | None = None
     error: str | None = None

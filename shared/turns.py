@@ -51,13 +51,18 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 
 
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
-                r: redis.Redis | None = None, payload: dict | None = None) -> None:
-    """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
-    kept so that a turn whose messages were lost can be sent again (shared.redelivery)."""
+                r: redis.Redis | None = None, payload: dict | None = None) -> bool:
+    """Record a new turn as queued and in flight; False (and nothing written) if a turn with this
+    id exists. `payload` is what its chain is sent with, kept so that a turn whose messages were
+    lost can be sent again (shared.redelivery)."""
     r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
     status_key = keys.turn_status(session_id, message_id)
+    # Claim the id first (one atomic field write): a client may choose its ids (AG-UI's runId),
+    # and a second post of the same id must not overwrite a turn under way.
+    if not r.hsetnx(status_key, "owner", principal.owner):
+        return False
     pipe = r.pipeline()
     pipe.hset(status_key, mapping={"session_id": session_id, "message_id": message_id, "owner": principal.owner,
                                    "prompt": prompt, "status": QUEUED, "step": "", "created_at": now,
@@ -70,6 +75,7 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
     pipe.zadd(keys.turns_in_flight(), {f"{session_id}:{message_id}": now})
     pipe.execute()
+    return True
 
 
 def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> None:

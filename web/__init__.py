@@ -1,4 +1,4 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
+"""The web tier: an app factory with one blueprint per surface (api, ag_ui, stream, ops, ui, admin)."""
 
 import redis
 from flask import Flask
@@ -10,6 +10,7 @@ from shared.policy import check_policies
 from shared.redis_roles import make_pool
 from shared.settings import get_settings
 from web.admin import admin
+from web.ag_ui import ag_ui
 from web.api import api
 from web.dispatcher import Dispatcher
 from web import telemetry
@@ -42,7 +43,7 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
     app.extensions["rate_limiter"] = TurnRateLimiter(settings)
-    for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
+    for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     allow_cross_origin(app, settings.cors_origin_list())

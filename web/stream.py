@@ -32,7 +32,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def stream(self, session_id: str, message_id: str):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
-        self._restore_outcome(session_id, message_id)
+        self.restore_outcome(session_id, message_id)
         after = valid_stream_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
         settings = get_settings()
         events = self.events(channel, session_id, message_id, after)
@@ -51,7 +51,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
-    def _restore_outcome(self, session_id: str, message_id: str) -> None:
+    def restore_outcome(self, session_id: str, message_id: str) -> None:
         """A turn that ended while the progress store was down has no terminal event in the log:
         put it back from the status record (once), so the stream ends instead of waiting forever."""
         try:

@@ -168,6 +168,20 @@ def reason(self, turn: dict) -> None:
 
 
 # --- execute -------------------------------------------------------------------------------
+def _progress_publisher(publisher: Publisher, call: dict) -> Callable[[float, float | None, str | None], None]:
+    """Publishes a call's progress reports as `running` events, numbered so that a redelivered
+    call publishes none of them twice."""
+    published = 0
+
+    def forward(progress: float, total: float | None, message: str | None) -> None:
+        nonlocal published
+        published += 1
+        publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], status="running",
+                                    progress=progress, total=total, message=message),
+                          dedupe=f"tool-{call['call_id']}-running-{published}")
+    return forward
+
+
 def _tool_event(call: dict, outcome: dict, duration_ms: float, guard: guarding.GuardedCall | None) -> ToolEvent:
     preview = json.dumps(outcome.get("result", ""), ensure_ascii=False)[:PREVIEW_CHARS]
     return ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=outcome["status"],
@@ -188,7 +202,8 @@ def call_tool(ref: dict, call: dict) -> dict:
         hub = get_hub()
         try:
             tool = hub.resolve(call["tool"])
-            run = functools.partial(hub.call_tool, call["tool"], caller=guarding.caller(ref))
+            run = functools.partial(hub.call_tool, call["tool"], caller=guarding.caller(ref),
+                                    on_progress=_progress_publisher(publisher, call))
             guard = guarding.guarded(guarding.principal(ref), tool, call["args"], run)
             outcome.update(status=guard.status)
             outcome.update({"result": guard.result} if guard.status == "ok" else {"error": guard.error})
@@ -211,6 +226,9 @@ def execute(self, turn: dict) -> None:
     ref = {k: turn[k] for k in ("session_id", "message_id", "user", "tenant", "roles")}
     calls = [{k: c[k] for k in ("call_id", "tool", "args", "error", "model_call_id") if k in c} for c in turn["pending"]]
     state = {**turn, "pending": [], "execute_started_at": time.time()}
+    for call in calls:  # shown at once, before the guards and however long the tools queue is
+        publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status="started"),
+                          dedupe=f"tool-{call['call_id']}-started")
     forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
 
 
