@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import httpx
 from httpx_sse import connect_sse
 
-from shared.events import TERMINAL_EVENTS
+from shared.events import TERMINAL_EVENTS, TOOL_FINAL_STATUSES
 from shared.tokens import issue_user_token
 
 
@@ -15,6 +15,11 @@ class Event:
     type: str
     id: str
     data: dict
+
+
+def tool_calls(events: list[Event]) -> list[Event]:
+    """Each tool call's final event (`ok`, `error`, `denied`), without its `started` and `running` ones."""
+    return [e for e in events if e.type == "tool" and e.data["status"] in TOOL_FINAL_STATUSES]
 
 
 def bearer(user: str = "alice", tenant: str = "acme", roles: tuple[str, ...] = ("analyst",)) -> dict:

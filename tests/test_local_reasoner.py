@@ -3,7 +3,7 @@ turn offline: grammar-constrained tool choice, a real MCP call, a streamed answe
 
 import pytest
 
-from tests.sse import post_prompt, read_stream
+from tests.sse import post_prompt, read_stream, tool_calls
 from tests.stack import Stack
 from workers.reasoners.local import bounded_schema, shipped_model_path
 
@@ -35,7 +35,7 @@ def test_the_local_model_completes_a_turn_offline(local_stack):
     body = post_prompt(local_stack.base_url, "local1", "What is the weather in Paris?").json()
     events = read_stream(local_stack.base_url, body["stream_url"], timeout=300)
     assert events[-1].type == "done", events[-1]
-    tools = [(e.data["tool"], e.data["args"], e.data["status"]) for e in events if e.type == "tool"]
+    tools = [(e.data["tool"], e.data["args"], e.data["status"]) for e in tool_calls(events)]
     assert tools[0] == ("weather", {"city": "Paris"}, "ok")
     tokens = "".join(e.data["text"] for e in events if e.type == "token")
     assert tokens.strip() == events[-1].data["answer"] and len(events[-1].data["answer"]) > 10

@@ -168,14 +168,23 @@ function setTitle(sid, prompt, startedAt) {
   const text = prompt.length > 60 ? `${prompt.slice(0, 57)}…` : prompt;
   state.titles.set(sid, { text, time: startedAt ? formatStarted(startedAt) : "", iso: startedAt
     ? new Date(startedAt * 1000).toISOString() : "" });
-  const button = document.querySelector(`#session-list .session[data-session-id="${sid}"]`);
-  if (button) fillTitle(button, sid);
+  for (const other of document.querySelectorAll("#session-list .session")) {
+    if (state.titles.has(other.dataset.sessionId)) fillTitle(other, other.dataset.sessionId);
+  }
   if (sid === state.sessionId) $("chat-title").textContent = titleText(sid);
+}
+
+/** Two sessions with the same prompt in the same second still differ: by their ids' ends. */
+function labelOf(sid) {
+  const title = state.titles.get(sid);
+  const twins = [...state.titles.entries()].filter(([other, t]) => other !== sid && t.text === title.text
+    && t.time === title.time);
+  return twins.length ? `${title.time} · #${sid.slice(-4)}` : title.time;
 }
 
 function titleText(sid) {
   const title = state.titles.get(sid);
-  return title ? [title.text, title.time].filter(Boolean).join(" · ") : sid;
+  return title ? [title.text, labelOf(sid)].filter(Boolean).join(" · ") : sid;
 }
 
 function fillTitle(button, sid) {
@@ -190,8 +199,9 @@ function fillTitle(button, sid) {
   const time = document.createElement("time");
   time.className = "session-time";
   time.dateTime = title.iso;
-  time.textContent = title.time;
+  time.textContent = labelOf(sid);
   button.replaceChildren(text, time);
+  button.title = `${title.text} (${sid})`;
 }
 
 function addSessionToList(sid, prompt) {

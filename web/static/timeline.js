@@ -324,6 +324,7 @@ export class TurnView {
       card.row.classList.remove("running");
       card.row.classList.add("stopped");
       card.row.dataset.status = "stopped";
+      card.elapsed.classList.remove("elapsed");
       card.elapsed.textContent = `${outcome} after ${formatElapsed(Date.now() - card.startedAt)}`;
     }
     this.setCancellable(false);
