@@ -6,6 +6,7 @@ event with ag-ui-protocol's models."""
 
 import json
 import os
+import re
 import subprocess
 import uuid
 
@@ -155,6 +156,19 @@ def test_a_failed_turn_is_a_run_error_with_the_readable_message(broken_reasoner,
     status = httpx.get(f"{broken_reasoner.base_url}/api/sessions/{session_id}/messages/{seen['runId']}",
                        headers=bearer()).json()
     assert status["status"] == "failed" and status["error"] == error["message"]
+
+
+def test_the_readme_example_works_as_written(base_url, tmp_path):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Use turnstream from an AG-UI frontend"):]
+    example = re.search(r"```js\n(.*?)```", section, re.S).group(1)
+    assert "http://127.0.0.1:8000" in example  # what `make run` serves; this test's stack is elsewhere
+    (tmp_path / "agui.mjs").write_text(example.replace("http://127.0.0.1:8000", base_url))
+    (tmp_path / "node_modules").symlink_to(CLIENT_DIR)
+    done = subprocess.run(["node", "agui.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "TOKEN": token()}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["calling weather", WEATHER_PARIS, "user → assistant → tool → assistant"]
 
 
 # --- the wire, parsed with ag-ui-protocol's models ---------------------------------------------------
