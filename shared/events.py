@@ -1,12 +1,10 @@
-"""The progress event schema: what a browser receives, one SSE `event:` name per model."""
-
-from typing import Literal
+"""The progress event schema: what a browser receives, one SSE `event:` name per model (the names:
+shared.vocabulary)."""
 
 from pydantic import BaseModel, ConfigDict
 
-# discover comes first: a model can only choose among tools it has been shown.
-STEPS = ("discover", "reason", "execute", "synthesize")
-TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
+from shared.vocabulary import (CANCELLED_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOKEN_EVENT, TOOL_EVENT,
+                               EventType, ExecCacheResult, Step, StepPhase, ToolEventStatus)
 
 
 class ProgressEvent(BaseModel):
@@ -16,29 +14,24 @@ class ProgressEvent(BaseModel):
 
 
 class StepEvent(ProgressEvent):
-    step: Literal["reason", "discover", "execute", "synthesize"]
-    status: Literal["started", "finished"]
+    step: Step
+    status: StepPhase
     duration_ms: float | None = None
     round: int | None = None  # reason and execute repeat: 1, 2, ... up to TURNSTREAM_MAX_TOOL_ROUNDS
-
-
-# A call's life in `tool` events: `started` when execute dispatches it (before the guards),
-# `running` while the tool reports MCP progress, then one final `ok`, `error` or `denied`.
-TOOL_FINAL_STATUSES = frozenset({"ok", "error", "denied"})
 
 
 class ToolEvent(ProgressEvent):
     call_id: str
     tool: str
     args: dict | None = None  # on `started` and the final event; `running` carries only what changed
-    status: Literal["started", "running", "ok", "error", "denied"]
+    status: ToolEventStatus
     duration_ms: float | None = None  # on the final event
-    progress: float | None = None  # `running`: the tool's own progress figures (MCP notifications/progress)
+    progress: float | None = None  # `running`: the tool's own figures (MCP notifications/progress)
     total: float | None = None
     message: str | None = None
     result_preview: str | None = None
     permission: dict | None = None
-    cache: str | None = None
+    cache: ExecCacheResult | None = None
     error: str | None = None
 
 
@@ -59,15 +52,15 @@ class CancelledEvent(ProgressEvent):
     message: str = "cancelled"
 
 
-EVENT_TYPES: dict[type[ProgressEvent], str] = {
-    StepEvent: "step",
-    ToolEvent: "tool",
-    TokenEvent: "token",
-    DoneEvent: "done",
-    ErrorEvent: "error",
-    CancelledEvent: "cancelled",
+EVENT_MODELS: dict[type[ProgressEvent], EventType] = {
+    StepEvent: STEP_EVENT,
+    ToolEvent: TOOL_EVENT,
+    TokenEvent: TOKEN_EVENT,
+    DoneEvent: DONE_EVENT,
+    ErrorEvent: ERROR_EVENT,
+    CancelledEvent: CANCELLED_EVENT,
 }
 
 
-def event_type(event: ProgressEvent) -> str:
-    return EVENT_TYPES[type(event)]
+def event_type(event: ProgressEvent) -> EventType:
+    return EVENT_MODELS[type(event)]

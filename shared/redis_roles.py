@@ -2,7 +2,7 @@
 
 Every command and pipeline of a role's client goes through shared.breakers, so a dead
 server fails fast (RoleUnavailable) instead of costing a connect timeout per call.
-Pub/sub connections are not guarded: the dispatcher handles their loss itself.
+Pub/sub connections have no breaker: the dispatcher handles their loss itself.
 
 Pools are BlockingConnectionPools: under gevent or threads, a burst waits for a free
 connection instead of raising MaxConnectionsError (redis-py's default pool stops at 100).

@@ -16,7 +16,7 @@ from ag_ui.core import Event, EventType
 from httpx_sse import connect_sse
 from pydantic import TypeAdapter
 
-from shared.processes import REPO_ROOT
+from shared.cli.processes import REPO_ROOT
 from shared.progress import read_log
 from tests.sse import bearer, read_stream
 from tests.stack import Stack

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from shared.events import TOOL_FINAL_STATUSES
+from shared.vocabulary import TOOL_FINAL_STATUSES
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
 

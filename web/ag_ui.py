@@ -11,15 +11,17 @@ run: with Last-Event-ID it replays what the client missed, without it the whole 
 from collections.abc import Iterator
 
 from ag_ui.core import RunAgentInput, UserMessage
-from flask import Blueprint, current_app, request, stream_with_context
+from flask import Blueprint, request
 
 from shared import keys, metrics
 from shared.keys import valid_id
 from shared.progress import LoggedEvent, stream_id, valid_stream_id
-from web.ag_ui_events import MEDIA_TYPE, RunTranslator, encode
+from shared.settings import get_settings
+from web.ag_ui_events import RunTranslator, encode
 from web.api import accept_turn, json_body, owned_turn
 from web.auth import current_principal
 from web.errors import ApiError
+from web.sse import sse_response
 from web.stream import stream as turn_stream
 
 ag_ui = Blueprint("ag_ui", __name__, url_prefix="/api/ag-ui")
@@ -61,20 +63,16 @@ def last_user_prompt(body: RunAgentInput) -> str:
 
 
 def run_stream(thread_id: str, run_id: str, after: str | None):
-    turn_stream.restore_outcome(thread_id, run_id)
+    turn_stream.restore_terminal_event(thread_id, run_id)
     channel = keys.progress_channel(thread_id, run_id)
     # Always read the log from its start: the translation is stateful (open steps, the open
     # message), so events before `after` are translated too, just not sent again.
     events = turn_stream.events(channel, thread_id, run_id, None)
-    body = stream_with_context(_render(events, RunTranslator(thread_id, run_id), after))
-    response = current_app.response_class(body, mimetype=MEDIA_TYPE)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    body = _render(events, RunTranslator(thread_id, run_id), after)
+    return sse_response(body, get_settings().sse_retry_ms, "run open")
 
 
 def _render(events: Iterator[LoggedEvent | None], translator: RunTranslator, after: str | None) -> Iterator[str]:
-    yield ": stream open\n\n"  # headers flush at once, before the first step
     if after is None:
         yield encode([translator.run_started()])
     for event in events:

@@ -36,7 +36,7 @@ from ag_ui.core import (BaseEvent, CustomEvent, RunErrorEvent, RunFinishedCancel
                         ToolCallResultEvent, ToolCallStartEvent)
 from ag_ui.encoder import EventEncoder
 
-from shared.events import TOOL_FINAL_STATUSES
+from shared.vocabulary import TOOL_FINAL_STATUSES
 from shared.progress import LoggedEvent
 
 TOOL_PROGRESS = "turnstream.tool_progress"
@@ -139,7 +139,6 @@ def _tool_content(data: dict) -> str:
 
 
 _ENCODER = EventEncoder()
-MEDIA_TYPE = _ENCODER.get_content_type()
 
 
 def encode(events: list[BaseEvent], event_id: str | None = None) -> str:

@@ -72,7 +72,6 @@ class Dispatcher:
         self._confirmed: dict[str, Event] = {}
         self._lock = RLock()
         self._reader: gevent.Greenlet | None = None
-        self.events_sent = 0
         self.clients_cut = 0
 
     @property
@@ -163,9 +162,7 @@ class Dispatcher:
 
     def _fan_out(self, channel: str, event: LoggedEvent) -> None:
         for sub in list(self._subscribers.get(channel, ())):
-            if sub.deliver(event):
-                self.events_sent += 1
-            else:
+            if not sub.deliver(event):
                 self.clients_cut += 1
 
     def _start_over(self, reason: str) -> None:

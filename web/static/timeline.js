@@ -9,6 +9,9 @@
 // A turn that ends (failed, cancelled) stops every spinner and timer still running.
 
 import { renderMarkdown } from "./markdown.js";
+import { TOOL_PHASES } from "../vocabulary.js";
+
+const [TOOL_STARTED, TOOL_RUNNING] = TOOL_PHASES;
 
 const STEP_LABELS = {
   reason: "Reasoning",
@@ -227,8 +230,8 @@ export class TurnView {
       this.tools.set(data.call_id, card);
     }
     card.row.dataset.eventId = id;
-    if (data.status === "started") return;
-    if (data.status === "running") {
+    if (data.status === TOOL_STARTED) return;
+    if (data.status === TOOL_RUNNING) {
       this.showProgress(card, data);
       return;
     }
