@@ -98,13 +98,13 @@ def _progress_publisher(publisher: Publisher, call: ToolCall) -> Progress:
     call publishes none of them twice."""
     published = 0
 
-    def forward(progress: float, total: float | None, message: str | None) -> None:
+    def report(progress: float, total: float | None, message: str | None) -> None:
         nonlocal published
         published += 1
         publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], status=TOOL_RUNNING,
                                     progress=progress, total=total, message=message),
                           dedupe=tool_running_dedupe(call["call_id"], published))
-    return forward
+    return report
 
 
 def _tool_event(outcome: ToolOutcome, duration_ms: float, guard: guarding.GuardedCall | None) -> ToolEvent:
