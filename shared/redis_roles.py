@@ -9,19 +9,19 @@ connection instead of raising MaxConnectionsError (redis-py's default pool stops
 redis-py resets a pool after fork, so module-level caching is safe for prefork workers."""
 
 import logging
-import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import redis
 from redis.client import Pipeline
 
 from shared.breakers import breaker, reset_breakers
-from shared.defaults import ROLES
+from shared.per_role import PerRole
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-_clients: dict[str, redis.Redis] = {}
-_lock = threading.Lock()
+T = TypeVar("T")
 
 
 def make_pool(url: str, settings: Settings, max_connections: int | None = None) -> redis.BlockingConnectionPool:
@@ -59,24 +59,37 @@ class GuardedRedis(redis.Redis):
         return GuardedPipeline(self.role, self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
+def _new_client(role: str) -> redis.Redis:
+    settings = get_settings()
+    return GuardedRedis(role, connection_pool=make_pool(settings.role_url(role), settings))
+
+
+_clients = PerRole(_new_client)
+
+
 def client(role: str) -> redis.Redis:
     """The shared client for `role` ('broker', 'progress', 'exec_cache' or 'auth_memo')."""
-    if role not in ROLES:
-        raise ValueError(f"unknown Redis role {role!r}")
-    existing = _clients.get(role)
-    if existing is not None:
-        return existing
-    with _lock:
-        if role not in _clients:
-            settings = get_settings()
-            _clients[role] = GuardedRedis(role, connection_pool=make_pool(settings.role_url(role), settings))
-        return _clients[role]
+    return _clients.get(role)
+
+
+class PerClient(Generic[T]):
+    """A process-wide object built from the settings and `role`'s client, rebuilt when either
+    changes (tests and the dev runner reload them): the guards' AuthMemo and ExecCache."""
+
+    def __init__(self, role: str, build: Callable[[], T]):
+        self._role = role
+        self._build = build
+        self._held: tuple[tuple[int, int], T] | None = None
+
+    def get(self) -> T:
+        identity = (id(get_settings()), id(client(self._role)))
+        if self._held is None or self._held[0] != identity:
+            self._held = (identity, self._build())
+        return self._held[1]
 
 
 def reset_clients() -> None:
     """Forget every client (after settings change, e.g. in tests or the dev runner)."""
-    with _lock:
-        for c in _clients.values():
-            c.connection_pool.disconnect()
-        _clients.clear()
+    for c in _clients.clear():
+        c.connection_pool.disconnect()
     reset_breakers()

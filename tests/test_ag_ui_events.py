@@ -5,7 +5,8 @@ import json
 
 from ag_ui.core import EventType
 
-from shared.events import CancelledEvent, DoneEvent, ErrorEvent, ProgressEvent, StepEvent, TokenEvent, ToolEvent, event_type
+from shared.events import (CancelledEvent, DeltaEvent, DoneEvent, ErrorEvent, ProgressEvent, StepEvent, ToolEvent,
+                           event_type)
 from shared.progress import LoggedEvent
 from web.ag_ui_events import RunTranslator, encode
 
@@ -46,8 +47,8 @@ def test_progress_is_a_custom_event():
 
 
 def test_a_cancel_mid_step_and_mid_answer_closes_both_before_the_run_finishes():
-    out = translate(StepEvent(step="synthesize", status="started"), TokenEvent(text="Half an "),
-                    CancelledEvent(), TokenEvent(text="late"))
+    out = translate(StepEvent(step="synthesize", status="started"), DeltaEvent(text="Half an "),
+                    CancelledEvent(), DeltaEvent(text="late"))
     assert [e.type for e in out] == [EventType.RUN_STARTED, EventType.STEP_STARTED, EventType.TEXT_MESSAGE_START,
                                      EventType.TEXT_MESSAGE_CONTENT, EventType.TEXT_MESSAGE_END,
                                      EventType.STEP_FINISHED, EventType.RUN_FINISHED]

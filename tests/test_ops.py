@@ -11,10 +11,10 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import turns
-from shared.vocabulary import DONE, RUNNING
-from shared.guards import stats
 from shared.defaults import ROLES
-from shared.tokens import Principal, issue_stream_token
+from shared.guards import stats
+from shared.identity import Principal, issue_stream_token
+from shared.vocabulary import DONE, RUNNING
 from tests.sse import bearer, post_prompt, read_stream
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -15,7 +15,7 @@ from flask import Blueprint, request
 
 from shared import keys, metrics
 from shared.keys import valid_id
-from shared.progress import LoggedEvent, stream_id, valid_stream_id
+from shared.progress import LoggedEvent, entry_order, valid_entry_id
 from shared.settings import get_settings
 from web.ag_ui_events import RunTranslator, encode
 from web.api import accept_turn, json_body, owned_turn
@@ -43,7 +43,7 @@ def rejoin(thread_id: str, run_id: str):
     """Rejoin a run: every event after Last-Event-ID (or all of them), then the live ones."""
     owned_turn(thread_id, run_id, current_principal())
     last = request.headers.get("Last-Event-ID")
-    after = valid_stream_id(last)
+    after = valid_entry_id(last)
     if last and not after:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id such as 1700000000000-0")
     return run_stream(thread_id, run_id, after=after)
@@ -80,7 +80,7 @@ def _render(events: Iterator[LoggedEvent | None], translator: RunTranslator, aft
             yield ": heartbeat\n\n"
             continue
         translated = translator.translate(event)
-        if after and stream_id(event.id) <= stream_id(after):
+        if after and entry_order(event.id) <= entry_order(after):
             continue
         if translated:
             yield encode(translated, event.id)

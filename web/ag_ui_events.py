@@ -28,7 +28,7 @@ because AG-UI clients keep every run's messages in one list and our call ids (`r
 from turn to turn."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ag_ui.core import (BaseEvent, CustomEvent, RunErrorEvent, RunFinishedCancelledOutcome, RunFinishedEvent,
                         RunStartedEvent, StepFinishedEvent, StepStartedEvent, TextMessageContentEvent,
@@ -65,25 +65,27 @@ class RunTranslator:
 
     def translate(self, event: LoggedEvent) -> list[BaseEvent]:
         """The AG-UI events for one of ours; none once the run has ended (or for unknown types)."""
-        if self.ended:
+        handlers: dict[EventType, Callable[[dict], Iterator[BaseEvent]]] = {
+            STEP_EVENT: self._on_step, TOOL_EVENT: self._on_tool, DELTA_EVENT: self._on_delta,
+            DONE_EVENT: self._on_done, ERROR_EVENT: self._on_error, CANCELLED_EVENT: self._on_cancelled}
+        handler = handlers.get(event.type)  # type: ignore[call-overload]
+        if self.ended or handler is None:
             return []
-        data = json.loads(event.data)
-        handler = getattr(self, f"_on_{event.type}", None)
-        return list(handler(data)) if handler else []
+        return list(handler(json.loads(event.data)))
 
     # --- one method per event type of ours --------------------------------------------------
     def _on_step(self, data: dict) -> Iterator[BaseEvent]:
         name = f"{data['step']}-{data['round']}" if data.get("round") else data["step"]
-        if data["status"] == "started" and name not in self._open_steps:
+        if data["status"] == STARTED and name not in self._open_steps:
             self._open_steps.append(name)
             yield StepStartedEvent(step_name=name)
-        elif data["status"] == "finished" and name in self._open_steps:
+        elif data["status"] == FINISHED and name in self._open_steps:
             self._open_steps.remove(name)
             yield StepFinishedEvent(step_name=name)
 
     def _on_tool(self, data: dict) -> Iterator[BaseEvent]:
         call_id = self.tool_call_id(data["call_id"])
-        if data["status"] == "running":
+        if data["status"] == TOOL_RUNNING:
             yield CustomEvent(name=TOOL_PROGRESS, value={"toolCallId": call_id, **{
                 k: data[k] for k in ("tool", "progress", "total", "message") if data.get(k) is not None}})
             return
@@ -98,7 +100,7 @@ class RunTranslator:
             yield ToolCallResultEvent(message_id=f"{call_id}-result", tool_call_id=call_id, role="tool",
                                       content=_tool_content(data))
 
-    def _on_token(self, data: dict) -> Iterator[BaseEvent]:
+    def _on_delta(self, data: dict) -> Iterator[BaseEvent]:
         if not data.get("text"):
             return
         if not self._message_open:
@@ -109,7 +111,7 @@ class RunTranslator:
     def _on_done(self, data: dict) -> Iterator[BaseEvent]:
         if not self._message_open and data.get("answer"):
             # The answer arrived without tokens (their events were lost): send it whole.
-            yield from self._on_token({"text": data["answer"]})
+            yield from self._on_delta({"text": data["answer"]})
         yield from self._close()
         yield RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, result={"answer": data.get("answer", "")})
 
@@ -133,7 +135,7 @@ class RunTranslator:
 
 
 def _tool_content(data: dict) -> str:
-    if data["status"] == "ok":
+    if data["status"] == TOOL_OK:
         return data.get("result_preview") or ""
     return json.dumps({"status": data["status"], "error": data.get("error") or data["status"]})
 
