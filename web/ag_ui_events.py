@@ -36,8 +36,9 @@ from ag_ui.core import (BaseEvent, CustomEvent, RunErrorEvent, RunFinishedCancel
                         ToolCallResultEvent, ToolCallStartEvent)
 from ag_ui.encoder import EventEncoder
 
-from shared.vocabulary import TOOL_FINAL_STATUSES
 from shared.progress import LoggedEvent
+from shared.vocabulary import (CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, FINISHED, STARTED, STEP_EVENT,
+                               TOOL_EVENT, TOOL_FINAL_STATUSES, TOOL_OK, TOOL_RUNNING, EventType)
 
 TOOL_PROGRESS = "turnstream.tool_progress"
 
