@@ -91,7 +91,7 @@ def build_server() -> MCPServer:
         await _upstream()
         return _run(tools.create_ticket, caller_of(ctx), subject, body)
 
-    @server.tool(annotations=READ_ONLY, meta=_policy("never"), structured_output=True)
+    @server.tool(annotations=READ_ONLY, meta=_cache("never"), structured_output=True)
     async def sales_report(ctx: Context) -> dict[str, Any]:
         """Generate the signed-in user's sales report (slow: takes several seconds, reports its progress)."""
         return await _report(ctx)
