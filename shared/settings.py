@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
     report_duration_s: float = Field(defaults.REPORT_DURATION_S, ge=0)
+    tool_processes: int = defaults.TOOL_PROCESSES
+    tool_cpu_s: float = defaults.TOOL_CPU_S
+    tool_memory_mb: int = defaults.TOOL_MEMORY_MB
+    tool_wall_s: float = defaults.TOOL_WALL_S
 
     reasoner: Literal["rules", "openai", "local"] = defaults.REASONER
     reasoner_timeout_s: float = defaults.REASONER_TIMEOUT_S
@@ -98,6 +102,7 @@ class Settings(BaseSettings):
     worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
     redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
+    max_deliveries: int = Field(defaults.MAX_DELIVERIES, ge=1)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S

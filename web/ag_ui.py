@@ -15,10 +15,10 @@ from flask import Blueprint, request
 
 from shared import keys, metrics
 from shared.keys import valid_id
-from shared.progress import LoggedEvent, entry_order, valid_entry_id
+from shared.progress import LoggedEvent, entry_order
 from shared.settings import get_settings
 from web.ag_ui_events import RunTranslator, encode
-from web.api import accept_turn, json_body, owned_turn
+from web.api import accept_turn, event_id_param, json_body, owned_turn
 from web.auth import current_principal
 from web.errors import ApiError
 from web.sse import sse_response
@@ -42,10 +42,7 @@ def run_agent():
 def rejoin(thread_id: str, run_id: str):
     """Rejoin a run: every event after Last-Event-ID (or all of them), then the live ones."""
     owned_turn(thread_id, run_id, current_principal())
-    last = request.headers.get("Last-Event-ID")
-    after = valid_entry_id(last)
-    if last and not after:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id such as 1700000000000-0")
+    after = event_id_param(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     return run_stream(thread_id, run_id, after=after)
 
 
@@ -63,7 +60,6 @@ def last_user_prompt(body: RunAgentInput) -> str:
 
 
 def run_stream(thread_id: str, run_id: str, after: str | None):
-    turn_stream.restore_terminal_event(thread_id, run_id)
     channel = keys.progress_channel(thread_id, run_id)
     # Always read the log from its start: the translation is stateful (open steps, the open
     # message), so events before `after` are translated too, just not sent again.

@@ -27,6 +27,11 @@ function el(tag, className, text) {
   return node;
 }
 
+/** A failed turn's error is already one sentence naming its step ("Reasoning failed: …"). */
+export function failureText(message) {
+  return message ? message : "This turn failed.";
+}
+
 /** "412 ms" or "1.4 s". */
 export function formatDuration(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
@@ -313,14 +318,8 @@ export class TurnView {
     card.timer = null;
   }
 
-  /** The turn ended: no spinner or timer may keep running, whatever did not finish. */
-  stopAll(outcome) {
-    for (const step of this.steps.values()) {
-      if (!step.row.classList.contains("running")) continue;
-      step.row.classList.remove("running");
-      step.row.classList.add("stopped");
-      step.stateText.textContent = ` ${outcome}`;
-    }
+  /** The turn ended: no tool timer keeps ticking, whatever call did not return, and no Cancel. */
+  stopTools(outcome) {
     for (const card of this.tools.values()) {
       if (!card.timer) continue;
       this.stopTimer(card);
@@ -340,23 +339,36 @@ export class TurnView {
 
   done(data) {
     this.terminal = "done";
-    this.stopAll("stopped");
+    this.stopSteps("stopped", " stopped");
+    this.stopTools("stopped");
     this.element.dataset.status = "done";
     this.showAnswer(data.answer);
   }
 
   error(data) {
     this.terminal = "error";
-    this.stopAll("stopped");
+    this.stopSteps("failed", " failed");
+    this.stopTools("stopped");
     this.streaming.classList.add("stopped");  // what streamed stays, without its typing cursor
-    this.fail(`This turn failed: ${data.message}`);
+    this.fail(failureText(data.message));
   }
 
   cancelled(data) {
     this.terminal = "cancelled";
-    this.stopAll("cancelled");
+    this.stopSteps("stopped", " stopped");
+    this.stopTools("cancelled");
     this.fail(`This turn was cancelled${data.message && data.message !== "cancelled" ? `: ${data.message}` : "."}`);
     this.element.dataset.status = "cancelled";
+  }
+
+  /** The turn ended: no step is in progress any more, so no spinner keeps spinning. */
+  stopSteps(state, text) {
+    for (const step of this.steps.values()) {
+      if (!step.row.classList.contains("running")) continue;
+      step.row.classList.remove("running");
+      step.row.classList.add(state);
+      step.stateText.textContent = text;
+    }
   }
 
   showAnswer(answer) {
@@ -367,7 +379,7 @@ export class TurnView {
   fromRecord(record, loadEvents) {
     this.element.dataset.status = record.status || "";
     if (record.answer) this.showAnswer(record.answer);
-    if (record.status === "failed") this.fail(`This turn failed: ${record.error || "unknown error"}`);
+    if (record.status === "failed") this.fail(failureText(record.error));
     if (record.status === "cancelled") this.fail("This turn was cancelled.");
     this.summary.textContent = "Steps (open to load)";
     const load = async () => {
