@@ -152,7 +152,7 @@ def test_a_failed_turn_is_a_run_error_with_the_readable_message(broken_reasoner,
     error = seen["events"][-1]
     assert error["type"] == "RUN_ERROR"
     assert error["code"] == "reason_failed"
-    assert error["message"].startswith("reason failed:")
+    assert error["message"].startswith("Reasoning failed: the model server at http://127.0.0.1:9/v1")
     status = httpx.get(f"{broken_reasoner.base_url}/api/sessions/{session_id}/messages/{seen['runId']}",
                        headers=bearer()).json()
     assert status["status"] == "failed" and status["error"] == error["message"]
