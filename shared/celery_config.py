@@ -28,8 +28,12 @@ def queues() -> tuple[str, ...]:
 
 
 def transport_options(settings: Settings) -> dict:
-    """The same options for the broker and the result backend (Celery reads the visibility timeout from both)."""
-    return {
+    """The same options for the broker and the result backend (Celery reads the visibility timeout
+    from both). Under Sentinel they also carry the master's name and the sentinels' timeouts."""
+    target = settings.role_target("broker")
+    sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
+                                    "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}
+    return {**target.celery_transport_options(), **sentinel,
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -40,9 +44,10 @@ def transport_options(settings: Settings) -> dict:
 
 def celery_config(settings: Settings) -> dict:
     transport = transport_options(settings)
+    url = settings.role_target("broker").celery_url()
     return {
-        "broker_url": settings.role_url("broker"),
-        "result_backend": settings.role_url("broker"),
+        "broker_url": url,
+        "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,

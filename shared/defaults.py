@@ -46,6 +46,12 @@ REDIS_CONNECT_TIMEOUT_S = 1.0
 BREAKER_FAIL_MAX = 3
 BREAKER_RESET_S = 2.0
 
+# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
+# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
+# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
+REPLICA_WAIT_MS = 1000
+DISCARD_WAIT_S = 15.0
+
 # Broker outages. The web tier answers 503 with this Retry-After instead of waiting; a worker
 # step waits this long for the broker to return before handing its message back for redelivery.
 BROKER_RETRY_AFTER_S = 5

@@ -11,7 +11,7 @@ import time
 import redis
 
 from shared import defaults, keys, metrics
-from shared.redis_roles import client
+from shared.redis_roles import client, replicated
 from shared.settings import get_settings
 from shared.tokens import Principal
 
@@ -54,10 +54,15 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
                 r: redis.Redis | None = None, payload: dict | None = None) -> None:
     """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
     kept so that a turn whose messages were lost can be sent again (shared.redelivery)."""
-    r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
     status_key = keys.turn_status(session_id, message_id)
+    with replicated("broker", r) as one:
+        _record(one, session_id, message_id, principal, prompt, payload, status_key, now, ttl)
+
+
+def _record(r: redis.Redis, session_id: str, message_id: str, principal: Principal, prompt: str,
+            payload: dict | None, status_key: str, now: float, ttl: int) -> None:
     pipe = r.pipeline()
     pipe.hset(status_key, mapping={"session_id": session_id, "message_id": message_id, "owner": principal.owner,
                                    "prompt": prompt, "status": QUEUED, "step": "", "created_at": now,
@@ -72,9 +77,29 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.execute()
 
 
-def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> None:
-    """Forget a turn that was recorded but could not be enqueued (the client got a 503)."""
-    r = r or client("broker")
+def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None,
+                 wait_s: float = defaults.DISCARD_WAIT_S) -> None:
+    """Forget a turn that was recorded but could not be enqueued (the client gets a 503).
+
+    The broker may be down at that moment (that is usually why the send failed), and a turn
+    left behind would be sent later by the redelivery sweeper although its client was told
+    no: so this keeps trying for `wait_s` (long enough for a Sentinel failover), then raises."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _discard(session_id, message_id, r)
+        except redis.RedisError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
+def _discard(session_id: str, message_id: str, r: redis.Redis | None) -> None:
+    with replicated("broker", r) as one:
+        _forget(one, session_id, message_id)
+
+
+def _forget(r: redis.Redis, session_id: str, message_id: str) -> None:
     pipe = r.pipeline()
     pipe.delete(keys.turn_status(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)
