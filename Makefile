@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server chromium mcp-reference-server clean
+.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ mcp-reference-server:
 
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
+
+# The same system on distributed Redis: the broker behind Sentinel, the other roles on Redis Clusters.
+run-cluster: $(STAMP) redis-server
+	$(BIN)/turnstream dev --cluster
 
 test: $(STAMP) redis-server chromium mcp-reference-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

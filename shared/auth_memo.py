@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from shared import keys
 from shared.auth_verifiers import Verifier, VerifierUnavailable, make_verifier
 from shared.guard_degradation import GuardDown, guarded
-from shared.redis_roles import client
+from shared.redis_roles import client, mget
 from shared.settings import get_settings
 from shared.tokens import Principal
 
@@ -141,7 +141,7 @@ class AuthMemo:
         if self.strict:
             return self._verify(principal, tools, {}, memo="bypass")
         try:
-            values = guarded(GUARD, lambda: self.redis.mget(names))
+            values = guarded(GUARD, lambda: mget(self.redis, names))
         except GuardDown as exc:
             log.warning("auth memo unavailable (%s): asking the verifier directly", type(exc).__name__)
             return self._verify(principal, tools, {}, memo="bypass")

@@ -143,9 +143,11 @@ class SentinelSet:
         self.sentinel_ports = [free_port() for _ in range(3)]
         master_port, replica_port = self.server_ports
         quick_sync = ["--repl-diskless-sync-delay", "0"]  # so a failover soon after start finds the replica ready
-        self.servers = [redis_server(role, master_port, data_dir / "master", extra=quick_sync),
+        self.servers = [redis_server(role, master_port, data_dir / "master", extra=quick_sync,
+                                     conf=_own_conf(role, data_dir / "master")),
                         redis_server(role, replica_port, data_dir / "replica",
-                                     extra=[*quick_sync, "--replicaof", "127.0.0.1", str(master_port)])]
+                                     extra=[*quick_sync, "--replicaof", "127.0.0.1", str(master_port)],
+                                     conf=_own_conf(role, data_dir / "replica"))]
         self.sentinels = [sentinel(port, master_port, data_dir, master, down_after_ms) for port in self.sentinel_ports]
 
     @property
@@ -279,6 +281,15 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
+
+
+def _own_conf(role: str, directory: Path) -> Path:
+    """A copy of the role's conf: Sentinel has a server rewrite its conf file (CONFIG REWRITE) when
+    it changes its master, which must not touch the one in deploy/."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / CONF_FILES[role]
+    copy.write_text((DEPLOY / "redis" / CONF_FILES[role]).read_text())
+    return copy
 
 
 def _node(port: int):

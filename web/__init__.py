@@ -1,13 +1,12 @@
 """The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
 
-import redis
 from flask import Flask
 from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.policy import check_policies
-from shared.redis_roles import make_pool
+from shared.redis_roles import make_redis
 from shared.settings import get_settings
 from web.admin import admin
 from web.api import api
@@ -36,8 +35,7 @@ def create_app(check_redis: bool = True) -> Flask:
     app.extensions["celery"] = make_celery("turnstream-web", settings)
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
-    stream_redis = redis.Redis(connection_pool=make_pool(settings.role_url("progress"), settings,
-                                                         settings.sse_redis_connections))
+    stream_redis = make_redis(settings.role_url("progress"), settings, settings.sse_redis_connections)
     app.extensions["stream_redis"] = stream_redis
     app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
                                               subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
