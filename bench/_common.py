@@ -24,7 +24,7 @@ def start_stock_flask_sse(progress_url: str, log_dir: Path):
     Returns the running executor and its port."""
     from mirakuru import HTTPExecutor
 
-    from shared import processes
+    from shared.cli import processes
 
     port = processes.free_port()
     env = processes.child_env({"SSE_REDIS_URL": progress_url})

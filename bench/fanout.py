@@ -18,12 +18,12 @@ from pathlib import Path
 from _common import percentile, summary  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
-from shared import processes
+from shared.cli import processes
 from shared.settings import Settings
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
-from workers.mcp_client import McpHub
-from workers.mcp_config import ServerSpec
+from workers.mcp.client import McpClient
+from workers.mcp.config import ServerSpec
 
 LATENCY_MS = 200
 PROMPT = "Weather in Paris, London and Berlin?"
@@ -50,18 +50,18 @@ def time_turns(stack: Stack, turns: int) -> tuple[list[float], list[float]]:
 
 
 def time_sequential(url: str, turns: int) -> list[float]:
-    hub = McpHub(Settings(), servers={"remote": ServerSpec(url=url)})
+    client = McpClient(Settings(), servers={"remote": ServerSpec(url=url)})
     try:
-        hub.list_tools()
+        client.list_tools()
         timings = []
         for _ in range(turns):
             started = time.perf_counter()
             for city in CITIES:
-                hub.call_tool("weather", {"city": city}, {"user": "bench", "tenant": "bench", "roles": []})
+                client.call_tool("weather", {"city": city}, {"user": "bench", "tenant": "bench", "roles": []})
             timings.append((time.perf_counter() - started) * 1000)
         return timings
     finally:
-        hub.close()
+        client.close()
 
 
 def main() -> None:

@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO))
 
 import redis  # noqa: E402
 
-from shared import processes  # noqa: E402
-from shared.auth_memo import AuthMemo  # noqa: E402
-from shared.auth_verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
-from shared.exec_cache import Declarations, ExecCache, ToolSpec, load_declarations  # noqa: E402
+from shared.cli import processes  # noqa: E402
+from shared.guards.auth_memo import AuthMemo  # noqa: E402
+from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
+from shared.guards.declarations import Declarations, ToolSpec, load_declarations  # noqa: E402
+from shared.guards.exec_cache import ExecCache  # noqa: E402
 from shared.redis_roles import make_pool  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.tokens import Principal  # noqa: E402

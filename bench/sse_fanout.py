@@ -19,7 +19,7 @@ from pathlib import Path
 from _common import percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
 
-from shared import processes
+from shared.cli import processes
 from shared.events import TokenEvent
 from shared.progress import Publisher
 from shared.tokens import Principal, issue_stream_token

@@ -17,7 +17,7 @@ import httpx
 from celery import chain
 from mirakuru import SimpleExecutor
 
-from shared.processes import REPO_ROOT, child_env, wait_for_worker
+from shared.cli.processes import REPO_ROOT, child_env, wait_for_worker
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
 

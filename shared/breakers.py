@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import redis
-from prometheus_client import Counter, Gauge
 
+from shared import metrics
 from shared.defaults import ROLES
 from shared.settings import get_settings
 
@@ -36,12 +36,6 @@ CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
                redis.exceptions.ClusterDownError)
 
-FAILURES = Counter("turnstream_redis_failures_total",
-                   "Connection failures and timeouts talking to a Redis role", ["role"])
-REJECTED = Counter("turnstream_redis_breaker_rejected_total",
-                   "Calls refused at once because the role's breaker was open", ["role"])
-TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
-STATE = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
 
 
 class RoleUnavailable(redis.ConnectionError):
@@ -94,7 +88,7 @@ class Breaker:
             if state == HALF_OPEN and not self._trial_running:
                 self._trial_running = True
                 return
-        REJECTED.labels(self.role).inc()
+        metrics.BREAKER_REJECTED.labels(self.role).inc()
         raise RoleUnavailable(self.role)
 
     def _success(self) -> None:
@@ -102,11 +96,11 @@ class Breaker:
             was_open = self._opened_at is not None
             self._failures, self._opened_at, self._trial_running = 0, None, False
         if was_open:
-            STATE.labels(self.role).set(0)
+            metrics.BREAKER_OPEN.labels(self.role).set(0)
             log.warning("%s Redis answers again: breaker closed", self.role)
 
     def _failure(self) -> None:
-        FAILURES.labels(self.role).inc()
+        metrics.REDIS_FAILURES.labels(self.role).inc()
         with self._lock:
             self._failures += 1
             was_open = self._opened_at is not None
@@ -115,8 +109,8 @@ class Breaker:
                 self._opened_at = self._clock()
             self._trial_running = False
         if trip and not was_open:
-            TRIPS.labels(self.role).inc()
-            STATE.labels(self.role).set(1)
+            metrics.BREAKER_TRIPS.labels(self.role).inc()
+            metrics.BREAKER_OPEN.labels(self.role).set(1)
             log.warning("%s Redis failed %d times in a row: breaker open, calls fail fast for %.1fs",
                         self.role, self.fail_max, self.reset_s)
 

@@ -1,4 +1,4 @@
-"""The Celery configuration both tiers share: workers run the tasks, the web tier only sends them.
+"""The Celery settings both tiers share (how a turn's chain is built and sent: shared.turn_flow).
 
 JSON only on the wire. At-least-once delivery: a step's message is acknowledged only after
 the step ran (late acks), goes back to the queue if its worker process dies (reject on
@@ -8,18 +8,13 @@ restored by the broker after the visibility timeout, which is why the time limit
 below it (Settings refuses a config where they do not). Soft shutdown gives running steps
 time to finish before a stopping worker hands their messages back."""
 
-from celery import Celery, chain
+from celery import Celery
 from kombu import Exchange, Queue
 
 from shared import defaults
-from shared.events import STEPS
+from shared.vocabulary import STEPS
 from shared.settings import Settings, get_settings
-
-TASK_PREFIX = "turnstream"
-
-
-def task_name(step: str) -> str:
-    return f"{TASK_PREFIX}.{step}"
+from shared.turn_flow import task_name
 
 
 def queues() -> tuple[str, ...]:
@@ -80,27 +75,3 @@ def make_celery(main: str, settings: Settings | None = None) -> Celery:
     app = Celery(main)
     app.conf.update(celery_config(settings or get_settings()))
     return app
-
-
-def first_task_ids(message_id: str) -> tuple[str, str]:
-    """The ids of the two tasks the web tier sends: they follow from the turn, so cancelling can
-    revoke them without a lookup (later steps are stopped by the turn's status, see workers.tasks)."""
-    return f"{message_id}-discover", f"{message_id}-reason-1"
-
-
-def turn_chain(app: Celery, turn: dict):
-    """discover -> reason, by task name (the web tier never imports workers). `reason` then
-    replaces itself with execute (tool calls, in parallel) and back, or with synthesize.
-    Any task that fails ends the turn through the `turn_failed` errback, which every task
-    of the chain, and every task it is replaced by, carries. The web tier holds no result
-    subscription for these two (`ignore_result`): the turn's status record is its result."""
-    discover_id, reason_id = first_task_ids(turn["message_id"])
-    errback = app.signature(task_name("turn_failed"), args=(turn["session_id"], turn["message_id"]))
-    flow = chain(app.signature(task_name("discover"), args=(turn,), options={"task_id": discover_id, "ignore_result": True}),
-                 app.signature(task_name("reason"), options={"task_id": reason_id, "ignore_result": True}))
-    return flow.on_error(errback)
-
-
-def revoke_turn(app: Celery, message_id: str) -> None:
-    """Tell every worker to drop the turn's first tasks if they have not started."""
-    app.control.revoke(list(first_task_ids(message_id)))

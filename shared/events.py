@@ -1,12 +1,10 @@
-"""The progress event schema: what a browser receives, one SSE `event:` name per model."""
-
-from typing import Literal
+"""The progress event schema: what a browser receives, one SSE `event:` name per model (the names:
+shared.vocabulary)."""
 
 from pydantic import BaseModel, ConfigDict
 
-# discover comes first: a model can only choose among tools it has been shown.
-STEPS = ("discover", "reason", "execute", "synthesize")
-TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
+from shared.vocabulary import (CANCELLED_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOKEN_EVENT, TOOL_EVENT,
+                               EventType, ExecCacheResult, Step, StepPhase, ToolStatus)
 
 
 class ProgressEvent(BaseModel):
@@ -16,8 +14,8 @@ class ProgressEvent(BaseModel):
 
 
 class StepEvent(ProgressEvent):
-    step: Literal["reason", "discover", "execute", "synthesize"]
-    status: Literal["started", "finished"]
+    step: Step
+    status: StepPhase
     duration_ms: float | None = None
     round: int | None = None  # reason and execute repeat: 1, 2, ... up to TURNSTREAM_MAX_TOOL_ROUNDS
 
@@ -26,11 +24,11 @@ class ToolEvent(ProgressEvent):
     call_id: str
     tool: str
     args: dict
-    status: Literal["ok", "error", "denied"]
+    status: ToolStatus
     duration_ms: float
     result_preview: str = ""
     permission: dict | None = None
-    cache: str | None = None
+    cache: ExecCacheResult | None = None
     error: str | None = None
 
 
@@ -51,15 +49,15 @@ class CancelledEvent(ProgressEvent):
     message: str = "cancelled"
 
 
-EVENT_TYPES: dict[type[ProgressEvent], str] = {
-    StepEvent: "step",
-    ToolEvent: "tool",
-    TokenEvent: "token",
-    DoneEvent: "done",
-    ErrorEvent: "error",
-    CancelledEvent: "cancelled",
+EVENT_MODELS: dict[type[ProgressEvent], EventType] = {
+    StepEvent: STEP_EVENT,
+    ToolEvent: TOOL_EVENT,
+    TokenEvent: TOKEN_EVENT,
+    DoneEvent: DONE_EVENT,
+    ErrorEvent: ERROR_EVENT,
+    CancelledEvent: CANCELLED_EVENT,
 }
 
 
-def event_type(event: ProgressEvent) -> str:
-    return EVENT_TYPES[type(event)]
+def event_type(event: ProgressEvent) -> EventType:
+    return EVENT_MODELS[type(event)]

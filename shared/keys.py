@@ -83,7 +83,8 @@ def progress_channel_pattern() -> str:
 
 
 def turns_in_flight() -> str:
-    """Sorted set of `session_id:message_id` for turns not yet final, scored by creation time."""
+    """Sorted set of `session_id:message_id` for turns not yet final, scored by their last status
+    change: /ops lists it, the redelivery sweeper resends what has not moved."""
     return f"{PREFIX}:turns-in-flight"
 
 
@@ -148,7 +149,7 @@ def _exec_call(tool: str, scope: str, digest: str) -> str:
 
 
 def exec_result(tool: str, scope: str, digest: str) -> str:
-    """A cached tool result. `scope` is built by shared.exec_cache from validated ids; `digest` is hex sha256."""
+    """A cached tool result. `scope` is built by shared.guards.exec_cache from validated ids; `digest` is hex sha256."""
     return f"{PREFIX}:exec:result:{_exec_call(tool, scope, digest)}"
 
 
@@ -174,12 +175,6 @@ RATE_LIMIT_PREFIX = f"{PREFIX}:ratelimit"
 def turn_rate_limit_identity(tenant: str, user: str) -> str:
     """Whose turn creations a rate-limit window counts."""
     return f"turns:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}"
-
-
-def turn_activity() -> str:
-    """Sorted set of unfinished turns ("session:message"), scored by their last status change:
-    the index the redelivery sweeper reads (turns_in_flight is scored by creation, for /ops)."""
-    return f"{PREFIX}:turn-activity"
 
 
 def in_flight_member(session_id: str, message_id: str) -> str:

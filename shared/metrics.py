@@ -6,35 +6,20 @@ writes each process's samples to files in that directory and `registry()` aggreg
 gunicorn with several workers, Celery's prefork children and, in dev, web and workers on one
 machine all show up in one /metrics.
 
-Guard outcomes are also counted per minute in the progress Redis, because /ops needs ratios
-over the last few minutes across every worker on every machine, which cumulative
-per-process counters cannot give. That write is best effort: telemetry never fails a tool call."""
+Guard outcomes are also counted per minute in the progress Redis (shared.guards.stats)."""
 
 import logging
 import os
-import time
 
-import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from shared import keys
-from shared.events import STEPS
-from shared.redis_roles import client
-from shared.settings import get_settings
+from shared.vocabulary import FINAL_STATUSES, GUARD_RESULTS, STEPS
 
 log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-# What a guard can report for one tool call, in the guards' own words: "bypass" is a call that did
-# not use the cache or memo (not cacheable, strict mode, or its Redis is down). The guards (the exec
-# cache and the permission memo in shared/) call record_exec_cache / record_auth_memo with one of these.
-EXEC_CACHE_RESULTS = ("hit", "miss", "coalesced", "bypass")
-AUTH_MEMO_RESULTS = ("hit", "miss", "bypass")
-GUARD_RESULTS = {"exec_cache": EXEC_CACHE_RESULTS, "auth_memo": AUTH_MEMO_RESULTS}
-# The outcomes a ratio is taken over: lookups that reached the cache or memo.
-RATIO_BASIS = {"exec_cache": ("hit", "miss", "coalesced"), "auth_memo": ("hit", "miss")}
-TURN_OUTCOMES = ("done", "failed", "cancelled")
+TURN_OUTCOMES = tuple(sorted(FINAL_STATUSES))
 
 STEP_DURATION = Histogram("turnstream_step_duration_seconds", "Wall time of one step of a turn (a Celery task).",
                           ["step", "outcome"], buckets=STEP_BUCKETS)
@@ -48,8 +33,17 @@ SSE_CHANNELS = Gauge("turnstream_sse_channels", "Progress channels web processes
                      multiprocess_mode="livesum")
 SSE_CLIENTS_CUT = Counter("turnstream_sse_clients_cut", "SSE clients cut off for reading too slowly.")
 SSE_EVENTS_SENT = Counter("turnstream_sse_events_sent", "Progress events written to SSE clients.")
+# Redis roles and their circuit breakers (shared.breakers).
+REDIS_FAILURES = Counter("turnstream_redis_failures_total",
+                         "Connection failures and timeouts talking to a Redis role", ["role"])
+BREAKER_REJECTED = Counter("turnstream_redis_breaker_rejected_total",
+                           "Calls refused at once because the role's breaker was open", ["role"])
+BREAKER_TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
+BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
+# Guards that skipped themselves because their Redis failed (shared.guards.degradation).
+GUARD_DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
 
-_GUARD_COUNTERS = {"exec_cache": EXEC_CACHE, "auth_memo": AUTH_MEMO}
+GUARD_COUNTERS = {"exec_cache": EXEC_CACHE, "auth_memo": AUTH_MEMO}
 
 
 def multiprocess_dir() -> str | None:
@@ -112,57 +106,6 @@ def record_turn(outcome: str) -> None:
     TURNS.labels(outcome=outcome).inc()
 
 
-def record_exec_cache(result: str, r: redis.Redis | None = None) -> None:
-    """Count one tool call's execution-cache result (hit, miss, coalesced, bypass)."""
-    _record_guard("exec_cache", result, r)
-
-
-def record_auth_memo(result: str, r: redis.Redis | None = None) -> None:
-    """Count one permission check's memo result (hit, miss, bypass)."""
-    _record_guard("auth_memo", result, r)
-
-
-def _record_guard(guard: str, result: str, r: redis.Redis | None) -> None:
-    if result not in GUARD_RESULTS[guard]:
-        raise ValueError(f"unknown {guard} result {result!r}; expected one of {GUARD_RESULTS[guard]}")
-    _GUARD_COUNTERS[guard].labels(result=result).inc()
-    key = keys.guard_window(time.time() // 60)
-    try:
-        pipe = (r or client("progress")).pipeline(transaction=False)
-        pipe.hincrby(key, f"{guard}:{result}", 1)
-        pipe.expire(key, get_settings().ops_window_s + 120)
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.debug("guard window not updated: %s", exc)
-
-
-def guard_window(window_s: int | None = None, now: float | None = None,
-                 r: redis.Redis | None = None) -> dict[str, dict[str, int]]:
-    """Guard outcome counts over the last `window_s` seconds (whole minutes), per guard and result."""
-    window_s = window_s or get_settings().ops_window_s
-    current = int((now or time.time()) // 60)
-    minutes = range(current - max(1, window_s // 60) + 1, current + 1)
-    pipe = (r or client("progress")).pipeline(transaction=False)
-    for minute in minutes:
-        pipe.hgetall(keys.guard_window(minute))
-    counts = {guard: dict.fromkeys(results, 0) for guard, results in GUARD_RESULTS.items()}
-    for bucket in pipe.execute():
-        for field, value in bucket.items():
-            guard, _, result = field.partition(":")
-            if result in counts.get(guard, {}):
-                counts[guard][result] += int(value)
-    return counts
-
-
-def guard_ratios(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, float | None]]:
-    """Each result's share of the lookups that reached the guard's Redis; None when there were none."""
-    ratios: dict[str, dict[str, float | None]] = {}
-    for guard, basis in RATIO_BASIS.items():
-        total = sum(counts[guard][result] for result in basis)
-        ratios[guard] = {result: (counts[guard][result] / total if total else None) for result in basis}
-    return ratios
-
-
 def _declare_series() -> None:
     """Create every known label set at zero, so each documented series exists before its first event."""
     for step in STEPS:
@@ -172,7 +115,7 @@ def _declare_series() -> None:
         TURNS.labels(outcome=outcome)
     for guard, results in GUARD_RESULTS.items():
         for result in results:
-            _GUARD_COUNTERS[guard].labels(result=result)
+            GUARD_COUNTERS[guard].labels(result=result)
 
 
 _declare_series()

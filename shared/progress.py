@@ -16,7 +16,8 @@ from flask_sse import Message
 from redis.cluster import RedisCluster
 
 from shared import keys
-from shared.events import TERMINAL_EVENTS, TokenEvent, ProgressEvent, event_type
+from shared.events import ProgressEvent, TokenEvent, event_type
+from shared.vocabulary import TERMINAL_EVENTS, token_dedupe
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
@@ -157,7 +158,7 @@ class TokenCoalescer:
         if not self._buffer:
             return
         text, self._buffer = "".join(self._buffer), []
-        self._publisher.publish(TokenEvent(text=text), dedupe=f"token-{self._chunks}")
+        self._publisher.publish(TokenEvent(text=text), dedupe=token_dedupe(self._chunks))
         self._chunks += 1
         self.published += 1
 

@@ -2,7 +2,7 @@
 
 Every command and pipeline of a role's client goes through shared.breakers, so a dead
 server fails fast (RoleUnavailable) instead of costing a connect timeout per call.
-Pub/sub connections are not guarded: the dispatcher handles their loss itself.
+Pub/sub connections have no breaker: the dispatcher handles their loss itself.
 
 A role's URL picks its topology (shared.redis_urls): one server, a Sentinel-watched master or
 a Redis Cluster. The client is the same to its callers: a redis.Redis for the first two (a

@@ -1,6 +1,6 @@
 """One settings object, read from the environment.
 
-The Redis URLs keep the names the seed used (PROGRESS_REDIS_URL, ...); everything
+The Redis URLs have names of their own (PROGRESS_REDIS_URL, ...); everything
 else is prefixed TURNSTREAM_. A single REDIS_URL switches to single-instance mode."""
 
 from functools import lru_cache
@@ -128,10 +128,10 @@ class Settings(BaseSettings):
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
-    # Operations (issue 7): Flower and prometheus-client keep their own standard variable names.
+    # Operations. Flower keeps its own variable name; PROMETHEUS_MULTIPROC_DIR is read by
+    # prometheus-client itself at import (shared.metrics), so it is no setting here.
     flower_basic_auth: SecretStr = Field(SecretStr(""), validation_alias=_env("FLOWER_BASIC_AUTH"))
     flower_port: int = defaults.FLOWER_PORT
-    prometheus_multiproc_dir: str | None = Field(None, validation_alias=_env("PROMETHEUS_MULTIPROC_DIR"))
     worker_metrics_port: int = defaults.WORKER_METRICS_PORT
     log_format: str = defaults.LOG_FORMAT
     ops_refresh_s: float = defaults.OPS_REFRESH_S

@@ -1,12 +1,19 @@
-"""Turn status records and session ownership, on the broker instance (noeviction, AOF).
+"""Turn records and session ownership, on the broker instance (noeviction, AOF).
 
-A turn is one prompt and its answer; a session is a chat of turns owned by one user.
-Status changes are atomic (one Lua script): a turn that reached done, failed or cancelled
-keeps that status, so a redelivered step or a late worker cannot undo a cancellation or
-write a second answer."""
+A turn is one prompt and its answer; a session is a chat of turns owned by one user. A turn's
+record is a Redis hash that only TurnRecord reads and writes (`restore` / `to_hash`, as rq's
+Job does), so no caller parses a raw hash. Status changes are atomic (one Lua script): a turn
+that reached a final status keeps it, so a redelivered step or a late worker cannot undo a
+cancellation or write a second answer.
+
+Turns not yet final sit in one in-flight index (a sorted set scored by each turn's last status
+change): /ops lists it, and the redelivery sweeper (workers.redelivery) resends the turns whose
+score has not moved for a visibility timeout."""
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -14,27 +21,80 @@ from shared import defaults, keys, metrics
 from shared.redis_roles import client, replicated
 from shared.settings import get_settings
 from shared.tokens import Principal
+from shared.turn_flow import TurnPayload
+from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
-FINAL_STATES = frozenset({DONE, FAILED, CANCELLED})
+_FINAL_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(FINAL_STATUSES)) + "}"
 
-# KEYS: status hash, activity set, in-flight set. ARGV: new status, member, now, then field/value pairs.
-# Returns the status after the call. A final status leaves both sets; any other refreshes the activity.
-_TRANSITION = """
+# KEYS: record hash, in-flight index. ARGV: new status, member, now, then field/value pairs.
+# Returns the status after the call. A final status leaves the index; any other refreshes its score.
+_TRANSITION = f"""
+local final = {_FINAL_LUA}
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
-if current == 'done' or current == 'failed' or current == 'cancelled' then return current end
-local fields = {'status', ARGV[1]}
+if final[current] then return current end
+local fields = {{'status', ARGV[1]}}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[1] == 'done' or ARGV[1] == 'failed' or ARGV[1] == 'cancelled' then
+if final[ARGV[1]] then
   redis.call('ZREM', KEYS[2], ARGV[2])
-  redis.call('ZREM', KEYS[3], ARGV[2])
 else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 end
 return ARGV[1]
 """
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """A turn as its record holds it. `payload` is what its chain was sent with (None for a
+    record written without one)."""
+
+    status: TurnStatus
+    session_id: str = ""
+    message_id: str = ""
+    owner: str = ""
+    prompt: str = ""
+    step: str = ""
+    answer: str | None = None
+    error: str | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    payload: TurnPayload | None = None
+    redeliveries: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def restore(cls, fields: dict[str, str]) -> "TurnRecord":
+        """A record from its hash (as redis-py returns it, decoded)."""
+        def number(name: str) -> float | None:
+            return float(fields[name]) if fields.get(name) else None
+
+        return cls(status=fields["status"], session_id=fields.get("session_id", ""),
+                   message_id=fields.get("message_id", ""), owner=fields.get("owner", ""),
+                   prompt=fields.get("prompt", ""), step=fields.get("step", ""), answer=fields.get("answer"),
+                   error=fields.get("error"), created_at=number("created_at"), updated_at=number("updated_at"),
+                   payload=json.loads(fields.get("payload") or "null") or None,
+                   redeliveries=int(fields.get("redeliveries") or 0))
+
+    def to_hash(self) -> dict[str, str | float]:
+        """The hash fields of a new record (later changes go through `update_turn`)."""
+        fields: dict[str, Any] = {"session_id": self.session_id, "message_id": self.message_id, "owner": self.owner,
+                                  "prompt": self.prompt, "status": self.status, "step": self.step,
+                                  "created_at": self.created_at, "updated_at": self.updated_at,
+                                  "payload": json.dumps(self.payload or {})}
+        fields.update({name: getattr(self, name) for name in ("answer", "error") if getattr(self, name) is not None})
+        return {name: value for name, value in fields.items() if value is not None}
+
+    def public(self) -> dict[str, Any]:
+        """The turn as the API shows it (web.schemas.Turn): no owner, no payload."""
+        shown = {"session_id": self.session_id, "message_id": self.message_id, "status": self.status,
+                 "step": self.step, "prompt": self.prompt, "answer": self.answer, "error": self.error,
+                 "created_at": self.created_at, "updated_at": self.updated_at}
+        return {name: value for name, value in shown.items() if value is not None}
 
 
 def claim_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
@@ -51,29 +111,28 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 
 
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
-                r: redis.Redis | None = None, payload: dict | None = None) -> None:
+                r: redis.Redis | None = None, payload: TurnPayload | None = None) -> None:
     """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
-    kept so that a turn whose messages were lost can be sent again (shared.redelivery)."""
+    kept so that a turn whose messages were lost can be sent again (workers.redelivery)."""
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
-    status_key = keys.turn_status(session_id, message_id)
+    record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
+                        prompt=prompt, created_at=now, updated_at=now, payload=payload)
     with replicated("broker", r) as one:
-        _record(one, session_id, message_id, principal, prompt, payload, status_key, now, ttl)
+        _record(one, record, principal, now, ttl)
 
 
-def _record(r: redis.Redis, session_id: str, message_id: str, principal: Principal, prompt: str,
-            payload: dict | None, status_key: str, now: float, ttl: int) -> None:
+def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> None:
+    session_id, message_id = record.session_id, record.message_id
+    status_key = keys.turn_status(session_id, message_id)
     pipe = r.pipeline()
-    pipe.hset(status_key, mapping={"session_id": session_id, "message_id": message_id, "owner": principal.owner,
-                                   "prompt": prompt, "status": QUEUED, "step": "", "created_at": now,
-                                   "updated_at": now, "payload": json.dumps(payload or {})})
+    pipe.hset(status_key, mapping=record.to_hash())
     pipe.expire(status_key, ttl)
-    pipe.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
+    pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
     pipe.expire(keys.session_turns(session_id), ttl * 7)
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
     pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
-    pipe.zadd(keys.turns_in_flight(), {f"{session_id}:{message_id}": now})
     pipe.execute()
 
 
@@ -103,12 +162,11 @@ def _forget(r: redis.Redis, session_id: str, message_id: str) -> None:
     pipe = r.pipeline()
     pipe.delete(keys.turn_status(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)
-    pipe.zrem(keys.turn_activity(), keys.in_flight_member(session_id, message_id))
     pipe.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
     pipe.execute()
 
 
-def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, **fields: object) -> str | None:
+def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, **fields: str) -> str | None:
     """Move a turn to `status` and set `fields`, unless it is already final (then nothing changes).
 
     Returns the status the turn has afterwards (None if there is no such turn), so a caller
@@ -116,24 +174,19 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
     r = r or client("broker")
     status = str(fields.pop("status", "") or "")
     now = time.time()
-    values = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
-    values["updated_at"] = now
+    values = {**fields, "updated_at": now}
     flat = [str(item) for pair in values.items() for item in pair]
     if not status:
         current = r.hget(keys.turn_status(session_id, message_id), "status")
-        if current is None or current in FINAL_STATES:
+        if current is None or current in FINAL_STATUSES:
             return current
         status = current
     result = r.register_script(_TRANSITION)(
-        keys=[keys.turn_status(session_id, message_id), keys.turn_activity(), keys.turns_in_flight()],
+        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
         args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
-    if result == status and status in FINAL_STATES:
+    if result == status and status in FINAL_STATUSES:
         metrics.record_turn(status)
     return result
-
-
-def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
-    return (r or client("broker")).hget(keys.turn_status(session_id, message_id), "status")
 
 
 def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
@@ -141,9 +194,9 @@ def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) 
     return update_turn(session_id, message_id, r, status=CANCELLED, step="")
 
 
-def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> dict | None:
-    record = (r or client("broker")).hgetall(keys.turn_status(session_id, message_id))
-    return record or None
+def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> TurnRecord | None:
+    fields = (r or client("broker")).hgetall(keys.turn_status(session_id, message_id))
+    return TurnRecord.restore(fields) if fields else None
 
 
 def session_message_ids(session_id: str, r: redis.Redis | None = None) -> list[str]:
@@ -154,29 +207,42 @@ def user_session_ids(principal: Principal, r: redis.Redis | None = None) -> list
     return (r or client("broker")).zrevrange(keys.user_sessions(principal.tenant, principal.user), 0, 99)
 
 
-def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
-    """Turns not yet final, oldest first, with their status and step (for /ops).
+def in_flight_ids(r: redis.Redis, until: float = float("inf"), limit: int = 100) -> list[tuple[str, str]]:
+    """(session, message) of unfinished turns whose last status change is no later than
+    `until`, least recently moved first."""
+    members = r.zrangebyscore(keys.turns_in_flight(), "-inf", until, start=0, num=limit)
+    return [(session_id, message_id) for session_id, _, message_id in (m.partition(":") for m in members)]
 
-    Entries older than TURNS_IN_FLIGHT_MAX_AGE_S, or whose record expired, are dropped: a turn
-    whose worker died without a final state must not stay "in flight" forever."""
+
+def leave_in_flight(session_id: str, message_id: str, r: redis.Redis) -> None:
+    r.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
+
+
+def touch_in_flight(session_id: str, message_id: str, now: float, r: redis.Redis) -> None:
+    """Count `now` as the turn's last movement (a resend starts the wait over)."""
+    r.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
+
+
+def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
+    """Turns not yet final, least recently moved first, with their status, step and age (for /ops).
+
+    Entries whose record expired or is final are dropped here: the index must not keep a turn
+    "in flight" forever. A turn that stalls instead is resent, then failed, by workers.redelivery."""
     r = r or client("broker")
-    index = keys.turns_in_flight()
-    r.zremrangebyscore(index, "-inf", time.time() - defaults.TURNS_IN_FLIGHT_MAX_AGE_S)
-    members = r.zrange(index, 0, limit - 1, withscores=True)
+    ids = in_flight_ids(r, limit=limit)
     pipe = r.pipeline(transaction=False)
-    for member, _ in members:
-        session_id, _, message_id = member.partition(":")
-        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step")
+    for session_id, message_id in ids:
+        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step", "created_at")
     in_flight, stale = [], []
-    for (member, created), (status, step) in zip(members, pipe.execute()):
-        if status is None or status in FINAL_STATES:
-            stale.append(member)
+    now = time.time()
+    for (session_id, message_id), (status, step, created_at) in zip(ids, pipe.execute()):
+        if status is None or status in FINAL_STATUSES:
+            stale.append(keys.in_flight_member(session_id, message_id))
             continue
-        session_id, _, message_id = member.partition(":")
-        in_flight.append({"session_id": session_id, "message_id": message_id, "status": status,
-                          "step": step or "", "age_s": round(time.time() - created, 1)})
+        in_flight.append({"session_id": session_id, "message_id": message_id, "status": status, "step": step or "",
+                          "age_s": round(now - float(created_at or now), 1)})
     if stale:
-        r.zrem(index, *stale)
+        r.zrem(keys.turns_in_flight(), *stale)
     return in_flight
 
 

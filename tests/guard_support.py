@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
-from shared.exec_cache import Declarations, ExecCache, ToolSpec
-from shared.processes import free_port
+from shared.guards.declarations import Declarations, ToolSpec
+from shared.guards.exec_cache import ExecCache
+from shared.cli.processes import free_port
 from shared.redis_roles import make_pool
 from shared.settings import Settings
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import httpx
 from httpx_sse import connect_sse
 
-from shared.events import TERMINAL_EVENTS
+from shared.vocabulary import TERMINAL_EVENTS
 from shared.tokens import issue_user_token
 
 

@@ -1,5 +1,5 @@
 """A whole turnstream system for tests: real redis-servers on free ports, real Celery workers,
-gunicorn with gevent. It uses the same launchers as `turnstream dev` (shared.processes)."""
+gunicorn with gevent. It uses the same launchers as `turnstream dev` (shared.cli.processes)."""
 
 import os
 from contextlib import contextmanager, suppress
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from shared import processes
+from shared.cli import processes
 from shared.defaults import ROLES
 
 ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",

@@ -4,7 +4,7 @@ is rate-limited per user, the OpenAPI spec is served, CORS follows its allow-lis
 import httpx
 import pytest
 
-from shared import processes
+from shared.cli import processes
 from tests.sse import bearer, post_prompt, read_stream
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.auth_memo import AuthMemo, invalidate, read_memo
-from shared.auth_verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
-from shared.guard_degradation import reset_breakers
+from shared.guards.auth_memo import AuthMemo, invalidate, read_memo
+from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
+from shared.guards.degradation import reset_breakers
 from shared.tokens import Principal
 from tests.guard_support import IdentityProvider, pooled
 from tests.stack import Stack
@@ -82,7 +82,7 @@ def test_policy_rules():
 
 
 def test_shipped_policy_keeps_create_ticket_for_admins():
-    from shared.auth_verifiers import shipped_policy_path
+    from shared.guards.verifiers import shipped_policy_path
     policy = parse_policy(shipped_policy_path().read_text())
     assert not policy.allows(ALICE, "create_ticket") and policy.allows(ADMIN, "create_ticket")
     assert policy.allows(ALICE, "weather")

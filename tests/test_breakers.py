@@ -5,7 +5,8 @@ import redis
 
 from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, RoleUnavailable
 from shared.celery_config import celery_config
-from shared.outcome import terminal_event
+from shared.terminal_event import terminal_event
+from shared.turns import TurnRecord
 from shared.settings import Settings
 
 
@@ -91,10 +92,10 @@ def test_celery_settings_give_at_least_once_delivery_over_json_only():
 
 
 def test_each_final_status_maps_to_one_terminal_event():
-    assert terminal_event({"status": "done", "answer": "42"}).answer == "42"
-    assert terminal_event({"status": "failed", "error": "boom", "step": "execute"}).message == "boom"
-    assert terminal_event({"status": "cancelled"}).message == "cancelled"
-    assert terminal_event({"status": "running"}) is None
+    assert terminal_event(TurnRecord(status="done", answer="42")).answer == "42"
+    assert terminal_event(TurnRecord(status="failed", error="boom", step="execute")).message == "boom"
+    assert terminal_event(TurnRecord(status="cancelled")).message == "cancelled"
+    assert terminal_event(TurnRecord(status="running")) is None
     assert terminal_event(None) is None
 
 

@@ -10,7 +10,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.processes import REPO_ROOT, child_env, free_port, port_in_use
+from shared.cli.processes import REPO_ROOT, child_env, free_port, port_in_use
 from shared.tokens import verify_user_token
 from tests.sse import read_stream
 

@@ -18,7 +18,8 @@ import redis
 from httpx_sse import connect_sse
 from redis.cluster import key_slot
 
-from shared import keys, processes
+from shared import keys
+from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, TokenEvent
 from shared.tokens import Principal, issue_stream_token
 from tests.sse import post_prompt, read_stream

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared import processes
+from shared.cli import processes
 from shared.celery_config import queues
 from shared.settings import Settings
 from shared.tracing import STANDARD_ENV

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from shared.guard_degradation import reset_breakers
-from shared.processes import REPO_ROOT, child_env
+from shared.guards.degradation import reset_breakers
+from shared.cli.processes import REPO_ROOT, child_env
 from shared.tokens import Principal
 from tests.guard_support import SLOW, make_cache, pooled
 from tests.stack import Stack

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.exec_cache import (Declarations, ToolSpec, cache_key, canonical_json, encode_exact, normalize_name,
-                               parse_declarations, strip_volatile)
+from shared.guards.declarations import Declarations, ToolSpec, normalize_name, parse_declarations
+from shared.guards.exec_cache import cache_key, canonical_json, encode_exact, strip_volatile
 from shared.tokens import Principal
 
 VOLATILE = Declarations().volatile
@@ -141,7 +141,7 @@ def test_declarations_parse_and_default_to_not_cacheable():
 
 
 def test_shipped_declarations_never_cache_the_side_effecting_tool():
-    from shared.exec_cache import load_declarations
+    from shared.guards.declarations import load_declarations
     decls = load_declarations()
     assert decls.spec("create_ticket").cacheable is False
     assert decls.spec("my_orders").scope == "user"

@@ -6,10 +6,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from shared import processes
-from shared.celery_config import task_name
+from shared.cli import processes
+from shared.turn_flow import task_name
 from shared.cli import main
-from shared.events import STEPS
+from shared.vocabulary import STEPS
 from tests.sse import post_prompt, read_stream
 
 AUTH = ("ops", "flower-test-password")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from shared.processes import child_env
+from shared.cli.processes import child_env
 from tests.sse import bearer
 
 

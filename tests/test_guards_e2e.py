@@ -5,7 +5,7 @@ import sys
 
 import httpx
 
-from shared.processes import child_env
+from shared.cli.processes import child_env
 from tests.sse import bearer, post_prompt, read_stream
 
 

@@ -6,10 +6,10 @@ import json
 import psutil
 import pytest
 
-from shared import processes
+from shared.cli import processes
 from shared.settings import Settings
-from workers.mcp_client import McpHub, ToolCallError, UnknownTool
-from workers.mcp_config import ServerSpec, builtin_server, parse_config
+from workers.mcp.client import McpClient, ToolCallError, UnknownTool
+from workers.mcp.config import ServerSpec, builtin_server, parse_config
 
 ALICE = {"user": "alice", "tenant": "acme", "roles": ["analyst"]}
 ADMIN = {"user": "root", "tenant": "acme", "roles": ["admin"]}
@@ -33,19 +33,19 @@ def http_url(tmp_path_factory, tickets_file):
 
 
 @pytest.fixture(scope="module", params=["stdio", "http"])
-def hub(request, tickets_file):
+def client(request, tickets_file):
     settings = Settings(tool_latency_ms=0, tickets_file=str(tickets_file))
     if request.param == "stdio":
         spec = builtin_server(settings)
     else:
         spec = ServerSpec(url=request.getfixturevalue("http_url"))
-    hub = McpHub(settings, servers={"builtin": spec})
-    yield hub
-    hub.close()
+    client = McpClient(settings, servers={"builtin": spec})
+    yield client
+    client.close()
 
 
-def test_lists_the_builtin_tools_with_schemas_and_policies(hub):
-    tools = {t["name"]: t for t in hub.list_tools()}
+def test_lists_the_builtin_tools_with_schemas_and_policies(client):
+    tools = {t["name"]: t for t in client.list_tools()}
     assert set(tools) == {"weather", "search_kb", "calculator", "my_orders", "create_ticket"}
     assert tools["weather"]["input_schema"]["required"] == ["city"]
     assert tools["weather"]["server"] == "builtin"
@@ -53,40 +53,40 @@ def test_lists_the_builtin_tools_with_schemas_and_policies(hub):
     assert tools["create_ticket"]["policy"] == {"cache": "never"}
 
 
-def test_calls_return_json_results(hub):
-    assert hub.call_tool("weather", {"city": "Paris"}, ALICE)["temp_c"] == 14
-    assert hub.call_tool("calculator", {"expression": "6 * 7 + 1"}, ALICE) == {"expression": "6 * 7 + 1",
+def test_calls_return_json_results(client):
+    assert client.call_tool("weather", {"city": "Paris"}, ALICE)["temp_c"] == 14
+    assert client.call_tool("calculator", {"expression": "6 * 7 + 1"}, ALICE) == {"expression": "6 * 7 + 1",
                                                                                  "value": 43}
 
 
-def test_an_unknown_tool_and_a_tool_error_raise_clear_errors(hub):
+def test_an_unknown_tool_and_a_tool_error_raise_clear_errors(client):
     with pytest.raises(UnknownTool, match="no configured MCP server offers a tool named 'teleport'"):
-        hub.call_tool("teleport", {}, ALICE)
+        client.call_tool("teleport", {}, ALICE)
     with pytest.raises(ToolCallError, match="no weather data for 'Atlantis'"):
-        hub.call_tool("weather", {"city": "Atlantis"}, ALICE)
+        client.call_tool("weather", {"city": "Atlantis"}, ALICE)
     with pytest.raises(ToolCallError, match="city"):
-        hub.call_tool("weather", {}, ALICE)
-    assert hub.call_tool("weather", {"city": "Rome"}, ALICE)["city"] == "Rome", "the session survives errors"
+        client.call_tool("weather", {}, ALICE)
+    assert client.call_tool("weather", {"city": "Rome"}, ALICE)["city"] == "Rome", "the session survives errors"
 
 
-def test_the_caller_identity_travels_with_each_call(hub):
-    assert [o["order_id"] for o in hub.call_tool("my_orders", {}, ALICE)["orders"]] == ["A-1001", "A-1017"]
+def test_the_caller_identity_travels_with_each_call(client):
+    assert [o["order_id"] for o in client.call_tool("my_orders", {}, ALICE)["orders"]] == ["A-1001", "A-1017"]
     with pytest.raises(ToolCallError, match="needs to know the caller"):
-        hub.call_tool("my_orders", {})
+        client.call_tool("my_orders", {})
     with pytest.raises(ToolCallError, match="admin-only"):
-        hub.call_tool("create_ticket", {"subject": "help"}, ALICE)
-    ticket = hub.call_tool("create_ticket", {"subject": "printer on fire"}, ADMIN)
-    tickets = [json.loads(line) for line in open(hub.settings.tickets_file)]
+        client.call_tool("create_ticket", {"subject": "help"}, ALICE)
+    ticket = client.call_tool("create_ticket", {"subject": "printer on fire"}, ADMIN)
+    tickets = [json.loads(line) for line in open(client.settings.tickets_file)]
     assert tickets[-1]["ticket_id"] == ticket["ticket_id"] and tickets[-1]["opened_by"] == "acme/root"
 
 
-def test_tool_lists_are_cached_briefly(hub):
-    hub.list_tools(refresh=True)
-    listed_at = hub._catalog_at
-    hub.list_tools()
-    assert hub._catalog_at == listed_at, "within the TTL the cached list is served"
-    hub.list_tools(refresh=True)
-    assert hub._catalog_at > listed_at
+def test_tool_lists_are_cached_briefly(client):
+    client.list_tools(refresh=True)
+    listed_at = client._catalog_at
+    client.list_tools()
+    assert client._catalog_at == listed_at, "within the TTL the cached list is served"
+    client.list_tools(refresh=True)
+    assert client._catalog_at > listed_at
 
 
 def _toolservers() -> set[int]:
@@ -96,16 +96,16 @@ def _toolservers() -> set[int]:
 def test_a_stdio_server_that_dies_is_started_again_for_the_next_call():
     settings = Settings(tool_latency_ms=0)
     others = _toolservers()
-    hub = McpHub(settings, servers={"builtin": builtin_server(settings)})
+    client = McpClient(settings, servers={"builtin": builtin_server(settings)})
     try:
-        assert hub.call_tool("calculator", {"expression": "1 + 1"})["value"] == 2
+        assert client.call_tool("calculator", {"expression": "1 + 1"})["value"] == 2
         (first,) = _toolservers() - others
         psutil.Process(first).kill()
         psutil.Process(first).wait(5)
         outcomes = []
         for _ in range(2):  # the call in flight when the pipe broke may fail; the next one reconnects
             try:
-                outcomes.append(hub.call_tool("calculator", {"expression": "2 + 2"})["value"])
+                outcomes.append(client.call_tool("calculator", {"expression": "2 + 2"})["value"])
                 break
             except ToolCallError as exc:
                 outcomes.append(str(exc))
@@ -113,15 +113,15 @@ def test_a_stdio_server_that_dies_is_started_again_for_the_next_call():
         (second,) = _toolservers() - others - {first}
         assert second != first
     finally:
-        hub.close()
+        client.close()
 
 
 def test_a_dead_server_is_reported_and_the_others_still_serve(tmp_path):
     settings = Settings(tool_latency_ms=0, mcp_connect_timeout_s=5)
     servers = parse_config(json.dumps({"mcpServers": {"gone": {"url": "http://127.0.0.1:9/mcp"}}}), "test")
-    hub = McpHub(settings, servers={**servers, "builtin": builtin_server(settings)})
+    client = McpClient(settings, servers={**servers, "builtin": builtin_server(settings)})
     try:
-        assert "weather" in {t["name"] for t in hub.list_tools()}
-        assert set(hub.server_errors) == {"gone"}
+        assert "weather" in {t["name"] for t in client.list_tools()}
+        assert set(client.server_errors) == {"gone"}
     finally:
-        hub.close()
+        client.close()

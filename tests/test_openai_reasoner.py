@@ -1,8 +1,11 @@
-"""The `openai` reasoner against a local OpenAI-compatible server speaking the streamed wire format:
-first directly, then as the reasoner of a whole system, where a stalled model must end the turn
-with an error event (the chain's errback) instead of hanging the stream."""
+"""The `openai` reasoner against a local OpenAI-compatible server that injects failures
+(tests/fake_openai.py): first directly, then as the reasoner of a whole system, where every
+failure must end the turn with one readable error event (the chain's errback) within the
+deadline instead of hanging the stream or passing for "no tool calls"."""
 
 import json
+import time
+import uuid
 
 import httpx
 import pytest
@@ -18,11 +21,12 @@ TOOLS = [{"name": "weather", "description": "Current weather for a city.",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
          {"name": "calculator", "description": "Evaluate arithmetic.",
           "input_schema": {"type": "object", "properties": {"expression": {"type": "string"}}}}]
+DEADLINE_S = 2
 
 
 @pytest.fixture(scope="module")
 def fake():
-    with FakeOpenAI(stall_s=4.0) as server:
+    with FakeOpenAI(keepalive_s=0.5) as server:
         yield server
 
 
@@ -31,12 +35,13 @@ def reasoner(fake: FakeOpenAI, timeout: float = 10.0) -> OpenAIReasoner:
                                    reasoner_timeout_s=timeout))
 
 
-def test_tool_calls_are_assembled_from_streamed_deltas(fake):
+def test_tool_calls_come_from_one_finished_reply(fake):
     calls = reasoner(fake).decide(TurnContext(prompt="weather in Paris and 6*7+1?", tools=TOOLS))
     assert [(c["tool"], c["args"], c["model_call_id"]) for c in calls] == [
         ("weather", {"city": "Paris"}, "call_w1"), ("calculator", {"expression": "6 * 7 + 1"}, "call_c2")]
     sent = fake.requests[-1]
-    assert sent["stream"] is True and sent["model"] == "fake-model" and sent["tool_choice"] == "auto"
+    assert not sent.get("stream"), "tool choice is asked without streaming"
+    assert sent["model"] == "fake-model" and sent["tool_choice"] == "auto"
     assert [t["function"]["name"] for t in sent["tools"]] == ["weather", "calculator"]
     assert sent["tools"][0]["function"]["parameters"] == TOOLS[0]["input_schema"]
 
@@ -59,22 +64,45 @@ def test_results_go_back_as_tool_messages_and_the_answer_streams(fake):
     text = reasoner(fake).answer(ctx, pieces.append)
     assert pieces == ANSWER_PIECES
     assert text == "".join(ANSWER_PIECES).strip()
+    assert fake.requests[-1]["stream"] is True
     assert "tools" not in fake.requests[-1], "the answer is written without tools"
 
 
-def test_a_stalled_or_missing_endpoint_is_a_reasoner_error(fake):
-    with pytest.raises(ReasonerError, match="timed out"):
-        reasoner(fake, timeout=0.5).decide(TurnContext(prompt="slow please", tools=TOOLS))
-    closed = OpenAIReasoner(Settings(openai_base_url="http://127.0.0.1:9/v1", reasoner_timeout_s=2))
-    with pytest.raises(ReasonerError, match="openai reasoner"):
+# (prompt, which call fails, the error's text after the server's address)
+FAILURES = [
+    ("a silent model", "decide", f"did not answer within {DEADLINE_S} s"),
+    ("fail now", "decide", "answered HTTP 500"),
+    ("a keep-alive every half second", "answer", f"did not answer within {DEADLINE_S} s"),
+    ("an endless answer", "answer", f"did not finish its answer within {DEADLINE_S} s"),
+    ("an empty stream", "answer", "sent an empty answer stream"),
+    ("a truncated stream", "answer", "sent an answer stream that stopped before it finished"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "call", "clause"), FAILURES, ids=[f[0] for f in FAILURES])
+def test_each_failure_is_one_readable_error_within_the_deadline(fake, prompt, call, clause):
+    model = reasoner(fake, timeout=DEADLINE_S)
+    ctx = TurnContext(prompt=prompt, tools=TOOLS if call == "decide" else [])
+    pieces: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(ReasonerError) as raised:
+        model.decide(ctx) if call == "decide" else model.answer(ctx, pieces.append)
+    assert time.monotonic() - started < 3 * DEADLINE_S, "a generous bound: it did not hang"
+    assert str(raised.value) == f"the model server at {fake.base_url} {clause}"
+
+
+def test_an_unreachable_server_is_named_with_the_reason():
+    closed = OpenAIReasoner(Settings(openai_base_url="http://127.0.0.1:9/v1", reasoner_timeout_s=DEADLINE_S))
+    with pytest.raises(ReasonerError) as raised:
         closed.decide(TurnContext(prompt="hi", tools=TOOLS))
+    assert str(raised.value) == "the model server at http://127.0.0.1:9/v1 could not be reached (connection refused)"
 
 
 @pytest.fixture(scope="module")
 def openai_stack(tmp_path_factory, fake, stack):  # `stack` sets the test secret in this process
     system = Stack(tmp_path_factory.mktemp("openai"), TURNSTREAM_REASONER="openai",
                    TURNSTREAM_OPENAI_BASE_URL=fake.base_url, TURNSTREAM_OPENAI_MODEL="fake-model",
-                   TURNSTREAM_REASONER_TIMEOUT_S="1", TURNSTREAM_MAX_TOOL_ROUNDS="2")
+                   TURNSTREAM_REASONER_TIMEOUT_S=str(DEADLINE_S), TURNSTREAM_MAX_TOOL_ROUNDS="2")
     with system.running(name="openai-worker"):
         yield system
 
@@ -89,14 +117,25 @@ def test_a_turn_with_the_openai_reasoner_calls_tools_and_streams_tokens(openai_s
     assert events[-1].data["answer"] == tokens.strip() == "".join(ANSWER_PIECES).strip()
 
 
-def test_a_stalled_model_ends_the_turn_with_an_error_event(openai_stack):
-    body = post_prompt(openai_stack.base_url, "oai2", "a slow question").json()
+# (prompt, the step that fails, the error's text after the server's address)
+TURN_FAILURES = [
+    ("a silent model, weather in Paris", "reason", f"did not answer within {DEADLINE_S} s"),
+    ("weather in Paris, fail now", "reason", "answered HTTP 500"),
+    ("weather in Paris, with a keep-alive every half second", "synthesize", f"did not answer within {DEADLINE_S} s"),
+    ("weather in Paris, then an empty stream", "synthesize", "sent an empty answer stream"),
+    ("weather in Paris, then a truncated stream", "synthesize",
+     "sent an answer stream that stopped before it finished"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "step", "clause"), TURN_FAILURES, ids=[f[0] for f in TURN_FAILURES])
+def test_a_failing_model_ends_the_turn_with_one_readable_error(openai_stack, fake, prompt, step, clause):
+    body = post_prompt(openai_stack.base_url, f"oaif-{uuid.uuid4().hex[:8]}", prompt).json()
     events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
-    assert events[-1].type == "error"
-    assert events[-1].data["step"] == "reason"
-    assert "openai reasoner timed out" in events[-1].data["message"]
+    assert events[-1].type == "error" and events[-1].data["step"] == step
+    assert f"the model server at {fake.base_url} {clause}" in events[-1].data["message"]
     status = httpx.get(openai_stack.base_url + body["status_url"], headers=bearer()).json()
-    assert status["status"] == "failed" and "timed out" in status["error"]
+    assert status["status"] == "failed" and clause in status["error"]
 
 
 def test_a_failure_in_a_later_round_still_reaches_the_errback(openai_stack):

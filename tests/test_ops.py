@@ -10,7 +10,9 @@ import pytest
 from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics, turns
+from shared import turns
+from shared.vocabulary import DONE, RUNNING
+from shared.guards import stats
 from shared.defaults import ROLES
 from shared.tokens import Principal, issue_stream_token
 from tests.sse import bearer, post_prompt, read_stream
@@ -78,7 +80,7 @@ def test_ops_lists_a_turn_in_flight_with_its_step_until_it_is_final(base_url, st
     session_id, message_id = "ops" + uuid.uuid4().hex[:8], uuid.uuid4().hex
     owner = Principal(user="alice", tenant="acme", roles=("analyst",))
     turns.create_turn(session_id, message_id, owner, "held by the test, never enqueued")
-    turns.update_turn(session_id, message_id, status=turns.RUNNING, step="execute")
+    turns.update_turn(session_id, message_id, status=RUNNING, step="execute")
 
     def listed():
         items = ops_snapshot(base_url)["turns"]["data"]["items"]
@@ -87,7 +89,7 @@ def test_ops_lists_a_turn_in_flight_with_its_step_until_it_is_final(base_url, st
     shown = eventually(listed)
     assert shown and shown[0]["step"] == "execute" and shown[0]["status"] == "running"
 
-    turns.update_turn(session_id, message_id, status=turns.DONE, answer="-")
+    turns.update_turn(session_id, message_id, status=DONE, answer="-")
     assert eventually(lambda: not listed())
 
 
@@ -111,8 +113,8 @@ def test_ops_counts_sse_clients_and_channel_subscribers(base_url):
 def test_ops_shows_guard_ratios_over_the_window(base_url):
     before = ops_snapshot(base_url)["guards"]["data"]["counts"]
     for result in ("hit", "hit", "hit", "miss"):
-        metrics.record_exec_cache(result)
-    metrics.record_auth_memo("hit")
+        stats.record_exec_cache(result)
+    stats.record_auth_memo("hit")
 
     def grown():
         counts = ops_snapshot(base_url)["guards"]["data"]["counts"]
@@ -122,7 +124,7 @@ def test_ops_shows_guard_ratios_over_the_window(base_url):
     assert counts["exec_cache"]["miss"] >= before["exec_cache"]["miss"] + 1
     assert counts["auth_memo"]["hit"] >= before["auth_memo"]["hit"] + 1
     with pytest.raises(ValueError):
-        metrics.record_exec_cache("maybe")
+        stats.record_exec_cache("maybe")
 
 
 def test_ops_stream_pushes_rendered_panels(base_url):

@@ -8,21 +8,24 @@ import subprocess
 import sys
 
 from shared import logs, metrics
+from shared.guards import stats
+from shared.vocabulary import GUARD_RESULTS
 from web.snapshot import redacted
-from workers.telemetry import step_of, turn_ids
+from shared.turn_flow import step_of
+from workers.telemetry import turn_ids
 
 
 def test_guard_ratios_are_shares_of_the_lookups_that_reached_redis():
     counts = {"exec_cache": {"hit": 6, "miss": 2, "coalesced": 2, "bypass": 5},
               "auth_memo": {"hit": 3, "miss": 1, "bypass": 7}}
-    ratios = metrics.guard_ratios(counts)
+    ratios = stats.guard_ratios(counts)
     assert ratios["exec_cache"] == {"hit": 0.6, "miss": 0.2, "coalesced": 0.2}
     assert ratios["auth_memo"] == {"hit": 0.75, "miss": 0.25}
 
 
 def test_guard_ratios_are_none_without_lookups():
-    counts = {guard: dict.fromkeys(results, 0) for guard, results in metrics.GUARD_RESULTS.items()}
-    assert metrics.guard_ratios(counts)["auth_memo"] == {"hit": None, "miss": None}
+    counts = {guard: dict.fromkeys(results, 0) for guard, results in GUARD_RESULTS.items()}
+    assert stats.guard_ratios(counts)["auth_memo"] == {"hit": None, "miss": None}
 
 
 def test_json_log_lines_carry_the_bound_ids():

@@ -3,7 +3,7 @@ built-in MCP server over streamable HTTP, while a separate worker takes the `llm
 
 import pytest
 
-from shared import processes
+from shared.cli import processes
 from shared.progress import stream_id
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack

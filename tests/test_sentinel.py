@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from shared import processes
+from shared.cli import processes
 from tests.sse import bearer, read_stream
 from tests.stack import Stack
 from tests.test_chaos import restore_env, wait_for

@@ -13,7 +13,7 @@ import pytest
 from flask_sse import Message
 from httpx_sse import connect_sse
 
-from shared import processes
+from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, TokenEvent
 from shared.progress import Publisher, TokenCoalescer, read_log
 from shared.tokens import Principal, issue_stream_token

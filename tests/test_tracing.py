@@ -13,9 +13,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTrac
                                                                         ExportTraceServiceResponse)
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import processes, tracing
-from shared.celery_config import task_name
-from shared.events import STEPS
+from shared import tracing
+from shared.cli import processes
+from shared.turn_flow import task_name
+from shared.vocabulary import STEPS
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 

@@ -9,7 +9,7 @@ from shared.events import StepEvent
 from shared.progress import stream_id
 from shared.settings import Settings
 from workers.toolserver import tools
-from workers.mcp_config import ToolsConfigError, parse_config
+from workers.mcp.config import ToolsConfigError, parse_config
 from workers.reasoners.base import TurnContext
 from workers.reasoners.rules import RulesReasoner
 
@@ -116,7 +116,8 @@ def test_tools_config_accepts_stdio_and_http_servers_and_names_mistakes():
     servers = parse_config(json.dumps({"mcpServers": {
         "fs": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]},
         "remote": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}}}}), "test")
-    assert {name: spec.transport for name, spec in servers.items()} == {"fs": "stdio", "remote": "http"}
+    assert (servers["fs"].command, servers["fs"].url) == ("npx", None)
+    assert (servers["remote"].command, servers["remote"].url) == (None, "http://127.0.0.1:9/mcp")
     for bad, needle in [("{", "not valid JSON"), ('{"mcpServers": {}}', "empty"),
                         ('{"mcpServers": {"x": {"command": "a", "url": "http://b"}}}', "exactly one"),
                         ('{"mcpServers": {"x": {}}}', "exactly one")]:
@@ -130,3 +131,43 @@ def test_finding_arithmetic_takes_linear_time_on_hostile_prompts():
     assert find_arithmetic("What is the weather in Paris? Also 1/0 + 1") == "1/0 + 1"
     assert find_arithmetic("1999 was a year") is None
     assert find_arithmetic("1 " * 20000 + "x") is None  # cubic backtracking made this take hours
+
+
+def test_a_turn_record_reads_back_what_it_wrote():
+    from shared.turns import TurnRecord
+
+    payload = {"session_id": "s1", "message_id": "m1", "prompt": "hi", "user": "alice", "tenant": "acme",
+               "roles": ["analyst"]}
+    record = TurnRecord(status="queued", session_id="s1", message_id="m1", owner="acme/alice", prompt="hi",
+                        created_at=1700000000.5, updated_at=1700000001.25, payload=payload)
+    as_redis_returns_it = {name: str(value) for name, value in record.to_hash().items()}
+    assert TurnRecord.restore(as_redis_returns_it) == record
+    assert record.public() == {"session_id": "s1", "message_id": "m1", "status": "queued", "step": "",
+                               "prompt": "hi", "created_at": 1700000000.5, "updated_at": 1700000001.25}
+    later = TurnRecord.restore({**as_redis_returns_it, "status": "done", "answer": "hello", "redeliveries": "2"})
+    assert (later.final, later.answer, later.redeliveries) == (True, "hello", 2)
+
+
+def test_the_page_reads_its_names_from_the_server():
+    from flask import Flask
+
+    from shared import vocabulary
+    from web.ui import ui
+
+    app = Flask(__name__)
+    app.register_blueprint(ui)
+    response = app.test_client().get("/vocabulary.js")
+    assert response.status_code == 200 and response.mimetype == "text/javascript"
+    assert f"export const EVENT_TYPES = {json.dumps(list(vocabulary.EVENT_TYPES))};" in response.text
+    assert f"export const FINAL_STATUSES = {json.dumps(sorted(vocabulary.FINAL_STATUSES))};" in response.text
+
+
+def test_every_settable_default_is_a_settings_field_and_no_fixed_one_is():
+    from shared import defaults
+
+    fields = Settings.model_fields
+    assert sorted(name for name in defaults.SETTABLE if name.lower() not in fields) == []
+    assert {name: fields[name.lower()].default for name in defaults.SETTABLE} == \
+        {name: getattr(defaults, name) for name in defaults.SETTABLE}
+    assert sorted(name for name in defaults.FIXED if name.lower() in fields) == []
+    assert defaults.SETTABLE.isdisjoint(defaults.FIXED) and "REASONER" in defaults.SETTABLE

@@ -5,13 +5,13 @@ from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
-from shared.policy import check_policies
+from shared.eviction import check_evictions
 from shared.redis_roles import make_redis
 from shared.settings import get_settings
 from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
-from web import telemetry
+from web import extensions, telemetry
 from web.errors import register_error_handlers
 from web.openapi import openapi
 from web.metrics import metrics_bp
@@ -27,19 +27,18 @@ def create_app(check_redis: bool = True) -> Flask:
     settings = get_settings()
     settings.secret_key()
     if check_redis:
-        check_policies()
+        check_evictions()
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096
     app.json.sort_keys = False
-    app.extensions["celery"] = make_celery("turnstream-web", settings)
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
     stream_redis = make_redis(settings.role_url("progress"), settings, settings.sse_redis_connections)
-    app.extensions["stream_redis"] = stream_redis
-    app.extensions["dispatcher"] = Dispatcher(stream_redis, settings.sse_client_queue,
-                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S)
-    app.extensions["rate_limiter"] = TurnRateLimiter(settings)
+    extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
+                       dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
+                                             subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
+                       rate_limiter=TurnRateLimiter(settings))
     for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

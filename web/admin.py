@@ -6,8 +6,7 @@ import redis
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from shared import auth_memo
-from shared.keys import valid_id, valid_tool
+from shared.guards import auth_memo
 from web.api import json_body
 from web.auth import require_admin
 from web.errors import ApiError
@@ -28,9 +27,7 @@ class InvalidateBody(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "InvalidateBody":
-        chosen = [n for n in ("user", "tool", "tenant") if getattr(self, n)] + (["all"] if self.all else [])
-        if len(chosen) != 1:
-            raise ValueError("name exactly one of user, tool, tenant, or all: true")
+        auth_memo.invalidation_target(self.user, self.tool, self.tenant, self.all)
         return self
 
 
@@ -39,13 +36,7 @@ def invalidate_auth():
     """Every matching memo stops counting for the very next check; the cost is one INCR."""
     principal = require_admin()
     body = json_body(InvalidateBody)
-    if body.user:
-        valid_id(body.user, "user")
-    if body.tenant:
-        valid_id(body.tenant, "tenant")
-    if body.tool:
-        valid_tool(body.tool)
-    try:
+    try:  # the ids are validated as the generation key is built (400 invalid_id)
         result = auth_memo.invalidate(user=body.user, tool=body.tool, tenant=body.tenant, everything=body.all)
     except redis.RedisError as exc:
         raise ApiError(503, "auth_memo_unavailable",

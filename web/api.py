@@ -8,17 +8,20 @@ import logging
 import uuid
 
 import redis
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
 from shared import defaults, metrics, turns
-from shared.celery_config import revoke_turn, turn_chain
+from shared.turn_flow import TurnPayload, revoke_turn, send_turn
+from shared.turns import TurnRecord
+from shared.vocabulary import CANCELLED
 from shared.keys import valid_id
-from shared.outcome import publish_outcome
+from shared.terminal_event import publish_terminal_event
 from shared.progress import read_log, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import Principal, issue_stream_token, issue_user_token
+from web import extensions
 from web.auth import current_principal
 from web.errors import ApiError
 from web.schemas import DevTokenBody, PromptBody
@@ -36,23 +39,14 @@ def json_body(model: type[BaseModel]) -> BaseModel:
     return model.model_validate(payload)
 
 
-def owned_turn(session_id: str, message_id: str, principal: Principal) -> dict:
+def owned_turn(session_id: str, message_id: str, principal: Principal) -> TurnRecord:
     """The turn's record, or 404 whether it is missing or someone else's (existence is not revealed)."""
     valid_id(session_id, "session_id")
     valid_id(message_id, "message_id")
     record = turns.get_turn(session_id, message_id)
-    if not record or record.get("owner") != principal.owner:
+    if not record or record.owner != principal.owner:
         raise ApiError(404, "not_found", "no such turn")
     return record
-
-
-def public_turn(record: dict) -> dict:
-    fields = ("session_id", "message_id", "status", "step", "prompt", "answer", "error")
-    public = {name: record[name] for name in fields if name in record}
-    for name in ("created_at", "updated_at"):
-        if name in record:
-            public[name] = float(record[name])
-    return public
 
 
 @api.post("/sessions/<session_id>/messages")
@@ -65,11 +59,11 @@ def post_message(session_id: str):
         raise ApiError(413, "prompt_too_long", f"prompt is {len(body.prompt)} characters; the limit is {limit}")
     if not turns.claim_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
-    current_app.extensions["rate_limiter"].hit(principal)
+    extensions.rate_limiter().hit(principal)
 
     message_id = uuid.uuid4().hex
-    turn = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
-            "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
+    turn: TurnPayload = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
+                         "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     turns.create_turn(session_id, message_id, principal, body.prompt, payload=turn)
     enqueue(session_id, message_id, turn)
     metrics.TURNS_ACCEPTED.inc()
@@ -86,12 +80,12 @@ def post_message(session_id: str):
     return response
 
 
-def enqueue(session_id: str, message_id: str, turn: dict) -> None:
+def enqueue(session_id: str, message_id: str, turn: TurnPayload) -> None:
     """Send the turn's chain, or take the turn back and answer 503: nothing is accepted unqueued."""
     try:
-        turn_chain(current_app.extensions["celery"], turn).apply_async(
-            retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
-                          "interval_step": 0.2, "interval_max": 0.2})
+        send_turn(extensions.celery(), turn,
+                  retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
+                                "interval_step": 0.2, "interval_max": 0.2})
     except OperationalError as exc:
         log.warning("turn %s/%s not enqueued: %s", session_id, message_id, exc)
         try:
@@ -103,7 +97,7 @@ def enqueue(session_id: str, message_id: str, turn: dict) -> None:
 
 @api.get("/sessions/<session_id>/messages/<message_id>")
 def get_message(session_id: str, message_id: str):
-    return jsonify(public_turn(owned_turn(session_id, message_id, current_principal())))
+    return jsonify(owned_turn(session_id, message_id, current_principal()).public())
 
 
 @api.delete("/sessions/<session_id>/messages/<message_id>")
@@ -113,18 +107,19 @@ def cancel_message(session_id: str, message_id: str):
     Cancelling a cancelled turn again is a no-op; a finished one is a 409."""
     owned_turn(session_id, message_id, current_principal())
     status = turns.cancel_turn(session_id, message_id)
-    if status != turns.CANCELLED:
+    if status != CANCELLED:
         raise ApiError(409, "already_finished", f"the turn is already {status}; only a running turn can be cancelled")
     try:
-        revoke_turn(current_app.extensions["celery"], message_id)
+        revoke_turn(extensions.celery(), message_id)
     except OperationalError as exc:
         log.warning("could not revoke %s (workers still skip it by its status): %s", message_id, exc)
     try:
-        publish_outcome(session_id, message_id, {"status": turns.CANCELLED})
+        publish_terminal_event(session_id, message_id, TurnRecord(status=CANCELLED))
     except redis.RedisError as exc:
         log.warning("cancelled event for %s/%s not published yet (%s); streams get it on reconnect",
                     session_id, message_id, exc)
-    return jsonify(public_turn(turns.get_turn(session_id, message_id) or {}))
+    record = turns.get_turn(session_id, message_id)
+    return jsonify(record.public() if record else {})
 
 
 @api.get("/sessions/<session_id>/messages/<message_id>/events")
@@ -138,13 +133,13 @@ def get_events(session_id: str, message_id: str):
     if after and not valid_stream_id(after):
         raise ApiError(400, "invalid_after", "after must be an event id such as 1700000000000-0")
     try:
-        publish_outcome(session_id, message_id, record)
+        publish_terminal_event(session_id, message_id, record)
         events = [event.as_json() for event in read_log(session_id, message_id, after=after)]
         unavailable = False
     except redis.RedisError as exc:
         log.info("events of %s/%s unavailable: %s", session_id, message_id, exc)
         events, unavailable = [], True
-    return jsonify({"status": record.get("status"), "events": events,
+    return jsonify({"status": record.status, "events": events,
                     "last_event_id": events[-1]["id"] if events else after, "progress_unavailable": unavailable})
 
 
@@ -161,16 +156,16 @@ def list_messages(session_id: str):
         raise ApiError(404, "not_found", "no such session")
     records = (turns.get_turn(session_id, mid) for mid in turns.session_message_ids(session_id))
     return jsonify({"session_id": session_id,
-                    "messages": [with_stream_url(public_turn(r), principal) for r in records if r]})
+                    "messages": [with_stream_url(r, principal) for r in records if r]})
 
 
-def with_stream_url(turn: dict, principal: Principal) -> dict:
+def with_stream_url(record: TurnRecord, principal: Principal) -> dict:
     """An unfinished turn carries a fresh stream URL, so a reloaded page follows it live."""
-    if turn.get("status") in turns.FINAL_STATES:
-        return turn
-    token = issue_stream_token(principal, turn["session_id"], turn["message_id"])
-    return {**turn, "stream_url": url_for("stream.stream", session_id=turn["session_id"],
-                                          message_id=turn["message_id"], token=token)}
+    if record.final:
+        return record.public()
+    token = issue_stream_token(principal, record.session_id, record.message_id)
+    return {**record.public(), "stream_url": url_for("stream.stream", session_id=record.session_id,
+                                                     message_id=record.message_id, token=token)}
 
 
 @api.post("/dev/token")

@@ -1,4 +1,5 @@
-"""Who is calling: the bearer token on API requests."""
+"""Who is calling: the bearer token on API requests, or a token in the query string where a
+browser cannot send headers (EventSource, opening a page)."""
 
 from flask import g, request
 
@@ -6,25 +7,41 @@ from shared.tokens import Principal, TokenError, verify_user_token
 from web.errors import ApiError
 
 
-def current_principal() -> Principal:
-    """The caller, from `Authorization: Bearer <token>`; 401 if missing or invalid."""
+def query_token(what: str) -> str:
+    """The `?token=` of a stream or page URL; 401 naming the token that is missing."""
+    token = request.args.get("token")
+    if not token:
+        raise ApiError(401, "unauthorized", f"missing {what} token (?token=...)")
+    return token
+
+
+def current_principal(allow_query_token: bool = False) -> Principal:
+    """The caller, from `Authorization: Bearer <token>`; 401 if missing or invalid. With
+    `allow_query_token`, a request without that header may carry the token as `?token=`."""
     if "principal" in g:
         return g.principal
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
-                       {"WWW-Authenticate": "Bearer"})
+    if allow_query_token and "Authorization" not in request.headers and request.args.get("token"):
+        token = request.args["token"]
+    else:
+        token = _bearer_token()
     try:
-        g.principal = verify_user_token(token.strip())
+        g.principal = verify_user_token(token)
     except TokenError as exc:
         raise ApiError(401, "unauthorized", f"invalid token: {exc}",
                        {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
     return g.principal
 
 
-def require_admin() -> Principal:
-    principal = current_principal()
+def _bearer_token() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
+                       {"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def require_admin(allow_query_token: bool = False) -> Principal:
+    principal = current_principal(allow_query_token)
     if not principal.is_admin:
         raise ApiError(403, "forbidden", "this needs the admin role")
     return principal

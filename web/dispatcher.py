@@ -123,7 +123,6 @@ class Dispatcher:
         self._confirmed: dict[str, Event] = {}
         self._lock = RLock()
         self._slots_read_at = 0.0
-        self.events_sent = 0
         self.clients_cut = 0
 
     @property
@@ -257,9 +256,7 @@ class Dispatcher:
 
     def _fan_out(self, channel: str, event: LoggedEvent) -> None:
         for sub in list(self._subscribers.get(channel, ())):
-            if sub.deliver(event):
-                self.events_sent += 1
-            else:
+            if not sub.deliver(event):
                 self.clients_cut += 1
 
     def _close_channel(self, channel: str, reason: str) -> None:

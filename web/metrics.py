@@ -10,7 +10,7 @@ import logging
 
 import gevent
 import redis
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 from shared import defaults, metrics
 from shared.tracing import suppress_instrumentation
 from web.dispatcher import Dispatcher
-from web.snapshot import Snapshotter, publish_web_process
+from web import extensions
+from web.snapshot import publish_web_process
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +113,12 @@ class LiveCollector(Collector):
         yield ratio
 
 
-def snapshotter() -> Snapshotter:
-    return current_app.extensions["ops_snapshotter"]
-
-
 @metrics_bp.get("/metrics")
 def expose():
     """Prometheus text format: recorded series of every process, then the live figures."""
-    refresh_sse_figures(current_app.extensions["dispatcher"])
+    refresh_sse_figures(extensions.dispatcher())
     live = CollectorRegistry(auto_describe=False)
-    live.register(LiveCollector(snapshotter().get()))
+    live.register(LiveCollector(extensions.snapshotter().get()))
     body = generate_latest(metrics.registry()) + generate_latest(live)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 

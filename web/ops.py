@@ -9,16 +9,18 @@ import time
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, current_app, jsonify, render_template, request, stream_with_context
+from flask import Blueprint, jsonify, render_template
 from flask_sse import Message
 
 from shared import breakers
 from shared.defaults import ROLES
 from shared.redis_roles import client
 from shared.settings import get_settings
-from shared.tokens import Principal, TokenError, issue_ops_token, verify_ops_token, verify_user_token
-from web.auth import require_admin
+from shared.tokens import TokenError, issue_ops_token, verify_ops_token
+from web import extensions
+from web.auth import query_token, require_admin
 from web.errors import ApiError
+from web.sse import sse_response
 
 ops = Blueprint("ops", __name__, template_folder="templates")
 
@@ -29,27 +31,13 @@ def healthz():
     return jsonify({"ok": True})
 
 
-def admin_from_request() -> Principal:
-    """The admin calling: `Authorization: Bearer`, or `?token=` so a browser can open the page."""
-    token = request.args.get("token")
-    if token and "Authorization" not in request.headers:
-        try:
-            principal = verify_user_token(token)
-        except TokenError as exc:
-            raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
-        if not principal.is_admin:
-            raise ApiError(403, "forbidden", "this needs the admin role")
-        return principal
-    return require_admin()
-
-
 def snapshot() -> dict:
-    return current_app.extensions["ops_snapshotter"].get()
+    return extensions.snapshotter().get()
 
 
 @ops.get("/ops")
 def page():
-    principal = admin_from_request()
+    principal = require_admin(allow_query_token=True)  # `?token=` so a browser can open the page
     return render_template("ops.html", snap=snapshot(), ops_token=issue_ops_token(principal),
                            refresh_s=get_settings().ops_refresh_s)
 
@@ -57,30 +45,22 @@ def page():
 @ops.get("/ops/snapshot")
 def snapshot_json():
     """The same figures as JSON, for scripts."""
-    admin_from_request()
+    require_admin(allow_query_token=True)
     return jsonify(snapshot())
 
 
 @ops.get("/ops/stream")
 def live():
-    token = request.args.get("token")
-    if not token:
-        raise ApiError(401, "unauthorized", "missing ops token (?token=...)")
     try:
-        _, expires_at = verify_ops_token(token)
+        _, expires_at = verify_ops_token(query_token("ops"))
     except TokenError as exc:
         raise ApiError(403, "forbidden", f"this token does not grant the ops stream: {exc}") from exc
     interval = get_settings().ops_refresh_s
-    response = current_app.response_class(stream_with_context(_panels(expires_at, interval)),
-                                          mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    return sse_response(_panels(expires_at, interval), int(interval * 1000), "ops stream open")
 
 
 def _panels(expires_at: int, interval: float) -> Iterator[str]:
     """Re-rendered panels every `interval` seconds until the ops token expires."""
-    yield f"retry: {int(interval * 1000)}\n: ops stream open\n\n"
     while time.time() < expires_at:
         html = render_template("ops_panels.html", snap=snapshot())
         yield str(Message(html, type="snapshot"))

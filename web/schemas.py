@@ -1,13 +1,12 @@
 """The API's request and response bodies as pydantic models: requests are validated with
 them, and the OpenAPI spec (web.openapi) is generated from them."""
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.defaults import PROMPT_MAX_CHARS
-
-TurnStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+from shared.vocabulary import EventType, TurnStatus
 
 
 class Strict(BaseModel):
@@ -48,7 +47,7 @@ class Turn(BaseModel):
 
 class LoggedEventOut(Strict):
     id: str
-    type: Literal["step", "tool", "token", "done", "error", "cancelled"]
+    type: EventType
     data: dict[str, Any]
 
 

@@ -17,9 +17,11 @@ import redis
 from celery import Celery
 from gevent.lock import Semaphore
 
-from shared import defaults, keys, metrics, turns
-from shared.celery_config import TASK_PREFIX, queues
-from shared.policy import judge, read_policy
+from shared import defaults, keys, turns
+from shared.guards import stats as guard_stats
+from shared.celery_config import queues
+from shared.turn_flow import step_of, turn_of
+from shared.eviction import judge_eviction, read_eviction
 from shared.progress import sharded
 from shared.redis_roles import client
 from shared.settings import get_settings
@@ -63,7 +65,7 @@ def redis_role(role: str) -> dict:
     try:
         stats["ping_ms"] = round(min(_ping(r) for _ in range(PINGS)) * 1000, 2)
         info = r.info()
-        report = judge(role, read_policy(r))
+        report = judge_eviction(role, read_eviction(r))
     except redis.RedisError as exc:
         stats["error"] = f"{type(exc).__name__}: {exc}"
         return stats
@@ -90,10 +92,9 @@ def queue_depths(r: redis.Redis | None = None) -> dict:
 
 
 def _active_task(task: dict) -> dict:
-    args = task.get("args") or []
-    turn = args[0] if args and isinstance(args[0], dict) else {}
+    turn = turn_of(task.get("args"))
     started = task.get("time_start")
-    return {"task_id": task.get("id"), "step": str(task.get("name", "")).removeprefix(f"{TASK_PREFIX}."),
+    return {"task_id": task.get("id"), "step": step_of(str(task.get("name", ""))),
             "session_id": turn.get("session_id"), "message_id": turn.get("message_id"),
             "runtime_s": round(time.time() - started, 1) if started else None}
 
@@ -182,8 +183,8 @@ def _turns() -> dict:
 
 
 def _guards(window_s: int) -> dict:
-    counts = metrics.guard_window(window_s)
-    return {"window_s": window_s, "counts": counts, "ratios": metrics.guard_ratios(counts)}
+    counts = guard_stats.guard_window(window_s)
+    return {"window_s": window_s, "counts": counts, "ratios": guard_stats.guard_ratios(counts)}
 
 
 class Snapshotter:

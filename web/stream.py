@@ -9,16 +9,19 @@ import logging
 from collections.abc import Iterator
 
 import redis
-from flask import current_app, request, stream_with_context
+from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.outcome import publish_outcome
+from shared.terminal_event import publish_terminal_event
 from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
 from shared.settings import get_settings
 from shared.tokens import TokenError, verify_stream_token
 from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
+from web import extensions
+from web.auth import query_token
 from web.errors import ApiError
+from web.sse import sse_response
 
 log = logging.getLogger(__name__)
 
@@ -27,37 +30,29 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens."""
 
     def dispatcher(self) -> Dispatcher:
-        return current_app.extensions["dispatcher"]
+        return extensions.dispatcher()
 
     def stream(self, session_id: str, message_id: str):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
-        self._restore_outcome(session_id, message_id)
+        self._restore_terminal_event(session_id, message_id)
         after = valid_stream_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
-        settings = get_settings()
         events = self.events(channel, session_id, message_id, after)
-        body = stream_with_context(self._render(events, settings.sse_retry_ms))
-        response = current_app.response_class(body, mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
 
     def _authorize(self, session_id: str, message_id: str) -> None:
-        token = request.args.get("token")
-        if not token:
-            raise ApiError(401, "unauthorized", "missing stream token (?token=...)")
         try:
-            verify_stream_token(token, session_id, message_id)
+            verify_stream_token(query_token("stream"), session_id, message_id)
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
-    def _restore_outcome(self, session_id: str, message_id: str) -> None:
+    def _restore_terminal_event(self, session_id: str, message_id: str) -> None:
         """A turn that ended while the progress store was down has no terminal event in the log:
         put it back from the status record (once), so the stream ends instead of waiting forever."""
         try:
-            publish_outcome(session_id, message_id, turns.get_turn(session_id, message_id))
+            publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
         except redis.RedisError as exc:
-            log.info("outcome of %s/%s not checked: %s", session_id, message_id, exc)
+            log.info("terminal event of %s/%s not checked: %s", session_id, message_id, exc)
 
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""
@@ -69,7 +64,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             return
         try:
             last = after
-            for event in read_log(session_id, message_id, after=after, r=current_app.extensions["stream_redis"]):
+            for event in read_log(session_id, message_id, after=after, r=extensions.stream_redis()):
                 yield event
                 last = event.id
                 if event.terminal:
@@ -93,8 +88,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         finally:
             self.dispatcher().unsubscribe(sub)
 
-    def _render(self, events: Iterator[LoggedEvent | None], retry_ms: int) -> Iterator[str]:
-        yield f"retry: {retry_ms}\n: stream open\n\n"
+    def _render(self, events: Iterator[LoggedEvent | None]) -> Iterator[str]:
         for event in events:
             if event is None:
                 yield ": heartbeat\n\n"

@@ -8,6 +8,7 @@ from flask import Flask, g, request
 
 from shared import defaults, logs, tracing
 from shared.settings import get_settings
+from web import extensions
 from web.metrics import start_heartbeat
 from web.snapshot import Snapshotter
 
@@ -34,6 +35,6 @@ def init_app(app: Flask, heartbeat: bool = True) -> None:
     tracing.instrument_flask(app)
     app.before_request(_bind_request_ids)
     app.teardown_request(_unbind_request_ids)
-    app.extensions["ops_snapshotter"] = Snapshotter(app.extensions["celery"], settings.ops_refresh_s)
+    extensions.install_snapshotter(app, Snapshotter(extensions.celery(app), settings.ops_refresh_s))
     if heartbeat:
-        start_heartbeat(app.extensions["dispatcher"], interval=defaults.OPS_WEB_HEARTBEAT_TTL_S / 3)
+        start_heartbeat(extensions.dispatcher(app), interval=defaults.OPS_WEB_HEARTBEAT_TTL_S / 3)

@@ -4,8 +4,11 @@ Everything is served from here (templates/ and static/, plain ES modules, no bui
 no CDN). The page runs under a strict Content-Security-Policy: scripts, styles and
 connections from this origin only, so even a rendering bug cannot load foreign code."""
 
+import json
+
 from flask import Blueprint, make_response, render_template
 
+from shared import vocabulary
 from shared.settings import get_settings
 
 ui = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -21,4 +24,15 @@ def index():
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@ui.get("/vocabulary.js")
+def vocabulary_js():
+    """The names the page shares with the server (statuses, steps, event types), generated from
+    shared.vocabulary, so the scripts never hold a copy that can drift."""
+    body = "".join(f"export const {name} = {json.dumps(values)};\n" for name, values in vocabulary.for_browser().items())
+    response = make_response(body)
+    response.mimetype = "text/javascript"
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response

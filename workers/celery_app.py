@@ -8,8 +8,8 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
-from shared.policy import EvictingRoleError, check_policies
-from shared.redelivery import sweep_forever
+from shared.eviction import EvictingRoleError, check_evictions
+from workers.redelivery import sweep_forever
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def _refuse_evicting_redis(**_: object) -> None:
     # Celery logs and swallows exceptions from signal handlers; SystemExit is what stops the worker.
     try:
-        check_policies()
+        check_evictions()
     except EvictingRoleError as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
@@ -50,15 +50,15 @@ def _takes_tool_calls() -> bool:
 
 
 def _open_mcp_sessions() -> None:
-    from workers.mcp_client import get_hub
+    from workers.mcp.client import mcp_client
 
     if not _takes_tool_calls():
         return
 
     try:
-        hub = get_hub()
-        tools = hub.list_tools()
-        log.info("MCP: %d tools from %s", len(tools), ", ".join(hub.servers))
+        client = mcp_client()
+        tools = client.list_tools()
+        log.info("MCP: %d tools from %s", len(tools), ", ".join(client.servers))
     except Exception as exc:  # noqa: BLE001 - a broken server must not stop the worker; discover reports it
         log.error("MCP: cannot open sessions: %s", exc)
 
@@ -77,9 +77,9 @@ def _mcp_after_fork(**_: object) -> None:
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _close_mcp_sessions(**_: object) -> None:
-    from workers.mcp_client import close_hub
+    from workers.mcp.client import close_mcp_client
 
-    close_hub()
+    close_mcp_client()
 
 
 @worker_ready.connect

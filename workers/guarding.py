@@ -4,11 +4,11 @@ tool_guards); this module only speaks the agent's terms (catalogue entries from 
 
 from typing import Any, Callable
 
-from shared import auth_memo
+from shared.guards import auth_memo
 from shared.tokens import Principal
-from shared.tool_guards import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
+from shared.guards.call import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
 
-__all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded", "preflight", "principal"]
+__all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded_tool_call", "preflight", "principal"]
 
 
 def principal(turn: dict) -> Principal:
@@ -33,7 +33,7 @@ def preflight(who: Principal, tools: list[dict]) -> list[dict]:
     return [tool for tool in tools if tool["name"] in allowed]
 
 
-def guarded(who: Principal, tool: dict, args: dict, run: Callable[[dict], Any]) -> GuardedCall:
+def guarded_tool_call(who: Principal, tool: dict, args: dict, run: Callable[[dict], Any]) -> GuardedCall:
     """One call: permission again (a memo hit is cheap), then the execution cache, with the tool's
     own cache policy from its MCP metadata (the declarations file wins over it)."""
     return guarded_call(who, tool["name"], args, run, declared=tool.get("policy"))

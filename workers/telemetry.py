@@ -14,7 +14,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 from prometheus_client import start_http_server
 
 from shared import logs, metrics, tracing
-from shared.celery_config import TASK_PREFIX
+from shared.turn_flow import step_of, turn_of
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -23,16 +23,9 @@ _started: dict[str, tuple[float, list]] = {}
 _lock = threading.Lock()
 
 
-def step_of(task_name: str) -> str:
-    return task_name.removeprefix(f"{TASK_PREFIX}.")
-
-
 def turn_ids(args: tuple | list | None) -> dict[str, str | None]:
-    """The session and message ids of a step's turn argument (the first dict that names them:
-    `collect` gets its round's results first, then the turn)."""
-    turn = next((a for a in args or () if isinstance(a, dict) and "session_id" in a), None)
-    if not isinstance(turn, dict):
-        return {"session_id": None, "message_id": None}
+    """The session and message ids of a step's turn, for the log context."""
+    turn = turn_of(args)
     return {"session_id": turn.get("session_id"), "message_id": turn.get("message_id")}
 
 

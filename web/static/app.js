@@ -2,10 +2,11 @@
 // No framework and no build step: ES modules served as they are.
 
 import { STATES, TurnFollower } from "./stream.js";
+import { FINAL_STATUSES } from "../vocabulary.js";
 import { TurnView } from "./timeline.js";
 
 const TOKEN_KEY = "turnstream.token";
-const FINAL = new Set(["done", "failed", "cancelled"]);
+const FINAL = new Set(FINAL_STATUSES);
 const $ = (id) => document.getElementById(id);
 
 const state = {

@@ -6,8 +6,10 @@
 // overlaps. If the stream is refused outright (EventSource gives up), it falls back to
 // polling the same log over the JSON API.
 
-export const EVENT_TYPES = ["step", "tool", "token", "done", "error", "cancelled"];
-const TERMINAL = new Set(["done", "error", "cancelled"]);
+import { EVENT_TYPES, FINAL_STATUSES, TERMINAL_EVENTS } from "../vocabulary.js";
+
+const TERMINAL = new Set(TERMINAL_EVENTS);
+const FINAL = new Set(FINAL_STATUSES);
 const POLL_MS = 1000;
 
 /** States a follower reports: what the connection indicator shows. */
@@ -108,7 +110,7 @@ export class TurnFollower {
       if (response.ok) {
         const body = await response.json();
         for (const event of body.events) this.accept(event.type, event.id, event.data);
-        if (!this.done && ["done", "failed", "cancelled"].includes(body.status)) {
+        if (!this.done && FINAL.has(body.status)) {
           this.stop();
           this.onState("finished");
           return;

@@ -26,7 +26,8 @@ def messages(ctx: TurnContext, final: bool = False) -> list[dict]:
         out += [{"role": "user", "content": past["prompt"]}, {"role": "assistant", "content": past["answer"]}]
     out.append({"role": "user", "content": ctx.prompt})
     for round_ in ctx.rounds:
-        out.append({"role": "assistant", "content": None, "tool_calls": [
+        # "" rather than null: llama-cpp-python's server rejects a null content (OpenAI takes either)
+        out.append({"role": "assistant", "content": "", "tool_calls": [
             {"id": call_id(o), "type": "function",
              "function": {"name": o["tool"], "arguments": json.dumps(o.get("args", {}))}} for o in round_]})
         out += [{"role": "tool", "tool_call_id": call_id(o), "content": ctx.result_text(o)} for o in round_]

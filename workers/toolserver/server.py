@@ -17,7 +17,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
-from shared.tool_meta import CALLER_META, POLICY_META
+from workers.mcp.meta import CALLER_META, POLICY_META
 from workers.toolserver import tools
 
 log = logging.getLogger(__name__)

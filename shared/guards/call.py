@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from shared import auth_memo, exec_cache, metrics
-from shared.auth_memo import PermissionUnavailable
+from shared.guards import auth_memo, declarations, exec_cache, stats
+from shared.guards.auth_memo import PermissionUnavailable
 from shared.tokens import Principal
 
 __all__ = ["GuardedCall", "PermissionUnavailable", "denied_message", "guarded_call", "unavailable_message"]
@@ -44,11 +44,10 @@ def guarded_call(principal: Principal, tool: str, args: dict, fn: Callable[[dict
     decision = auth_memo.check(principal, tool)
     if decision.unavailable:
         raise PermissionUnavailable(unavailable_message([tool], decision.error or "verifier unavailable"))
-    metrics.record_auth_memo(decision.memo)
     if not decision.allowed:
         return GuardedCall(tool, "denied", None, denied_message(tool), decision.as_event(), None,
                            round((time.perf_counter() - started) * 1000, 2))
-    outcome = exec_cache.run(exec_cache.declaration(tool, declared), args, principal, fn)
-    metrics.record_exec_cache(outcome.cache)
+    outcome = exec_cache.run(declarations.declaration(tool, declared), args, principal, fn)
+    stats.record_exec_cache(outcome.cache)
     return GuardedCall(tool, "ok" if outcome.ok else "error", outcome.value, outcome.error, decision.as_event(),
                        outcome.cache, round((time.perf_counter() - started) * 1000, 2))

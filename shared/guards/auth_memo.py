@@ -14,17 +14,17 @@ is "not allowed" with the reason (fail closed). Nothing here ever turns a deny i
 
 import hashlib
 import logging
-from collections import Counter as Tally
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
 import redis
-from prometheus_client import Counter
 
 from shared import keys
-from shared.auth_verifiers import Verifier, VerifierUnavailable, make_verifier
-from shared.guard_degradation import GuardDown, guarded
+from shared.guards import stats
+from shared.guards.degradation import GuardDown, guard_redis_call
+from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
 from shared.redis_roles import client, mget
 from shared.settings import get_settings
 from shared.tokens import Principal
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 GUARD = "auth_memo"
 ALLOW, DENY = "A", "D"
-
-CHECKS = Counter("turnstream_auth_checks", "Permission checks by memo use and result", ["memo", "result"])
 
 
 class PermissionUnavailable(RuntimeError):
@@ -141,23 +139,19 @@ class AuthMemo:
         if self.strict:
             return self._verify(principal, tools, {}, memo="bypass")
         try:
-            values = guarded(GUARD, lambda: mget(self.redis, names))
+            values = guard_redis_call(GUARD, lambda: mget(self.redis, names))
         except GuardDown as exc:
             log.warning("auth memo unavailable (%s): asking the verifier directly", type(exc).__name__)
             return self._verify(principal, tools, {}, memo="bypass")
         stamps = self._stamps(principal, tools, values)
         decisions: dict[str, Decision] = {}
         misses: dict[str, str] = {}
-        hits: Tally = Tally()
         for tool, value in zip(tools, values[3 + len(tools):], strict=True):
             answer = read_memo(value, stamps[tool])
             if answer is None:
                 misses[tool] = stamps[tool]
             else:
                 decisions[tool] = Decision(tool, answer, "hit")
-                hits[answer] += 1
-        for answer, count in hits.items():
-            CHECKS.labels("hit", "allowed" if answer else "denied").inc(count)
         if misses:
             decisions.update(self._verify(principal, list(misses), misses, memo="miss").decisions)
         return Preflight(decisions)
@@ -180,10 +174,8 @@ class AuthMemo:
             answer = answers.get(tool, VerifierUnavailable(f"the verifier gave no answer for {tool}"))
             if isinstance(answer, VerifierUnavailable):
                 decisions[tool] = Decision(tool, False, memo, error=str(answer))
-                CHECKS.labels(memo, "unavailable").inc()
                 continue
             decisions[tool] = Decision(tool, answer, memo)
-            CHECKS.labels(memo, "allowed" if answer else "denied").inc()
             if tool in stamps:
                 ttl = self.allow_ttl_s if answer else self.deny_ttl_s
                 name = keys.auth_memo(principal.tenant, principal.user, tool)
@@ -199,7 +191,7 @@ class AuthMemo:
                 pipe.set(name, value, ex=ttl)
             pipe.execute()
         try:
-            guarded(GUARD, write)
+            guard_redis_call(GUARD, write)
         except GuardDown as exc:
             log.warning("could not write %d permission memos (%s)", len(memos), type(exc).__name__)
 
@@ -217,26 +209,37 @@ def default() -> AuthMemo:
 
 
 def preflight(principal: Principal, tools: list[str]) -> Preflight:
-    return default().preflight(principal, tools)
+    """Every tool's answer from the process's memo. Each answer is one permission check in
+    `turnstream_auth_memo_total` (and /ops), whether it came from a preflight or a single call."""
+    checked = default().preflight(principal, tools)
+    for memo, count in Counter(decision.memo for decision in checked.decisions.values()).items():
+        stats.record_auth_memo(memo, count=count)
+    return checked
 
 
 def check(principal: Principal, tool: str) -> Decision:
-    return default().check(principal, tool)
+    return preflight(principal, [tool]).decisions[tool]
+
+
+def invalidation_target(user: str | None = None, tool: str | None = None, tenant: str | None = None,
+                        everything: bool = False) -> tuple[str, str | bool]:
+    """The one scope an invalidation names, and its target: exactly one of a user, a tool, a
+    tenant, or everything. The API, the CLI and `invalidate` all ask here; ValueError otherwise."""
+    chosen = [(name, value) for name, value in (("user", user), ("tool", tool), ("tenant", tenant)) if value]
+    if everything:
+        chosen.append(("all", True))
+    if len(chosen) != 1:
+        raise ValueError("name exactly one of user, tool, tenant or all")
+    return chosen[0]
 
 
 def invalidate(*, user: str | None = None, tool: str | None = None, tenant: str | None = None,
                everything: bool = False, r: redis.Redis | None = None) -> dict:
     """Make every memo of one user, tool, tenant (or all) stale with one INCR. Redis errors propagate:
     an invalidation that did not happen must not look like one that did."""
-    chosen = [name for name, value in (("user", user), ("tool", tool), ("tenant", tenant)) if value]
-    if everything:
-        chosen.append("all")
-    if len(chosen) != 1:
-        raise ValueError("name exactly one of user, tool, tenant or all")
-    scope = chosen[0]
-    key = {"user": lambda: keys.auth_generation_user(user), "tool": lambda: keys.auth_generation_tool(tool),
-           "tenant": lambda: keys.auth_generation_tenant(tenant), "all": keys.auth_generation_all}[scope]()
+    scope, target = invalidation_target(user, tool, tenant, everything)
+    key = {"user": keys.auth_generation_user, "tool": keys.auth_generation_tool,
+           "tenant": keys.auth_generation_tenant}[scope](target) if scope != "all" else keys.auth_generation_all()
     generation = (r or client("auth_memo")).incr(key)
-    target = {"user": user, "tool": tool, "tenant": tenant, "all": True}[scope]
     log.info("permission memos invalidated: %s=%s (generation %d)", scope, target, generation)
     return {"scope": scope, "target": target, "generation": generation}

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from shared.policy import judge
-from shared.processes import REPO_ROOT, child_env
+from shared.eviction import judge_eviction
+from shared.cli.processes import REPO_ROOT, child_env
 from tests.stack import Stack
 
 
@@ -15,12 +15,12 @@ from tests.stack import Stack
     ("exec_cache", "allkeys-lru", True), ("exec_cache", "noeviction", True), ("auth_memo", "volatile-ttl", True),
 ])
 def test_judge(role, policy, ok):
-    assert judge(role, policy).ok is ok
+    assert judge_eviction(role, policy).ok is ok
 
 
 def test_exec_cache_without_lru_gets_a_warning():
-    assert "LRU" in judge("exec_cache", "noeviction").message
-    assert judge("exec_cache", "allkeys-lru").message == ""
+    assert "LRU" in judge_eviction("exec_cache", "noeviction").message
+    assert judge_eviction("exec_cache", "allkeys-lru").message == ""
 
 
 @pytest.fixture

@@ -37,10 +37,6 @@ class ServerSpec(BaseModel):
             raise ValueError("a server needs exactly one of `command` (stdio) or `url` (streamable HTTP)")
         return self
 
-    @property
-    def transport(self) -> str:
-        return "stdio" if self.command else "http"
-
 
 class ToolsConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)

@@ -62,7 +62,7 @@ class PolicyFile(BaseModel):
 
 
 def shipped_policy_path() -> Path:
-    return Path(str(resources.files("shared.data").joinpath("auth-policy.toml")))
+    return Path(str(resources.files("shared.guards.data").joinpath("auth-policy.toml")))
 
 
 def parse_policy(text: str) -> PolicyFile:

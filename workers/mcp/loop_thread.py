@@ -138,7 +138,7 @@ class LoopThread:
             future.cancel()
             raise
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         if self.alive:
             self.loop.call_soon_threadsafe(self.loop.stop)
 

@@ -18,22 +18,18 @@ simply runs. `run` does not care how a tool runs: it wraps any callable."""
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
-import tomllib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from shared import defaults, keys
-from shared.guard_degradation import GuardDown, guarded
+from shared import keys
+from shared.guards.declarations import Declarations, Scope, ToolSpec, load_declarations, normalize_name
+from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tokens import Principal
@@ -42,7 +38,6 @@ log = logging.getLogger(__name__)
 
 GUARD = "exec_cache"
 OK, ERROR, RUN_YOURSELF = "o", "e", "r"
-Scope = Literal["global", "tenant", "user"]
 
 
 # KEYS: result, lease, done. ARGV: lease token, lease ms.
@@ -70,90 +65,6 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-
-
-# --- Declarations ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """What a tool declares to the cache. Unknown tools get the default: not cacheable."""
-
-    name: str
-    cacheable: bool = False
-    scope: Scope = "user"
-    ttl_s: int | None = None
-    volatile: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_policy(cls, name: str, policy: dict | None) -> "ToolSpec":
-        """A spec from what a tool says about itself (e.g. MCP tool metadata):
-        {"cache": "global"|"tenant"|"user"|"never", "ttl_s": int, "volatile": [names]}.
-        Anything missing or unexpected means "not cacheable"."""
-        policy = policy if isinstance(policy, dict) else {}
-        scope, ttl_s, volatile = policy.get("cache"), policy.get("ttl_s"), policy.get("volatile") or []
-        if scope not in ("global", "tenant", "user"):
-            return cls(name)
-        ttl_ok = isinstance(ttl_s, int) and not isinstance(ttl_s, bool) and ttl_s > 0
-        names = frozenset(normalize_name(v) for v in volatile if isinstance(v, str)) if isinstance(volatile, list) \
-            else frozenset()
-        return cls(name, True, scope, ttl_s if ttl_ok else None, names)
-
-
-class _ToolEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cacheable: bool = False
-    scope: Scope = "user"
-    ttl_s: PositiveInt | None = None
-    volatile: list[str] = []
-
-
-class _GlobalEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    volatile: list[str] = []
-
-
-class _DeclarationsFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    global_: _GlobalEntry = Field(default_factory=_GlobalEntry, alias="global")
-    tools: dict[str, _ToolEntry] = {}
-
-
-@lru_cache(maxsize=8192)
-def normalize_name(name: str) -> str:
-    """requestId, request_id and Request-ID are the same volatile field."""
-    return re.sub(r"[-_]", "", name).lower()
-
-
-@dataclass(frozen=True)
-class Declarations:
-    volatile: frozenset[str] = frozenset(map(normalize_name, defaults.EXEC_CACHE_VOLATILE_FIELDS))
-    tools: dict[str, ToolSpec] = field(default_factory=dict)
-
-    def spec(self, tool: str, declared: dict | None = None) -> ToolSpec:
-        """The declarations file wins; otherwise what the tool declares itself; otherwise not cacheable."""
-        return self.tools.get(tool) or ToolSpec.from_policy(tool, declared)
-
-
-def parse_declarations(text: str) -> Declarations:
-    parsed = _DeclarationsFile.model_validate(tomllib.loads(text))
-    tools = {name: ToolSpec(keys.valid_tool(name), entry.cacheable, entry.scope, entry.ttl_s,
-                            frozenset(map(normalize_name, entry.volatile)))
-             for name, entry in parsed.tools.items()}
-    return Declarations(Declarations().volatile | frozenset(map(normalize_name, parsed.global_.volatile)), tools)
-
-
-def shipped_declarations_path() -> Path:
-    return Path(str(resources.files("shared.data").joinpath("tool-cache.toml")))
-
-
-@lru_cache(maxsize=4)
-def load_declarations(path: str = "") -> Declarations:
-    """Declarations are configuration: read once per process (restart workers after editing)."""
-    return parse_declarations(Path(path or shipped_declarations_path()).read_text())
-
-
-def declaration(tool: str, declared: dict | None = None) -> ToolSpec:
-    return load_declarations(get_settings().exec_cache_tools_file).spec(tool, declared)
 
 
 # --- Keys ------------------------------------------------------------------------------------------------
@@ -289,7 +200,7 @@ class ExecCache:
             log.info("%s: parameters are not canonical JSON (%s); running uncached", spec.name, exc)
             return self._direct(params, fn, started)
         try:
-            stored = guarded(GUARD, lambda: self.redis.get(key.result))
+            stored = guard_redis_call(GUARD, lambda: self.redis.get(key.result))
         except GuardDown as exc:
             log.warning("exec cache unavailable (%s): running %s uncached", type(exc).__name__, spec.name)
             return self._direct(params, fn, started)
@@ -305,7 +216,7 @@ class ExecCache:
         names = [key.result, key.lease, key.done]
         try:
             while True:
-                state, payload = guarded(GUARD, lambda: self._acquire(keys=names, args=[token, self.lease_ms]))
+                state, payload = guard_redis_call(GUARD, lambda: self._acquire(keys=names, args=[token, self.lease_ms]))
                 if state == "hit":
                     return self._finish(payload, "hit", started)
                 if state == "own":
@@ -316,7 +227,7 @@ class ExecCache:
                     return self._direct(params, fn, started, cache="miss")
                 lease_ms = int(payload) if int(payload) > 0 else 1
                 block_ms = max(1, min(remaining_ms, lease_ms + 5, self.block_cap_ms))
-                reply = guarded(GUARD, lambda ms=block_ms: self.redis.xread({key.done: "0-0"}, count=1, block=ms))
+                reply = guard_redis_call(GUARD, lambda ms=block_ms: self.redis.xread({key.done: "0-0"}, count=1, block=ms))
                 if reply:
                     notice = reply[0][1][0][1]["outcome"]
                     if notice == RUN_YOURSELF:
@@ -342,7 +253,7 @@ class ExecCache:
             notice = ERROR + error
             stored, ttl_s = (notice if self.error_ttl_s > 0 else ""), max(1, self.error_ttl_s)
         try:
-            guarded(GUARD, lambda: self._complete(keys=[key.result, key.lease, key.done],
+            guard_redis_call(GUARD, lambda: self._complete(keys=[key.result, key.lease, key.done],
                                                   args=[token, stored, ttl_s, notice, self.lease_ms]))
         except GuardDown as exc:
             log.warning("could not store %s's result (%s); waiters will take over", spec.name, type(exc).__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 CONF_FILES = {"broker": "broker.conf", "progress": "progress.conf",
               "exec_cache": "exec-cache.conf", "auth_memo": "auth-memo.conf"}

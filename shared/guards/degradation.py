@@ -11,14 +11,12 @@ import time
 from typing import Callable, TypeVar
 
 import redis
-from prometheus_client import Counter
 
-from shared import breakers
+from shared import breakers, metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
 _DEGRADED_MEANS = {"exec_cache": "tools run uncached", "auth_memo": "the verifier is asked directly"}
 _WARN_EVERY_S = 5.0
 
@@ -28,13 +26,13 @@ _last_warning: dict[str, float] = {}
 _lock = threading.Lock()
 
 
-def guarded(guard: str, call: Callable[[], T]) -> T:
+def guard_redis_call(guard: str, call: Callable[[], T]) -> T:
     """`call()`; a Redis failure is counted, logged (at most every few seconds) and re-raised for
     the guard to skip itself."""
     try:
         return call()
     except redis.RedisError as exc:
-        DEGRADED.labels(guard).inc()
+        metrics.GUARD_DEGRADED.labels(guard).inc()
         _warn(guard, exc)
         raise
 

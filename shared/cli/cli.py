@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from shared import defaults, processes
+from shared import defaults
+from shared.cli import processes
 
 ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
             "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
@@ -72,7 +73,7 @@ def invalidate(user: str | None, tool: str | None, tenant: str | None, everythin
     """Make memos stop counting at once (after a policy change); one INCR, however many memos exist."""
     import redis
 
-    from shared import auth_memo
+    from shared.guards import auth_memo
 
     try:
         result = auth_memo.invalidate(user=user, tool=tool, tenant=tenant, everything=everything)
@@ -191,7 +192,3 @@ def _stop_on_signals() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
-
-
-if __name__ == "__main__":
-    main()

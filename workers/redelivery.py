@@ -5,14 +5,13 @@ They do not cover a message kombu's Redis transport drops: BRPOP takes a message
 queue before the worker records it as unacknowledged, so a broker that dies between the
 two loses it. The broker still has the turn's record (AOF) and an in-flight index scored
 by each turn's last status change; a turn that has not moved for a visibility timeout is
-sent again from its first step. Steps are idempotent (shared.outcome, dedupe names, atomic
+sent again from its first step. Steps are idempotent (shared.terminal_event, dedupe names, atomic
 transitions), so a chain sent twice still logs every event once and answers once. A turn
 sent `turn_max_redeliveries` times without finishing is failed instead of looping.
 
 One worker sweeps at a time (a lock on the broker); the sweep runs in a daemon thread of
 every worker process (workers.celery_app)."""
 
-import json
 import logging
 import time
 import uuid
@@ -21,19 +20,15 @@ import redis
 from celery import Celery
 
 from shared import keys, turns
-from shared.celery_config import turn_chain
-from shared.outcome import publish_outcome
+from shared.turn_flow import send_turn
+from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.vocabulary import FAILED
 
 log = logging.getLogger(__name__)
 BATCH = 100
-
-
-def stalled_turns(now: float, stale_after_s: float, r: redis.Redis) -> list[tuple[str, str]]:
-    members = r.zrangebyscore(keys.turn_activity(), "-inf", now - stale_after_s, start=0, num=BATCH)
-    return [tuple(member.split(":", 1)) for member in members]
 
 
 def resend_stalled(app: Celery, now: float | None = None) -> int:
@@ -44,17 +39,17 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
     if not r.set(keys.redelivery_lock(), uuid.uuid4().hex, nx=True, px=int(settings.redelivery_sweep_s * 900)):
         return 0
     sent = 0
-    for session_id, message_id in stalled_turns(now, settings.visibility_timeout_s, r):
+    for session_id, message_id in turns.in_flight_ids(r, until=now - settings.visibility_timeout_s, limit=BATCH):
         record = turns.get_turn(session_id, message_id, r)
-        if not record or record.get("status") in turns.FINAL_STATES or not json.loads(record.get("payload") or "{}"):
-            r.zrem(keys.turn_activity(), keys.in_flight_member(session_id, message_id))
+        if not record or record.final or not record.payload:
+            turns.leave_in_flight(session_id, message_id, r)
             continue
         attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries", 1)
         if attempts > settings.turn_max_redeliveries:
             give_up(session_id, message_id, attempts - 1, r)
             continue
-        r.zadd(keys.turn_activity(), {keys.in_flight_member(session_id, message_id): now})
-        turn_chain(app, json.loads(record["payload"])).apply_async()
+        turns.touch_in_flight(session_id, message_id, now, r)
+        send_turn(app, record.payload)
         log.warning("turn %s/%s made no progress for %ss: sent again (redelivery %d)",
                     session_id, message_id, settings.visibility_timeout_s, attempts)
         sent += 1
@@ -63,10 +58,10 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
 
 def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> None:
     message = f"the turn made no progress after {attempts} redeliveries"
-    status = turns.update_turn(session_id, message_id, r, status=turns.FAILED, error=message)
+    status = turns.update_turn(session_id, message_id, r, status=FAILED, error=message)
     log.error("turn %s/%s failed: %s", session_id, message_id, message)
-    if status == turns.FAILED:
-        publish_outcome(session_id, message_id, turns.get_turn(session_id, message_id, r),
+    if status == FAILED:
+        publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id, r),
                         Publisher(session_id, message_id, fail_soft=True))
 
 

@@ -1,9 +1,9 @@
 """The workers' MCP client: persistent sessions to every configured server, on one loop thread.
 
 Nothing here knows our own tool server: a server is a stdio command or a streamable-HTTP
-URL from the tools config (workers.mcp_config), and any MCP server works the same way.
+URL from the tools config (workers.mcp.config), and any MCP server works the same way.
 
-Each process owns one McpHub (get_hub). It starts after fork (workers.celery_app wires it to
+Each process owns one McpClient (mcp_client()). It starts after fork (workers.celery_app wires it to
 worker_process_init, or worker_init for pools that do not fork), never before: a loop thread
 and live pipes do not survive a fork. Sessions open lazily, stay open across tasks, and
 reopen after a server dies. Tool lists are cached for TURNSTREAM_MCP_TOOLS_TTL_S."""
@@ -26,9 +26,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
-from shared.tool_meta import CACHE_SCOPES, CALLER_META, POLICY_META
-from workers.loop_thread import LoopThread
-from workers.mcp_config import ServerSpec, load_servers
+from workers.mcp.meta import CACHE_SCOPES, CALLER_META, POLICY_META
+from workers.mcp.loop_thread import LoopThread
+from workers.mcp.config import ServerSpec, load_servers
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSPORT_ERRORS)
 
 
-class McpHub:
+class McpClient:
     """Every configured server's session, and the merged, briefly cached tool catalogue."""
 
     def __init__(self, settings: Settings | None = None, servers: dict[str, ServerSpec] | None = None):
@@ -268,33 +268,33 @@ class McpHub:
             self._thread.stop()
 
 
-_hub: McpHub | None = None
-_hub_lock = threading.Lock()
+_client: McpClient | None = None
+_client_lock = threading.Lock()
 
 
-def get_hub() -> McpHub:
-    """This process's hub, created on first use in the process (never inherited across a fork)."""
-    global _hub
-    hub = _hub
-    if hub is not None and hub.pid == os.getpid():
-        return hub
-    with _hub_lock:
-        if _hub is None or _hub.pid != os.getpid():
-            _hub = McpHub()
-        return _hub
+def mcp_client() -> McpClient:
+    """This process's client, created on first use in the process (never inherited across a fork)."""
+    global _client
+    client = _client
+    if client is not None and client.pid == os.getpid():
+        return client
+    with _client_lock:
+        if _client is None or _client.pid != os.getpid():
+            _client = McpClient()
+        return _client
 
 
-def close_hub() -> None:
-    global _hub
-    with _hub_lock:
-        hub, _hub = _hub, None
-    if hub is not None and hub.pid == os.getpid():
-        hub.close()
+def close_mcp_client() -> None:
+    global _client
+    with _client_lock:
+        client, _client = _client, None
+    if client is not None and client.pid == os.getpid():
+        client.close()
 
 
 def _forget_after_fork() -> None:
-    global _hub
-    _hub = None
+    global _client
+    _client = None
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

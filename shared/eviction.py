@@ -21,40 +21,40 @@ class EvictingRoleError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class PolicyReport:
+class EvictionReport:
     role: str
     policy: str | None
     ok: bool
     message: str
 
 
-def read_policy(r: redis.Redis) -> str | None:
+def read_eviction(r: redis.Redis) -> str | None:
     try:
         return r.config_get("maxmemory-policy").get("maxmemory-policy")
     except redis.ResponseError:
         return None  # CONFIG is disabled (some managed Redis); we cannot tell.
 
 
-def judge(role: str, policy: str | None) -> PolicyReport:
-    """Pure rule: is `policy` acceptable for `role`?"""
-    required = defaults.REQUIRED_POLICY.get(role)
+def judge_eviction(role: str, policy: str | None) -> EvictionReport:
+    """Pure rule: is eviction policy `policy` acceptable for `role`?"""
+    required = defaults.REQUIRED_EVICTION.get(role)
     if policy is None:
-        return PolicyReport(role, None, True, f"{role}: cannot read maxmemory-policy (CONFIG disabled?)")
+        return EvictionReport(role, None, True, f"{role}: cannot read maxmemory-policy (CONFIG disabled?)")
     if required and policy != required:
-        return PolicyReport(role, policy, False, f"{role}: maxmemory-policy is {policy}, must be {required}")
+        return EvictionReport(role, policy, False, f"{role}: maxmemory-policy is {policy}, must be {required}")
     if role == "exec_cache" and "lru" not in policy:
-        return PolicyReport(role, policy, True, f"exec_cache: maxmemory-policy is {policy}; an LRU policy is recommended")
-    return PolicyReport(role, policy, True, "")
+        return EvictionReport(role, policy, True, f"exec_cache: maxmemory-policy is {policy}; an LRU policy is recommended")
+    return EvictionReport(role, policy, True, "")
 
 
-def check_policies(roles: tuple[str, ...] = defaults.ROLES) -> list[PolicyReport]:
+def check_evictions(roles: tuple[str, ...] = defaults.ROLES) -> list[EvictionReport]:
     """Read every role's policy; raise EvictingRoleError if one that must not evict does."""
     settings = get_settings()
     if settings.single_instance:
         log.warning(
             "single-instance mode: all four roles share %s (DB 0-3); one full or failing server "
             "now degrades every domain at once", settings.redis_url)
-    reports = [judge(role, read_policy(client(role))) for role in roles]
+    reports = [judge_eviction(role, read_eviction(client(role))) for role in roles]
     for report in reports:
         if report.message and report.ok:
             log.warning(report.message)

@@ -1,0 +1,126 @@
+"""How a prompt becomes a chain: the task names, sending a turn, revoking it, and reading a
+turn back out of a task's arguments.
+
+The web tier sends `discover | reason` by task name (it never imports workers); each step
+then sends the next one itself (workers.steps.forward). Every task of the chain, and every
+task a step sends after it, carries the `turn_failed` errback, which ends the turn with one
+`error` event whatever failed. The web tier holds no result subscription for the first two
+tasks (`ignore_result`): the turn's record (shared.turns) is its result.
+
+Rejected: a coordinator task that polls the chain. It would hold a worker slot per turn for
+the whole turn and would itself need redelivery; a self-forwarding chain needs neither."""
+
+from typing import Any, NotRequired, TypedDict
+
+from celery import Celery, chain
+
+from shared.vocabulary import DISCOVER, REASON, TURN_FAILED, ToolStatus
+
+TASK_PREFIX = "turnstream"
+
+
+# --- The shapes that travel down the chain (JSON, so TypedDicts: they stay plain dicts) ------------
+
+class TurnRef(TypedDict):
+    """Which turn, and who it is for (from the signed token, never from the model). This is what
+    each `call_tool` task gets."""
+
+    session_id: str
+    message_id: str
+    user: str
+    tenant: str
+    roles: list[str]
+
+
+class TurnPayload(TurnRef):
+    """What the web tier sends the chain with (web.api), and what a turn's record keeps so it
+    can be sent again (workers.redelivery)."""
+
+    prompt: str
+
+
+class ToolCall(TypedDict):
+    """One call the reasoner asked for. `error` is set when the reasoner's own arguments were
+    unusable (the call is reported, not run)."""
+
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    error: NotRequired[str]
+    model_call_id: NotRequired[str]
+
+
+class ToolOutcome(ToolCall):
+    """A call as it ended: `result` when ok, `error` otherwise."""
+
+    status: ToolStatus
+    result: NotRequired[Any]
+    started_at: float
+    ended_at: float
+
+
+class Round(TypedDict):
+    results: list[ToolOutcome]
+
+
+class TurnState(TurnPayload):
+    """The payload as the workers extend it, step by step: `discover` adds the allowed tools and
+    the session's history, `reason` the calls it wants, `collect` each round's outcomes."""
+
+    tools: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    rounds: list[Round]
+    pending: NotRequired[list[ToolCall]]
+    execute_started_at: NotRequired[float]
+
+
+class FinishedTurn(TypedDict):
+    """What `synthesize` hands to the end of the turn."""
+
+    session_id: str
+    message_id: str
+    prompt: str
+    answer: str
+    tools_used: list[str]
+
+
+def task_name(step: str) -> str:
+    """`turnstream.<step>`: the name a step's task is registered and routed under."""
+    return f"{TASK_PREFIX}.{step}"
+
+
+def step_of(name: str) -> str:
+    """The step a task name runs (the inverse of task_name)."""
+    return name.removeprefix(f"{TASK_PREFIX}.")
+
+
+def turn_of(args: tuple | list | None) -> TurnRef | dict:
+    """The turn a task's arguments carry: the first dict that names its session (`collect` gets
+    its round's results first, then the turn; `call_tool` a TurnRef). Empty when the task
+    carries none (e.g. `turn_failed`, whose arguments are the ids)."""
+    return next((a for a in args or () if isinstance(a, dict) and "session_id" in a), {})
+
+
+def first_task_ids(message_id: str) -> tuple[str, str]:
+    """The ids of the two tasks the web tier sends: they follow from the turn, so cancelling can
+    revoke them without a lookup (later steps are stopped by the turn's status, see workers.steps)."""
+    return f"{message_id}-{DISCOVER}", f"{message_id}-{REASON}-1"
+
+
+def turn_chain(app: Celery, turn: TurnPayload):
+    """discover -> reason, by task name, with the `turn_failed` errback on the chain."""
+    discover_id, reason_id = first_task_ids(turn["message_id"])
+    errback = app.signature(task_name(TURN_FAILED), args=(turn["session_id"], turn["message_id"]))
+    flow = chain(app.signature(task_name(DISCOVER), args=(turn,), options={"task_id": discover_id, "ignore_result": True}),
+                 app.signature(task_name(REASON), options={"task_id": reason_id, "ignore_result": True}))
+    return flow.on_error(errback)
+
+
+def send_turn(app: Celery, turn: TurnPayload, **options: object) -> None:
+    """Enqueue the turn's chain on the broker (`options` go to apply_async, e.g. a retry policy)."""
+    turn_chain(app, turn).apply_async(**options)
+
+
+def revoke_turn(app: Celery, message_id: str) -> None:
+    """Tell every worker to drop the turn's first tasks if they have not started."""
+    app.control.revoke(list(first_task_ids(message_id)))

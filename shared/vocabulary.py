@@ -1,0 +1,74 @@
+"""The words a turn is described in, each written once: turn statuses, steps, event types,
+tool-call statuses, guard results and the dedupe names of progress events.
+
+Modelled on celery.states: plain string constants, the sets that matter built from them
+(FINAL_STATUSES, like Celery's READY_STATES) and, for each group, a `Literal` type that the
+constants are read from, so type checkers and the running code share one spelling. The
+browser gets the same names from GET /vocabulary.js (web.ui), generated from `for_browser()`.
+
+Rejected: Enums. These names travel as bare strings through JSON, Redis hashes, Lua scripts
+and SSE `event:` lines; str constants are their own wire form, with no `.value` at every
+boundary and no decoding step to forget."""
+
+from typing import Literal, get_args
+
+# --- Turn statuses (the `status` field of a turn's record) ------------------------------------
+TurnStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+STATUSES: tuple[TurnStatus, ...] = get_args(TurnStatus)
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = STATUSES
+# A final status never changes again (shared.turns enforces it in one Lua script).
+FINAL_STATUSES: frozenset[TurnStatus] = frozenset({DONE, FAILED, CANCELLED})
+
+# --- Steps: what the user sees a turn do, in order -------------------------------------------
+# discover comes first: a model can only choose among tools it has been shown.
+Step = Literal["discover", "reason", "execute", "synthesize"]
+STEPS: tuple[Step, ...] = get_args(Step)
+DISCOVER, REASON, EXECUTE, SYNTHESIZE = STEPS
+# Tasks that are not steps of their own: the parts of `execute`, and the chain's errback.
+CALL_TOOL, COLLECT, TURN_FAILED = "call_tool", "collect", "turn_failed"
+
+StepPhase = Literal["started", "finished"]
+STARTED, FINISHED = get_args(StepPhase)
+
+# --- Tool calls -------------------------------------------------------------------------------
+ToolStatus = Literal["ok", "error", "denied"]
+TOOL_OK, TOOL_ERROR, TOOL_DENIED = get_args(ToolStatus)
+
+# --- Progress events: one SSE `event:` name per kind ---------------------------------------------
+EventType = Literal["step", "tool", "token", "done", "error", "cancelled"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+STEP_EVENT, TOOL_EVENT, TOKEN_EVENT, DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT = EVENT_TYPES
+# A stream closes after one of these; each final status has exactly one.
+TERMINAL_EVENTS: frozenset[EventType] = frozenset({DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT})
+TERMINAL_EVENT_OF: dict[TurnStatus, EventType] = {DONE: DONE_EVENT, FAILED: ERROR_EVENT, CANCELLED: CANCELLED_EVENT}
+
+# --- Guard results, in the guards' own words ------------------------------------------------------
+# "bypass": the call did not use the cache or memo (not cacheable, strict mode, or its Redis is down).
+ExecCacheResult = Literal["hit", "miss", "coalesced", "bypass"]
+AuthMemoResult = Literal["hit", "miss", "bypass"]
+EXEC_CACHE_RESULTS: tuple[ExecCacheResult, ...] = get_args(ExecCacheResult)
+AUTH_MEMO_RESULTS: tuple[AuthMemoResult, ...] = get_args(AuthMemoResult)
+GUARD_RESULTS: dict[str, tuple[str, ...]] = {"exec_cache": EXEC_CACHE_RESULTS, "auth_memo": AUTH_MEMO_RESULTS}
+
+# --- Dedupe names: a progress event published twice under one name is logged once ------------------
+# Whoever notices a final turn without its terminal event publishes it under this one name.
+TERMINAL_DEDUPE = "terminal"
+
+
+def step_dedupe(step: Step, phase: StepPhase, round_: int | None = None) -> str:
+    """`reason-2-started`, `synthesize-finished`: reason and execute repeat, once per round."""
+    return f"{step}-{round_}-{phase}" if round_ else f"{step}-{phase}"
+
+
+def tool_dedupe(call_id: str) -> str:
+    return f"tool-{call_id}"
+
+
+def token_dedupe(chunk: int) -> str:
+    return f"token-{chunk}"
+
+
+def for_browser() -> dict[str, list[str]]:
+    """The names the page needs, as JSON-ready lists (served as /vocabulary.js)."""
+    return {"STATUSES": list(STATUSES), "FINAL_STATUSES": sorted(FINAL_STATUSES), "STEPS": list(STEPS),
+            "EVENT_TYPES": list(EVENT_TYPES), "TERMINAL_EVENTS": sorted(TERMINAL_EVENTS)}

@@ -1,0 +1,20 @@
+"""One way to open an SSE response, for turn streams and the /ops stream alike.
+
+The body starts with a `retry:` hint and a comment, so the headers flush and the browser's
+`onopen` fires before the first event; proxies are told not to buffer or cache it."""
+
+from collections.abc import Iterable
+
+from flask import Response, current_app, stream_with_context
+
+
+def sse_response(events: Iterable[str], retry_ms: int, opened: str) -> Response:
+    """`events` (rendered SSE text) after the opening line; `opened` is the opening comment."""
+    def body():
+        yield f"retry: {retry_ms}\n: {opened}\n\n"
+        yield from events
+
+    response = current_app.response_class(stream_with_context(body()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
