@@ -1,6 +1,8 @@
-"""The progress role on a real Redis Cluster: 3 masters and 3 replicas started here on free ports
-(redis-server --cluster-enabled yes, joined with `redis-cli --cluster create`), the other roles
-on single servers, a real worker and gunicorn+gevent.
+"""Every role distributed, on real servers started here on free ports: the broker behind Sentinel
+(master, replica, 3 sentinels), progress on a 3-master/3-replica Redis Cluster (redis-server
+--cluster-enabled yes, joined with `redis-cli --cluster create`), the exec cache and the auth memo
+on 3-master Clusters of their own (each role keeps its eviction policy); a real worker and
+gunicorn+gevent. The topology is started once for the module.
 
 The failover scenario opens 200 streams, kills one progress master with SIGKILL, and publishes
 the rest of every turn after a replica took over: each stream must end with every event of its
@@ -23,7 +25,7 @@ from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, TokenEvent
 from shared.tokens import Principal, issue_stream_token
 from tests.sse import post_prompt, read_stream
-from tests.stack import Stack
+from tests.stack import ROLE_ENV, Stack
 from tests.test_chaos import restore_env, wait_for
 
 STREAMS = 200
@@ -34,19 +36,23 @@ BEFORE, AFTER = 3, 3  # events per turn published before the kill and after the 
 def cluster_stack(tmp_path_factory):
     saved_env = dict(os.environ)
     base_dir = tmp_path_factory.mktemp("cluster")
-    progress = processes.RedisCluster("progress", base_dir / "progress")
+    topologies = {"broker": processes.SentinelSet("broker", base_dir / "broker"),
+                  "progress": processes.RedisCluster("progress", base_dir / "progress"),
+                  "exec_cache": processes.RedisCluster("exec_cache", base_dir / "exec_cache", replicas=0),
+                  "auth_memo": processes.RedisCluster("auth_memo", base_dir / "auth_memo", replicas=0)}
     system = Stack(base_dir, TURNSTREAM_BREAKER_RESET_S="0.5", TURNSTREAM_TURN_RATE_LIMIT="1000/minute")
     try:
-        progress.start()
-        system.start_redis(roles=("broker", "exec_cache", "auth_memo"))
-        system.env["PROGRESS_REDIS_URL"] = progress.url
+        for role, topology in topologies.items():
+            topology.start()
+            system.env[ROLE_ENV[role]] = topology.url
         system.apply_env()
         system.start_worker()
         system.start_web()
-        yield system, progress
+        yield system, topologies["progress"]
     finally:
         system.stop()
-        progress.stop()
+        for topology in topologies.values():
+            topology.stop()
         restore_env(saved_env)
 
 
@@ -58,7 +64,7 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-def test_turns_run_end_to_end_with_progress_on_the_cluster(cluster_stack):
+def test_turns_run_end_to_end_with_every_role_on_sentinel_or_cluster(cluster_stack):
     system, progress = cluster_stack
     prompts = [f"What is the weather in {city}?" for city in ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid")]
     bodies = [post_prompt(system.base_url, f"cl{i}", prompt).json() for i, prompt in enumerate(prompts)]
@@ -76,6 +82,20 @@ def test_turns_run_end_to_end_with_progress_on_the_cluster(cluster_stack):
         assert node(owner).exists(log_key)
         owners.add(owner)
     assert len(owners) > 1
+
+
+def test_tool_guards_memoize_and_cache_on_their_clusters(cluster_stack):
+    system, _ = cluster_stack
+    prompt = "What is the weather in Lisbon?"
+    first, again = (read_stream(system.base_url, post_prompt(system.base_url, f"guard{i}", prompt).json()["stream_url"])
+                    for i in range(2))
+    tool_first = [e.data for e in first if e.type == "tool"]
+    tool_again = [e.data for e in again if e.type == "tool"]
+    assert tool_first[0]["cache"] == "miss" and tool_first[0]["permission"]["allowed"] is True
+    # The second turn reads the memo (one MGET per slot) and the cached result (a script on one slot).
+    assert tool_again[0]["permission"] == {"allowed": True, "memo": "hit"}
+    assert tool_again[0]["cache"] == "hit"
+    assert again[-1].data["answer"] == first[-1].data["answer"]
 
 
 class Follower:
