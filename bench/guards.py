@@ -31,12 +31,12 @@ import redis  # noqa: E402
 
 from shared.cli import processes  # noqa: E402
 from shared.guards.auth_memo import AuthMemo  # noqa: E402
-from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
 from shared.guards.declarations import Declarations, ToolSpec, load_declarations  # noqa: E402
 from shared.guards.exec_cache import ExecCache  # noqa: E402
+from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
+from shared.identity import Principal  # noqa: E402
 from shared.redis_roles import make_pool  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.tokens import Principal  # noqa: E402
 
 TEN_TOOLS = ["weather", "search_kb", "calculator", "my_orders", "create_ticket", "t5", "t6", "t7", "t8", "t9"]
 ALICE = Principal("alice", "acme", ("analyst",))

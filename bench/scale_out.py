@@ -29,11 +29,11 @@ from flask_sse import Message
 
 from shared import keys
 from shared.cli import processes
-from shared.events import TokenEvent
+from shared.events import DeltaEvent
 from shared.progress import _APPEND_AND_PUBLISH as APPEND_AND_PUBLISH, Publisher, publish_command
 from shared.redis_roles import make_redis
 from shared.settings import Settings
-from shared.tokens import Principal, issue_stream_token
+from shared.identity import Principal, issue_stream_token
 from tests.stack import ROLE_ENV, Stack
 
 OTHER_ROLES = ("broker", "exec_cache", "auth_memo")
@@ -45,7 +45,7 @@ def _publish_for(url: str, index: int, turns: int, seconds: float, batch: int, r
     same script per pipeline, so the servers rather than this Python process set the pace."""
     r = make_redis(url, Settings(), 4)
     publishers = [Publisher(f"bench{index}", f"t{i}", r=r) for i in range(turns)]
-    payload = TokenEvent(text="x" * 40)
+    payload = DeltaEvent(text="x" * 40)
     publishers[0].publish(payload)  # loads the script on every master
     calls = [(p, [p.log_key, keys.progress_marker(p.session_id, p.message_id, "none")]) for p in publishers]
     settings = Settings()
@@ -128,7 +128,7 @@ async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, we
     for seq in range(rounds):
         started = time.perf_counter()
         for publisher in publishers:
-            publisher.publish(TokenEvent(text=json.dumps({"seq": seq})))
+            publisher.publish(DeltaEvent(text=json.dumps({"seq": seq})))
         deadline = started + 15
         while sum(seq in c.received for c in clients) < streams and time.perf_counter() < deadline:
             await asyncio.sleep(0.002)

@@ -20,9 +20,9 @@ from _common import percentile, start_stock_flask_sse  # noqa: E402  (puts the r
 from flask_sse import Message
 
 from shared.cli import processes
-from shared.events import TokenEvent
+from shared.events import DeltaEvent
+from shared.identity import Principal, issue_stream_token
 from shared.progress import Publisher
-from shared.tokens import Principal, issue_stream_token
 from tests.stack import Stack
 
 class Client:
@@ -112,7 +112,7 @@ def _measure_ours(stack: Stack, port: int, count: int, events: int) -> dict:
         # Every client has its stream open (it subscribes right after), and the channel is subscribed.
         wait_subscribed=lambda clients: wait_until(
             lambda: all(c.opened for c in clients) and progress.pubsub_numsub(channel)[0][1] >= 1),
-        publish=lambda seq: publisher.publish(TokenEvent(text=json.dumps({"seq": seq}))),
+        publish=lambda seq: publisher.publish(DeltaEvent(text=json.dumps({"seq": seq}))),
         connections=lambda: web_connections(progress)))
 
 

@@ -21,9 +21,9 @@ from _common import start_stock_flask_sse  # noqa: E402  (puts the repo on sys.p
 from flask_sse import Message
 from httpx_sse import connect_sse
 
-from shared.events import DoneEvent, TokenEvent
+from shared.events import DoneEvent, DeltaEvent
+from shared.identity import Principal, issue_stream_token
 from shared.progress import Publisher
-from shared.tokens import Principal, issue_stream_token
 from tests.stack import Stack
 
 def read_with_cuts(url: str, cuts: int, parse, cutting_done: threading.Event) -> tuple[list[int], int]:
@@ -85,7 +85,7 @@ def main() -> None:
             publisher = Publisher(sid, mid)
             token = issue_stream_token(Principal("bench", "bench", ()), sid, mid)
             ours = run(f"{stack.base_url}/stream/{sid}/{mid}?token={token}",
-                       lambda seq: publisher.publish(TokenEvent(text=str(seq))),
+                       lambda seq: publisher.publish(DeltaEvent(text=str(seq))),
                        lambda: publisher.publish(DoneEvent(answer="end")),
                        lambda data: int(data["text"]) if "text" in data else None, args.cuts)
 

@@ -24,6 +24,7 @@ import redis
 
 from shared import metrics
 from shared.defaults import ROLES
+from shared.per_role import PerRole
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -119,22 +120,17 @@ class Breaker:
             self._trial_running = False
 
 
-_breakers: dict[str, Breaker] = {}
-_lock = threading.Lock()
+def _new_breaker(role: str) -> Breaker:
+    settings = get_settings()
+    return Breaker(role, settings.breaker_fail_max, settings.breaker_reset_s)
+
+
+_breakers = PerRole(_new_breaker)
 
 
 def breaker(role: str) -> Breaker:
     """The process-wide breaker of `role`."""
-    if role not in ROLES:
-        raise ValueError(f"unknown Redis role {role!r}")
-    existing = _breakers.get(role)
-    if existing is not None:
-        return existing
-    with _lock:
-        if role not in _breakers:
-            settings = get_settings()
-            _breakers[role] = Breaker(role, settings.breaker_fail_max, settings.breaker_reset_s)
-        return _breakers[role]
+    return _breakers.get(role)
 
 
 def states() -> dict[str, str]:
@@ -143,5 +139,4 @@ def states() -> dict[str, str]:
 
 def reset_breakers() -> None:
     """Forget every breaker (after settings change)."""
-    with _lock:
-        _breakers.clear()
+    _breakers.clear()

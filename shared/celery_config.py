@@ -3,18 +3,17 @@
 JSON only on the wire. At-least-once delivery: a step's message is acknowledged only after
 the step ran (late acks), goes back to the queue if its worker process dies (reject on
 worker lost), and a worker reserves one message at a time (prefetch 1), so a crash strands
-at most one. A message whose worker vanished without a word (kill -9, lost host) is
-restored by the broker after the visibility timeout, which is why the time limits sit
-below it (Settings refuses a config where they do not). Soft shutdown gives running steps
-time to finish before a stopping worker hands their messages back."""
+at most one; a worker that vanished without a word is covered by the visibility timeout
+(transport_options). Soft shutdown gives running steps time to finish before a stopping
+worker hands their messages back."""
 
 from celery import Celery
 from kombu import Exchange, Queue
 
 from shared import defaults
-from shared.vocabulary import STEPS
 from shared.settings import Settings, get_settings
 from shared.turn_flow import task_name
+from shared.vocabulary import STEPS
 
 
 def queues() -> tuple[str, ...]:
@@ -23,8 +22,15 @@ def queues() -> tuple[str, ...]:
 
 
 def transport_options(settings: Settings) -> dict:
-    """The same options for the broker and the result backend (Celery reads the visibility timeout
-    from both). Under Sentinel they also carry the master's name and the sentinels' timeouts."""
+    """The same options for the broker and the result backend (Celery reads both). Under Sentinel
+    they also carry the master's name and the sentinels' timeouts.
+
+    The visibility timeout: a message taken but not acknowledged (its worker was killed, its host
+    lost) goes back to its queue once it is this old, swept every `unacked_restore_interval`.
+    It is the one place the whole system learns that a step is lost, so everything else is set
+    against it: the task time limits stay below it (Settings refuses a config where they do not),
+    so a running step is never handed to a second worker; and a turn whose record has not moved
+    for this long is resent (workers.redelivery). Every other mention refers here."""
     target = settings.role_target("broker")
     sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
                                     "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}

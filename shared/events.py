@@ -3,7 +3,7 @@ shared.vocabulary)."""
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.vocabulary import (CANCELLED_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOKEN_EVENT, TOOL_EVENT,
+from shared.vocabulary import (CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOOL_EVENT,
                                EventType, ExecCacheResult, Step, StepPhase, ToolStatus)
 
 
@@ -32,7 +32,9 @@ class ToolEvent(ProgressEvent):
     error: str | None = None
 
 
-class TokenEvent(ProgressEvent):
+class DeltaEvent(ProgressEvent):
+    """A piece of the answer's text (SSE `event: token`; a "token" in this code is always a signed one)."""
+
     text: str
 
 
@@ -52,7 +54,7 @@ class CancelledEvent(ProgressEvent):
 EVENT_MODELS: dict[type[ProgressEvent], EventType] = {
     StepEvent: STEP_EVENT,
     ToolEvent: TOOL_EVENT,
-    TokenEvent: TOKEN_EVENT,
+    DeltaEvent: DELTA_EVENT,
     DoneEvent: DONE_EVENT,
     ErrorEvent: ERROR_EVENT,
     CancelledEvent: CANCELLED_EVENT,

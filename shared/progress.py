@@ -16,11 +16,11 @@ from flask_sse import Message
 from redis.cluster import RedisCluster
 
 from shared import keys
-from shared.events import ProgressEvent, TokenEvent, event_type
-from shared.vocabulary import TERMINAL_EVENTS, token_dedupe
+from shared.events import DeltaEvent, ProgressEvent, event_type
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
+from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ return id
 
 @dataclass(frozen=True)
 class LoggedEvent:
-    """One event as stored in the log: its stream id, SSE type and JSON data text."""
+    """One event as stored in the log: its entry id in the log (a Redis stream id), SSE type and JSON data text."""
 
     id: str
     type: str
@@ -66,17 +66,17 @@ class LoggedEvent:
         return {"id": self.id, "type": self.type, "data": json.loads(self.data)}
 
 
-def stream_id(value: str) -> tuple[int, int]:
-    """Stream ids compare as (milliseconds, sequence)."""
+def entry_order(value: str) -> tuple[int, int]:
+    """Log entry ids (Redis stream ids) compare as (milliseconds, sequence)."""
     ms, _, seq = value.partition("-")
     return int(ms), int(seq or 0)
 
 
-def valid_stream_id(value: str | None) -> str | None:
+def valid_entry_id(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        stream_id(value)
+        entry_order(value)
     except ValueError:
         return None
     return value
@@ -137,7 +137,7 @@ class Publisher:
         )
 
 
-class TokenCoalescer:
+class DeltaCoalescer:
     """Buffers streamed answer deltas and publishes them about every `interval` seconds."""
 
     def __init__(self, publisher: Publisher, interval: float | None = None):
@@ -158,7 +158,7 @@ class TokenCoalescer:
         if not self._buffer:
             return
         text, self._buffer = "".join(self._buffer), []
-        self._publisher.publish(TokenEvent(text=text), dedupe=token_dedupe(self._chunks))
+        self._publisher.publish(DeltaEvent(text=text), dedupe=delta_dedupe(self._chunks))
         self._chunks += 1
         self.published += 1
 

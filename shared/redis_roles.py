@@ -16,9 +16,9 @@ default pool stops at 100). redis-py resets a pool after fork, so module-level c
 for prefork workers."""
 
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 import redis
 from redis.client import Pipeline
@@ -28,13 +28,13 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from shared import redis_urls
 from shared.breakers import breaker, reset_breakers
-from shared.defaults import REPLICA_WAIT_MS, ROLES
+from shared.defaults import REPLICA_WAIT_MS
+from shared.per_role import PerRole
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-_clients: dict[str, redis.Redis] = {}
-_lock = threading.Lock()
+T = TypeVar("T")
 
 
 class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -142,24 +142,36 @@ def mget(r: redis.Redis | RedisCluster, names: list[str]) -> list[str | None]:
     return r.mget_nonatomic(names) if isinstance(r, RedisCluster) else r.mget(names)
 
 
-def _guarded(role: str, settings: Settings) -> redis.Redis | RedisCluster:
+def _new_client(role: str) -> redis.Redis | RedisCluster:
+    settings = get_settings()
     target = settings.role_target(role)
     if target.cluster:
         return GuardedRedisCluster(role, **_cluster_options(target, settings, None))
     return GuardedRedis(role, connection_pool=make_pool(target.url, settings))
 
 
+_clients = PerRole(_new_client)
+
+
 def client(role: str) -> redis.Redis:
     """The shared client for `role` ('broker', 'progress', 'exec_cache' or 'auth_memo')."""
-    if role not in ROLES:
-        raise ValueError(f"unknown Redis role {role!r}")
-    existing = _clients.get(role)
-    if existing is not None:
-        return existing
-    with _lock:
-        if role not in _clients:
-            _clients[role] = _guarded(role, get_settings())
-        return _clients[role]
+    return _clients.get(role)
+
+
+class PerClient(Generic[T]):
+    """A process-wide object built from the settings and `role`'s client, rebuilt when either
+    changes (tests and the dev runner reload them): the guards' AuthMemo and ExecCache."""
+
+    def __init__(self, role: str, build: Callable[[], T]):
+        self._role = role
+        self._build = build
+        self._held: tuple[tuple[int, int], T] | None = None
+
+    def get(self) -> T:
+        identity = (id(get_settings()), id(client(self._role)))
+        if self._held is None or self._held[0] != identity:
+            self._held = (identity, self._build())
+        return self._held[1]
 
 
 @contextmanager
@@ -184,8 +196,6 @@ def replicated(role: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]
 
 def reset_clients() -> None:
     """Forget every client (after settings change, e.g. in tests or the dev runner)."""
-    with _lock:
-        for c in _clients.values():
-            c.close() if isinstance(c, RedisCluster) else c.connection_pool.disconnect()
-        _clients.clear()
+    for c in _clients.clear():
+        c.close() if isinstance(c, RedisCluster) else c.connection_pool.disconnect()
     reset_breakers()

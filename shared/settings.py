@@ -106,7 +106,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> "Settings":
-        """A step outliving the visibility timeout would run twice at once: refuse such a config."""
+        """The time limits must stay below the visibility timeout (shared.celery_config.transport_options)."""
         if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
             raise ValueError("need TURNSTREAM_TASK_SOFT_TIME_LIMIT_S < TURNSTREAM_TASK_TIME_LIMIT_S "
                              "< TURNSTREAM_VISIBILITY_TIMEOUT_S")

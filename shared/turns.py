@@ -18,9 +18,9 @@ from typing import Any
 import redis
 
 from shared import defaults, keys, metrics
+from shared.identity import Principal
 from shared.redis_roles import client, replicated
 from shared.settings import get_settings
-from shared.tokens import Principal
 from shared.turn_flow import TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
 

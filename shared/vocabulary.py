@@ -37,7 +37,8 @@ TOOL_OK, TOOL_ERROR, TOOL_DENIED = get_args(ToolStatus)
 # --- Progress events: one SSE `event:` name per kind ---------------------------------------------
 EventType = Literal["step", "tool", "token", "done", "error", "cancelled"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
-STEP_EVENT, TOOL_EVENT, TOKEN_EVENT, DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT = EVENT_TYPES
+# DELTA_EVENT's wire name is "token": it carries a piece of the answer's text.
+STEP_EVENT, TOOL_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT = EVENT_TYPES
 # A stream closes after one of these; each final status has exactly one.
 TERMINAL_EVENTS: frozenset[EventType] = frozenset({DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT})
 TERMINAL_EVENT_OF: dict[TurnStatus, EventType] = {DONE: DONE_EVENT, FAILED: ERROR_EVENT, CANCELLED: CANCELLED_EVENT}
@@ -64,7 +65,8 @@ def tool_dedupe(call_id: str) -> str:
     return f"tool-{call_id}"
 
 
-def token_dedupe(chunk: int) -> str:
+def delta_dedupe(chunk: int) -> str:
+    """`token-3`: the fourth piece of the answer's text."""
     return f"token-{chunk}"
 
 

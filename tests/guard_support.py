@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import redis
 
+from shared.cli.processes import free_port
 from shared.guards.declarations import Declarations, ToolSpec
 from shared.guards.exec_cache import ExecCache
-from shared.cli.processes import free_port
 from shared.redis_roles import make_pool
 from shared.settings import Settings
 
@@ -105,7 +105,7 @@ def _stampede_process(url: str, threads: int, run_s: float, lease_s: float) -> N
     """Print "ready", wait for a line on stdin, make `threads` identical calls at once, print the outcomes.
 
     Each real run of the tool increments `runs` on the same Redis, so the parent counts executions."""
-    from shared.tokens import Principal
+    from shared.identity import Principal
 
     r = pooled(url)
     cache = make_cache(r, lease_s=lease_s)

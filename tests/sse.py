@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import httpx
 from httpx_sse import connect_sse
 
+from shared.identity import issue_user_token
 from shared.vocabulary import TERMINAL_EVENTS
-from shared.tokens import issue_user_token
 
 
 @dataclass

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from shared.guards.auth_memo import AuthMemo, invalidate, read_memo
-from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
 from shared.guards.degradation import reset_breakers
-from shared.tokens import Principal
+from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
+from shared.identity import Principal
 from tests.guard_support import IdentityProvider, pooled
 from tests.stack import Stack
 

@@ -5,9 +5,9 @@ import redis
 
 from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, RoleUnavailable
 from shared.celery_config import celery_config
+from shared.settings import Settings
 from shared.terminal_event import terminal_event
 from shared.turns import TurnRecord
-from shared.settings import Settings
 
 
 class Clock:

@@ -176,7 +176,7 @@ def test_a_turn_whose_message_was_lost_is_sent_again_and_answered_once(chaos):
     """What kombu's Redis transport can do when the broker dies just as a worker pops a message:
     the turn is recorded and in flight, but no message for it exists. Workers send it again."""
     from shared import turns
-    from shared.tokens import Principal
+    from shared.identity import Principal
 
     principal = Principal(user="alice", tenant="acme", roles=("analyst",))
     session_id, message_id = "lost1", uuid.uuid4().hex

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from shared.cli.processes import REPO_ROOT, child_env, free_port, port_in_use
-from shared.tokens import verify_user_token
+from shared.identity import verify_user_token
 from tests.sse import read_stream
 
 

@@ -22,8 +22,8 @@ from redis.cluster import key_slot
 
 from shared import keys
 from shared.cli import processes
-from shared.events import DoneEvent, StepEvent, TokenEvent
-from shared.tokens import Principal, issue_stream_token
+from shared.events import DoneEvent, StepEvent, DeltaEvent
+from shared.identity import Principal, issue_stream_token
 from tests.sse import post_prompt, read_stream
 from tests.stack import ROLE_ENV, Stack
 from tests.test_chaos import restore_env, wait_for
@@ -176,7 +176,7 @@ def test_killing_a_progress_master_with_200_open_streams_loses_and_repeats_no_ev
     running = [pool.submit(f.run, deadline) for f in followers]
 
     before = [(StepEvent(step="reason", status="started", round=1), "before-0"),
-              *[(TokenEvent(text=f"b{i} "), f"before-{i}") for i in range(1, BEFORE)]]
+              *[(DeltaEvent(text=f"b{i} "), f"before-{i}") for i in range(1, BEFORE)]]
     publish_all(publishers, before)
     wait_for(lambda: all(len(f.ids) >= BEFORE for f in followers), timeout=120,
              describe=lambda: sorted(len(f.ids) for f in followers)[:10])
@@ -192,7 +192,7 @@ def test_killing_a_progress_master_with_200_open_streams_loses_and_repeats_no_ev
     wait_for(lambda: victim not in progress.masters() and len(progress.masters()) == 3, timeout=60)
     progress.wait_ready(timeout=60)
 
-    after = [*[(TokenEvent(text=f"a{i} "), f"after-{i}") for i in range(AFTER)], (DoneEvent(answer="ok"), "terminal")]
+    after = [*[(DeltaEvent(text=f"a{i} "), f"after-{i}") for i in range(AFTER)], (DoneEvent(answer="ok"), "terminal")]
     publish_all(publishers, after)
     wait_for(lambda: all(f.done for f in followers), timeout=120,
              describe=lambda: [(i, len(f.ids), f.reconnects, i in on_victim) for i, f in enumerate(followers)

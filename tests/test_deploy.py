@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from shared.cli import processes
 from shared.celery_config import queues
+from shared.cli import processes
 from shared.settings import Settings
 from shared.tracing import STANDARD_ENV
 

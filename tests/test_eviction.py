@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from shared.eviction import judge_eviction
 from shared.cli.processes import REPO_ROOT, child_env
+from shared.eviction import judge_eviction
 from tests.stack import Stack
 
 

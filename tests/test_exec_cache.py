@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from shared.guards.degradation import reset_breakers
 from shared.cli.processes import REPO_ROOT, child_env
-from shared.tokens import Principal
+from shared.guards.degradation import reset_breakers
+from shared.identity import Principal
 from tests.guard_support import SLOW, make_cache, pooled
 from tests.stack import Stack
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shared.guards.declarations import Declarations, ToolSpec, normalize_name, parse_declarations
 from shared.guards.exec_cache import cache_key, canonical_json, encode_exact, strip_volatile
-from shared.tokens import Principal
+from shared.identity import Principal
 
 VOLATILE = Declarations().volatile
 ALICE = Principal("alice", "acme", ("analyst",))

@@ -6,9 +6,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from shared.cli import main
 from shared.cli import processes
 from shared.turn_flow import task_name
-from shared.cli import main
 from shared.vocabulary import STEPS
 from tests.sse import post_prompt, read_stream
 

@@ -6,7 +6,7 @@ import uuid
 import httpx
 
 from shared import turns
-from shared.tokens import Principal
+from shared.identity import Principal
 from tests.sse import bearer, post_prompt, read_stream
 
 

@@ -49,8 +49,8 @@ def test_lists_the_builtin_tools_with_schemas_and_policies(client):
     assert set(tools) == {"weather", "search_kb", "calculator", "my_orders", "create_ticket"}
     assert tools["weather"]["input_schema"]["required"] == ["city"]
     assert tools["weather"]["server"] == "builtin"
-    assert tools["my_orders"]["policy"]["cache"] == "user"
-    assert tools["create_ticket"]["policy"] == {"cache": "never"}
+    assert tools["my_orders"]["cache_declaration"]["cache"] == "user"
+    assert tools["create_ticket"]["cache_declaration"] == {"cache": "never"}
 
 
 def test_calls_return_json_results(client):

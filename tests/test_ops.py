@@ -11,10 +11,10 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import turns
-from shared.vocabulary import DONE, RUNNING
-from shared.guards import stats
 from shared.defaults import ROLES
-from shared.tokens import Principal, issue_stream_token
+from shared.guards import stats
+from shared.identity import Principal, issue_stream_token
+from shared.vocabulary import DONE, RUNNING
 from tests.sse import bearer, post_prompt, read_stream
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -111,18 +111,21 @@ def test_ops_counts_sse_clients_and_channel_subscribers(base_url):
 
 
 def test_ops_shows_guard_ratios_over_the_window(base_url):
-    before = ops_snapshot(base_url)["guards"]["data"]["counts"]
-    for result in ("hit", "hit", "hit", "miss"):
-        stats.record_exec_cache(result)
-    stats.record_auth_memo("hit")
+    # Counts are over a sliding window, so earlier minutes may drop out while the test runs:
+    # record far more than the module's own turns produce and look for at least that much.
+    for _ in range(200):
+        stats.record_exec_cache("hit")
+    for _ in range(100):
+        stats.record_exec_cache("miss")
+    stats.record_auth_memo("hit", count=500)
 
     def grown():
         counts = ops_snapshot(base_url)["guards"]["data"]["counts"]
-        return counts if counts["exec_cache"]["hit"] >= before["exec_cache"]["hit"] + 3 else None
+        return counts if counts["exec_cache"]["hit"] >= 200 else None
 
     counts = eventually(grown)
-    assert counts["exec_cache"]["miss"] >= before["exec_cache"]["miss"] + 1
-    assert counts["auth_memo"]["hit"] >= before["auth_memo"]["hit"] + 1
+    assert counts["exec_cache"]["miss"] >= 100
+    assert counts["auth_memo"]["hit"] >= 500
     with pytest.raises(ValueError):
         stats.record_exec_cache("maybe")
 

@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from shared.tokens import issue_user_token
+from shared.identity import issue_user_token
 from tests.browser import launch, screenshot, watch_errors
 
 

@@ -9,9 +9,9 @@ import sys
 
 from shared import logs, metrics
 from shared.guards import stats
+from shared.turn_flow import step_of
 from shared.vocabulary import GUARD_RESULTS
 from web.snapshot import redacted
-from shared.turn_flow import step_of
 from workers.telemetry import turn_ids
 
 

@@ -4,7 +4,7 @@ built-in MCP server over streamable HTTP, while a separate worker takes the `llm
 import pytest
 
 from shared.cli import processes
-from shared.progress import stream_id
+from shared.progress import entry_order
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 
@@ -37,7 +37,7 @@ def test_three_tool_calls_run_at_the_same_time(gevent_stack):
     assert sorted(e.data["args"]["city"] for e in tools) == ["Berlin", "London", "Paris"]
     assert all(e.data["status"] == "ok" and e.data["duration_ms"] >= LATENCY_MS for e in tools)
     # Each call's end is when its event was logged; its start is that minus its duration.
-    ends = [stream_id(e.id)[0] for e in tools]
+    ends = [entry_order(e.id)[0] for e in tools]
     starts = [end - e.data["duration_ms"] for end, e in zip(ends, tools)]
     assert max(starts) < min(ends), "every call started before any of them finished: they overlapped"
     assert events[-1].type == "done"

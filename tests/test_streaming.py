@@ -14,9 +14,9 @@ from flask_sse import Message
 from httpx_sse import connect_sse
 
 from shared.cli import processes
-from shared.events import DoneEvent, StepEvent, TokenEvent
-from shared.progress import Publisher, TokenCoalescer, read_log
-from shared.tokens import Principal, issue_stream_token
+from shared.events import DoneEvent, StepEvent, DeltaEvent
+from shared.identity import Principal, issue_stream_token
+from shared.progress import Publisher, DeltaCoalescer, read_log
 from tests.sse import bearer, post_prompt, read_stream
 
 ALICE = Principal("alice", "acme", ("analyst",))
@@ -34,7 +34,7 @@ def publish_sequence(session_id: str, message_id: str, count: int, pause: float 
     publisher = Publisher(session_id, message_id)
     ids = []
     for i in range(count):
-        ids.append(publisher.publish(TokenEvent(text=f"{i}:" + "x" * size)))
+        ids.append(publisher.publish(DeltaEvent(text=f"{i}:" + "x" * size)))
         if pause:
             time.sleep(pause)
     ids.append(publisher.publish(DoneEvent(answer="end")))
@@ -238,7 +238,7 @@ def test_polling_returns_the_same_events_as_the_stream(base_url, session_id):
 
 def test_token_deltas_are_coalesced(stack):
     sid, mid = new_turn()
-    coalescer = TokenCoalescer(Publisher(sid, mid), interval=0.05)
+    coalescer = DeltaCoalescer(Publisher(sid, mid), interval=0.05)
     words = [f"w{i} " for i in range(100)]
     for word in words:
         coalescer.add(word)
@@ -252,7 +252,7 @@ def test_token_deltas_are_coalesced(stack):
 def test_a_lost_pubsub_connection_drops_streams_once_and_they_resume_from_the_log(stack, base_url):
     sid, mid = new_turn()
     publisher = Publisher(sid, mid)
-    first_ids = [publisher.publish(TokenEvent(text=str(i))) for i in range(5)]
+    first_ids = [publisher.publish(DeltaEvent(text=str(i))) for i in range(5)]
     with httpx.Client(timeout=10) as client:
         with connect_sse(client, "GET", base_url + stream_path(sid, mid)) as source:
             events = (sse for sse in source.iter_sse() if sse.data)
@@ -260,7 +260,7 @@ def test_a_lost_pubsub_connection_drops_streams_once_and_they_resume_from_the_lo
             stack.client("progress").client_kill_filter(_type="pubsub")
             after_kill = [sse.id for sse in events]  # the server closes the stream
     assert before == first_ids and after_kill == []
-    rest_ids = [publisher.publish(TokenEvent(text=str(i))) for i in range(5, 10)]
+    rest_ids = [publisher.publish(DeltaEvent(text=str(i))) for i in range(5, 10)]
     closer = threading.Timer(0.5, lambda: rest_ids.append(publisher.publish(DoneEvent(answer="end"))))
     closer.start()
     resumed = read_stream(base_url, stream_path(sid, mid), last_event_id=before[-1], timeout=10)

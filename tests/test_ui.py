@@ -14,8 +14,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from shared import turns
 from shared.events import DoneEvent, ErrorEvent, StepEvent, ToolEvent
+from shared.identity import Principal, issue_user_token
 from shared.progress import Publisher, read_log
-from shared.tokens import Principal, issue_user_token
 from tests.browser import launch, screenshot, watch_errors
 from tests.sse import bearer, post_prompt
 from tests.stack import Stack

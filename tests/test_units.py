@@ -6,7 +6,7 @@ import pytest
 
 from shared import keys
 from shared.events import StepEvent
-from shared.progress import stream_id
+from shared.progress import entry_order
 from shared.settings import Settings
 from workers.toolserver import tools
 from workers.mcp.config import ToolsConfigError, parse_config
@@ -46,8 +46,8 @@ def test_role_urls_come_from_the_seed_names(monkeypatch):
 
 
 def test_stream_ids_order_numerically():
-    assert stream_id("10-0") > stream_id("9-5")
-    assert stream_id("10-10") > stream_id("10-9")
+    assert entry_order("10-0") > entry_order("9-5")
+    assert entry_order("10-10") > entry_order("10-9")
 
 
 def test_step_event_rejects_unknown_steps():

@@ -1,4 +1,7 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin)."""
+"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin).
+
+Rule: Flask views and what only they use (SSE fan-out, auth of requests, the /ops snapshot).
+It sends turns by task name (shared.turn_flow) and never imports `workers`."""
 
 from flask import Flask
 from flask_cors import CORS
@@ -8,13 +11,13 @@ from shared.celery_config import make_celery
 from shared.eviction import check_evictions
 from shared.redis_roles import make_redis
 from shared.settings import get_settings
+from web import extensions, telemetry
 from web.admin import admin
 from web.api import api
 from web.dispatcher import Dispatcher
-from web import extensions, telemetry
 from web.errors import register_error_handlers
-from web.openapi import openapi
 from web.metrics import metrics_bp
+from web.openapi import openapi
 from web.ops import ops
 from web.ratelimit import TurnRateLimiter
 from web.stream import stream

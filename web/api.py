@@ -13,14 +13,14 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
 from shared import defaults, metrics, turns
+from shared.identity import Principal, issue_stream_token, issue_user_token
+from shared.keys import valid_id
+from shared.progress import read_log, valid_entry_id
+from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnPayload, revoke_turn, send_turn
 from shared.turns import TurnRecord
 from shared.vocabulary import CANCELLED
-from shared.keys import valid_id
-from shared.terminal_event import publish_terminal_event
-from shared.progress import read_log, valid_stream_id
-from shared.settings import get_settings
-from shared.tokens import Principal, issue_stream_token, issue_user_token
 from web import extensions
 from web.auth import current_principal
 from web.errors import ApiError
@@ -130,7 +130,7 @@ def get_events(session_id: str, message_id: str):
     `progress_unavailable: true`; a finished turn's outcome is put back into the log."""
     record = owned_turn(session_id, message_id, current_principal())
     after = request.args.get("after")
-    if after and not valid_stream_id(after):
+    if after and not valid_entry_id(after):
         raise ApiError(400, "invalid_after", "after must be an event id such as 1700000000000-0")
     try:
         publish_terminal_event(session_id, message_id, record)

@@ -3,7 +3,7 @@ browser cannot send headers (EventSource, opening a page)."""
 
 from flask import g, request
 
-from shared.tokens import Principal, TokenError, verify_user_token
+from shared.identity import Principal, TokenError, verify_user_token
 from web.errors import ApiError
 
 

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 
 from shared import defaults, metrics
 from shared.tracing import suppress_instrumentation
-from web.dispatcher import Dispatcher
 from web import extensions
+from web.dispatcher import Dispatcher
 from web.snapshot import publish_web_process
 
 log = logging.getLogger(__name__)

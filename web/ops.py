@@ -3,7 +3,7 @@
 /ops is rendered on the server from the shared snapshot (web.snapshot). The page then opens
 /ops/stream, which sends the same panels, re-rendered, every TURNSTREAM_OPS_REFRESH_S seconds:
 one template, no client-side renderer to drift from it. EventSource cannot send headers, so the
-page carries a short-lived ops token (shared.tokens) for its stream, like a turn's stream URL."""
+page carries a short-lived ops token (shared.identity) for its stream, like a turn's stream URL."""
 
 import time
 from collections.abc import Iterator
@@ -14,9 +14,9 @@ from flask_sse import Message
 
 from shared import breakers
 from shared.defaults import ROLES
+from shared.identity import TokenError, issue_ops_token, verify_ops_token
 from shared.redis_roles import client
 from shared.settings import get_settings
-from shared.tokens import TokenError, issue_ops_token, verify_ops_token
 from web import extensions
 from web.auth import query_token, require_admin
 from web.errors import ApiError

@@ -12,9 +12,9 @@ from limits.strategies import MovingWindowRateLimiter
 
 from shared import keys
 from shared.breakers import breaker
+from shared.identity import Principal
 from shared.redis_roles import client
 from shared.settings import Settings
-from shared.tokens import Principal
 from web.errors import ApiError
 
 

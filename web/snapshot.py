@@ -18,14 +18,14 @@ from celery import Celery
 from gevent.lock import Semaphore
 
 from shared import defaults, keys, turns
-from shared.guards import stats as guard_stats
 from shared.celery_config import queues
-from shared.turn_flow import step_of, turn_of
 from shared.eviction import judge_eviction, read_eviction
+from shared.guards import stats as guard_stats
 from shared.progress import sharded
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import suppress_instrumentation
+from shared.turn_flow import step_of, turn_of
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
-from shared.terminal_event import publish_terminal_event
-from shared.progress import LoggedEvent, read_log, stream_id, valid_stream_id
+from shared.identity import TokenError, verify_stream_token
+from shared.progress import LoggedEvent, entry_order, read_log, valid_entry_id
 from shared.settings import get_settings
-from shared.tokens import TokenError, verify_stream_token
-from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
+from shared.terminal_event import publish_terminal_event
 from web import extensions
 from web.auth import query_token
+from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
 from web.sse import sse_response
 
@@ -36,7 +36,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
         self._restore_terminal_event(session_id, message_id)
-        after = valid_stream_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+        after = valid_entry_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
         events = self.events(channel, session_id, message_id, after)
         return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
 
@@ -77,7 +77,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                 if item is None:
                     yield None
                     continue
-                if last and stream_id(item.id) <= stream_id(last):
+                if last and entry_order(item.id) <= entry_order(last):
                     continue
                 yield item
                 last = item.id

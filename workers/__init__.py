@@ -1,5 +1,8 @@
 """Celery workers that run an agent turn: `celery -A workers worker -l info`.
 
+Rule: the Celery tasks of a turn and what only they use (the step machinery, redelivery, the
+reasoners, the MCP client, the built-in tool server). Nothing here imports `web`.
+
 The Celery app is imported on first use of `workers.app`, so `python -m workers.toolserver`
 (the built-in MCP server, spawned by workers over stdio) starts without loading Celery."""
 

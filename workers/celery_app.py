@@ -9,9 +9,9 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from shared.celery_config import make_celery
 from shared.defaults import TOOLS_QUEUE
 from shared.eviction import EvictingRoleError, check_evictions
-from workers.redelivery import sweep_forever
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
+from workers.redelivery import sweep_forever
 
 app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]

@@ -5,8 +5,8 @@ tool_guards); this module only speaks the agent's terms (catalogue entries from 
 from typing import Any, Callable
 
 from shared.guards import auth_memo
-from shared.tokens import Principal
 from shared.guards.call import GuardedCall, PermissionUnavailable, guarded_call, unavailable_message
+from shared.identity import Principal
 
 __all__ = ["GuardedCall", "PermissionUnavailable", "caller", "guarded_tool_call", "preflight", "principal"]
 
@@ -35,5 +35,5 @@ def preflight(who: Principal, tools: list[dict]) -> list[dict]:
 
 def guarded_tool_call(who: Principal, tool: dict, args: dict, run: Callable[[dict], Any]) -> GuardedCall:
     """One call: permission again (a memo hit is cheap), then the execution cache, with the tool's
-    own cache policy from its MCP metadata (the declarations file wins over it)."""
-    return guarded_call(who, tool["name"], args, run, declared=tool.get("policy"))
+    own cache declaration from its MCP metadata (the declarations file wins over it)."""
+    return guarded_call(who, tool["name"], args, run, declared=tool.get("cache_declaration"))

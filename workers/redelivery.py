@@ -1,9 +1,9 @@
 """Sending a stalled turn's chain again: the turn-level half of at-least-once delivery.
 
-Late acks and the broker's visibility timeout cover a worker that dies holding a message.
-They do not cover a message kombu's Redis transport drops: BRPOP takes a message off the
-queue before the worker records it as unacknowledged, so a broker that dies between the
-two loses it. The broker still has the turn's record (AOF) and an in-flight index scored
+Late acks and the broker's visibility timeout (shared.celery_config.transport_options) cover a
+worker that dies holding a message. They do not cover a message kombu's Redis transport drops:
+BRPOP takes a message off the queue before the worker records it as unacknowledged, so a broker
+that dies between the two loses it. The broker still has the turn's record (AOF) and an in-flight index scored
 by each turn's last status change; a turn that has not moved for a visibility timeout is
 sent again from its first step. Steps are idempotent (shared.terminal_event, dedupe names, atomic
 transitions), so a chain sent twice still logs every event once and answers once. A turn
@@ -20,11 +20,11 @@ import redis
 from celery import Celery
 
 from shared import keys, turns
-from shared.turn_flow import send_turn
-from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
+from shared.turn_flow import send_turn
 from shared.vocabulary import FAILED
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from celery.exceptions import Ignore, Reject
 from shared import turns
 from shared.breakers import UNAVAILABLE
 from shared.events import StepEvent
-from shared.terminal_event import publish_terminal_event
 from shared.progress import Publisher
 from shared.settings import get_settings
+from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnRef
 from shared.vocabulary import FINISHED, RUNNING, STARTED, Step, StepPhase, step_dedupe
 from workers import guarding
@@ -97,7 +97,7 @@ def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int
         if getattr(exc, "role", None) != "broker":
             raise StepFailed(step, f"{step} failed: {exc}") from exc
         # The broker holds the turn (history, status): its outage is no reason to fail the turn.
-        # The message goes back (now, or after the visibility timeout) and the step runs again.
+        # The message goes back (now, or after the visibility timeout: shared.celery_config) and the step runs again.
         log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
                     turn["session_id"], turn["message_id"])
         raise Reject(exc, requeue=True) from exc

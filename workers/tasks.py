@@ -34,7 +34,7 @@ from kombu.exceptions import OperationalError
 from shared import history, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ErrorEvent, ToolEvent
-from shared.progress import Publisher, TokenCoalescer
+from shared.progress import Publisher, DeltaCoalescer
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, task_name
@@ -67,7 +67,7 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
         raise StepFailed(DISCOVER, "discover failed: no MCP server answered: " +
                          "; ".join(f"{name}: {err}" for name, err in client.server_errors.items()))
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
-    public = [{k: t[k] for k in ("name", "description", "input_schema", "policy")} for t in allowed]
+    public = [{k: t[k] for k in ("name", "description", "input_schema", "cache_declaration")} for t in allowed]
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
 
@@ -145,7 +145,7 @@ def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
 
 # --- synthesize ----------------------------------------------------------------------------
 def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
-    coalescer = TokenCoalescer(publisher)
+    coalescer = DeltaCoalescer(publisher)
     text = get_reasoner().answer(_context(turn), coalescer.add)
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == TOOL_OK})

@@ -14,8 +14,8 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_init
 from prometheus_client import start_http_server
 
 from shared import logs, metrics, tracing
-from shared.turn_flow import step_of, turn_of
 from shared.settings import get_settings
+from shared.turn_flow import step_of, turn_of
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ def main() -> None:
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds")
 def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
     """Print a bearer token for the API (signed with TURNSTREAM_SECRET)."""
-    from shared.tokens import issue_user_token
+    from shared.identity import issue_user_token
 
     role_list = [r.strip() for r in roles.split(",") if r.strip()]
     try:

@@ -25,9 +25,9 @@ from shared import keys
 from shared.guards import stats
 from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
-from shared.redis_roles import client, mget
+from shared.identity import Principal
+from shared.redis_roles import PerClient, client, mget
 from shared.settings import get_settings
-from shared.tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,12 @@ class AuthMemo:
             log.warning("could not write %d permission memos (%s)", len(memos), type(exc).__name__)
 
 
-_default: tuple[tuple[int, int], AuthMemo] | None = None
+_default = PerClient("auth_memo", AuthMemo.from_settings)
 
 
 def default() -> AuthMemo:
-    """The process's memo, rebuilt only when settings or the role's client change (tests, dev runner)."""
-    global _default
-    identity = (id(get_settings()), id(client("auth_memo")))
-    if _default is None or _default[0] != identity:
-        _default = (identity, AuthMemo.from_settings())
-    return _default[1]
+    """The process's memo."""
+    return _default.get()
 
 
 def preflight(principal: Principal, tools: list[str]) -> Preflight:

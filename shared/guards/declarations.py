@@ -32,12 +32,12 @@ class ToolSpec:
     volatile: frozenset[str] = frozenset()
 
     @classmethod
-    def from_policy(cls, name: str, policy: dict | None) -> "ToolSpec":
+    def from_declared(cls, name: str, declared: dict | None) -> "ToolSpec":
         """A spec from what a tool says about itself (e.g. MCP tool metadata):
         {"cache": "global"|"tenant"|"user"|"never", "ttl_s": int, "volatile": [names]}.
         Anything missing or unexpected means "not cacheable"."""
-        policy = policy if isinstance(policy, dict) else {}
-        scope, ttl_s, volatile = policy.get("cache"), policy.get("ttl_s"), policy.get("volatile") or []
+        declared = declared if isinstance(declared, dict) else {}
+        scope, ttl_s, volatile = declared.get("cache"), declared.get("ttl_s"), declared.get("volatile") or []
         if scope not in ("global", "tenant", "user"):
             return cls(name)
         ttl_ok = isinstance(ttl_s, int) and not isinstance(ttl_s, bool) and ttl_s > 0
@@ -78,7 +78,7 @@ class Declarations:
 
     def spec(self, tool: str, declared: dict | None = None) -> ToolSpec:
         """The declarations file wins; otherwise what the tool declares itself; otherwise not cacheable."""
-        return self.tools.get(tool) or ToolSpec.from_policy(tool, declared)
+        return self.tools.get(tool) or ToolSpec.from_declared(tool, declared)
 
 
 def parse_declarations(text: str) -> Declarations:

@@ -30,9 +30,9 @@ import redis
 from shared import keys
 from shared.guards.declarations import Declarations, Scope, ToolSpec, load_declarations, normalize_name
 from shared.guards.degradation import GuardDown, guard_redis_call
-from shared.redis_roles import client
+from shared.identity import Principal
+from shared.redis_roles import PerClient, client
 from shared.settings import get_settings
-from shared.tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def encode_exact(value: Any) -> str | None:
 # --- Running through the cache -------------------------------------------------------------------------------
 
 @dataclass(slots=True)
-class Outcome:
+class CacheRun:
     """A tool call's result as the cache saw it. `cache` is "hit", "miss" (this caller ran the tool),
     "coalesced" (another caller's run, shared) or "bypass" (not cacheable, or the cache is down)."""
 
@@ -187,7 +187,7 @@ class ExecCache:
     def key(self, spec: ToolSpec, params: Any, principal: Principal) -> CacheKey:
         return cache_key(spec, params, principal, self.declarations.volatile)
 
-    def run(self, spec: ToolSpec | str, params: dict, principal: Principal, fn: Callable[[dict], Any]) -> Outcome:
+    def run(self, spec: ToolSpec | str, params: dict, principal: Principal, fn: Callable[[dict], Any]) -> CacheRun:
         """`fn(params)`'s result, from the cache when an identical call's result is there or under way.
         Whatever `fn` raises becomes an error outcome (the caller reports it; the turn goes on)."""
         started = time.perf_counter()
@@ -210,7 +210,7 @@ class ExecCache:
 
     # --- internals -------------------------------------------------------------------------------------------
     def _single_flight(self, spec: ToolSpec, key: CacheKey, params: dict, fn: Callable[[dict], Any],
-                       started: float) -> Outcome:
+                       started: float) -> CacheRun:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self.wait_s
         names = [key.result, key.lease, key.done]
@@ -238,7 +238,7 @@ class ExecCache:
             return self._direct(params, fn, started)
 
     def _own(self, spec: ToolSpec, key: CacheKey, token: str, params: dict, fn: Callable[[dict], Any],
-             started: float) -> Outcome:
+             started: float) -> CacheRun:
         """We hold the lease: run (renewing it), store what may be stored, wake the waiters, release it."""
         stop_renewing = self._keep_lease(key, token)
         try:
@@ -257,7 +257,7 @@ class ExecCache:
                                                   args=[token, stored, ttl_s, notice, self.lease_ms]))
         except GuardDown as exc:
             log.warning("could not store %s's result (%s); waiters will take over", spec.name, type(exc).__name__)
-        return self._outcome(ok, value, error, "miss", started)
+        return self._result(ok, value, error, "miss", started)
 
     def _keep_lease(self, key: CacheKey, token: str) -> Callable[[], None]:
         """Renew the lease every third of its length while the tool runs, so a slow tool keeps it and
@@ -275,19 +275,19 @@ class ExecCache:
         threading.Thread(target=renew, name="exec-cache-lease", daemon=True).start()
         return stop.set
 
-    def _direct(self, params: dict, fn: Callable[[dict], Any], started: float, cache: str = "bypass") -> Outcome:
+    def _direct(self, params: dict, fn: Callable[[dict], Any], started: float, cache: str = "bypass") -> CacheRun:
         ok, value, error = _call(getattr(fn, "__name__", "tool"), fn, params)
-        return self._outcome(ok, value, error, cache, started)
+        return self._result(ok, value, error, cache, started)
 
-    def _finish(self, stored: str, cache: str, started: float) -> Outcome:
+    def _finish(self, stored: str, cache: str, started: float) -> CacheRun:
         kind, body = stored[:1], stored[1:]
         if kind == OK:
-            return self._outcome(True, json.loads(body), None, cache, started)
-        return self._outcome(False, None, body, cache, started)
+            return self._result(True, json.loads(body), None, cache, started)
+        return self._result(False, None, body, cache, started)
 
     @staticmethod
-    def _outcome(ok: bool, value: Any, error: str | None, cache: str, started: float) -> Outcome:
-        return Outcome(ok, value, error, cache, round((time.perf_counter() - started) * 1000, 2))
+    def _result(ok: bool, value: Any, error: str | None, cache: str, started: float) -> CacheRun:
+        return CacheRun(ok, value, error, cache, round((time.perf_counter() - started) * 1000, 2))
 
 
 def _call(name: str, fn: Callable[[dict], Any], params: dict) -> tuple[bool, Any, str | None]:
@@ -298,17 +298,13 @@ def _call(name: str, fn: Callable[[dict], Any], params: dict) -> tuple[bool, Any
         return False, None, str(exc) or type(exc).__name__
 
 
-_default: tuple[tuple[int, int], ExecCache] | None = None
+_default = PerClient("exec_cache", ExecCache.from_settings)
 
 
 def default() -> ExecCache:
-    """The process's cache, rebuilt only when settings or the role's client change (tests, dev runner)."""
-    global _default
-    identity = (id(get_settings()), id(client("exec_cache")))
-    if _default is None or _default[0] != identity:
-        _default = (identity, ExecCache.from_settings())
-    return _default[1]
+    """The process's cache."""
+    return _default.get()
 
 
-def run(spec: ToolSpec | str, params: dict, principal: Principal, fn: Callable[[dict], Any]) -> Outcome:
+def run(spec: ToolSpec | str, params: dict, principal: Principal, fn: Callable[[dict], Any]) -> CacheRun:
     return default().run(spec, params, principal, fn)

@@ -11,9 +11,9 @@ import time
 import redis
 
 from shared import keys, metrics
-from shared.vocabulary import GUARD_RESULTS
 from shared.redis_roles import client
 from shared.settings import get_settings
+from shared.vocabulary import GUARD_RESULTS
 
 log = logging.getLogger(__name__)
 

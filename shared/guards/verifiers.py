@@ -17,8 +17,8 @@ from typing import Protocol
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.identity import Principal
 from shared.settings import Settings, get_settings
-from shared.tokens import Principal
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
 
 from shared.settings import Settings, get_settings
-from workers.mcp.meta import CACHE_SCOPES, CALLER_META, POLICY_META
-from workers.mcp.loop_thread import LoopThread
 from workers.mcp.config import ServerSpec, load_servers
+from workers.mcp.loop_thread import LoopThread
+from workers.mcp.meta import CACHE_META, CACHE_SCOPES, CALLER_META
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,10 @@ class UnknownTool(ToolCallError):
     """No configured server offers a tool by that name."""
 
 
-def tool_policy(tool: Tool) -> dict:
+def declared_cache(tool: Tool) -> dict:
     """What the tool declares for the guards, or a safe default from its MCP annotations:
     only a tool that says it is read-only may be cached, and then for its callers' tenant."""
-    declared = (tool.meta or {}).get(POLICY_META)
+    declared = (tool.meta or {}).get(CACHE_META)
     if isinstance(declared, dict) and declared.get("cache") in CACHE_SCOPES:
         return declared
     read_only = bool(tool.annotations and tool.annotations.read_only_hint)
@@ -230,7 +230,7 @@ class McpClient:
                 catalog[name] = {"name": name, "server": server, "remote_name": tool.name,
                                  "description": (tool.description or tool.title or "").strip(),
                                  "input_schema": tool.input_schema or {"type": "object", "properties": {}},
-                                 "policy": tool_policy(tool)}
+                                 "cache_declaration": declared_cache(tool)}
         return catalog
 
     def resolve(self, name: str) -> dict:

@@ -3,7 +3,7 @@
 Run it over stdio (`python -m workers.toolserver`, what workers spawn by default) or streamable
 HTTP (`python -m workers.toolserver --http --port 8931`, URL http://127.0.0.1:8931/mcp).
 
-Each tool declares, in its `_meta` under POLICY_META, how the execution cache may treat it: its
+Each tool declares, in its `_meta` under CACHE_META, how the execution cache may treat it: its
 scope (`global`, `tenant`, `user`, or `never` for side effects) and TTL. Who may call what is the
 permission guard's business (the shipped auth policy keeps create_ticket to admins), and
 create_ticket refuses non-admins itself too. The caller's identity arrives in each request's
@@ -17,17 +17,17 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
-from workers.mcp.meta import CALLER_META, POLICY_META
+from workers.mcp.meta import CACHE_META, CALLER_META
 from workers.toolserver import tools
 
 log = logging.getLogger(__name__)
 
 
-def _policy(cache: str, ttl_s: int | None = None) -> dict[str, Any]:
-    policy: dict[str, Any] = {"cache": cache}
+def _cache(cache: str, ttl_s: int | None = None) -> dict[str, Any]:
+    declared: dict[str, Any] = {"cache": cache}
     if ttl_s is not None:
-        policy["ttl_s"] = ttl_s
-    return {POLICY_META: policy}
+        declared["ttl_s"] = ttl_s
+    return {CACHE_META: declared}
 
 
 def caller_of(ctx: Context) -> tools.Caller:
@@ -61,31 +61,31 @@ def build_server() -> MCPServer:
     server = MCPServer("turnstream-tools", version="1.0.0",
                        instructions="Demo tools: weather, help-center search, calculator, orders, tickets.")
 
-    @server.tool(annotations=READ_ONLY, meta=_policy("global", ttl_s=600), structured_output=True)
+    @server.tool(annotations=READ_ONLY, meta=_cache("global", ttl_s=600), structured_output=True)
     async def weather(city: str) -> dict[str, Any]:
         """Current weather for a city, e.g. city="Paris"."""
         await _upstream()
         return _run(tools.weather, city)
 
-    @server.tool(annotations=READ_ONLY, meta=_policy("global"), structured_output=True)
+    @server.tool(annotations=READ_ONLY, meta=_cache("global"), structured_output=True)
     async def search_kb(query: str, limit: int = 3) -> dict[str, Any]:
         """Search the help-center articles (passwords, refunds, shipping, reports, API limits, 2FA)."""
         await _upstream()
         return _run(tools.search_kb, query, limit)
 
-    @server.tool(annotations=READ_ONLY, meta=_policy("global"), structured_output=True)
+    @server.tool(annotations=READ_ONLY, meta=_cache("global"), structured_output=True)
     def calculator(expression: str) -> dict[str, Any]:
         """Evaluate arithmetic, e.g. expression="6 * 7 + 1"."""
         return _run(tools.calculator, expression)
 
-    @server.tool(annotations=READ_ONLY, meta=_policy("user", ttl_s=60), structured_output=True)
+    @server.tool(annotations=READ_ONLY, meta=_cache("user", ttl_s=60), structured_output=True)
     async def my_orders(ctx: Context, status: str | None = None) -> dict[str, Any]:
         """The signed-in user's own orders; optional status filter (processing, shipped, delivered)."""
         await _upstream()
         return _run(tools.my_orders, caller_of(ctx), status)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False),
-                 meta=_policy("never"), structured_output=True)
+                 meta=_cache("never"), structured_output=True)
     async def create_ticket(ctx: Context, subject: str, body: str = "") -> dict[str, Any]:
         """Open a support ticket (admins only). It has a side effect: every call opens a new ticket."""
         await _upstream()

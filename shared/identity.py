@@ -1,7 +1,9 @@
-"""Signed tokens (PyJWT, HS256, secret from the environment).
+"""Who a request or a turn is for: the Principal, and the signed tokens that carry one
+(PyJWT, HS256, secret from the environment). In this code "token" means one of these.
 
-Two audiences: API bearer tokens carry who the user is; stream tokens are short-lived,
-scoped to one turn, and ride in the stream URL because EventSource cannot send headers."""
+Three audiences: API bearer tokens carry who the user is; stream tokens are short-lived,
+scoped to one turn, and ride in the stream URL because EventSource cannot send headers; ops
+tokens do the same for the /ops page's stream."""
 
 import time
 from dataclasses import dataclass
