@@ -208,3 +208,24 @@ def test_killing_a_progress_master_with_200_open_streams_loses_and_repeats_no_ev
     # The streams on the killed master were cut and resumed; the others were left alone.
     assert on_victim and all(results[i].reconnects >= 1 for i in on_victim)
     assert sum(1 for i, f in enumerate(results) if i not in on_victim and f.reconnects) == 0
+
+
+def test_a_resharded_turn_keeps_streaming_with_no_event_lost_or_repeated(cluster_stack):
+    from shared.progress import Publisher, read_log
+
+    system, progress = cluster_stack
+    sid, mid = f"reshard{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    publisher = Publisher(sid, mid)
+    follower = Follower(system.base_url, sid, mid)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(follower.run, time.monotonic() + 120)
+        publish_all([publisher], [(StepEvent(step="reason", status="started", round=1), "r1")])
+        wait_for(lambda: len(follower.ids) == 1, timeout=30)
+        turn_slot = slot(keys.progress_log(sid, mid))
+        source = next(port for port in progress.masters() if turn_slot in progress.slots_of(port))
+        target = next(port for port in progress.masters() if port != source)
+        progress.move_slot(turn_slot, target)  # the log moves; the server ends the slot's shard subscriptions
+        publish_all([publisher], [(DeltaEvent(text="moved "), "d1"), (DoneEvent(answer="ok"), "terminal")])
+        result = running.result(timeout=120)
+    assert result.done and result.reconnects >= 1  # cut once by the move, resumed on the new owner
+    assert result.ids == [e.id for e in read_log(sid, mid)] and len(result.ids) == 3

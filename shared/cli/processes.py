@@ -267,6 +267,18 @@ class RedisCluster:
 
     command = ["redis-cluster"]
 
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Reshard one slot, keys included, to the master on `to_port` (what `redis-cli --cluster
+        reshard` does, for one slot)."""
+        source = next(port for port in self.masters() if slot in self.slots_of(port))
+        source_id, target_id = (_node(port).execute_command("CLUSTER", "MYID") for port in (source, to_port))
+        _node(to_port).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        _node(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := _node(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            _node(source).execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for port in (to_port, source):
+            _node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def slots_of(self, port: int) -> set[int]:
         """The hash slots the master on `port` serves."""
         slots: set[int] = set()
