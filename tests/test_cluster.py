@@ -210,6 +210,7 @@ def test_killing_a_progress_master_with_200_open_streams_loses_and_repeats_no_ev
     assert sum(1 for i, f in enumerate(results) if i not in on_victim and f.reconnects) == 0
 
 
+@pytest.mark.timeout(240)
 def test_a_resharded_turn_keeps_streaming_with_no_event_lost_or_repeated(cluster_stack):
     from shared.progress import Publisher, read_log
 

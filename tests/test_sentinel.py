@@ -76,6 +76,7 @@ def test_a_turn_runs_end_to_end_with_the_broker_behind_sentinel(sentinel_stack):
     assert events[-1].data["answer"].startswith("In Paris it is")
 
 
+@pytest.mark.timeout(300)  # the failover, then a redelivery sweep for any message the dead master took
 def test_killing_the_master_mid_burst_loses_no_accepted_turn_and_leaves_nothing_of_a_refused_one(sentinel_stack):
     system, sentinels = sentinel_stack
     old_master = sentinels.master_port()
