@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server clean
+.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server promtool image clean
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ chromium:
 mcp-reference-server:
 	@bash deploy/install-mcp-reference.sh
 
+promtool:
+	@bash deploy/install-promtool.sh
+
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
@@ -32,11 +35,17 @@ run: $(STAMP) redis-server
 run-cluster: $(STAMP) redis-server
 	$(BIN)/turnstream dev --cluster
 
-test: $(STAMP) redis-server chromium mcp-reference-server
+test: $(STAMP) redis-server chromium mcp-reference-server promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server
 	$(BIN)/python bench/run_all.py
+
+# The container image (deploy/Dockerfile); LOCAL_MODEL=1 adds the offline local model.
+IMAGE       ?= turnstream:$(shell sed -n 's/^version = //p' setup.cfg)
+LOCAL_MODEL ?= 0
+image:
+	docker build -f deploy/Dockerfile --build-arg LOCAL_MODEL=$(LOCAL_MODEL) -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

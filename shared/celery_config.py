@@ -70,6 +70,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # A chord's errback also goes on each of its tasks (the behaviour Celery will make the
+        # default): a tool call that crashes ends the turn with its own error at once, instead of
+        # only through the chord's ChordError. turn_failed is idempotent, so both may run.
+        "task_allow_error_cb_on_chord_header": True,
         # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
         "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
@@ -78,6 +82,7 @@ def celery_config(settings: Settings) -> dict:
 
 
 def make_celery(main: str, settings: Settings | None = None) -> Celery:
-    app = Celery(main)
+    # Task reprs, task events and task log lines without user text (shared.redaction).
+    app = Celery(main, amqp="shared.redaction:RedactingAMQP", task_cls="shared.redaction:RedactingTask")
     app.conf.update(celery_config(settings or get_settings()))
     return app

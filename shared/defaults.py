@@ -112,9 +112,15 @@ TURN_MAX_REDELIVERIES = 3
 OPS_REFRESH_S = 2.0
 OPS_WINDOW_S = 5 * 60
 OPS_INSPECT_TIMEOUT_S = 1.0
-WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (the web tier reads their files)
 FLOWER_PORT = 5555
 LOG_FORMAT = "json"
+# A turn whose status has not changed for this long is flagged as stalled in /ops and
+# turnstream_turns_stalled. Every step records its start, so only a step stuck longer than this
+# (or a lost message) trips it; the redelivery sweep acts later, after the visibility timeout.
+STALL_S = 60.0
+# Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
+REDACT_USER_TEXT = True
 
 SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
 _before_fixed = set(globals())

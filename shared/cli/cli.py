@@ -40,7 +40,8 @@ def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", envvar="TURNSTREAM_FLOWER_PORT", type=int, default=defaults.FLOWER_PORT, show_default=True)
-@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; 0.0.0.0 exposes Flower to every network the host is on.")
 @click.option("--no-auth", is_flag=True, help="Run without basic auth (only on a trusted network).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...]) -> None:
@@ -54,8 +55,8 @@ def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...])
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Flower's own metrics are not ours to aggregate.
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
-    command = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", f"--address={address}",
-               *flower_args]
+    command = [sys.executable, "-m", "celery", "-A", "shared.flower_app", "flower", f"--port={port}",
+               f"--address={address}", *flower_args]
     os.execvpe(command[0], command, env)
 
 
