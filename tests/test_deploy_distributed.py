@@ -1,8 +1,9 @@
 """The distributed topologies in deploy/ parse and point where they say: the compose override puts
-the broker behind three sentinels that watch the broker service, the Kubernetes overlay moves
-progress onto a Cluster whose pods its URL names, and removes the single progress server."""
+the broker behind three sentinels that watch the broker service; the Kubernetes kustomization
+renders objects the Kubernetes schemas accept and points progress at the Cluster pods it runs."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -29,17 +30,44 @@ def test_compose_override_runs_the_broker_behind_sentinel():
         assert {host for host, _ in target.hosts} == set(sentinels)
 
 
-def test_k8s_overlay_moves_progress_onto_a_cluster():
-    overlay = yaml.safe_load((DEPLOY / "cluster" / "kustomization.yaml").read_text())
-    assert "../" in overlay["resources"]
-    docs = list(yaml.safe_load_all((DEPLOY / "cluster" / "progress-cluster.yaml").read_text()))
-    statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
+def test_compose_override_validates_against_the_compose_spec():
+    import jsonschema
+
+    from tests.test_deploy import compose_schema
+
+    schema = compose_schema()
+    override = yaml.safe_load((DEPLOY / "docker-compose.sentinel.yml").read_text())
+    errors = [e.message for e in jsonschema.validators.validator_for(schema)(schema).iter_errors(override)]
+    assert errors == []
+
+
+def test_k8s_cluster_kustomization_renders_valid_objects_and_points_progress_at_its_pods():
+    import kubernetes_validate
+
+    from tests.test_deploy import KUBECTL
+
+    result = subprocess.run([str(KUBECTL), "kustomize", str(DEPLOY / "cluster")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    by_kind = {doc["kind"]: doc for doc in docs}
+    statefulset, job = by_kind["StatefulSet"], by_kind["Job"]
     assert statefulset["spec"]["replicas"] == 6 and statefulset["spec"]["serviceName"] == "progress-cluster"
-    job = next(d for d in docs if d["kind"] == "Job")
     assert "--cluster-replicas 1" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    url = next(p for p in overlay["patches"] if "PROGRESS_REDIS_URL" in p["patch"])["patch"]
-    target = redis_urls.parse(re.search(r"value: (\S+)", url).group(1))
+    topology = by_kind["ConfigMap"]
+    assert topology["metadata"]["name"] == "turnstream-topology"
+    target = redis_urls.parse(topology["data"]["PROGRESS_REDIS_URL"])
     assert target.cluster
     assert all(re.fullmatch(r"progress-cluster-[0-5]\.progress-cluster", host) for host, _ in target.hosts)
-    deleted = {(p["target"]["kind"], p["target"]["name"]) for p in overlay["patches"] if "$patch: delete" in p["patch"]}
-    assert deleted == {("Deployment", "progress"), ("Service", "progress")}
+
+
+def test_the_app_reads_the_topology_config_after_its_own():
+    """So what deploy/cluster puts in turnstream-topology overrides turnstream-config's URLs."""
+    for name in ("web.yaml", "workers.yaml", "flower.yaml"):
+        for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()):
+            if doc and doc["kind"] in ("Deployment", "StatefulSet"):
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    names = [source["configMapRef"]["name"] for source in container["envFrom"]]
+                    assert names == ["turnstream-config", "turnstream-topology"], (name, names)
