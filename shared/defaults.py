@@ -170,4 +170,7 @@ STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, 
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
 
+# `turnstream dev` runs one smoke inference of the local model in a child process before using it.
+LOCAL_SMOKE_TIMEOUT_S = 180.0
+
 FIXED = frozenset(name for name in set(globals()) - _before_fixed if name.isupper())
