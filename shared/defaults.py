@@ -107,6 +107,9 @@ WORKER_SOFT_SHUTDOWN_S = 10.0
 # Stalled turns (workers.redelivery): how often workers look for them, how often one is resent.
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
+# A step whose worker died under it this many times ends its turn instead of being taken again
+# (shared.deliveries).
+MAX_DELIVERIES = 3
 
 # Operations: the /ops page, /metrics and the cache-ratio window; Flower; logs.
 OPS_REFRESH_S = 2.0

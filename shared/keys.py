@@ -184,3 +184,18 @@ def in_flight_member(session_id: str, message_id: str) -> str:
 def redelivery_lock() -> str:
     """Held by the one worker sweeping for stalled turns at a time."""
     return f"{PREFIX}:redelivery-lock"
+
+
+STEP_TAG_PATTERN = re.compile(r"^[a-z_]{1,32}(-[A-Za-z0-9]{1,32})?$")
+
+
+def turn_deliveries(session_id: str, message_id: str) -> str:
+    """Hash of a turn's step deliveries that started and have not finished: field = step tag
+    (`reason-1`, `call_tool-r1c0`), value = count (shared.deliveries)."""
+    return f"{PREFIX}:deliveries:{_turn(session_id, message_id)}"
+
+
+def valid_step_tag(value: object) -> str:
+    if not isinstance(value, str) or not STEP_TAG_PATTERN.fullmatch(value):
+        raise InvalidId("step tag", value)
+    return value

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
     redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
+    max_deliveries: int = Field(defaults.MAX_DELIVERIES, ge=1)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S

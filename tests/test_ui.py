@@ -218,11 +218,17 @@ def test_a_failed_turn_and_a_refused_prompt_are_shown_plainly(page, base_url):
     principal = Principal(user, "acme", ("analyst",))
     assert turns.claim_session(session_id, principal)
     turns.create_turn(session_id, message_id, principal, "calculate 1 + 1")
-    Publisher(session_id, message_id).publish(ErrorEvent(message="synthesize failed: model unavailable",
-                                                         step="synthesize"))
+    message = "Writing the answer failed: the model server at http://127.0.0.1:9/v1 answered HTTP 500."
+    Publisher(session_id, message_id).publish(StepEvent(step="synthesize", status="started"))
+    Publisher(session_id, message_id).publish(ErrorEvent(message=message, step="synthesize"))
     page.reload()
     turn = page.locator(f"li.turn[data-message-id='{message_id}']")
-    expect(turn.locator(".problem")).to_have_text("This turn failed: synthesize failed: model unavailable")
+    expect(turn.locator(".problem")).to_have_text(message)
+    # The step that failed no longer spins: it shows that it failed.
+    step = turn.locator("li.step[data-step=synthesize]")
+    expect(step).to_have_class(re.compile(r"\bfailed\b"))
+    expect(step).not_to_have_class(re.compile(r"\brunning\b"))
+    expect(step).to_contain_text("failed")
     expect(page.get_by_role("status")).to_have_text("Turn finished")
     assert [e for e in page.errors if "status of 413" not in e] == []
 

@@ -69,6 +69,19 @@ def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
         _open_mcp_sessions()
 
 
+@worker_init.connect
+def _watch_time_limits_where_the_pool_cannot(sender=None, **_: object) -> None:
+    """Threads cannot be interrupted: a watchdog fails their steps' turns at the hard limit
+    (workers.time_limits); prefork and gevent enforce Celery's limits themselves."""
+    from workers import time_limits
+
+    if time_limits.pool_interrupts(getattr(sender, "pool_cls", None)):
+        return
+    from workers.steps import fail_past_time_limit
+
+    time_limits.start(get_settings().task_time_limit_s, fail_past_time_limit)
+
+
 @worker_process_init.connect
 def _mcp_after_fork(**_: object) -> None:
     _open_mcp_sessions()

@@ -161,6 +161,7 @@ class SentinelSet:
         return self
 
     command = ["redis-sentinel-set"]
+    process = None  # several processes: `turnstream dev` supervises it through running() and stop()
 
     def running(self) -> bool:
         return all(executor.running() for executor in self.sentinels)
@@ -266,6 +267,7 @@ class RedisCluster:
         raise RuntimeError("no cluster node answers")
 
     command = ["redis-cluster"]
+    process = None  # several processes: `turnstream dev` supervises it through running() and stop()
 
     def move_slot(self, slot: int, to_port: int) -> None:
         """Reshard one slot, keys included, to the master on `to_port` (what `redis-cli --cluster

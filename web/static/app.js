@@ -3,7 +3,7 @@
 
 import { STATES, TurnFollower } from "./stream.js";
 import { FINAL_STATUSES } from "../vocabulary.js";
-import { TurnView } from "./timeline.js";
+import { TurnView, failureText } from "./timeline.js";
 
 const TOKEN_KEY = "turnstream.token";
 const FINAL = new Set(FINAL_STATUSES);
@@ -246,7 +246,7 @@ async function refreshRecord(view, sid, mid) {
   try {
     const record = await api(`${sessionPath(sid)}/${encodeURIComponent(mid)}`);
     if (record.answer) view.showAnswer(record.answer);
-    if (record.status === "failed") view.fail(`This turn failed: ${record.error || "unknown error"}`);
+    if (record.status === "failed") view.fail(failureText(record.error));
   } catch {
     // The indicator already says the turn cannot be followed.
   }

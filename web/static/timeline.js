@@ -21,6 +21,11 @@ function el(tag, className, text) {
   return node;
 }
 
+/** A failed turn's error is already one sentence naming its step ("Reasoning failed: …"). */
+export function failureText(message) {
+  return message ? message : "This turn failed.";
+}
+
 /** "412 ms" or "1.4 s". */
 export function formatDuration(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "";
@@ -231,13 +236,25 @@ export class TurnView {
 
   error(data) {
     this.terminal = "error";
-    this.fail(`This turn failed: ${data.message}`);
+    this.stopSteps("failed", " failed");
+    this.fail(failureText(data.message));
   }
 
   cancelled(data) {
     this.terminal = "cancelled";
+    this.stopSteps("stopped", " stopped");
     this.fail(`This turn was cancelled${data.message && data.message !== "cancelled" ? `: ${data.message}` : "."}`);
     this.element.dataset.status = "cancelled";
+  }
+
+  /** The turn ended: no step is in progress any more, so no spinner keeps spinning. */
+  stopSteps(state, text) {
+    for (const step of this.steps.values()) {
+      if (!step.row.classList.contains("running")) continue;
+      step.row.classList.remove("running");
+      step.row.classList.add(state);
+      step.stateText.textContent = text;
+    }
   }
 
   showAnswer(answer) {
@@ -248,7 +265,7 @@ export class TurnView {
   fromRecord(record, loadEvents) {
     this.element.dataset.status = record.status || "";
     if (record.answer) this.showAnswer(record.answer);
-    if (record.status === "failed") this.fail(`This turn failed: ${record.error || "unknown error"}`);
+    if (record.status === "failed") this.fail(failureText(record.error));
     if (record.status === "cancelled") this.fail("This turn was cancelled.");
     this.summary.textContent = "Steps (open to load)";
     const load = async () => {

@@ -8,7 +8,13 @@ The format is the common `mcpServers` one, so configs written for other MCP clie
         "remote":  {"url": "http://tools.internal:8931/mcp", "headers": {"Authorization": "Bearer ..."}}}}
 
 TURNSTREAM_MCP_SERVERS holds that JSON inline; TURNSTREAM_TOOLS_CONFIG names a file with it.
-Neither set: the built-in server over stdio."""
+Neither set: the built-in server over stdio, spawned with the worker's own interpreter.
+
+A stdio `command` of `python` or `python3` also means the worker's own interpreter
+(sys.executable), so a config that runs a Python server gets the virtualenv the worker runs
+in; any other command, an absolute path included, is run as written. Rejected: looking
+`python` up on PATH, as a shell would. Under `make run` nothing puts .venv/bin on PATH, so
+that finds the system's Python, which lacks the `mcp` package the server imports."""
 
 import json
 import sys
@@ -17,6 +23,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.settings import Settings
+
+
+WORKER_PYTHON = ("python", "python3")
 
 
 class ServerSpec(BaseModel):
@@ -35,6 +44,12 @@ class ServerSpec(BaseModel):
     def _one_transport(self) -> "ServerSpec":
         if bool(self.command) == bool(self.url):
             raise ValueError("a server needs exactly one of `command` (stdio) or `url` (streamable HTTP)")
+        return self
+
+    @model_validator(mode="after")
+    def _python_is_ours(self) -> "ServerSpec":
+        if self.command in WORKER_PYTHON:
+            self.command = sys.executable
         return self
 
 
