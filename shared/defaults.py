@@ -31,6 +31,8 @@ SSE_CLIENT_QUEUE = 256
 # Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
 SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
+# A tool's MCP progress notifications are forwarded at most this often (the latest one wins).
+TOOL_PROGRESS_COALESCE_S = 0.25
 
 # Bearer and stream tokens.
 USER_TOKEN_TTL_S = 12 * 60 * 60
@@ -63,6 +65,8 @@ PROMPT_MAX_CHARS = 4000
 
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
+# How long the built-in sales_report tool works (it reports its progress meanwhile).
+REPORT_DURATION_S = 6.0
 # Each built-in tool call runs in a child process (workers/toolserver/sandbox.py) with these limits.
 TOOL_PROCESSES = 2        # children per tool server
 TOOL_CPU_S = 2.0          # CPU time per call; past it the child is killed
@@ -140,6 +144,13 @@ SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.
 _before_fixed = set(globals())
 
 # --- FIXED ---------------------------------------------------------------------------------------
+
+# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
+# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
+# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
+REPLICA_WAIT_MS = 1000
+DISCARD_WAIT_S = 15.0
+
 
 # Redis roles, in the order their DB numbers are assigned in single-instance mode.
 ROLES = ("broker", "progress", "exec_cache", "auth_memo")
