@@ -182,7 +182,9 @@ class Run:
                 time.sleep(1)
 
     def log(self, body: dict) -> list[tuple[str, dict]]:
-        entries = self.stack.client("progress").xrange(f"agent:progress-log:{body['session_id']}:{body['message_id']}")
+        from shared import keys
+
+        entries = self.stack.client("progress").xrange(keys.progress_log(body["session_id"], body["message_id"]))
         return [(fields["type"], json.loads(fields["data"])) for _, fields in entries]
 
     def tickets(self) -> Counter:
