@@ -5,19 +5,26 @@ the step ran (late acks), goes back to the queue if its worker process dies (rej
 worker lost), and a worker reserves one message at a time (prefetch 1), so a crash strands
 at most one; a worker that vanished without a word is covered by the visibility timeout
 (transport_options). Soft shutdown gives running steps time to finish before a stopping
-worker hands their messages back."""
+worker hands their messages back.
+
+Per step, the cost Celery adds is kept to what a turn uses (bench/capacity.py measures it):
+one result backend per process, shared by its greenlets and threads (Celery's default is one per
+thread, which under gevent means one per greenlet, each with its own connections); a producer
+pool sized for a web process's concurrency; short argument reprs (TurnAMQP); task events, which
+Flower needs, switchable with TURNSTREAM_TASK_EVENTS."""
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from shared import defaults
 from shared.settings import Settings, get_settings
 from shared.turn_flow import task_name
-from shared.vocabulary import STEPS
 
 
 def queues() -> tuple[str, ...]:
-    """Every queue a step is routed to; a worker started without -Q consumes them all."""
+    """Every queue a step is routed to, first served first; a worker started without -Q consumes
+    them all."""
     return tuple(dict.fromkeys(defaults.STEP_QUEUES.values()))
 
 
@@ -31,6 +38,10 @@ def transport_options(settings: Settings) -> dict:
     so a running step is never handed to a second worker; and a turn whose record has not moved
     for this long is resent (workers.redelivery). Every other mention refers here."""
     return {
+        # A worker reads its queues in the order given (-Q discover,tools), not round-robin: a new
+        # turn's first step goes before the tool-call backlog. It cannot starve the backlog for
+        # longer than new turns keep arriving faster than they can start.
+        "queue_order_strategy": "priority",
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -62,17 +73,53 @@ def celery_config(settings: Settings) -> dict:
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Only a few steps' results are read (a chord's parts); the rest set ignore_result (workers.tasks).
+        "result_backend_thread_safe": True,
+        "broker_pool_limit": defaults.BROKER_POOL_LIMIT,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
         # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
-        "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
+        "task_default_queue": defaults.TOOLS_QUEUE,
         "task_routes": {task_name(step): {"queue": queue} for step, queue in defaults.STEP_QUEUES.items()},
     }
 
 
+# Values of a step's arguments that Flower and the task events show: the ids that say which turn and call.
+SHOWN_IN_REPR = ("session_id", "message_id", "call_id", "tool")
+
+
+def short_repr(args: object) -> str:
+    """A step's arguments as Flower shows them: each turn or call by its ids, a list by its length.
+
+    Celery's default is saferepr() of the whole argument tuple, i.e. of the whole turn (its tool
+    catalogue, history and rounds) on every send: a walk as long as the turn, for a header nobody
+    reads in full. Rejected: a shorter argsrepr_maxsize; saferepr still walks what it truncates."""
+    shown = []
+    for arg in args if isinstance(args, (list, tuple)) else ():
+        if isinstance(arg, dict):
+            shown.append({key: arg[key] for key in SHOWN_IN_REPR if key in arg})
+        elif isinstance(arg, (list, tuple)):
+            shown.append(f"<{len(arg)} items>")
+        else:
+            shown.append(arg if isinstance(arg, (int, float, bool)) or arg is None else str(arg)[:64])
+    return repr(tuple(shown))
+
+
+class TurnAMQP(AMQP):
+    """Celery's message builder, with short argument reprs (short_repr)."""
+
+    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, argsrepr=None, kwargsrepr=None, **options):
+        if argsrepr is None:
+            argsrepr = short_repr(args)
+        if kwargsrepr is None:
+            kwargsrepr = repr(sorted(kwargs)) if kwargs else "{}"
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr,
+                                  **options)
+
+
 def make_celery(main: str, settings: Settings | None = None) -> Celery:
-    app = Celery(main)
+    app = Celery(main, amqp=TurnAMQP)
     app.conf.update(celery_config(settings or get_settings()))
     return app

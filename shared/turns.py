@@ -101,9 +101,9 @@ def claim_session(session_id: str, principal: Principal, r: redis.Redis | None =
     """Make `principal` the owner of a new session; True if they own it (now or already)."""
     r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s * 7
-    key = keys.session_owner(session_id)
-    r.set(key, principal.owner, nx=True, ex=ttl)
-    return r.get(key) == principal.owner
+    # SET NX GET: claims a new session and reads an existing owner in one round trip.
+    prior = r.set(keys.session_owner(session_id), principal.owner, nx=True, ex=ttl, get=True)
+    return prior is None or prior == principal.owner
 
 
 def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:

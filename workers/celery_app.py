@@ -3,11 +3,15 @@ and opens its MCP sessions after fork, never before (a loop thread and pipes do 
 
 import logging
 import threading
+import warnings
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.exceptions import CPendingDeprecationWarning
+
+from celery.signals import (celeryd_after_setup, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
+                            worker_shutdown)
 
 from shared.celery_config import make_celery
-from shared.defaults import TOOLS_QUEUE
+from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
 from shared.eviction import EvictingRoleError, check_evictions
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
@@ -25,6 +29,15 @@ app.conf.result_backend_always_retry = True
 app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
 
 log = logging.getLogger(__name__)
+
+
+@celeryd_after_setup.connect
+def _quiet_chord_errback_warning(**_: object) -> None:
+    """`execute` links the turn's errback to its chord, and Celery warns on every such call that it
+    may one day link it to each header task too; the behaviour relied on (the errback on the body)
+    is unchanged. Added after Celery's logging setup, which turns its warnings to "always"."""
+    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
+                            message="task_allow_error_cb_on_chord_header")
 
 
 @worker_init.connect
@@ -45,7 +58,7 @@ def _forks(worker: object) -> bool:
 def _takes_tool_calls() -> bool:
     """Only workers on the tools queue talk to MCP servers; an llm-only worker opens no session."""
     selected = app.amqp.queues.consume_from
-    return not selected or TOOLS_QUEUE in selected
+    return not selected or bool({DISCOVER_QUEUE, TOOLS_QUEUE} & set(selected))
 
 
 def _open_mcp_sessions() -> None:
@@ -79,6 +92,15 @@ def _close_mcp_sessions(**_: object) -> None:
     from workers.mcp.client import close_mcp_client
 
     close_mcp_client()
+
+
+@worker_ready.connect
+def _batch_task_events(sender=None, **_: object) -> None:
+    """Flower's task events, published in batches (workers.task_events)."""
+    from workers.task_events import batch_task_events
+
+    if sender is not None and get_settings().task_events:
+        batch_task_events(sender)
 
 
 @worker_ready.connect

@@ -20,7 +20,10 @@ holds the turn itself, so a step waits for it (up to TURNSTREAM_WORKER_BROKER_WA
 then hands its message back for redelivery.
 
 A failing tool is an error result the reasoner sees. A failing step raises StepFailed; the
-chain's errback (`turn_failed`), which every task carries, ends the turn with an `error` event."""
+chain's errback (`turn_failed`), which every task carries, ends the turn with an `error` event.
+
+Only `call_tool` stores its result (its chord reads it); every other step hands its state on in
+the next step's message and its record is the turn's, so it stores none (ignore_result)."""
 
 import functools
 import json
@@ -71,7 +74,7 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
     return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
 
 
-@app.task(name=task_name(DISCOVER))
+@app.task(name=task_name(DISCOVER), ignore_result=True)
 def discover(turn: TurnState) -> TurnState:
     return run_step(DISCOVER, turn, _discover)
 
@@ -85,7 +88,7 @@ def _reason(turn: TurnState, publisher: Publisher) -> TurnState:
     return {**turn, "pending": calls}
 
 
-@app.task(name=task_name(REASON), bind=True)
+@app.task(name=task_name(REASON), bind=True, ignore_result=True)
 def reason(self, turn: TurnState) -> None:
     turn = run_step(REASON, turn, _reason, round_=_round(turn))
     forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn))
@@ -124,7 +127,7 @@ def call_tool(ref: TurnRef, call: ToolCall) -> ToolOutcome:
     return outcome
 
 
-@app.task(name=task_name(EXECUTE), bind=True)
+@app.task(name=task_name(EXECUTE), bind=True, ignore_result=True)
 def execute(self, turn: TurnState) -> None:
     """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
     publish_phase(start_step(turn, EXECUTE), EXECUTE, STARTED, _round(turn))
@@ -134,7 +137,7 @@ def execute(self, turn: TurnState) -> None:
     forward(self, chord(group(call_tool.si(ref, c) for c in calls), collect.s(state)))
 
 
-@app.task(name=task_name(COLLECT), bind=True)
+@app.task(name=task_name(COLLECT), bind=True, ignore_result=True)
 def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
     publish_phase(start_step(turn, EXECUTE), EXECUTE, FINISHED, _round(turn), duration_ms)
@@ -163,14 +166,17 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
     status = with_broker(turns.update_turn, session_id, message_id, status=DONE, answer=result["answer"])
     if status == DONE:
         history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
-    record = with_broker(turns.get_turn, session_id, message_id)
+        record = turns.TurnRecord(status=DONE, answer=result["answer"])  # what was just written: no read back
+    else:
+        record = with_broker(turns.get_turn, session_id, message_id)
     publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
     return result
 
 
-@app.task(name=task_name(SYNTHESIZE))
-def synthesize(turn: TurnState) -> FinishedTurn:
-    return finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+@app.task(name=task_name(SYNTHESIZE), ignore_result=True)
+def synthesize(turn: TurnState) -> None:
+    # Nothing reads a task's return value here, and Celery reprs it for its log line and event.
+    finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
 
 
 # --- the chain's errback ---------------------------------------------------------------------
@@ -182,7 +188,7 @@ def lost_to_an_outage(exc: BaseException) -> bool:
     return isinstance(exc, ChordError) and any(name in str(exc) for name in ("ConnectionError", "TimeoutError"))
 
 
-@app.task(name=task_name(TURN_FAILED))
+@app.task(name=task_name(TURN_FAILED), ignore_result=True)
 def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> None:
     """Ends a turn whose task failed: status `failed` and one `error` event, whatever failed.
     Celery runs it in the worker where the task failed, with the exception itself."""
