@@ -2,6 +2,17 @@
 
 import os
 
+# gevent patches the standard library before anything else loads: the log config below imports
+# modules that import ssl, and gevent warns (MonkeyPatchWarning) when it patches ssl after that.
+from gevent import monkey
+
+monkey.patch_all()
+
+# Every web process on this host aggregates the samples of every worker here (shared.metrics_dir).
+from shared.metrics_dir import use_host_metrics_dir  # noqa: E402
+
+use_host_metrics_dir()
+
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("TURNSTREAM_WORKER_CONNECTIONS", "10000"))
@@ -18,18 +29,16 @@ loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
 
 def on_starting(server):
     """Live gauges left by processes of an earlier run (a restarted container) must not count."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from shared.metrics import forget_dead_processes
+    from shared.metrics import forget_dead_processes
 
-        forget_dead_processes()
+    forget_dead_processes()
 
 
 def child_exit(server, worker):
     """prometheus-client multiprocess mode: drop a dead worker's live gauges (SSE clients)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)
 
 
 # gunicorn's own error and access logs as JSON too, like the app's (TURNSTREAM_LOG_FORMAT=text to opt out).

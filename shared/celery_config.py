@@ -10,11 +10,11 @@ worker hands their messages back.
 Per step, the cost Celery adds is kept to what a turn uses (bench/capacity.py measures it):
 one result backend per process, shared by its greenlets and threads (Celery's default is one per
 thread, which under gevent means one per greenlet, each with its own connections); a producer
-pool sized for a web process's concurrency; short argument reprs (TurnAMQP); task events, which
-Flower needs, switchable with TURNSTREAM_TASK_EVENTS."""
+pool sized for a web process's concurrency; argument reprs of a turn's ids only (shared.redaction);
+task events, which Flower needs, batched by workers (workers.task_events) and switchable with
+TURNSTREAM_TASK_EVENTS."""
 
 from celery import Celery
-from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from shared import defaults
@@ -79,6 +79,10 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
+        # A chord's errback also goes on each of its tasks (the behaviour Celery will make the
+        # default): a tool call that crashes ends the turn with its own error at once, instead of
+        # only through the chord's ChordError. turn_failed is idempotent, so both may run.
+        "task_allow_error_cb_on_chord_header": True,
         # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
         "task_default_queue": defaults.TOOLS_QUEUE,
@@ -86,40 +90,8 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-# Values of a step's arguments that Flower and the task events show: the ids that say which turn and call.
-SHOWN_IN_REPR = ("session_id", "message_id", "call_id", "tool")
-
-
-def short_repr(args: object) -> str:
-    """A step's arguments as Flower shows them: each turn or call by its ids, a list by its length.
-
-    Celery's default is saferepr() of the whole argument tuple, i.e. of the whole turn (its tool
-    catalogue, history and rounds) on every send: a walk as long as the turn, for a header nobody
-    reads in full. Rejected: a shorter argsrepr_maxsize; saferepr still walks what it truncates."""
-    shown = []
-    for arg in args if isinstance(args, (list, tuple)) else ():
-        if isinstance(arg, dict):
-            shown.append({key: arg[key] for key in SHOWN_IN_REPR if key in arg})
-        elif isinstance(arg, (list, tuple)):
-            shown.append(f"<{len(arg)} items>")
-        else:
-            shown.append(arg if isinstance(arg, (int, float, bool)) or arg is None else str(arg)[:64])
-    return repr(tuple(shown))
-
-
-class TurnAMQP(AMQP):
-    """Celery's message builder, with short argument reprs (short_repr)."""
-
-    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, argsrepr=None, kwargsrepr=None, **options):
-        if argsrepr is None:
-            argsrepr = short_repr(args)
-        if kwargsrepr is None:
-            kwargsrepr = repr(sorted(kwargs)) if kwargs else "{}"
-        return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr,
-                                  **options)
-
-
 def make_celery(main: str, settings: Settings | None = None) -> Celery:
-    app = Celery(main, amqp=TurnAMQP)
+    # Task reprs, task events and task log lines without user text (shared.redaction).
+    app = Celery(main, amqp="shared.redaction:RedactingAMQP", task_cls="shared.redaction:RedactingTask")
     app.conf.update(celery_config(settings or get_settings()))
     return app

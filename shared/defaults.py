@@ -112,9 +112,15 @@ TURN_MAX_REDELIVERIES = 3
 OPS_REFRESH_S = 2.0
 OPS_WINDOW_S = 5 * 60
 OPS_INSPECT_TIMEOUT_S = 1.0
-WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (dev: the web tier reads their files)
+WORKER_METRICS_PORT = 0  # 0: workers serve no /metrics of their own (the web tier reads their files)
 FLOWER_PORT = 5555
 LOG_FORMAT = "json"
+# A turn whose status has not changed for this long is flagged as stalled in /ops and
+# turnstream_turns_stalled. Every step records its start, so only a step stuck longer than this
+# (or a lost message) trips it; the redelivery sweep acts later, after the visibility timeout.
+STALL_S = 60.0
+# Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
+REDACT_USER_TEXT = True
 TASK_EVENTS = True  # Celery task events (Flower needs them); False saves about a publish per task state
 
 SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
@@ -167,5 +173,8 @@ BROKER_POOL_LIMIT = 64
 # /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50
 OPS_WEB_HEARTBEAT_TTL_S = 15
+
+# `turnstream dev` runs one smoke inference of the local model in a child process before using it.
+LOCAL_SMOKE_TIMEOUT_S = 180.0
 
 FIXED = frozenset(name for name in set(globals()) - _before_fixed if name.isupper())

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared.redaction import LogFilter
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
 
@@ -47,6 +48,7 @@ def configure_logging(service: str, level: int = logging.INFO) -> None:
     """Route the root logger to stderr, as JSON unless TURNSTREAM_LOG_FORMAT=text."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter(service))
+    handler.addFilter(LogFilter())
     handler.setFormatter(json_formatter() if get_settings().log_format != "text" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -13,6 +13,7 @@ import os
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
+from shared.defaults import ROLES
 from shared.vocabulary import FINAL_STATUSES, GUARD_RESULTS, STEPS
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,10 @@ REDIS_FAILURES = Counter("turnstream_redis_failures_total",
 BREAKER_REJECTED = Counter("turnstream_redis_breaker_rejected_total",
                            "Calls refused at once because the role's breaker was open", ["role"])
 BREAKER_TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
-BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"])
+# livemax: across the processes of a host (multiprocess mode) a role counts as open if any live
+# process has its breaker open; a dead process's last state does not linger.
+BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"],
+                     multiprocess_mode="livemax")
 # Guards that skipped themselves because their Redis failed (shared.guards.degradation).
 GUARD_DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
 
@@ -116,6 +120,11 @@ def _declare_series() -> None:
     for guard, results in GUARD_RESULTS.items():
         for result in results:
             GUARD_COUNTERS[guard].labels(result=result)
+    # Breakers too: a closed breaker reads 0, not "no data", for dashboards and alerts.
+    for role in ROLES:
+        for counter in (REDIS_FAILURES, BREAKER_REJECTED, BREAKER_TRIPS):
+            counter.labels(role)
+        BREAKER_OPEN.labels(role).set(0)
 
 
 _declare_series()

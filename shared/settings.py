@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     ops_refresh_s: float = defaults.OPS_REFRESH_S
     ops_window_s: int = defaults.OPS_WINDOW_S
     ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S
+    stall_s: float = defaults.STALL_S
+    redact_user_text: bool = defaults.REDACT_USER_TEXT
 
     @property
     def single_instance(self) -> bool:

@@ -198,24 +198,28 @@ def touch_in_flight(session_id: str, message_id: str, now: float, r: redis.Redis
     r.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
 
 
-def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict]:
-    """Turns not yet final, least recently moved first, with their status, step and age (for /ops).
+def turns_in_flight(limit: int = 100, r: redis.Redis | None = None, stall_s: float | None = None) -> list[dict]:
+    """Turns not yet final, least recently moved first, with their status, step, age, the seconds
+    since their status last changed (`idle_s`) and whether that exceeds `stall_s` (`stalled`; for /ops).
 
     Entries whose record expired or is final are dropped here: the index must not keep a turn
     "in flight" forever. A turn that stalls instead is resent, then failed, by workers.redelivery."""
     r = r or client("broker")
+    stall_s = get_settings().stall_s if stall_s is None else stall_s
     ids = in_flight_ids(r, limit=limit)
     pipe = r.pipeline(transaction=False)
     for session_id, message_id in ids:
-        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step", "created_at")
+        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step", "created_at", "updated_at")
     in_flight, stale = [], []
     now = time.time()
-    for (session_id, message_id), (status, step, created_at) in zip(ids, pipe.execute()):
+    for (session_id, message_id), (status, step, created_at, updated_at) in zip(ids, pipe.execute()):
         if status is None or status in FINAL_STATUSES:
             stale.append(keys.in_flight_member(session_id, message_id))
             continue
+        idle_s = round(now - float(updated_at or created_at or now), 1)
         in_flight.append({"session_id": session_id, "message_id": message_id, "status": status, "step": step or "",
-                          "age_s": round(now - float(created_at or now), 1)})
+                          "age_s": round(now - float(created_at or now), 1), "idle_s": idle_s,
+                          "stalled": idle_s > stall_s})
     if stale:
         r.zrem(keys.turns_in_flight(), *stale)
     return in_flight
@@ -223,3 +227,13 @@ def turns_in_flight(limit: int = 100, r: redis.Redis | None = None) -> list[dict
 
 def count_in_flight(r: redis.Redis | None = None) -> int:
     return (r or client("broker")).zcard(keys.turns_in_flight())
+
+
+def count_stalled(stall_s: float | None = None, now: float | None = None, r: redis.Redis | None = None) -> int:
+    """Unfinished turns whose status has not changed for longer than `stall_s` (TURNSTREAM_STALL_S).
+
+    The in-flight index is scored by each turn's last status change, and every step records its
+    start, so this counts turns whose current step has run (or waited) longer than the limit."""
+    stall_s = get_settings().stall_s if stall_s is None else stall_s
+    now = time.time() if now is None else now
+    return (r or client("broker")).zcount(keys.turns_in_flight(), "-inf", now - stall_s)

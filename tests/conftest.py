@@ -1,10 +1,15 @@
 """Session-wide real system: four redis-servers, one Celery worker, gunicorn+gevent."""
 
+import os
 import uuid
 
 import pytest
 
-from tests.stack import Stack
+from tests.stack import TEST_SECRET, Stack
+
+# Every Stack signs with TEST_SECRET; the test process signs its own tokens with it too, whichever
+# module runs first (a module with a stack of its own need not start the session stack).
+os.environ.setdefault("TURNSTREAM_SECRET", TEST_SECRET)
 
 
 @pytest.fixture(scope="session")

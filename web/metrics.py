@@ -39,6 +39,9 @@ class LiveCollector(Collector):
         if snap["turns"]["ok"]:
             yield GaugeMetricFamily("turnstream_turns_in_flight", "Turns accepted and not yet final.",
                                     value=snap["turns"]["data"]["count"])
+            yield GaugeMetricFamily("turnstream_turns_stalled",
+                                    "Unfinished turns whose step has not moved for longer than TURNSTREAM_STALL_S.",
+                                    value=snap["turns"]["data"]["stalled"])
         yield from self._redis(snap["redis"])
         yield from self._guards(snap["guards"])
         if snap["pubsub"]["ok"]:

