@@ -13,16 +13,20 @@ Printed, all from this one run:
 - the CPU each process spends per turn (from /proc), and each Redis role's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
   ratios of throughput to the 1-process run;
-- with --profile: py-spy (installed on demand) on the busy processes, CPU by component.
+- with --profile: py-spy (installed on demand) on the busy processes, CPU by component;
+- with --events-cost: one more busy run with Flower's task events off, against the run with them on.
 
-    python bench/capacity.py [--callers 32] [--seconds 20] [--no-sweep] [--profile]
+Throughput counts the turns that end inside the measured window (steady state); CPU and Redis
+commands per turn are over everything the busy run did (warm-up and drain included) divided by
+every turn it finished. CPU time per turn is the figure least disturbed by other load on the
+machine; wall-clock latencies are not.
+
+    python bench/capacity.py [--callers 32] [--seconds 20] [--no-sweep] [--profile] [--events-cost]
 """
 
 import argparse
 import asyncio
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,7 +222,8 @@ class System:
 
     def stop(self) -> None:
         for executor in reversed(self.executors):
-            executor.stop()
+            with suppress(Exception):  # one that already died must not keep the others running
+                executor.stop()
         self.stack.web = None
 
 
@@ -352,11 +358,27 @@ def p(values: list[float], q: float) -> float:
     return percentile(values, q) if values else float("nan")
 
 
+def start_system(stack: Stack, tools: int = 1, web: int = 1, attempts: int = 3) -> System:
+    """A System that has answered a few turns (MCP sessions and pools warm). On a shared machine a
+    free port can be taken between choosing and binding it: then start again."""
+    for attempt in range(attempts):
+        system = None
+        try:
+            system = System(stack, tools=tools, web=web)
+            if drive_turns(stack.base_url, 4, 2, warmup=0.5).completed:
+                return system
+        except Exception as exc:  # noqa: BLE001 - retried, then raised below
+            print(f"  start failed ({exc}); again", file=sys.stderr)
+        if system is not None:
+            with suppress(Exception):
+                system.stop()
+    raise RuntimeError(f"turnstream did not start in {attempts} attempts")
+
+
 def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: int = 1,
              profile_dir: Path | None = None) -> tuple[LoadResult, dict, dict]:
-    system = System(stack, tools=tools, web=web)
+    system = start_system(stack, tools=tools, web=web)
     try:
-        drive_turns(stack.base_url, 4, 2, warmup=0.5)  # warm the MCP sessions and pools
         pids = {**system.pids(), **redis_pids(stack)}
         reset_command_stats(stack)
         meter = CpuMeter(pids)
@@ -374,9 +396,8 @@ def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: in
 
 def idle_turns(stack: Stack, n: int) -> LoadResult:
     """n turns, one at a time."""
-    system = System(stack)
+    system = start_system(stack)
     try:
-        drive_turns(stack.base_url, 1, 1, warmup=0.5)
         result = LoadResult(seconds=1)
 
         async def run() -> None:
