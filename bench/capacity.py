@@ -67,13 +67,15 @@ class LoadResult:
     seconds: float = 0.0
     errors: int = 0
     completed: int = 0  # every turn that finished, warm-up and drain included (the CPU meter's span)
+    start: float = 0.0  # the measured window's start (perf_counter)
 
     @property
     def throughput(self) -> float:
         return len(self.turns) / self.seconds if self.seconds else 0.0
 
     def ms(self, attr: str) -> list[float]:
-        return [(getattr(t, attr) - t.posted) * 1000 for t in self.turns]
+        """Latencies of the turns posted inside the window too (not in the start-up burst)."""
+        return [(getattr(t, attr) - t.posted) * 1000 for t in self.turns if t.posted >= self.start]
 
 
 async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str) -> Turn:
@@ -114,8 +116,8 @@ def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0
     headers = bearer()
 
     async def run() -> LoadResult:
-        result = LoadResult(seconds=seconds)
         start = time.perf_counter() + warmup
+        result = LoadResult(seconds=seconds, start=start)
         await asyncio.gather(*(_caller(base_url, headers, start, start + seconds, result) for _ in range(callers)))
         return result
 
@@ -153,8 +155,8 @@ def bare_chain(app, i: int):
 
 
 def drive_bare(app, callers: int, seconds: float, warmup: float = 3.0) -> LoadResult:
-    result = LoadResult(seconds=seconds)
     start = time.perf_counter() + warmup
+    result = LoadResult(seconds=seconds, start=start)
     stop = start + seconds
     lock = threading.Lock()
 
