@@ -3,8 +3,8 @@
 A worker sends `task-received`, `task-started` and `task-succeeded` (or `-failed`) for every
 task: three broker PUBLISHes per step, each a kombu message of its own. Celery can buffer a
 worker's task events and publish them as one `task.multi` message (a list, which Flower's event
-receiver unpacks like single events), but it does so only for pools with an event loop (prefork);
-for gevent and threads it publishes each event at once. Here a worker's dispatcher buffers task
+receiver unpacks like single events), but it does so only when the worker runs an event loop
+(prefork, and threads on the Redis transport); for gevent it publishes each event at once. Here a worker's dispatcher buffers task
 events the same way and a daemon thread (a greenlet under gevent) flushes them every
 TASK_EVENTS_FLUSH_S, or sooner when TASK_EVENTS_BATCH are waiting. Flower sees a step at most that
 much later; nothing else reads task events.
