@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server chromium mcp-reference-server promtool image clean
+.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server ag-ui-client promtool image clean
 
 # llama-cpp-python compiles llama.cpp. Native CPU flags turn on AMX where the CPU has it, and
 # ggml's AMX code crashes (SIGSEGV) on virtualized Xeons, so it is built portably (AVX2, no AMX).
@@ -37,13 +37,20 @@ chromium:
 mcp-reference-server:
 	@bash deploy/install-mcp-reference.sh
 
+ag-ui-client:
+	@bash deploy/install-ag-ui-client.sh
+
 promtool:
 	@bash deploy/install-promtool.sh
 
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-test: $(STAMP) redis-server chromium mcp-reference-server promtool
+# The same system on distributed Redis: the broker behind Sentinel, the other roles on Redis Clusters.
+run-cluster: $(STAMP) redis-server
+	$(BIN)/turnstream dev --cluster
+
+test: $(STAMP) redis-server chromium mcp-reference-server ag-ui-client promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

@@ -31,6 +31,8 @@ SSE_CLIENT_QUEUE = 256
 # Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
 SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
+# A tool's MCP progress notifications are forwarded at most this often (the latest one wins).
+TOOL_PROGRESS_COALESCE_S = 0.25
 
 # Bearer and stream tokens.
 USER_TOKEN_TTL_S = 12 * 60 * 60
@@ -63,6 +65,13 @@ PROMPT_MAX_CHARS = 4000
 
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
+# How long the built-in sales_report tool works (it reports its progress meanwhile).
+REPORT_DURATION_S = 6.0
+# Each built-in tool call runs in a child process (workers/toolserver/sandbox.py) with these limits.
+TOOL_PROCESSES = 2        # children per tool server
+TOOL_CPU_S = 2.0          # CPU time per call; past it the child is killed
+TOOL_MEMORY_MB = 512      # address space per child; past it an allocation fails
+TOOL_WALL_S = 10.0        # wall time per call; past it the child is killed
 
 # The agent: which reasoner, how many reason -> execute rounds, how much history.
 REASONER = "rules"
@@ -107,6 +116,9 @@ WORKER_SOFT_SHUTDOWN_S = 10.0
 # Stalled turns (workers.redelivery): how often workers look for them, how often one is resent.
 REDELIVERY_SWEEP_S = 30.0
 TURN_MAX_REDELIVERIES = 3
+# A step whose worker died under it this many times ends its turn instead of being taken again
+# (shared.deliveries).
+MAX_DELIVERIES = 3
 
 # Operations: the /ops page, /metrics and the cache-ratio window; Flower; logs.
 OPS_REFRESH_S = 2.0
@@ -127,6 +139,13 @@ SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.
 _before_fixed = set(globals())
 
 # --- FIXED ---------------------------------------------------------------------------------------
+
+# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
+# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
+# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
+REPLICA_WAIT_MS = 1000
+DISCARD_WAIT_S = 15.0
+
 
 # Redis roles, in the order their DB numbers are assigned in single-instance mode.
 ROLES = ("broker", "progress", "exec_cache", "auth_memo")
@@ -169,6 +188,16 @@ LLM_THREADS = 2
 LLM_GREENLETS = 100
 # Producers (broker connections for sending) a process keeps; a web process sends from many greenlets.
 BROKER_POOL_LIMIT = 64
+
+# The body cap's bytes per allowed prompt character: JSON's worst case, a non-BMP character
+# escaped as a surrogate pair (\ud83d\ude00).
+JSON_MAX_BYTES_PER_CHAR = 12
+
+# A terminal event the progress store dropped is published again by a task, with backoff
+# (2, 4, 8 ... 60 s), 12 times: about 8 minutes, within the event log's lifetime.
+OUTCOME_RETRIES = 12
+OUTCOME_RETRY_FIRST_S = 2
+OUTCOME_RETRY_MAX_S = 60
 
 # /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50

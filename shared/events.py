@@ -4,7 +4,7 @@ shared.vocabulary)."""
 from pydantic import BaseModel, ConfigDict
 
 from shared.vocabulary import (ACCEPTED_EVENT, CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, QUEUED, STEP_EVENT,
-                               TOOL_EVENT, EventType, ExecCacheResult, Step, StepPhase, ToolStatus, TurnStatus)
+                               TOOL_EVENT, EventType, ExecCacheResult, Step, StepPhase, ToolEventStatus, TurnStatus)
 
 
 class ProgressEvent(BaseModel):
@@ -29,10 +29,13 @@ class StepEvent(ProgressEvent):
 class ToolEvent(ProgressEvent):
     call_id: str
     tool: str
-    args: dict
-    status: ToolStatus
-    duration_ms: float
-    result_preview: str = ""
+    args: dict | None = None  # on `started` and the final event; `running` carries only what changed
+    status: ToolEventStatus
+    duration_ms: float | None = None  # on the final event
+    progress: float | None = None  # `running`: the tool's own figures (MCP notifications/progress)
+    total: float | None = None
+    message: str | None = None
+    result_preview: str | None = None
     permission: dict | None = None
     cache: ExecCacheResult | None = None
     error: str | None = None

@@ -7,12 +7,14 @@ so any flask-sse consumer can read it."""
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
 
 import redis
 from flask_sse import Message
+from redis.cluster import RedisCluster
 
 from shared import keys
 from shared.events import DeltaEvent, ProgressEvent, event_type
@@ -23,7 +25,9 @@ from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 
 log = logging.getLogger(__name__)
 
-# KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag.
+# KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag, publish
+# command: PUBLISH on one server, SPUBLISH on a Cluster (the channel shares the log's slot, so
+# the event goes out from the shard that holds the log and reaches no other shard).
 _APPEND_AND_PUBLISH = """
 if ARGV[7] == '1' then
   local prior = redis.call('GET', KEYS[2])
@@ -34,7 +38,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[7] == '1' then redis.call('SET', KEYS[2], id, 'PX', ARGV[5]) end
 local message = cjson.decode(ARGV[1])
 message['id'] = id
-redis.call('PUBLISH', ARGV[6], cjson.encode(message))
+redis.call(ARGV[8], ARGV[6], cjson.encode(message))
 return id
 """
 
@@ -69,14 +73,28 @@ def entry_order(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# What Redis itself accepts as a full entry id: ASCII digits, both parts within 64 bits. Python's
+# int() alone would let through "1-", "1_000-0", other scripts' digits and 2**64, which Redis refuses.
+ENTRY_ID_PATTERN = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
+ENTRY_ID_PART_MAX = 2**64 - 1
+
+
 def valid_entry_id(value: str | None) -> str | None:
-    if not value:
+    """`value` if it is a log entry id Redis accepts, else None."""
+    if not value or not ENTRY_ID_PATTERN.fullmatch(value):
         return None
-    try:
-        entry_order(value)
-    except ValueError:
+    if any(int(part) > ENTRY_ID_PART_MAX for part in value.split("-")):
         return None
     return value
+
+
+def sharded(r: redis.Redis | RedisCluster) -> bool:
+    """True on a Redis Cluster, where progress goes through sharded pub/sub."""
+    return isinstance(r, RedisCluster)
+
+
+def publish_command(r: redis.Redis | RedisCluster) -> str:
+    return "SPUBLISH" if sharded(r) else "PUBLISH"
 
 
 class Publisher:
@@ -95,6 +113,7 @@ class Publisher:
         self.log_key = keys.progress_log(session_id, message_id)
         self._redis = r or client("progress")
         self._script = self._redis.register_script(_APPEND_AND_PUBLISH)
+        self._publish_command = publish_command(self._redis)
 
     def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str | None:
         try:
@@ -120,7 +139,7 @@ class Publisher:
         return self._script(
             keys=[self.log_key, marker],
             args=[wire, kind, data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
-                  self.channel, "1" if dedupe else "0"],
+                  self.channel, "1" if dedupe else "0", self._publish_command],
         )
 
 
@@ -156,6 +175,12 @@ def read_log(session_id: str, message_id: str, after: str | None = None,
     start = f"({after}" if after else "-"
     entries = (r or client("progress")).xrange(keys.progress_log(session_id, message_id), min=start)
     return [LoggedEvent(id=entry_id, type=fields["type"], data=fields["data"]) for entry_id, fields in entries]
+
+
+def last_entry_id(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """The id of the turn's newest logged event; None for an empty log."""
+    newest = (r or client("progress")).xrevrange(keys.progress_log(session_id, message_id), count=1)
+    return newest[0][0] if newest else None
 
 
 def parse_wire(payload: str) -> LoggedEvent:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import defaults
+from shared import defaults, redis_urls
 
 
 def _local(role: str) -> str:
@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
     sse_redis_connections: int = defaults.SSE_REDIS_CONNECTIONS
     token_coalesce_s: float = defaults.TOKEN_COALESCE_S
+    tool_progress_coalesce_s: float = defaults.TOOL_PROGRESS_COALESCE_S
 
     user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
     stream_token_ttl_s: int = defaults.STREAM_TOKEN_TTL_S
@@ -55,6 +56,11 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+    report_duration_s: float = Field(defaults.REPORT_DURATION_S, ge=0)
+    tool_processes: int = defaults.TOOL_PROCESSES
+    tool_cpu_s: float = defaults.TOOL_CPU_S
+    tool_memory_mb: int = defaults.TOOL_MEMORY_MB
+    tool_wall_s: float = defaults.TOOL_WALL_S
 
     reasoner: Literal["rules", "openai", "local"] = defaults.REASONER
     reasoner_timeout_s: float = defaults.REASONER_TIMEOUT_S
@@ -96,6 +102,7 @@ class Settings(BaseSettings):
     worker_soft_shutdown_s: float = defaults.WORKER_SOFT_SHUTDOWN_S
     redelivery_sweep_s: float = defaults.REDELIVERY_SWEEP_S
     turn_max_redeliveries: int = defaults.TURN_MAX_REDELIVERIES
+    max_deliveries: int = Field(defaults.MAX_DELIVERIES, ge=1)
 
     breaker_fail_max: int = defaults.BREAKER_FAIL_MAX
     breaker_reset_s: float = defaults.BREAKER_RESET_S
@@ -110,6 +117,19 @@ class Settings(BaseSettings):
         if not self.task_soft_time_limit_s < self.task_time_limit_s < self.visibility_timeout_s:
             raise ValueError("need TURNSTREAM_TASK_SOFT_TIME_LIMIT_S < TURNSTREAM_TASK_TIME_LIMIT_S "
                              "< TURNSTREAM_VISIBILITY_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _readable_redis_urls(self) -> "Settings":
+        """Every role URL must parse, and the broker cannot be a Cluster (Celery cannot use one)."""
+        if self.redis_url and redis_urls.parse(self.redis_url).cluster:
+            raise ValueError("REDIS_URL cannot be a cluster:// URL: single-instance mode gives each role a DB "
+                             "number, and a Redis Cluster has DB 0 only (set the four role URLs instead)")
+        for role in defaults.ROLES:
+            target = self.role_target(role)
+            if role == "broker" and target.cluster:
+                raise ValueError("BROKER_REDIS_URL cannot be a cluster:// URL: Celery's broker and result "
+                                 "backend need one master (use redis:// or sentinel://)")
         return self
 
     def cors_origin_list(self) -> list[str]:
@@ -140,6 +160,10 @@ class Settings(BaseSettings):
             parts = urlsplit(self.redis_url)
             return urlunsplit(parts._replace(path=f"/{defaults.ROLES.index(role)}"))
         return getattr(self, f"{role}_redis_url")
+
+    def role_target(self, role: str) -> redis_urls.RedisTarget:
+        """The role's topology (one server, Sentinel or Cluster), read from its URL."""
+        return redis_urls.parse(self.role_url(role))
 
     def secret_key(self) -> str:
         value = self.secret.get_secret_value()

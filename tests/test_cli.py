@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -24,12 +25,15 @@ def test_token_command_prints_a_verifiable_jwt(stack):
     assert (principal.user, principal.tenant, principal.roles) == ("alice", "acme", ("analyst", "admin"))
 
 
-def test_token_command_explains_a_missing_secret():
+def test_token_command_explains_a_missing_secret(tmp_path):
+    """No TURNSTREAM_SECRET and no `turnstream dev` secret in the data dir: say which and what to do."""
     env = {k: v for k, v in os.environ.items() if k != "TURNSTREAM_SECRET"}
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "a", "--tenant", "b"],
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "a", "--tenant", "b",
+                             "--data-dir", str(tmp_path)],
                             env={**child_env({}), **env, "TURNSTREAM_SECRET": ""}, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "TURNSTREAM_SECRET" in result.stderr
+    assert "TURNSTREAM_SECRET is not set" in result.stderr and str(tmp_path / "secret") in result.stderr
+    assert "turnstream dev" in result.stderr
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -39,40 +43,107 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-@pytest.mark.timeout(180)
-def test_dev_runs_the_system_and_sigterm_leaves_no_process(tmp_path):
-    ports = {name: free_port() for name in ("web", "broker", "progress", "exec-cache", "auth-memo")}
-    command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["web"]), "--data-dir", str(tmp_path)]
-    for role in ("broker", "progress", "exec-cache", "auth-memo"):
-        command += [f"--{role}-port", str(ports[role])]
-    env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "rules"})
-    env.pop("TURNSTREAM_SECRET", None)
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = f"http://127.0.0.1:{ports['web']}/"
-    output = []
-    try:
-        for line in proc.stdout:
-            output.append(line)
-            if url in line:
-                break
-        assert any(url in line for line in output), "".join(output)
-        assert "prompt" in httpx.get(url).text
-        token = httpx.post(url + "api/dev/token").json()["token"]
-        answer = httpx.post(url + "api/sessions/devcheck/messages", json={"prompt": "weather in Rome"},
+class DevRun:
+    """`turnstream dev` on free ports, as `make run` starts it: no TURNSTREAM_SECRET in the environment."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.ports = {name: free_port() for name in ("web", "broker", "progress", "exec-cache", "auth-memo")}
+        command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(self.ports["web"]),
+                   "--data-dir", str(data_dir)]
+        for role in ("broker", "progress", "exec-cache", "auth-memo"):
+            command += [f"--{role}-port", str(self.ports[role])]
+        env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "rules"})
+        env.pop("TURNSTREAM_SECRET", None)
+        self.url = f"http://127.0.0.1:{self.ports['web']}/"
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for_output(self.url, timeout=150)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.output):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "".join(self.output)
+            time.sleep(0.2)
+
+    def worker(self, name: str) -> psutil.Process:
+        (process,) = [p for p in _descendants(self.proc.pid) if f"{name}-{self.proc.pid}@" in " ".join(p.cmdline())
+                      and "celery" in " ".join(p.cmdline())]
+        return process
+
+    def ask(self, token: str, session_id: str, prompt: str) -> list:
+        answer = httpx.post(f"{self.url}api/sessions/{session_id}/messages", json={"prompt": prompt},
                             headers={"Authorization": f"Bearer {token}"})
-        assert answer.status_code == 202
-        # The tools worker runs gevent and reaches the built-in MCP server over stdio.
-        events = read_stream(url.rstrip("/"), answer.json()["stream_url"], timeout=60)
-        assert events[-1].type == "done" and events[-1].data["answer"].startswith("In Rome it is 20°C")
-        children = _descendants(proc.pid)
-        assert len(children) >= 8  # four redis-servers, two workers, their MCP servers, gunicorn
+        assert answer.status_code == 202, answer.text
+        return read_stream(self.url.rstrip("/"), answer.json()["stream_url"], timeout=60)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    run = DevRun(tmp_path_factory.mktemp("dev"))
+    try:
+        yield run
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        run.stop()
+
+
+@pytest.mark.timeout(180)
+def test_dev_runs_the_system(dev):
+    assert "prompt" in httpx.get(dev.url).text
+    token = httpx.post(dev.url + "api/dev/token").json()["token"]
+    # The tools worker runs gevent and reaches the built-in MCP server over stdio.
+    events = dev.ask(token, "devcheck", "weather in Rome")
+    assert events[-1].type == "done" and events[-1].data["answer"].startswith("In Rome it is 20°C")
+    assert len(_descendants(dev.proc.pid)) >= 8  # four redis-servers, two workers, their MCP servers, gunicorn
+
+
+def test_the_token_command_signs_with_the_dev_secret_kept_in_the_data_dir(dev):
+    """The README's `TOKEN=$(.venv/bin/turnstream token …)` under `make run`: no TURNSTREAM_SECRET
+    anywhere; the CLI reads the secret dev generated and kept."""
+    secret_file = dev.data_dir / "secret"
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    env = child_env({})
+    env.pop("TURNSTREAM_SECRET", None)
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "alice", "--tenant", "acme",
+                             "--roles", "analyst", "--data-dir", str(dev.data_dir)], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    events = dev.ask(result.stdout.strip(), "readme-token", "calculate 6 * 7 + 1")
+    assert events[-1].type == "done" and events[-1].data["answer"] == "6 * 7 + 1 = 43."
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_by_a_signal_is_started_again(dev):
+    victim = dev.worker("llm")
+    victim.send_signal(signal.SIGSEGV)
+    victim.wait(10)
+    dev.wait_for_output("the llm worker was killed by SIGSEGV; starting it again")
+    token = httpx.post(dev.url + "api/dev/token").json()["token"]
+    events = dev.ask(token, "after-crash", "calculate 1 + 2")  # the llm queue is served again
+    assert events[-1].type == "done" and events[-1].data["answer"] == "1 + 2 = 3."
+    assert dev.worker("llm").pid != victim.pid
+    assert dev.proc.poll() is None, "the rest of the system kept running"
+
+
+@pytest.mark.timeout(120)
+def test_dev_stops_on_sigterm_and_leaves_no_process(dev):
+    children = _descendants(dev.proc.pid)
+    dev.stop()
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert not [name for name, port in ports.items() if port_in_use(port)]
+    assert not [name for name, port in dev.ports.items() if port_in_use(port)]
 
 
 @pytest.mark.timeout(180)

@@ -1,19 +1,19 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin).
+"""The web tier: an app factory with one blueprint per surface (api, ag_ui, stream, ops, ui, admin).
 
 Rule: Flask views and what only they use (SSE fan-out, auth of requests, the /ops snapshot).
 It sends turns by task name (shared.turn_flow) and never imports `workers`."""
 
-import redis
 from flask import Flask
 from flask_cors import CORS
 
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
-from shared.redis_roles import make_pool
+from shared.redis_roles import make_redis
 from shared.settings import get_settings
 from web import extensions, telemetry
 from web.admin import admin
+from web.ag_ui import ag_ui
 from web.api import api
 from web.dispatcher import Dispatcher
 from web.errors import register_error_handlers
@@ -34,17 +34,19 @@ def create_app(check_redis: bool = True) -> Flask:
         check_evictions()
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096
+    # The byte cap follows JSON's worst case for a prompt within the character limit: a character
+    # may arrive as a \uXXXX escape (6 bytes), one outside the BMP as a surrogate pair (12). The
+    # exact limit is the view's character count (a 413 naming it).
+    app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * defaults.JSON_MAX_BYTES_PER_CHAR + 4096
     app.json.sort_keys = False
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
-    stream_redis = redis.Redis(connection_pool=make_pool(settings.role_url("progress"), settings,
-                                                         settings.sse_redis_connections))
+    stream_redis = make_redis(settings.role_url("progress"), settings, settings.sse_redis_connections)
     extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
                        rate_limiter=TurnRateLimiter(settings))
-    for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
+    for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     allow_cross_origin(app, settings.cors_origin_list())

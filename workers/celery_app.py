@@ -17,7 +17,8 @@ app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
 # The web tier gives up on a dead broker at once (503); a worker sending a turn's next step
 # waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
-app.conf.broker_transport = "workers.broker_transport:Transport"
+app.conf.broker_transport = ("workers.broker_transport:SentinelTransport"
+                             if get_settings().role_target("broker").sentinel else "workers.broker_transport:Transport")
 app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
                                       "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 # The same for the result backend (also the broker): chords keep their counters there.
@@ -66,6 +67,19 @@ def _open_mcp_sessions() -> None:
 def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
     if not _forks(sender):
         _open_mcp_sessions()
+
+
+@worker_init.connect
+def _watch_time_limits_where_the_pool_cannot(sender=None, **_: object) -> None:
+    """Threads cannot be interrupted: a watchdog fails their steps' turns at the hard limit
+    (workers.time_limits); prefork and gevent enforce Celery's limits themselves."""
+    from workers import time_limits
+
+    if time_limits.pool_interrupts(getattr(sender, "pool_cls", None)):
+        return
+    from workers.steps import fail_past_time_limit
+
+    time_limits.start(get_settings().task_time_limit_s, fail_past_time_limit)
 
 
 @worker_process_init.connect

@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 
 from shared import keys, turns
+from shared.failures import sentence
 from shared.progress import Publisher
 from shared.redis_roles import client
 from shared.settings import get_settings
@@ -57,12 +58,15 @@ def resend_stalled(app: Celery, now: float | None = None) -> int:
 
 
 def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> None:
-    message = f"the turn made no progress after {attempts} redeliveries"
-    status = turns.update_turn(session_id, message_id, r, status=FAILED, error=message)
+    record = turns.get_turn(session_id, message_id, r)
+    step = record.step if record else ""
+    message = sentence(step or None, f"the turn made no progress after being sent {attempts} times "
+                                     "(TURNSTREAM_TURN_MAX_REDELIVERIES)")
+    status = turns.update_turn(session_id, message_id, r, status=FAILED, error=message, step=step)
     log.error("turn %s/%s failed: %s", session_id, message_id, message)
     if status == FAILED:
         publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id, r),
-                        Publisher(session_id, message_id, fail_soft=True))
+                               Publisher(session_id, message_id, fail_soft=True))
 
 
 def sweep_forever(app: Celery) -> None:

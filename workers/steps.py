@@ -5,27 +5,40 @@
   outage, hand the message back (Reject with requeue) so the step runs again later.
 - `start_step`: the transition alone; a turn already done, failed or cancelled stops its flow
   here (Ignore), after making sure its log carries the outcome (shared.terminal_event).
+- `settle_terminal_event`: publish a turn's terminal event; if the progress store dropped it,
+  send `republish_terminal_event` (workers.tasks) to try again later, a bounded number of times.
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
   id of its own, so Flower, metrics and traces see every step as the task it is.
 - `with_broker`: a turn-record operation that waits out a broker outage
-  (TURNSTREAM_WORKER_BROKER_WAIT_S) before handing the message back."""
+  (TURNSTREAM_WORKER_BROKER_WAIT_S) before handing the message back.
+- `fail_turn`: end a turn with one sentence (shared.failures): status `failed` and its `error`
+  event. A failing step calls it itself, then raises StepFailed; the chain's errback calls it
+  for what a step cannot report (a hard time limit). The first sentence recorded wins.
+- `TurnTask`: the base of every task of a turn. It counts the step's delivery, so a step whose
+  worker keeps dying ends its turn (shared.deliveries), and, in a pool that cannot interrupt
+  a step, hands its deadline to the watchdog (workers.time_limits)."""
 
 import logging
 import time
 from collections.abc import Mapping
 from typing import Callable, TypeVar
 
-from celery.exceptions import Ignore, Reject
+from celery import Task
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 
-from shared import turns
+from shared import defaults, deliveries, turns
 from shared.breakers import UNAVAILABLE
-from shared.events import StepEvent
+from shared.events import ProgressEvent, StepEvent
+from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import Publisher
 from shared.settings import get_settings
-from shared.terminal_event import publish_terminal_event
-from shared.turn_flow import TurnRef
-from shared.vocabulary import FINISHED, RUNNING, STARTED, Step, StepPhase, step_dedupe
-from workers import guarding
+from shared.terminal_event import terminal_event
+from shared.turn_flow import TurnRef, task_name
+from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, REPUBLISH_TERMINAL_EVENT,
+                               RUNNING, STARTED, TERMINAL_DEDUPE, Step, StepPhase, step_dedupe)
+from workers import guarding, time_limits
+from workers.celery_app import app
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
 
@@ -34,14 +47,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=Mapping)
 R = TypeVar("R")
-
-
-class StepFailed(RuntimeError):
-    """A step that could not complete; the message is what the user's `error` event says."""
-
-    def __init__(self, step: str, message: str):
-        super().__init__(message)
-        self.step = step
 
 
 def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -74,8 +79,22 @@ def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> Non
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_terminal_event(publisher.session_id, publisher.message_id, record, publisher)
+        settle_terminal_event(publisher, terminal_event(record))
     raise Ignore()
+
+
+def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None) -> None:
+    """Publish the turn's terminal event. A fail-soft publisher drops it while the progress store
+    is down (or its breaker open), and nothing else would publish it again for a turn nobody
+    streams: so its retry is queued, with backoff (workers.tasks.republish_terminal_event)."""
+    if event is None or publisher.publish(event, dedupe=TERMINAL_DEDUPE) is not None:
+        return
+    try:
+        app.send_task(task_name(REPUBLISH_TERMINAL_EVENT), args=(publisher.session_id, publisher.message_id),
+                      countdown=defaults.OUTCOME_RETRY_FIRST_S)
+    except OperationalError as exc:
+        log.warning("terminal event of %s/%s dropped and its retry not queued (%s); open streams still "
+                    "find it at their next heartbeat", publisher.session_id, publisher.message_id, exc)
 
 
 def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
@@ -91,23 +110,94 @@ def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int
     started = time.perf_counter()
     try:
         result = body(turn, publisher)
-    except (StepFailed, Reject, Ignore):
+    except (Reject, Ignore):
         raise
-    except UNAVAILABLE as exc:
-        if getattr(exc, "role", None) != "broker":
-            raise StepFailed(step, f"{step} failed: {exc}") from exc
+    except Exception as exc:
+        failure = step_failure(step, turn, exc)
+        fail_turn(turn["session_id"], turn["message_id"], failure.step, str(failure))
+        raise failure from exc
+    publish_phase(publisher, step, FINISHED, round_, ms_since(started))
+    return result
+
+
+def step_failure(step: Step, turn: TurnRef, exc: Exception) -> StepFailed:
+    """What went wrong in a step, as the sentence its turn ends with. A broker outage is no
+    failure of the turn: the message goes back (Reject) and the step runs again later."""
+    if isinstance(exc, StepFailed):
+        return exc
+    if isinstance(exc, UNAVAILABLE) and getattr(exc, "role", None) == "broker":
         # The broker holds the turn (history, status): its outage is no reason to fail the turn.
         # The message goes back (now, or after the visibility timeout: shared.celery_config) and the step runs again.
         log.warning("%s of %s/%s hit a broker outage; handing the step back", step,
                     turn["session_id"], turn["message_id"])
         raise Reject(exc, requeue=True) from exc
-    except (ReasonerError, ToolCallError, guarding.PermissionUnavailable) as exc:
-        raise StepFailed(step, f"{step} failed: {exc}") from exc
-    except Exception as exc:
-        log.exception("%s failed", step)
-        raise StepFailed(step, f"{step} failed: {type(exc).__name__}: {exc}") from exc
-    publish_phase(publisher, step, FINISHED, round_, ms_since(started))
-    return result
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return StepFailed(step, time_limit_cause(get_settings().task_soft_time_limit_s,
+                                                 "TURNSTREAM_TASK_SOFT_TIME_LIMIT_S"))
+    if isinstance(exc, (ReasonerError, ToolCallError, guarding.PermissionUnavailable, *UNAVAILABLE)):
+        return StepFailed(step, str(exc))
+    log.exception("%s failed", step)
+    return StepFailed(step, unexpected_cause(exc))
+
+
+def fail_turn(session_id: str, message_id: str, step: str | None, message: str) -> None:
+    """Mark the turn failed with `message` and publish its `error` event. The first failure
+    recorded wins: a turn already final keeps its outcome, which is published (once) instead."""
+    record = with_broker(turns.get_turn, session_id, message_id)
+    if record is not None and not record.final:
+        with_broker(turns.update_turn, session_id, message_id, status=FAILED, error=message, step=step or "")
+        log.warning("turn %s/%s failed: %s", session_id, message_id, message)
+        record = with_broker(turns.get_turn, session_id, message_id)
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
+
+
+class TurnTask(Task):
+    """Every task of a turn runs inside two guards: its delivery is counted, so a step whose
+    worker keeps dying ends its turn (shared.deliveries), and where the pool cannot interrupt
+    a step, the watchdog holds its deadline (workers.time_limits)."""
+
+    def __call__(self, *args, **kwargs):
+        ref = next((a for a in args if isinstance(a, Mapping) and "session_id" in a and "message_id" in a), None)
+        if ref is None:
+            return super().__call__(*args, **kwargs)
+        session_id, message_id = ref["session_id"], ref["message_id"]
+        step, tag, doing = step_tag(self.name, args)
+        crashes = with_broker(deliveries.begin, session_id, message_id, tag)
+        if deliveries.exhausted(crashes):
+            fail_turn(session_id, message_id, step, sentence(step, crash_cause(step, crashes, doing)))
+            raise Ignore()
+        task_id = self.request.id or tag
+        time_limits.watch(task_id, session_id, message_id, step)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            time_limits.unwatch(task_id)
+            _end_delivery(session_id, message_id, tag)
+
+
+def step_tag(task: str, args: tuple) -> tuple[Step, str, str | None]:
+    """The user-facing step, the tag a delivery is counted under, and what a crash interrupted."""
+    name = task.rpartition(".")[2]
+    if name == CALL_TOOL:
+        call = args[1]
+        return EXECUTE, f"{CALL_TOOL}-{call['call_id']}", f"while calling {call['tool']}"
+    turn = args[-1]
+    if name in (REASON, EXECUTE, COLLECT):
+        return step_of(name), f"{name}-{len(turn.get('rounds') or []) + 1}", None
+    return step_of(name), name, None
+
+
+def _end_delivery(session_id: str, message_id: str, tag: str) -> None:
+    try:
+        with_broker(deliveries.end, session_id, message_id, tag)
+    except Exception as exc:  # noqa: BLE001 - the step's own outcome matters more than its count
+        log.warning("could not count the end of %s for %s/%s: %r", tag, session_id, message_id, exc)
+
+
+def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
+    """The watchdog's verdict on a step its pool could not interrupt."""
+    fail_turn(watched.session_id, watched.message_id, watched.step,
+              sentence(watched.step, time_limit_cause(limit_s)))
 
 
 def forward(task, signature) -> None:

@@ -1,7 +1,7 @@
 """The `turnstream` command: run the whole system locally, mint tokens."""
 
 import os
-import secrets
+import shutil
 import signal
 import sys
 import time
@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from shared import defaults
-from shared.cli import processes
+from shared.cli import dev_secret, processes
+from shared.cli.supervision import Supervisor
 
 ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
             "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
@@ -26,10 +27,21 @@ def main() -> None:
 @click.option("--tenant", required=True)
 @click.option("--roles", default="", help="Comma-separated roles, e.g. analyst,admin")
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds")
-def token(user: str, tenant: str, roles: str, ttl: int | None) -> None:
-    """Print a bearer token for the API (signed with TURNSTREAM_SECRET)."""
+@click.option("--data-dir", type=click.Path(path_type=Path), default=dev_secret.DEFAULT_DATA_DIR, show_default=True,
+              help="Where `turnstream dev` keeps its secret (read when TURNSTREAM_SECRET is unset)")
+def token(user: str, tenant: str, roles: str, ttl: int | None, data_dir: Path) -> None:
+    """Print a bearer token for the API (signed with TURNSTREAM_SECRET, else with the secret of
+    `turnstream dev` in --data-dir)."""
+    from shared.settings import reload_settings
     from shared.identity import issue_user_token
 
+    if not os.environ.get("TURNSTREAM_SECRET"):
+        kept = dev_secret.read(data_dir)
+        if not kept:
+            raise click.ClickException(f"TURNSTREAM_SECRET is not set and {dev_secret.path(data_dir)} does not exist: "
+                                       "set TURNSTREAM_SECRET, or start `turnstream dev` (make run) first")
+        os.environ["TURNSTREAM_SECRET"] = kept
+        reload_settings()
     role_list = [r.strip() for r in roles.split(",") if r.strip()]
     try:
         click.echo(issue_user_token(user, tenant, role_list, ttl))
@@ -123,12 +135,15 @@ def _port_option(role: str):
 @click.option("--llm-concurrency", type=int, default=None,
               help=f"Slots of the llm worker [default: {defaults.LLM_GREENLETS} greenlets for the openai reasoner, "
                    f"else {defaults.LLM_THREADS} threads]")
+@click.option("--cluster", is_flag=True, help="Distributed Redis: the broker behind Sentinel (master, replica, "
+              "3 sentinels), progress on a 3+3 Redis Cluster, exec cache and auth memo on 3-master Clusters "
+              "(free ports; the --<role>-port options do not apply)")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
-        data_dir: Path, concurrency: int, llm_concurrency: int | None) -> None:
+        data_dir: Path, concurrency: int, llm_concurrency: int | None, cluster: bool) -> None:
     """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
-    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p)]
+    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p) and not cluster]
     if processes.port_in_use(port):
         busy.append(f"web={port}")
     if busy:
@@ -136,7 +151,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
 
     data_dir = data_dir.resolve()
     env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
-    env["TURNSTREAM_SECRET"] = os.environ.get("TURNSTREAM_SECRET") or secrets.token_urlsafe(32)
+    env["TURNSTREAM_SECRET"] = dev_secret.ensure(data_dir)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
     env["TURNSTREAM_REASONER"] = _usable_reasoner(os.environ.get("TURNSTREAM_REASONER") or _default_reasoner())
     env["PROMETHEUS_MULTIPROC_DIR"] = str(data_dir / "metrics")
@@ -145,32 +160,48 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     from shared.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"], wipe=True)
-    started = []
+    children = Supervisor(lambda line: click.echo(line, err=True))
     _stop_on_signals()
     try:
         for role, p in ports.items():
-            started.append(processes.redis_server(role, p, data_dir).start())
-            click.echo(f"redis {role:<10} redis://127.0.0.1:{p}")
+            topology, env[ROLE_ENV[role]] = _role_redis(role, p, data_dir, cluster)
+            children.add(f"{role} redis-server", topology).start()
+            click.echo(f"redis {role:<10} {env[ROLE_ENV[role]]}")
         env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
         specs = processes.dev_workers(env["TURNSTREAM_REASONER"], concurrency, llm_concurrency)
         for spec in specs:
-            started.append(processes.celery_worker(env, data_dir / "logs", name=spec.name, queues=spec.queues,
-                                                   pool=spec.pool, concurrency=spec.concurrency).start())
+            children.add(f"{spec.name} worker", processes.celery_worker(
+                env, data_dir / "logs", name=spec.name, queues=spec.queues, pool=spec.pool,
+                concurrency=spec.concurrency), restart=True).start()
         processes.wait_for_worker(env, count=len(specs))
         click.echo(f"reasoner: {env['TURNSTREAM_REASONER']}")
         click.echo("workers ready: " + ", ".join(f"{s.name} ({s.pool} x{s.concurrency}, -Q {s.queues})" for s in specs)
                    + f"; logs in {data_dir / 'logs'}")
-        started.append(processes.web_server(env, port, data_dir / "logs").start())
+        children.add("web server", processes.web_server(env, port, data_dir / "logs")).start()
         click.echo(f"\nturnstream is running at http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
-        while all(p.running() for p in started):
+        while (stopped := children.check()) is None:
             time.sleep(0.5)
-        click.echo("a child process exited; stopping the rest", err=True)
+        click.echo(f"{stopped}; stopping the rest", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("\nstopping")
     finally:
-        for executor in reversed(started):
+        for executor in reversed(children.executors()):
             _stop_quietly(executor)
+
+
+def _role_redis(role: str, port: int, data_dir: Path, cluster: bool) -> tuple[object, str]:
+    """A role's Redis, not yet started, with its URL: one server, or (--cluster) the broker's
+    Sentinel set, the progress Cluster with a replica per master, a cache Cluster without."""
+    if not cluster:
+        return processes.redis_server(role, port, data_dir), f"redis://127.0.0.1:{port}/0"
+    role_dir = data_dir / "distributed" / role
+    shutil.rmtree(role_dir, ignore_errors=True)  # fresh ports each run: old cluster configs would not fit
+    if role == "broker":
+        topology = processes.SentinelSet(role, role_dir, down_after_ms=5000)
+    else:
+        topology = processes.RedisCluster(role, role_dir, replicas=1 if role == "progress" else 0)
+    return topology, topology.url
 
 
 def _stop_quietly(executor) -> None:

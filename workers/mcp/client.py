@@ -9,18 +9,21 @@ and live pipes do not survive a fork. Sessions open lazily, stay open across tas
 reopen after a server dies. Tool lists are cached for TURNSTREAM_MCP_TOOLS_TTL_S."""
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import re
 import threading
 import time
+from collections import deque
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CONNECTION_CLOSED, CallToolResult, Tool
@@ -41,6 +44,116 @@ class ToolCallError(Exception):
 
 class UnknownTool(ToolCallError):
     """No configured server offers a tool by that name."""
+
+
+class ServerUnavailable(ToolCallError):
+    """A server whose session could not be opened; the message names it and its first real error."""
+
+
+STDERR_TAIL_LINES = 20
+FAILURE_TEXT_CHARS = 300
+
+
+class StderrTail:
+    """A stdio server's stderr: forwarded to our log line by line, its last lines kept, so a
+    server that dies at start can be reported by what it said (a traceback's last line, an
+    npm error) rather than by the closed pipe it left behind. Read on the loop thread."""
+
+    def __init__(self, server: str, loop: asyncio.AbstractEventLoop):
+        self.server = server
+        self.lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._partial = b""
+        self._closed = False
+        self._loop = loop
+        self._read_fd, write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        self.errlog = os.fdopen(write_fd, "w")  # what the child's stderr is dup'ed from
+        loop.add_reader(self._read_fd, self.drain)
+
+    def drain(self) -> None:
+        """Read whatever the server wrote so far (never blocks)."""
+        while not self._closed:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    self.lines.append(line)
+                    log.info("MCP server %s: %s", self.server, line)
+
+    def last_words(self) -> str:
+        self.drain()
+        pending = self._partial.decode(errors="replace").strip()
+        lines = [*self.lines, pending] if pending else list(self.lines)
+        return lines[-1][:FAILURE_TEXT_CHARS] if lines else ""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.drain()
+        self._closed = True
+        self._loop.remove_reader(self._read_fd)
+        for close in (self.errlog.close, lambda: os.close(self._read_fd)):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first real error under task-group wrappers (ExceptionGroup of ExceptionGroups)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED
+               or "connection refused" in str(e).lower() or "connect call failed" in str(e).lower()
+               for e in _chain(exc))
+
+
+def server_failure(name: str, spec: ServerSpec, exc: BaseException, stderr: str = "",
+                   connect_timeout_s: float | None = None) -> str:
+    """Why a server's session could not be opened, in one clause naming the server."""
+    exc = first_error(exc)
+    if spec.command:
+        where = f"the MCP server {name} ({os.path.basename(spec.command)})"
+    else:
+        where = f"the MCP server {name} at {spec.url}"
+    if isinstance(exc, TimeoutError):
+        return f"{where} did not answer within {connect_timeout_s or 0:g} s"
+    if spec.command:
+        if isinstance(exc, FileNotFoundError):
+            return f"{where} could not start: {spec.command} was not found"
+        if isinstance(exc, OSError) and not stderr:
+            return f"{where} could not start: {exc.strerror or exc}"
+        if stderr:
+            return f"{where} exited: {stderr}"
+        return f"{where} closed its connection without saying why"
+    if _refused(exc):
+        return f"{where}: connection refused"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"{where} answered HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx2.TimeoutException):
+        return f"{where} timed out"
+    text = " ".join(str(exc).split())[:FAILURE_TEXT_CHARS]
+    return f"{where} failed: {text or type(exc).__name__}"
 
 
 def declared_cache(tool: Tool) -> dict:
@@ -70,6 +183,31 @@ def result_payload(result: CallToolResult) -> Any:
     return {"content": [block.model_dump(mode="json", exclude_none=True) for block in result.content]}
 
 
+Progress = Callable[[float, float | None, str | None], None]
+
+
+class ProgressRelay:
+    """Carries a tool's MCP progress notifications from the loop thread to the task waiting for
+    the call, which forwards the latest one every tick: the loop thread never touches Redis
+    (the publisher's pool belongs to the task's thread or hub), and a chatty tool costs a few
+    events a second, not one per notification. A deque's append and pop are atomic, so the
+    two threads share it without a lock (a gevent-patched lock cannot be used across them)."""
+
+    def __init__(self, forward: Progress):
+        self._forward = forward
+        self._latest: deque[tuple[float, float | None, str | None]] = deque(maxlen=1)
+
+    async def receive(self, progress: float, total: float | None, message: str | None) -> None:
+        self._latest.append((progress, total, message))
+
+    def flush(self) -> None:
+        try:
+            progress, total, message = self._latest.popleft()
+        except IndexError:
+            return
+        self._forward(progress, total, message)
+
+
 class _Session:
     """One server's session, held open by a task on the loop (anyio scopes must exit where they began)."""
 
@@ -81,12 +219,16 @@ class _Session:
         self._stop: asyncio.Event | None = None
         self._holder: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._stderr: StderrTail | None = None
 
     async def _client_for(self, stack: AsyncExitStack) -> Client:
         timeout = self.settings.mcp_call_timeout_s
         if self.spec.command:
-            target: Any = StdioServerParameters(command=self.spec.command, args=self.spec.args,
-                                                env=self.spec.env or None, cwd=self.spec.cwd)
+            params = StdioServerParameters(command=self.spec.command, args=self.spec.args,
+                                           env=self.spec.env or None, cwd=self.spec.cwd)
+            self._stderr = StderrTail(self.name, asyncio.get_running_loop())
+            stack.callback(self._stderr.close)
+            target: Any = stdio_client(params, errlog=self._stderr.errlog)
         elif self.spec.headers:
             http = await stack.enter_async_context(
                 httpx2.AsyncClient(headers=self.spec.headers, timeout=httpx2.Timeout(30.0, read=300.0)))
@@ -119,6 +261,12 @@ class _Session:
             self._holder = asyncio.get_running_loop().create_task(self._hold(ready))
             try:
                 return await asyncio.wait_for(asyncio.shield(ready), self.settings.mcp_connect_timeout_s)
+            except Exception as exc:
+                stderr = self._stderr.last_words() if self._stderr is not None else ""
+                await self.close()
+                message = server_failure(self.name, self.spec, exc, stderr, self.settings.mcp_connect_timeout_s)
+                log.warning("%s", message)
+                raise ServerUnavailable(message) from exc
             except BaseException:
                 await self.close()
                 raise
@@ -190,11 +338,14 @@ class McpClient:
             *(asyncio.wait_for(self._list_server(self._sessions[n]), timeout) for n in names), return_exceptions=True)
         return dict(zip(names, results))
 
-    async def _call(self, server: str, tool: str, args: dict, meta: dict | None) -> CallToolResult:
+    async def _call(self, server: str, tool: str, args: dict, meta: dict | None,
+                    relay: ProgressRelay | None = None) -> CallToolResult:
         session = self._sessions[server]
         client = await session.client()
         try:
-            return await client.call_tool(tool, args, meta=meta)
+            # With a progress callback the SDK sends a progress token, which is what lets the
+            # tool report notifications/progress at all.
+            return await client.call_tool(tool, args, meta=meta, progress_callback=relay.receive if relay else None)
         except Exception as exc:
             if _connection_failure(exc):
                 session.broken()  # not retried: the call may have had a side effect
@@ -220,7 +371,9 @@ class McpClient:
         self.server_errors = {}
         for server, tools in listed.items():
             if isinstance(tools, BaseException):
-                self.server_errors[server] = f"{type(tools).__name__}: {tools}"
+                self.server_errors[server] = (str(tools) if isinstance(tools, ServerUnavailable) else
+                                              server_failure(server, self.servers[server], tools, "",
+                                                             self.settings.mcp_call_timeout_s))
                 log.warning("MCP server %s: cannot list tools: %s", server, self.server_errors[server])
                 continue
             for tool in tools:
@@ -244,14 +397,19 @@ class McpClient:
             raise UnknownTool(f"no configured MCP server offers a tool named {name!r}")
         return tool
 
-    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None) -> Any:
-        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed."""
+    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None,
+                  on_progress: Progress | None = None) -> Any:
+        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed.
+        `on_progress(progress, total, message)` gets the tool's progress reports, coalesced to one
+        every TURNSTREAM_TOOL_PROGRESS_COALESCE_S, in the calling thread."""
         spec = self.resolve(name)
         timeout = timeout or self.settings.mcp_call_timeout_s
         meta = {CALLER_META: caller} if caller else None
+        relay = ProgressRelay(on_progress) if on_progress else None
+        every = (self.settings.tool_progress_coalesce_s, relay.flush) if relay else None
         try:
-            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta),
-                                      timeout + self.settings.mcp_connect_timeout_s)
+            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta, relay),
+                                      timeout + self.settings.mcp_connect_timeout_s, every=every)
         except TimeoutError as exc:
             raise ToolCallError(f"{name} timed out after {timeout:.0f}s") from exc
         except MCPError as exc:
@@ -259,7 +417,7 @@ class McpClient:
         except ToolCallError:
             raise
         except Exception as exc:
-            raise ToolCallError(f"{name}: MCP server {spec['server']} failed: {type(exc).__name__}: {exc}") from exc
+            raise ToolCallError(f"{name}: {server_failure(spec['server'], self.servers[spec['server']], exc)}") from exc
         return result_payload(result)
 
     def close(self, timeout: float = 15.0) -> None:

@@ -8,7 +8,13 @@ The format is the common `mcpServers` one, so configs written for other MCP clie
         "remote":  {"url": "http://tools.internal:8931/mcp", "headers": {"Authorization": "Bearer ..."}}}}
 
 TURNSTREAM_MCP_SERVERS holds that JSON inline; TURNSTREAM_TOOLS_CONFIG names a file with it.
-Neither set: the built-in server over stdio."""
+Neither set: the built-in server over stdio, spawned with the worker's own interpreter.
+
+A stdio `command` of `python` or `python3` also means the worker's own interpreter
+(sys.executable), so a config that runs a Python server gets the virtualenv the worker runs
+in; any other command, an absolute path included, is run as written. Rejected: looking
+`python` up on PATH, as a shell would. Under `make run` nothing puts .venv/bin on PATH, so
+that finds the system's Python, which lacks the `mcp` package the server imports."""
 
 import json
 import sys
@@ -17,6 +23,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.settings import Settings
+
+
+WORKER_PYTHON = ("python", "python3")
 
 
 class ServerSpec(BaseModel):
@@ -37,6 +46,12 @@ class ServerSpec(BaseModel):
             raise ValueError("a server needs exactly one of `command` (stdio) or `url` (streamable HTTP)")
         return self
 
+    @model_validator(mode="after")
+    def _python_is_ours(self) -> "ServerSpec":
+        if self.command in WORKER_PYTHON:
+            self.command = sys.executable
+        return self
+
 
 class ToolsConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -53,7 +68,13 @@ def builtin_server(settings: Settings) -> ServerSpec:
     settings it reads are passed explicitly."""
     return ServerSpec(command=sys.executable, args=["-m", "workers.toolserver"],
                       env={"TURNSTREAM_TOOL_LATENCY_MS": str(settings.tool_latency_ms),
-                           "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve())})
+                           "TURNSTREAM_REPORT_DURATION_S": str(settings.report_duration_s),
+                           "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve()),
+                           # the sandbox's limits (workers/toolserver/sandbox.py)
+                           "TURNSTREAM_TOOL_PROCESSES": str(settings.tool_processes),
+                           "TURNSTREAM_TOOL_CPU_S": str(settings.tool_cpu_s),
+                           "TURNSTREAM_TOOL_MEMORY_MB": str(settings.tool_memory_mb),
+                           "TURNSTREAM_TOOL_WALL_S": str(settings.tool_wall_s)})
 
 
 def parse_config(text: str, source: str) -> dict[str, ServerSpec]:

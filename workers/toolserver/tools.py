@@ -5,6 +5,7 @@ The MCP server (workers.toolserver.server) exposes them; the simulated upstream 
 
 import ast
 import json
+import math
 import operator
 import re
 import time
@@ -60,17 +61,50 @@ def search_kb(query: str, limit: int = 3) -> dict:
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
               ast.Pow: operator.pow, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
+MAX_EXPONENT = 100
+# Results are bounded by size, not only exponents: (((9**99)**99)**99)**99 has small exponents and
+# a result of about 3 * 10**8 digits, whose computation would hold the CPU for minutes.
+MAX_RESULT_BITS = 3322  # about 1,000 decimal digits
+
+
+def _too_large() -> ToolFailure:
+    return ToolFailure(f"the result would be too large (over {round(MAX_RESULT_BITS * 0.30103)} digits)")
+
+
+def _power(base: float, exponent: float) -> float:
+    if abs(exponent) > MAX_EXPONENT:
+        raise ToolFailure(f"exponent too large (at most {MAX_EXPONENT})")
+    # The size of an integer power is known before computing it: bits(base) * exponent.
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 \
+            and (abs(base).bit_length() - 1) * exponent > MAX_RESULT_BITS:
+        raise _too_large()
+    return base ** exponent
+
+
+def _apply(op: ast.AST, *operands: float) -> float:
+    try:
+        value = _power(*operands) if isinstance(op, ast.Pow) else _OPERATORS[type(op)](*operands)
+    except OverflowError as exc:
+        raise _too_large() from exc
+    if isinstance(value, complex):
+        raise ToolFailure("the result is not a real number")
+    return _bounded(value)
+
+
+def _bounded(value: float) -> float:
+    if (isinstance(value, int) and value.bit_length() > MAX_RESULT_BITS) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise _too_large()
+    return value
 
 
 def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        if isinstance(node.op, ast.Pow) and abs(_evaluate(node.right)) > 100:
-            raise ToolFailure("exponent too large")
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+        return _apply(node.op, _evaluate(node.left), _evaluate(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.operand))
+        return _apply(node.op, _evaluate(node.operand))
     raise ToolFailure("only numbers and + - * / % ** ( ) are allowed")
 
 
@@ -110,3 +144,24 @@ def create_ticket(caller: Caller, subject: str, body: str = "", tickets_file: Pa
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps(ticket) + "\n")
     return ticket
+
+
+# The stages of the sales report, each a slice of its (configurable) duration; the server
+# reports one progress notification per stage, so a client can show how far along it is.
+REPORT_STAGES = ("Collecting orders", "Totalling by item", "Comparing with last period", "Writing the summary")
+
+
+def report_duration_s() -> float:
+    return max(get_settings().report_duration_s, 0.0)
+
+
+def sales_report(caller: Caller) -> dict:
+    """The caller's sales summary, from their orders (the slow part is the server's, not this)."""
+    if not caller.user or not caller.tenant:
+        raise ToolFailure("sales_report needs to know the caller (user and tenant in the request metadata)")
+    orders = _data("orders.json").get(f"{caller.tenant}/{caller.user}", [])
+    by_status: dict[str, int] = {}
+    for order in orders:
+        by_status[order["status"]] = by_status.get(order["status"], 0) + 1
+    return {"user": caller.user, "orders": len(orders), "total_eur": round(sum(o["total_eur"] for o in orders), 2),
+            "by_status": by_status}

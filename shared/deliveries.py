@@ -1,0 +1,41 @@
+"""Poison messages: a step whose worker keeps dying ends its turn instead of looping.
+
+With late acks and reject-on-worker-lost, a message whose step kills its worker (a segfault
+in a model library, the OOM killer) goes back to the queue and is taken again, forever. So
+each step delivery is counted on the broker while it runs: `begin` adds one for the turn's
+step (a hash per turn, field = step tag such as `reason-1` or `call_tool-r1c0`), `end` takes
+it off again when the step returns, whatever it returned. What is left counts deliveries
+whose worker died under them. A delivery that finds TURNSTREAM_MAX_DELIVERIES of those
+already there does not run: the turn fails ("the llm worker crashed 3 times in this step").
+
+Rejected: counting deliveries that kombu flags `redelivered`. The flag is also set on a
+message handed back on purpose (a step that waited out a broker outage, a soft shutdown),
+so it cannot tell a crash from a hand-back; a count that only a finished run takes back can.
+A step cut short by a SIGTERM past the soft shutdown counts as a crash too, which is what it
+looked like to the turn."""
+
+import redis
+
+from shared import keys
+from shared.redis_roles import client
+from shared.settings import get_settings
+
+
+def begin(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> int:
+    """Count a delivery starting; returns how many deliveries of this step died before (0: none)."""
+    r = r or client("broker")
+    key = keys.turn_deliveries(session_id, message_id)
+    pipe = r.pipeline()
+    pipe.hincrby(key, keys.valid_step_tag(tag), 1)
+    pipe.expire(key, get_settings().turn_status_ttl_s)
+    started, _ = pipe.execute()
+    return int(started) - 1
+
+
+def end(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> None:
+    """The delivery returned (its worker survived it): it no longer counts."""
+    (r or client("broker")).hincrby(keys.turn_deliveries(session_id, message_id), keys.valid_step_tag(tag), -1)
+
+
+def exhausted(crashes: int) -> bool:
+    return crashes >= get_settings().max_deliveries

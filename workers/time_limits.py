@@ -1,0 +1,108 @@
+"""Step time limits in every pool: the pool interrupts a step where it can, a watchdog where it cannot.
+
+Rule: a step that runs past TURNSTREAM_TASK_TIME_LIMIT_S ends its turn with an `error` event
+naming the step and the limit, whatever pool runs it:
+- prefork: Celery's own limits. The soft limit raises SoftTimeLimitExceeded inside the step,
+  which fails its turn like any error; the hard limit kills the child and Celery calls the
+  chain's errback with TimeLimitExceeded.
+- gevent: Celery's gevent pool runs each step under a gevent.Timeout of the hard limit; the
+  greenlet is killed and the errback called the same way (no soft limit there).
+- threads (and any pool that cannot interrupt a thread): this module. Each worker process runs
+  one watchdog thread that knows every running step's deadline; a step past it gets its turn
+  failed, and nothing waits on it any more: the stream ends, the status is final, and when the
+  stuck call finally returns, its step finds the turn final and stops (the transitions refuse
+  to leave `failed`). Its thread stays busy until then; the reasoner's and the MCP client's own
+  timeouts bound how long.
+
+Rejected: raising an exception in the stuck thread (PyThreadState_SetAsyncExc). It is only
+seen between bytecodes, so it cannot interrupt what steps get stuck in (a socket read, a
+llama.cpp call), and when it does land it can do so inside a lock or a `finally`.
+Rejected: running every step in prefork. The llm worker would load its model once per child,
+and the tools worker would need one MCP session per child instead of one per process."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger(__name__)
+TICK_S = 0.25
+POOLS_THAT_INTERRUPT = ("prefork", "gevent", "eventlet")
+
+
+@dataclass(frozen=True)
+class Watched:
+    session_id: str
+    message_id: str
+    step: str
+    deadline: float
+
+
+class Watchdog:
+    """The running steps of one worker process and the thread that checks their deadlines."""
+
+    def __init__(self, limit_s: float, on_expiry: Callable[[Watched, float], None]):
+        self.limit_s = limit_s
+        self.on_expiry = on_expiry
+        self._running: dict[str, Watched] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="step-time-limits", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self._thread.start()
+        return self
+
+    def add(self, task_id: str, session_id: str, message_id: str, step: str) -> None:
+        with self._lock:
+            self._running[task_id] = Watched(session_id, message_id, step, time.monotonic() + self.limit_s)
+
+    def discard(self, task_id: str) -> None:
+        with self._lock:
+            self._running.pop(task_id, None)
+
+    def expired(self, now: float) -> list[Watched]:
+        """Steps past their deadline, no longer watched (each turn is failed once)."""
+        with self._lock:
+            late = {task_id: w for task_id, w in self._running.items() if w.deadline <= now}
+            for task_id in late:
+                del self._running[task_id]
+        return list(late.values())
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(TICK_S)
+            for watched in self.expired(time.monotonic()):
+                try:
+                    self.on_expiry(watched, self.limit_s)
+                except Exception:  # noqa: BLE001 - the watchdog must outlive any one failure
+                    log.exception("could not fail turn %s/%s past its time limit", watched.session_id,
+                                  watched.message_id)
+
+
+_watchdog: Watchdog | None = None
+
+
+def pool_interrupts(pool_cls: object) -> bool:
+    """Can this Celery pool interrupt a running step itself (and so enforce the limits)?"""
+    name = f"{getattr(pool_cls, '__module__', '')}.{getattr(pool_cls, '__name__', pool_cls)}"
+    return any(pool in name for pool in POOLS_THAT_INTERRUPT)
+
+
+def start(limit_s: float, on_expiry: Callable[[Watched, float], None]) -> Watchdog:
+    """Watch this process's steps (called once per worker process whose pool cannot interrupt)."""
+    global _watchdog
+    if _watchdog is None:
+        _watchdog = Watchdog(limit_s, on_expiry).start()
+        log.info("step time limit %gs enforced by the watchdog (this pool cannot interrupt a step)", limit_s)
+    return _watchdog
+
+
+def watch(task_id: str, session_id: str, message_id: str, step: str) -> None:
+    if _watchdog is not None:
+        _watchdog.add(task_id, session_id, message_id, step)
+
+
+def unwatch(task_id: str) -> None:
+    if _watchdog is not None:
+        _watchdog.discard(task_id)
