@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from shared import defaults
+from shared import defaults, keys
 from shared.celery_config import make_celery, queues
 from shared.cli.processes import worker_specs
 from shared.settings import Settings, reload_settings
@@ -52,7 +52,7 @@ def backlog_of_tool_calls(stack: Stack, session_id: str, n: int) -> None:
 def log_ids(stack: Stack, session_id: str, message_id: str) -> list[tuple[str, str]]:
     """(entry id, type) of every event in a turn's log, oldest first."""
     return [(entry_id, fields["type"])
-            for entry_id, fields in stack.client("progress").xrange(f"agent:progress-log:{session_id}:{message_id}")]
+            for entry_id, fields in stack.client("progress").xrange(keys.progress_log(session_id, message_id))]
 
 
 def order(entry_id: str) -> tuple[int, int]:
