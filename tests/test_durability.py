@@ -59,9 +59,10 @@ PHASES = ("started", "running")  # a tool call's live phases, before its outcome
 
 
 def signatures(events: list[tuple[str, dict]]) -> list[tuple]:
-    """Steps and tool outcomes, in log order (answer tokens and a call's live phases left out)."""
+    """Steps, tool outcomes and the end, in log order (the web tier's `accepted`, answer tokens and a
+    call's live phases left out)."""
     return [(k, d.get("step"), d.get("status"), d.get("round"), d.get("call_id")) for k, d in events
-            if k != "token" and not (k == "tool" and d.get("status") in PHASES)]
+            if k not in ("token", "accepted") and not (k == "tool" and d.get("status") in PHASES)]
 
 
 def journal(stack: Stack, body: dict) -> dict[str, str]:
