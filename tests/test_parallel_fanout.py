@@ -1,5 +1,6 @@
-"""Tool calls fan out in parallel on a gevent tools worker (`-Q tools -P gevent`), reaching the
-built-in MCP server over streamable HTTP, while a separate worker takes the `llm` queue."""
+"""Tool calls fan out in parallel on a gevent tools worker (`-Q discover,tools -P gevent`, as
+`turnstream worker tools` runs it), reaching the built-in MCP server over streamable HTTP, while a
+separate worker takes the `llm` queue."""
 
 import pytest
 
@@ -20,7 +21,7 @@ def gevent_stack(tmp_path_factory, stack):  # `stack` sets the test secret in th
     tools_server = processes.tool_server(system.env, port, base / "logs").start()
     try:
         system.start_redis()
-        system.start_worker(name="tools", queues="tools", pool="gevent", concurrency=20, wait=False)
+        system.start_worker(name="tools", queues="discover,tools", pool="gevent", concurrency=20, wait=False)
         system.start_worker(name="llm", queues="llm", pool="threads", concurrency=2, wait=False)
         processes.wait_for_worker(system.env, count=2)
         system.start_web()
