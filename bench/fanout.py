@@ -1,6 +1,6 @@
 """Parallel fan-out: three 200 ms tools in one turn, against the same three calls one after another.
 
-The system runs as ops would run it: a gevent tools worker (`-Q tools -P gevent`) and a
+The system runs as ops would run it: a gevent tools worker (`-Q discover,tools -P gevent`) and a
 threads llm worker, the built-in MCP server over streamable HTTP with 200 ms of simulated
 upstream latency. Measured per turn: the `execute` step's wall time (first started to
 finished event), which includes the chord's scheduling and both guards (weather is declared
@@ -80,7 +80,7 @@ def main() -> None:
         try:
             stack.start_redis()
             stack.apply_env()
-            stack.start_worker(name="tools", queues="tools", pool="gevent", concurrency=50, wait=False)
+            stack.start_worker(name="tools", queues="discover,tools", pool="gevent", concurrency=50, wait=False)
             stack.start_worker(name="llm", queues="llm", pool="threads", concurrency=2, wait=False)
             processes.wait_for_worker(stack.env, count=2)
             stack.start_web()
