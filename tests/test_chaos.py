@@ -20,6 +20,9 @@ SLOW_PROMPT = "What is the weather in Paris, London and Tokyo?"
 SLOW_ANSWER_START = "In Paris it is 14°C"
 CITIES = ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid")  # one per turn: no cache hit among them
 TURNS = len(CITIES)
+# Per read, for a loaded 2-core machine: longer than an SSE heartbeat (15 s), so an open stream
+# that is still waiting is never mistaken for a dead one.
+HTTP_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def answered(records: list[dict]) -> bool:
     return all(r["status"] == "done" and r["answer"].startswith(f"In {city} it is") for r, city in zip(records, CITIES))
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, describe=None):
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, describe=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -87,10 +90,10 @@ def wait_until_running(base_url: str, bodies: list[dict]) -> None:
 
 
 def status(base_url: str, body: dict) -> dict:
-    return httpx.get(base_url + body["status_url"], headers=bearer(), timeout=10).json()
+    return httpx.get(base_url + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT).json()
 
 
-def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 60.0) -> list[dict]:
+def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 120.0) -> list[dict]:
     def all_final():
         records = [status(base_url, b) for b in bodies]
         return records if all(r.get("status") in ("done", "failed", "cancelled") for r in records) else None
@@ -110,7 +113,7 @@ def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps
     base = chaos.base_url
     body = post_prompt(base, "cancel1", SLOW_PROMPT).json()
     wait_for(lambda: status(base, body).get("step") == "execute")
-    response = httpx.delete(base + body["status_url"], headers=bearer())
+    response = httpx.delete(base + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT)
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
 
@@ -121,7 +124,8 @@ def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps
     assert status(base, body)["status"] == "cancelled"
     assert ("synthesize", "started") not in [(d.get("step"), d.get("status")) for k, d in logged_events(chaos, body)]
     assert terminal_events(chaos, body) == ["cancelled"]
-    assert httpx.delete(base + body["status_url"], headers=bearer()).status_code == 200  # idempotent
+    again = httpx.delete(base + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT)
+    assert again.status_code == 200  # idempotent
 
 
 def test_progress_down_turns_complete_and_streams_recover(chaos):
@@ -136,16 +140,16 @@ def test_progress_down_turns_complete_and_streams_recover(chaos):
         records = wait_until_final(base, bodies)
         assert answered(records[:TURNS])
         assert records[-1]["status"] == "done" and records[-1]["answer"].startswith(SLOW_ANSWER_START)
-        polled = httpx.get(base + bodies[0]["status_url"] + "/events", headers=bearer()).json()
+        polled = httpx.get(base + bodies[0]["status_url"] + "/events", headers=bearer(), timeout=HTTP_TIMEOUT).json()
         assert polled["status"] == "done" and polled["progress_unavailable"] is True
         assert "progress Redis failed 3 times in a row: breaker open" in chaos.log("worker")
-        ready = httpx.get(f"{base}/readyz").json()
+        ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
         assert ready["ready"] is True and ready["roles"]["progress"].startswith("unavailable")
     finally:
         chaos.restart_redis("progress")
 
     for body, record in zip(bodies, records):
-        events = wait_for(lambda: read_stream(base, body["stream_url"], timeout=15))
+        events = wait_for(lambda: read_stream(base, body["stream_url"], timeout=HTTP_TIMEOUT))
         assert events[-1].type == "done"
         assert events[-1].data["answer"] == record["answer"]
         assert terminal_events(chaos, body) == ["done"]
@@ -161,7 +165,7 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
         assert refused.status_code == 503
         assert refused.json()["error"] == "unavailable"
         assert int(refused.headers["Retry-After"]) > 0
-        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).status_code == 503
     finally:
         chaos.restart_redis("broker")
 
@@ -169,7 +173,8 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
     assert answered(records)
     for body in accepted:
         assert terminal_events(chaos, body) == ["done"], "exactly one final answer per turn"
-    assert httpx.get(f"{base}/api/sessions/brok-refused/messages", headers=bearer()).status_code == 404
+    refused_session = httpx.get(f"{base}/api/sessions/brok-refused/messages", headers=bearer(), timeout=HTTP_TIMEOUT)
+    assert refused_session.status_code == 404
     after = post_prompt(base, "brok-after", "calculate 1 + 2")
     assert after.status_code == 202
     assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
@@ -214,7 +219,7 @@ def test_a_dead_cache_role_blocks_no_turn(chaos, role):
             assert {d["cache"] for d in tool_events} == {"bypass"}, "tools run uncached"
         else:
             assert {d["permission"]["memo"] for d in tool_events} == {"bypass"}, "the verifier is asked directly"
-        ready = httpx.get(f"{base}/readyz").json()
+        ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
         assert ready["ready"] is True and ready["roles"][role].startswith("unavailable")
     finally:
         chaos.restart_redis(role)
