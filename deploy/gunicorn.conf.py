@@ -27,6 +27,29 @@ errorlog = "-"
 loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
 
 
+def json_error_pages() -> None:
+    """Requests gunicorn refuses before the app sees them (a URL or header over its limits: 414,
+    431, 400; a malformed request line: 400) get gunicorn's own page, which is HTML. Every worker
+    writes those through gunicorn.util.write_error, so replacing it here makes them JSON like every
+    other error, with the same status. Rejected: a front proxy to rewrite them (one more part every
+    deployment must run and configure for a few error pages)."""
+    import json
+
+    from gunicorn import util
+
+    def write_json_error(sock, status_int, reason, mesg):
+        body = json.dumps({"error": reason.lower().replace(" ", "_"),
+                           "message": (str(mesg) or reason)[:200]}).encode()
+        head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        util.write_nonblock(sock, head.encode("latin-1") + body)
+
+    util.write_error = write_json_error
+
+
+json_error_pages()
+
+
 def on_starting(server):
     """Live gauges left by processes of an earlier run (a restarted container) must not count."""
     from shared.metrics import forget_dead_processes

@@ -63,6 +63,11 @@ PROMPT_MAX_CHARS = 4000
 
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
+# Each built-in tool call runs in a child process (workers/toolserver/sandbox.py) with these limits.
+TOOL_PROCESSES = 2        # children per tool server
+TOOL_CPU_S = 2.0          # CPU time per call; past it the child is killed
+TOOL_MEMORY_MB = 512      # address space per child; past it an allocation fails
+TOOL_WALL_S = 10.0        # wall time per call; past it the child is killed
 
 # The agent: which reasoner, how many reason -> execute rounds, how much history.
 REASONER = "rules"
@@ -161,6 +166,16 @@ LLM_QUEUE = "llm"
 TOOLS_QUEUE = "tools"
 STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, EXECUTE: TOOLS_QUEUE,
                CALL_TOOL: TOOLS_QUEUE, COLLECT: TOOLS_QUEUE}
+
+# The body cap's bytes per allowed prompt character: JSON's worst case, a non-BMP character
+# escaped as a surrogate pair (\ud83d\ude00).
+JSON_MAX_BYTES_PER_CHAR = 12
+
+# A terminal event the progress store dropped is published again by a task, with backoff
+# (2, 4, 8 ... 60 s), 12 times: about 8 minutes, within the event log's lifetime.
+OUTCOME_RETRIES = 12
+OUTCOME_RETRY_FIRST_S = 2
+OUTCOME_RETRY_MAX_S = 60
 
 # /ops: at most this many progress channels listed; a web process unseen this long is gone.
 OPS_MAX_CHANNELS = 50

@@ -3,12 +3,17 @@
 
 Three audiences: API bearer tokens carry who the user is; stream tokens are short-lived,
 scoped to one turn, and ride in the stream URL because EventSource cannot send headers; ops
-tokens do the same for the /ops page's stream."""
+tokens do the same for the /ops page's stream.
+
+A signature proves who wrote a token, not that its claims have the right shape: every
+token's claims are validated by a strict pydantic model (`roles` must be a list of ids, not
+a string or a number), and a token that fails is refused like a forged one."""
 
 import time
 from dataclasses import dataclass
 
 import jwt
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared import defaults
 from shared.keys import valid_id
@@ -37,6 +42,32 @@ class Principal:
         return "admin" in self.roles
 
 
+class _Claims(BaseModel):
+    # strict: no coercion ("5" is not a list, 5 is not a string); unknown claims are ignored.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    sub: str
+    tenant: str
+    exp: int
+
+
+class UserClaims(_Claims):
+    roles: list[str] = []
+
+
+class StreamClaims(_Claims):
+    sid: str
+    mid: str
+
+
+def _claims(model: type[_Claims], claims: dict) -> _Claims:
+    try:
+        return model.model_validate(claims)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'claims'}: {e['msg']}" for e in exc.errors())
+        raise TokenError(f"malformed claims: {problems}") from None
+
+
 def _sign(claims: dict, ttl_s: int) -> str:
     now = int(time.time())
     return jwt.encode({**claims, "iat": now, "exp": now + ttl_s}, get_settings().secret_key(),
@@ -61,10 +92,14 @@ def issue_user_token(user: str, tenant: str, roles: list[str] | tuple[str, ...],
 
 
 def verify_user_token(token: str) -> Principal:
-    claims = _verify(token, API_AUDIENCE)
+    claims = _claims(UserClaims, _verify(token, API_AUDIENCE))
+    return _principal(claims.sub, claims.tenant, claims.roles)
+
+
+def _principal(user: str, tenant: str, roles: list[str]) -> Principal:
     try:
-        return Principal(user=valid_id(claims["sub"], "user"), tenant=valid_id(claims.get("tenant"), "tenant"),
-                         roles=tuple(valid_id(r, "role") for r in claims.get("roles", [])))
+        return Principal(user=valid_id(user, "user"), tenant=valid_id(tenant, "tenant"),
+                         roles=tuple(valid_id(r, "role") for r in roles))
     except ValueError as exc:
         raise TokenError(str(exc)) from exc
 
@@ -76,10 +111,10 @@ def issue_stream_token(principal: Principal, session_id: str, message_id: str) -
 
 def verify_stream_token(token: str, session_id: str, message_id: str) -> Principal:
     """The stream's owner, if `token` was issued for exactly this turn."""
-    claims = _verify(token, STREAM_AUDIENCE)
-    if claims.get("sid") != session_id or claims.get("mid") != message_id:
+    claims = _claims(StreamClaims, _verify(token, STREAM_AUDIENCE))
+    if claims.sid != session_id or claims.mid != message_id:
         raise TokenError("token is for another stream")
-    return Principal(user=claims["sub"], tenant=claims["tenant"], roles=())
+    return _principal(claims.sub, claims.tenant, [])
 
 
 OPS_AUDIENCE = "turnstream-ops"
@@ -95,8 +130,8 @@ def issue_ops_token(principal: Principal) -> str:
 
 def verify_ops_token(token: str) -> tuple[Principal, int]:
     """The admin an ops token was issued to, and when the token expires (epoch seconds)."""
-    claims = _verify(token, OPS_AUDIENCE)
-    roles = tuple(claims.get("roles", []))
-    if "admin" not in roles:
+    claims = _claims(UserClaims, _verify(token, OPS_AUDIENCE))
+    principal = _principal(claims.sub, claims.tenant, claims.roles)
+    if not principal.is_admin:
         raise TokenError("not an admin token")
-    return Principal(user=claims["sub"], tenant=claims["tenant"], roles=roles), int(claims["exp"])
+    return principal, claims.exp

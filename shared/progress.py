@@ -7,6 +7,7 @@ so any flask-sse consumer can read it."""
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -69,12 +70,17 @@ def entry_order(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+# What Redis itself accepts as a full entry id: ASCII digits, both parts within 64 bits. Python's
+# int() alone would let through "1-", "1_000-0", other scripts' digits and 2**64, which Redis refuses.
+ENTRY_ID_PATTERN = re.compile(r"[0-9]{1,20}-[0-9]{1,20}", re.ASCII)
+ENTRY_ID_PART_MAX = 2**64 - 1
+
+
 def valid_entry_id(value: str | None) -> str | None:
-    if not value:
+    """`value` if it is a log entry id Redis accepts, else None."""
+    if not value or not ENTRY_ID_PATTERN.fullmatch(value):
         return None
-    try:
-        entry_order(value)
-    except ValueError:
+    if any(int(part) > ENTRY_ID_PART_MAX for part in value.split("-")):
         return None
     return value
 
@@ -156,6 +162,12 @@ def read_log(session_id: str, message_id: str, after: str | None = None,
     start = f"({after}" if after else "-"
     entries = (r or client("progress")).xrange(keys.progress_log(session_id, message_id), min=start)
     return [LoggedEvent(id=entry_id, type=fields["type"], data=fields["data"]) for entry_id, fields in entries]
+
+
+def last_entry_id(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """The id of the turn's newest logged event; None for an empty log."""
+    newest = (r or client("progress")).xrevrange(keys.progress_log(session_id, message_id), count=1)
+    return newest[0][0] if newest else None
 
 
 def parse_wire(payload: str) -> LoggedEvent:

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+    tool_processes: int = defaults.TOOL_PROCESSES
+    tool_cpu_s: float = defaults.TOOL_CPU_S
+    tool_memory_mb: int = defaults.TOOL_MEMORY_MB
+    tool_wall_s: float = defaults.TOOL_WALL_S
 
     reasoner: Literal["rules", "openai", "local"] = defaults.REASONER
     reasoner_timeout_s: float = defaults.REASONER_TIMEOUT_S

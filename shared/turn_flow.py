@@ -80,6 +80,7 @@ class FinishedTurn(TypedDict):
     session_id: str
     message_id: str
     prompt: str
+    owner: str  # "tenant/user": the history entry is theirs alone
     answer: str
     tools_used: list[str]
 

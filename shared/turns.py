@@ -8,7 +8,13 @@ cancellation or write a second answer.
 
 Turns not yet final sit in one in-flight index (a sorted set scored by each turn's last status
 change): /ops lists it, and the redelivery sweeper (workers.redelivery) resends the turns whose
-score has not moved for a visibility timeout."""
+score has not moved for a visibility timeout.
+
+Ownership cannot lapse or pass to someone else: the owner key is written with the session's
+data and its lifetime is refreshed with every write of that data (`session_ttl_s`), so it
+outlives the turns list and the history. A session whose owner key is gone while any of its
+data remains is claimable by nobody until that data has expired or been deleted. Rejected:
+refreshing the owner key on reads, which would let data outlive it on a quiet session."""
 
 import json
 import time
@@ -95,15 +101,33 @@ class TurnRecord:
                  "step": self.step, "prompt": self.prompt, "answer": self.answer, "error": self.error,
                  "created_at": self.created_at, "updated_at": self.updated_at}
         return {name: value for name, value in shown.items() if value is not None}
+# KEYS: owner, turns list, history. ARGV: owner, ttl. Returns the session's owner after the call
+# (false for an orphan: data without an owner key, which nobody may claim while it lives).
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
+
+def session_ttl_s() -> int:
+    """How long a session's owner key, turns list and history live after its last write."""
+    return get_settings().turn_status_ttl_s * 7
+
+
+def session_data_keys(session_id: str) -> list[str]:
+    """The keys a session's owner key must outlive."""
+    return [keys.session_turns(session_id), keys.session_history(session_id)]
 
 
 def claim_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
     """Make `principal` the owner of a new session; True if they own it (now or already)."""
     r = r or client("broker")
-    ttl = get_settings().turn_status_ttl_s * 7
-    key = keys.session_owner(session_id)
-    r.set(key, principal.owner, nx=True, ex=ttl)
-    return r.get(key) == principal.owner
+    owner = r.register_script(_CLAIM)(keys=[keys.session_owner(session_id), *session_data_keys(session_id)],
+                                      args=[principal.owner, session_ttl_s()])
+    return owner == principal.owner
 
 
 def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = None) -> bool:
@@ -125,9 +149,11 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.expire(status_key, ttl)
     pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
-    pipe.expire(keys.session_turns(session_id), ttl * 7)
+    # The owner key's lifetime is renewed in the same transaction as the data it guards.
+    pipe.expire(keys.session_turns(session_id), session_ttl_s())
+    pipe.expire(keys.session_owner(session_id), session_ttl_s())
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
-    pipe.expire(keys.user_sessions(principal.tenant, principal.user), ttl * 7)
+    pipe.expire(keys.user_sessions(principal.tenant, principal.user), session_ttl_s())
     pipe.execute()
 
 
@@ -167,6 +193,11 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
 def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
     """Mark the turn cancelled unless it already ended; returns its status afterwards."""
     return update_turn(session_id, message_id, r, status=CANCELLED, step="")
+
+
+def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """The turn's status alone (one HGET: streams ask at every heartbeat); None if there is no such turn."""
+    return (r or client("broker")).hget(keys.turn_status(session_id, message_id), "status")
 
 
 def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> TurnRecord | None:

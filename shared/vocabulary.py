@@ -24,8 +24,10 @@ FINAL_STATUSES: frozenset[TurnStatus] = frozenset({DONE, FAILED, CANCELLED})
 Step = Literal["discover", "reason", "execute", "synthesize"]
 STEPS: tuple[Step, ...] = get_args(Step)
 DISCOVER, REASON, EXECUTE, SYNTHESIZE = STEPS
-# Tasks that are not steps of their own: the parts of `execute`, and the chain's errback.
+# Tasks that are not steps of their own: the parts of `execute`, the chain's errback, and the
+# retry of a terminal event the progress store dropped.
 CALL_TOOL, COLLECT, TURN_FAILED = "call_tool", "collect", "turn_failed"
+REPUBLISH_TERMINAL_EVENT = "republish_terminal_event"
 
 StepPhase = Literal["started", "finished"]
 STARTED, FINISHED = get_args(StepPhase)

@@ -90,7 +90,10 @@ def test_tool_lists_are_cached_briefly(client):
 
 
 def _toolservers() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True) if "toolserver" in " ".join(p.cmdline())}
+    """The tool server processes themselves (`python -m workers.toolserver`), not the children
+    their sandbox starts (whose forkserver names the module it preloads)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if " ".join(p.cmdline()).endswith("-m workers.toolserver")}
 
 
 def test_a_stdio_server_that_dies_is_started_again_for_the_next_call():

@@ -34,7 +34,10 @@ def create_app(check_redis: bool = True) -> Flask:
         check_evictions()
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * 4 + 4096
+    # The byte cap follows JSON's worst case for a prompt within the character limit: a character
+    # may arrive as a \uXXXX escape (6 bytes), one outside the BMP as a surrogate pair (12). The
+    # exact limit is the view's character count (a 413 naming it).
+    app.config["MAX_CONTENT_LENGTH"] = settings.prompt_max_chars * defaults.JSON_MAX_BYTES_PER_CHAR + 4096
     app.json.sort_keys = False
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.

@@ -4,6 +4,7 @@ Posting answers at once (202): the turn runs as a Celery chain and the client fo
 it on `stream_url` (SSE) or by polling `events`. A turn is accepted only once it is
 enqueued: with the broker down the answer is 503 with Retry-After (web.errors)."""
 
+import json
 import logging
 import uuid
 
@@ -11,6 +12,7 @@ import redis
 from flask import Blueprint, jsonify, request, url_for
 from kombu.exceptions import OperationalError
 from pydantic import BaseModel
+from werkzeug.exceptions import BadRequest
 
 from shared import defaults, metrics, turns
 from shared.identity import Principal, issue_stream_token, issue_user_token
@@ -23,7 +25,7 @@ from shared.turns import TurnRecord
 from shared.vocabulary import CANCELLED
 from web import extensions
 from web.auth import current_principal
-from web.errors import ApiError
+from web.errors import REFUSED_WRITES, ApiError
 from web.schemas import DevTokenBody, PromptBody
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -31,12 +33,29 @@ log = logging.getLogger(__name__)
 
 
 def json_body(model: type[BaseModel]) -> BaseModel:
+    """The body, validated by `model`. Any body the JSON parser refuses is a 400, whatever the
+    reason: bad syntax, bad encoding, numbers too long, or nesting deeper than it recurses."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON (Content-Type: application/json)")
-    payload = request.get_json(silent=True)
+    try:
+        payload = request.get_json()
+        # JSON may escape a lone surrogate ("\ud800"), which no store can encode as UTF-8.
+        json.dumps(payload, ensure_ascii=False).encode()
+    except (BadRequest, RecursionError, ValueError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON (bad syntax or encoding, "
+                       "a lone surrogate, a number too long, or nesting too deep)") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return model.model_validate(payload)
+
+
+def event_id_param(value: str | None, name: str) -> str | None:
+    """An event id from the client (`after`, `Last-Event-ID`), or None; 400 unless it is one."""
+    if not value:
+        return None
+    if not valid_entry_id(value):
+        raise ApiError(400, "invalid_after", f"{name} must be an event id such as 1700000000000-0")
+    return value
 
 
 def owned_turn(session_id: str, message_id: str, principal: Principal) -> TurnRecord:
@@ -51,15 +70,16 @@ def owned_turn(session_id: str, message_id: str, principal: Principal) -> TurnRe
 
 @api.post("/sessions/<session_id>/messages")
 def post_message(session_id: str):
+    """Validation and the rate limit come before any write: a refused post claims nothing."""
     principal = current_principal()
     valid_id(session_id, "session_id")
     body = json_body(PromptBody)
     limit = get_settings().prompt_max_chars
     if len(body.prompt) > limit:
         raise ApiError(413, "prompt_too_long", f"prompt is {len(body.prompt)} characters; the limit is {limit}")
+    extensions.rate_limiter().hit(principal)
     if not turns.claim_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
-    extensions.rate_limiter().hit(principal)
 
     message_id = uuid.uuid4().hex
     turn: TurnPayload = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
@@ -86,7 +106,7 @@ def enqueue(session_id: str, message_id: str, turn: TurnPayload) -> None:
         send_turn(extensions.celery(), turn,
                   retry_policy={"max_retries": defaults.PUBLISH_RETRIES_WEB, "interval_start": 0,
                                 "interval_step": 0.2, "interval_max": 0.2})
-    except OperationalError as exc:
+    except (OperationalError, *REFUSED_WRITES) as exc:
         log.warning("turn %s/%s not enqueued: %s", session_id, message_id, exc)
         try:
             turns.discard_turn(session_id, message_id)
@@ -129,9 +149,7 @@ def get_events(session_id: str, message_id: str):
     With the progress store down this still answers, with the status from the broker and
     `progress_unavailable: true`; a finished turn's outcome is put back into the log."""
     record = owned_turn(session_id, message_id, current_principal())
-    after = request.args.get("after")
-    if after and not valid_entry_id(after):
-        raise ApiError(400, "invalid_after", "after must be an event id such as 1700000000000-0")
+    after = event_id_param(request.args.get("after"), "after")
     try:
         publish_terminal_event(session_id, message_id, record)
         events = [event.as_json() for event in read_log(session_id, message_id, after=after)]
@@ -155,8 +173,8 @@ def list_messages(session_id: str):
     if not turns.owns_session(session_id, principal):
         raise ApiError(404, "not_found", "no such session")
     records = (turns.get_turn(session_id, mid) for mid in turns.session_message_ids(session_id))
-    return jsonify({"session_id": session_id,
-                    "messages": [with_stream_url(r, principal) for r in records if r]})
+    mine = [r for r in records if r and r.owner == principal.owner]
+    return jsonify({"session_id": session_id, "messages": [with_stream_url(r, principal) for r in mine]})
 
 
 def with_stream_url(record: TurnRecord, principal: Principal) -> dict:
@@ -170,9 +188,13 @@ def with_stream_url(record: TurnRecord, principal: Principal) -> dict:
 
 @api.post("/dev/token")
 def dev_token():
-    """Dev mode only: mint a demo user's token so the page works without a CLI."""
+    """Dev mode only: mint the fixed demo identity's token, so the page works without a CLI.
+
+    Anyone who can reach the page gets it, so it is never anyone else and never an admin: any
+    other identity comes from `turnstream token`, which needs TURNSTREAM_SECRET itself."""
     if not get_settings().dev:
         raise ApiError(404, "not_found", "dev tokens are only available in dev mode (TURNSTREAM_DEV=1)")
-    body = json_body(DevTokenBody) if request.content_length else DevTokenBody()
-    return jsonify({"token": issue_user_token(body.user, body.tenant, body.roles), "user": body.user,
-                    "tenant": body.tenant, "roles": body.roles})
+    # The body may only restate the demo identity (DevTokenBody's fields are literals): 400 otherwise.
+    demo = json_body(DevTokenBody) if request.content_length else DevTokenBody()
+    return jsonify({"token": issue_user_token(demo.user, demo.tenant, demo.roles), "user": demo.user,
+                    "tenant": demo.tenant, "roles": demo.roles})

@@ -2,6 +2,7 @@
 
 import logging
 
+import redis
 from flask import Flask, jsonify, request
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
@@ -12,6 +13,10 @@ from shared.keys import InvalidId
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+# A Redis that answers but refuses writes (maxmemory reached under noeviction, or a replica) is
+# as unavailable to a writer as one that is down: 503 with Retry-After, not a 500.
+REFUSED_WRITES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
 
 class ApiError(Exception):
@@ -45,20 +50,25 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(400, "invalid_body", summary, problems=problems)
 
     def _unavailable(exc: Exception):
-        """A Redis role (or the broker's queue) is down: say so at once, and when to come back."""
-        role = getattr(exc, "role", None) or ("broker" if isinstance(exc, OperationalError) else "backing")
+        """A Redis role (or the broker's queue) is down or refuses writes: say so at once, and
+        when to come back."""
+        role = getattr(exc, "role", None) or ("broker" if isinstance(exc, OperationalError) else None)
         log.warning("%s %s unavailable: %s", request.method, request.path, exc)
         retry_after = str(get_settings().broker_retry_after_s)
-        return error_response(503, "unavailable", f"the {role} store is unavailable; retry in {retry_after}s",
+        store = f"the {role} store" if role else "a store"
+        state = "refuses writes (full or read-only)" if isinstance(exc, REFUSED_WRITES) else "is unavailable"
+        return error_response(503, "unavailable", f"{store} {state}; retry in {retry_after}s",
                               {"Retry-After": retry_after})
 
-    for unavailable in (*UNAVAILABLE, OperationalError):
+    for unavailable in (*UNAVAILABLE, OperationalError, *REFUSED_WRITES):
         app.register_error_handler(unavailable, _unavailable)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        # Keep werkzeug's own headers (a 405's Allow, a 401's WWW-Authenticate), not its HTML type.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"),
-                              exc.description or exc.name or "error")
+                              exc.description or exc.name or "error", headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -1,7 +1,7 @@
 """The API's request and response bodies as pydantic models: requests are validated with
 them, and the OpenAPI spec (web.openapi) is generated from them."""
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,9 +20,10 @@ class PromptBody(Strict):
 
 
 class DevTokenBody(Strict):
-    user: str = "demo"
-    tenant: str = "demo"
-    roles: list[str] = ["analyst"]
+    """The dev endpoint mints one fixed identity, never an admin; anything else is a 400."""
+    user: Literal["demo"] = "demo"
+    tenant: Literal["demo"] = "demo"
+    roles: list[Literal["analyst"]] = Field(["analyst"], min_length=1, max_length=1)
 
 
 class TurnAccepted(Strict):

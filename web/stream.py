@@ -3,13 +3,7 @@
 Three separate concerns, as in Mercure: authorization (a stream token scoped to the
 turn), the event log (shared.progress: storage and replay) and fan-out (web.dispatcher).
 A stream subscribes first, then replays the log after Last-Event-ID, then drops live
-events it already sent, so a reconnecting client sees every event exactly once.
-
-A stream ends with its turn's terminal event even when that event never reached the log (the
-progress store was down, or its writer's breaker was still open, when the turn ended): the
-record on the broker is checked when the stream opens and again at every heartbeat, and a
-final record puts its terminal event back. Checking only at the open was rejected: a stream
-opened while the event was being lost would then send heartbeats forever."""
+events it already sent, so a reconnecting client sees every event exactly once."""
 
 import logging
 from collections.abc import Iterator
@@ -20,10 +14,12 @@ from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, turns
 from shared.identity import TokenError, verify_stream_token
-from shared.progress import LoggedEvent, Publisher, entry_order, read_log, valid_entry_id
+from shared.progress import LoggedEvent, entry_order, last_entry_id, read_log
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
+from shared.vocabulary import FINAL_STATUSES
 from web import extensions
+from web.api import event_id_param
 from web.auth import query_token
 from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
@@ -32,8 +28,18 @@ from web.sse import sse_response
 log = logging.getLogger(__name__)
 
 
+class OutcomeUnknown(Exception):
+    """The turn's record (broker) or its log (progress) could not be read: the stream cannot
+    tell whether the turn ended, so it closes and the client reconnects."""
+
+
 class TurnStreamBlueprint(ServerSentEventsBlueprint):
-    """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens."""
+    """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens.
+
+    Every stream ends. Before subscribing and at each heartbeat it reads the turn's record: a
+    final turn gets its terminal event (put back into the log if the log lacks it) and the
+    stream closes. If that check fails, the stream closes at once and EventSource reconnects
+    after the `retry:` hint. A Last-Event-ID beyond the log counts as the end of the log."""
 
     def dispatcher(self) -> Dispatcher:
         return extensions.dispatcher()
@@ -41,8 +47,8 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
     def stream(self, session_id: str, message_id: str):
         channel = keys.progress_channel(session_id, message_id)
         self._authorize(session_id, message_id)
-        self._restore_terminal_event(session_id, message_id)
-        after = valid_entry_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+        after = event_id_param(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"),
+                               "Last-Event-ID")
         events = self.events(channel, session_id, message_id, after)
         return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
 
@@ -52,51 +58,51 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
-    def _restore_terminal_event(self, session_id: str, message_id: str) -> bool:
-        """A turn that ended while the progress store was down has no terminal event in the log:
-        put it back from the status record (once), so the stream ends instead of waiting forever.
-        True if the turn is final and its terminal event is now in the log.
-
-        It writes with the client the stream replays the log with, not the progress role's
-        breaker-guarded one: a breaker still open from the outage would refuse the write while
-        the replay, a moment later, reads a log without the event."""
+    def _ended(self, session_id: str, message_id: str) -> bool:
+        """Whether the turn is final; a final turn's terminal event is in the log afterwards (put
+        back from the record if the progress store lost it). Raises OutcomeUnknown if either
+        store cannot say. A turn without a record is not final: its events come from the log
+        alone (publishers that keep no record, such as the benchmarks, stream this way)."""
         try:
-            record = turns.get_turn(session_id, message_id)
-            publisher = Publisher(session_id, message_id, r=extensions.stream_redis())
-            return publish_terminal_event(session_id, message_id, record, publisher) is not None
+            status = turns.turn_status(session_id, message_id)
+            if status is None or status not in FINAL_STATUSES:
+                return False
+            publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
+            return True
         except redis.RedisError as exc:
-            log.info("terminal event of %s/%s not checked: %s", session_id, message_id, exc)
-            return False
+            raise OutcomeUnknown(str(exc)) from exc
 
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""
         heartbeat = get_settings().sse_heartbeat_s
+        log_redis = extensions.stream_redis()
         try:
+            ended = self._ended(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
-        except (SubscribeTimeout, redis.RedisError) as exc:
-            log.warning("cannot subscribe to %s: %s", channel, exc)
+        except (OutcomeUnknown, SubscribeTimeout, redis.RedisError) as exc:
+            log.warning("stream %s closed at once (the client retries): %s", channel, exc)
             return
         try:
+            after = self._within_log(session_id, message_id, after, log_redis)
             last = after
-            for event in read_log(session_id, message_id, after=after, r=extensions.stream_redis()):
+            for event in read_log(session_id, message_id, after=after, r=log_redis):
                 yield event
                 last = event.id
                 if event.terminal:
                     return
+            if ended:
+                return
             while True:
                 item = sub.get(timeout=heartbeat)
                 if item is CLOSE:
                     log.info("stream %s closed: %s", channel, sub.closed_reason)
                     return
                 if item is None:
-                    if self._restore_terminal_event(session_id, message_id):
-                        # Replayed from the log rather than awaited live: a terminal event that was
-                        # already logged is not published again.
-                        for event in read_log(session_id, message_id, after=last, r=extensions.stream_redis()):
-                            yield event
-                            last = event.id
-                            if event.terminal:
-                                return
+                    if self._ended(session_id, message_id):
+                        # The terminal event was dropped on its way here (a progress outage, a
+                        # breaker open in the worker): it is in the log now; send what is left.
+                        yield from read_log(session_id, message_id, after=last, r=log_redis)
+                        return
                     yield None
                     continue
                 if last and entry_order(item.id) <= entry_order(last):
@@ -105,10 +111,21 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                 last = item.id
                 if item.terminal:
                     return
-        except redis.RedisError as exc:
-            log.warning("stream %s ended: %s", channel, exc)
+        except (OutcomeUnknown, redis.RedisError) as exc:
+            log.warning("stream %s ended (the client retries): %s", channel, exc)
         finally:
             self.dispatcher().unsubscribe(sub)
+
+    @staticmethod
+    def _within_log(session_id: str, message_id: str, after: str | None, r: redis.Redis) -> str | None:
+        """`after`, or the log's last id if `after` lies beyond it: otherwise every later event,
+        the terminal one included, would look already sent and be dropped."""
+        if after is None:
+            return None
+        newest = last_entry_id(session_id, message_id, r)
+        if newest is None or entry_order(after) > entry_order(newest):
+            return newest
+        return after
 
     def _render(self, events: Iterator[LoggedEvent | None]) -> Iterator[str]:
         for event in events:

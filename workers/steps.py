@@ -5,6 +5,8 @@
   outage, hand the message back (Reject with requeue) so the step runs again later.
 - `start_step`: the transition alone; a turn already done, failed or cancelled stops its flow
   here (Ignore), after making sure its log carries the outcome (shared.terminal_event).
+- `settle_terminal_event`: publish a turn's terminal event; if the progress store dropped it,
+  send `republish_terminal_event` (workers.tasks) to try again later, a bounded number of times.
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
   id of its own, so Flower, metrics and traces see every step as the task it is.
 - `with_broker`: a turn-record operation that waits out a broker outage
@@ -23,18 +25,20 @@ from typing import Callable, TypeVar
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 
-from shared import deliveries, turns
+from shared import defaults, deliveries, turns
 from shared.breakers import UNAVAILABLE
-from shared.events import StepEvent
+from shared.events import ProgressEvent, StepEvent
 from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import Publisher
 from shared.settings import get_settings
-from shared.terminal_event import publish_terminal_event
-from shared.turn_flow import TurnRef
-from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, Step,
-                               StepPhase, step_dedupe)
+from shared.terminal_event import terminal_event
+from shared.turn_flow import TurnRef, task_name
+from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, REPUBLISH_TERMINAL_EVENT,
+                               RUNNING, STARTED, TERMINAL_DEDUPE, Step, StepPhase, step_dedupe)
 from workers import guarding, time_limits
+from workers.celery_app import app
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
 
@@ -75,8 +79,22 @@ def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> Non
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        publish_terminal_event(publisher.session_id, publisher.message_id, record, publisher)
+        settle_terminal_event(publisher, terminal_event(record))
     raise Ignore()
+
+
+def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None) -> None:
+    """Publish the turn's terminal event. A fail-soft publisher drops it while the progress store
+    is down (or its breaker open), and nothing else would publish it again for a turn nobody
+    streams: so its retry is queued, with backoff (workers.tasks.republish_terminal_event)."""
+    if event is None or publisher.publish(event, dedupe=TERMINAL_DEDUPE) is not None:
+        return
+    try:
+        app.send_task(task_name(REPUBLISH_TERMINAL_EVENT), args=(publisher.session_id, publisher.message_id),
+                      countdown=defaults.OUTCOME_RETRY_FIRST_S)
+    except OperationalError as exc:
+        log.warning("terminal event of %s/%s dropped and its retry not queued (%s); open streams still "
+                    "find it at their next heartbeat", publisher.session_id, publisher.message_id, exc)
 
 
 def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
@@ -130,7 +148,7 @@ def fail_turn(session_id: str, message_id: str, step: str | None, message: str) 
         with_broker(turns.update_turn, session_id, message_id, status=FAILED, error=message, step=step or "")
         log.warning("turn %s/%s failed: %s", session_id, message_id, message)
         record = with_broker(turns.get_turn, session_id, message_id)
-    publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
 
 
 class TurnTask(Task):

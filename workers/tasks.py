@@ -34,23 +34,24 @@ from typing import Callable, TypeVar
 from celery import chord, group
 from celery.exceptions import ChordError, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
+from redis import RedisError
 
-from shared import history, turns
+from shared import defaults, history, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ToolEvent
 from shared.failures import sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import DeltaCoalescer, Publisher
 from shared.settings import get_settings
-from shared.terminal_event import publish_terminal_event
+from shared.terminal_event import publish_terminal_event, terminal_event
 from shared.turn_flow import FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, task_name
-from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, STARTED, SYNTHESIZE,
-                               TOOL_ERROR, TOOL_OK, TURN_FAILED, tool_dedupe)
+from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, REPUBLISH_TERMINAL_EVENT,
+                               STARTED, SYNTHESIZE, TOOL_ERROR, TOOL_OK, TURN_FAILED, tool_dedupe)
 from workers import guarding
 from workers.celery_app import app
 from workers.mcp.client import ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (StepFailed, TurnTask, fail_turn, forward, ms_since, publish_phase, run_step, start_step,
-                           step_failure, with_broker)
+from workers.steps import (StepFailed, TurnTask, fail_turn, forward, ms_since, publish_phase, run_step,
+                           settle_terminal_event, start_step, step_failure, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
         raise StepFailed(DISCOVER, "no MCP server answered (" + "; ".join(client.server_errors.values()) + ")")
     allowed = guarding.preflight(guarding.principal(turn), catalogue)
     public = [{k: t[k] for k in ("name", "description", "input_schema", "cache_declaration")} for t in allowed]
-    return {**turn, "tools": public, "history": history.recall(turn["session_id"]), "rounds": []}
+    return {**turn, "tools": public, "history": history.recall(turn["session_id"], guarding.principal(turn).owner),
+            "rounds": []}
 
 
 @app.task(name=task_name(DISCOVER), base=TurnTask)
@@ -184,7 +186,7 @@ def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
     coalescer.flush()
     used = sorted({o["tool"] for r in turn["rounds"] for o in r["results"] if o.get("status") == TOOL_OK})
     return {"session_id": turn["session_id"], "message_id": turn["message_id"], "prompt": turn["prompt"],
-            "answer": text, "tools_used": used}
+            "owner": guarding.principal(turn).owner, "answer": text, "tools_used": used}
 
 
 def finish_turn(result: FinishedTurn) -> FinishedTurn:
@@ -196,9 +198,9 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
     session_id, message_id = result["session_id"], result["message_id"]
     status = with_broker(turns.update_turn, session_id, message_id, status=DONE, answer=result["answer"])
     if status == DONE:
-        history.remember(session_id, result["prompt"], result["answer"], result["tools_used"])
+        history.remember(session_id, result["owner"], result["prompt"], result["answer"], result["tools_used"])
     record = with_broker(turns.get_turn, session_id, message_id)
-    publish_terminal_event(session_id, message_id, record, Publisher(session_id, message_id, fail_soft=True))
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
     return result
 
 
@@ -244,3 +246,14 @@ def errback_sentence(step: str | None, exc: BaseException) -> str:
         limit = exc.args[0] if exc.args and isinstance(exc.args[0], (int, float)) else get_settings().task_time_limit_s
         return sentence(step, time_limit_cause(limit))
     return sentence(step, unexpected_cause(exc))
+
+
+@app.task(name=task_name(REPUBLISH_TERMINAL_EVENT), bind=True, max_retries=defaults.OUTCOME_RETRIES)
+def republish_terminal_event(self, session_id: str, message_id: str) -> None:
+    """A terminal event a worker could not publish, tried again with backoff (2 s doubling to
+    60 s) until the progress store takes it; its dedupe name makes a second copy impossible."""
+    try:
+        publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
+    except RedisError as exc:
+        countdown = min(defaults.OUTCOME_RETRY_FIRST_S * 2 ** self.request.retries, defaults.OUTCOME_RETRY_MAX_S)
+        raise self.retry(exc=exc, countdown=countdown)

@@ -68,7 +68,12 @@ def builtin_server(settings: Settings) -> ServerSpec:
     settings it reads are passed explicitly."""
     return ServerSpec(command=sys.executable, args=["-m", "workers.toolserver"],
                       env={"TURNSTREAM_TOOL_LATENCY_MS": str(settings.tool_latency_ms),
-                           "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve())})
+                           "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve()),
+                           # the sandbox's limits (workers/toolserver/sandbox.py)
+                           "TURNSTREAM_TOOL_PROCESSES": str(settings.tool_processes),
+                           "TURNSTREAM_TOOL_CPU_S": str(settings.tool_cpu_s),
+                           "TURNSTREAM_TOOL_MEMORY_MB": str(settings.tool_memory_mb),
+                           "TURNSTREAM_TOOL_WALL_S": str(settings.tool_wall_s)})
 
 
 def parse_config(text: str, source: str) -> dict[str, ServerSpec]:

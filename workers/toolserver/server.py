@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from workers.mcp.meta import CACHE_META, CALLER_META
-from workers.toolserver import tools
+from workers.toolserver import sandbox, tools
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ async def _upstream() -> None:
         await asyncio.sleep(latency)
 
 
-def _run(fn, *args, **kwargs) -> dict[str, Any]:
+async def _run(fn, *args, **kwargs) -> dict[str, Any]:
+    """The tool's own code, in a child process under CPU and memory limits (sandbox)."""
     try:
-        return fn(*args, **kwargs)
+        return await sandbox.run(fn, *args, **kwargs)
     except tools.ToolFailure as exc:
         raise ToolError(str(exc)) from exc
 
@@ -65,30 +66,30 @@ def build_server() -> MCPServer:
     async def weather(city: str) -> dict[str, Any]:
         """Current weather for a city, e.g. city="Paris"."""
         await _upstream()
-        return _run(tools.weather, city)
+        return await _run(tools.weather, city)
 
     @server.tool(annotations=READ_ONLY, meta=_cache("global"), structured_output=True)
     async def search_kb(query: str, limit: int = 3) -> dict[str, Any]:
         """Search the help-center articles (passwords, refunds, shipping, reports, API limits, 2FA)."""
         await _upstream()
-        return _run(tools.search_kb, query, limit)
+        return await _run(tools.search_kb, query, limit)
 
     @server.tool(annotations=READ_ONLY, meta=_cache("global"), structured_output=True)
-    def calculator(expression: str) -> dict[str, Any]:
+    async def calculator(expression: str) -> dict[str, Any]:
         """Evaluate arithmetic, e.g. expression="6 * 7 + 1"."""
-        return _run(tools.calculator, expression)
+        return await _run(tools.calculator, expression)
 
     @server.tool(annotations=READ_ONLY, meta=_cache("user", ttl_s=60), structured_output=True)
     async def my_orders(ctx: Context, status: str | None = None) -> dict[str, Any]:
         """The signed-in user's own orders; optional status filter (processing, shipped, delivered)."""
         await _upstream()
-        return _run(tools.my_orders, caller_of(ctx), status)
+        return await _run(tools.my_orders, caller_of(ctx), status)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False),
                  meta=_cache("never"), structured_output=True)
     async def create_ticket(ctx: Context, subject: str, body: str = "") -> dict[str, Any]:
         """Open a support ticket (admins only). It has a side effect: every call opens a new ticket."""
         await _upstream()
-        return _run(tools.create_ticket, caller_of(ctx), subject, body)
+        return await _run(tools.create_ticket, caller_of(ctx), subject, body)
 
     return server

@@ -5,6 +5,7 @@ The MCP server (workers.toolserver.server) exposes them; the simulated upstream 
 
 import ast
 import json
+import math
 import operator
 import re
 import time
@@ -60,17 +61,50 @@ def search_kb(query: str, limit: int = 3) -> dict:
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
               ast.Pow: operator.pow, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
+MAX_EXPONENT = 100
+# Results are bounded by size, not only exponents: (((9**99)**99)**99)**99 has small exponents and
+# a result of about 3 * 10**8 digits, whose computation would hold the CPU for minutes.
+MAX_RESULT_BITS = 3322  # about 1,000 decimal digits
+
+
+def _too_large() -> ToolFailure:
+    return ToolFailure(f"the result would be too large (over {round(MAX_RESULT_BITS * 0.30103)} digits)")
+
+
+def _power(base: float, exponent: float) -> float:
+    if abs(exponent) > MAX_EXPONENT:
+        raise ToolFailure(f"exponent too large (at most {MAX_EXPONENT})")
+    # The size of an integer power is known before computing it: bits(base) * exponent.
+    if isinstance(base, int) and isinstance(exponent, int) and exponent > 0 \
+            and (abs(base).bit_length() - 1) * exponent > MAX_RESULT_BITS:
+        raise _too_large()
+    return base ** exponent
+
+
+def _apply(op: ast.AST, *operands: float) -> float:
+    try:
+        value = _power(*operands) if isinstance(op, ast.Pow) else _OPERATORS[type(op)](*operands)
+    except OverflowError as exc:
+        raise _too_large() from exc
+    if isinstance(value, complex):
+        raise ToolFailure("the result is not a real number")
+    return _bounded(value)
+
+
+def _bounded(value: float) -> float:
+    if (isinstance(value, int) and value.bit_length() > MAX_RESULT_BITS) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise _too_large()
+    return value
 
 
 def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        if isinstance(node.op, ast.Pow) and abs(_evaluate(node.right)) > 100:
-            raise ToolFailure("exponent too large")
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+        return _apply(node.op, _evaluate(node.left), _evaluate(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.operand))
+        return _apply(node.op, _evaluate(node.operand))
     raise ToolFailure("only numbers and + - * / % ** ( ) are allowed")
 
 
