@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from shared import keys
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
 
@@ -81,12 +82,24 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, describe=
     raise AssertionError(f"condition not met within {timeout:.0f}s" + (f": {describe()}" if describe else ""))
 
 
-def wait_until_running(base_url: str, bodies: list[dict]) -> None:
-    """Until every turn has started and most are still running: the moment to pull a plug."""
+def wait_until_running(chaos: Stack, bodies: list[dict]) -> None:
+    """Until every turn has started and most are still running: the moment to pull a plug.
+
+    The statuses are read from the broker in one round trip, a snapshot: the window lasts about
+    one tool call, and six status requests in a row on a loaded machine can take longer than
+    that, so the turns finished between two samples that each saw some still queued."""
+    broker = chaos.client("broker")
+
+    def statuses() -> list[str]:
+        pipe = broker.pipeline(transaction=False)
+        for body in bodies:
+            pipe.hget(keys.turn_status(body["session_id"], body["message_id"]), "status")
+        return pipe.execute()
+
     def started_and_running() -> bool:
-        states = [status(base_url, b)["status"] for b in bodies]
+        states = statuses()
         return "queued" not in states and states.count("running") > len(states) // 2
-    wait_for(started_and_running, interval=0.05, describe=lambda: [status(base_url, b)["status"] for b in bodies])
+    wait_for(started_and_running, interval=0.02, describe=statuses)
 
 
 def status(base_url: str, body: dict) -> dict:
@@ -131,7 +144,7 @@ def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps
 def test_progress_down_turns_complete_and_streams_recover(chaos):
     base = chaos.base_url
     bodies = [r.json() for r in post_many(base, "prog")]
-    wait_until_running(base, bodies)
+    wait_until_running(chaos, bodies)
     chaos.redis["progress"].kill(sig=9)
     try:
         late = post_prompt(base, "prog-late", SLOW_PROMPT)
@@ -158,7 +171,7 @@ def test_progress_down_turns_complete_and_streams_recover(chaos):
 def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_returns(chaos):
     base = chaos.base_url
     accepted = [r.json() for r in post_many(base, "brok")]
-    wait_until_running(base, accepted)
+    wait_until_running(chaos, accepted)
     chaos.redis["broker"].kill(sig=9)
     try:
         refused = post_prompt(base, "brok-refused", SLOW_PROMPT)
