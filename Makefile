@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench redis-server chromium mcp-reference-server promtool image clean
+.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server promtool image clean
 
 # llama-cpp-python compiles llama.cpp. Native CPU flags turn on AMX where the CPU has it, and
 # ggml's AMX code crashes (SIGSEGV) on virtualized Xeons, so it is built portably (AVX2, no AMX).
@@ -42,6 +42,10 @@ promtool:
 
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
+
+# The same system on distributed Redis: the broker behind Sentinel, the other roles on Redis Clusters.
+run-cluster: $(STAMP) redis-server
+	$(BIN)/turnstream dev --cluster
 
 test: $(STAMP) redis-server chromium mcp-reference-server promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -59,7 +59,7 @@ def run_scenario(stack: Stack, role: str | None, turns: int, outage_s: float) ->
     duplicates = 0
     progress = stack.client("progress")
     for _, body in accepted:
-        log = progress.xrange(f"agent:progress-log:{body['session_id']}:{body['message_id']}")
+        log = progress.xrange(f"agent:progress-log:{{{body['session_id']}:{body['message_id']}}}")
         terminal = sum(1 for _, fields in log if fields["type"] in ("done", "error", "cancelled"))
         duplicates += max(0, terminal - 1)
     return {"scenario": role or "none (baseline)", "posted": turns, "accepted": len(accepted), "refused": refused,

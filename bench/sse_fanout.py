@@ -106,7 +106,7 @@ def _measure_ours(stack: Stack, port: int, count: int, events: int) -> dict:
     publisher = Publisher(sid, mid)
     progress = stack.client("progress")
     progress.client_setname("bench")
-    channel = f"agent:progress:{sid}:{mid}"
+    channel = f"agent:progress:{{{sid}:{mid}}}"
     return asyncio.run(measure(
         port, f"/stream/{sid}/{mid}?token={token}", count, events,
         # Every client has its stream open (it subscribes right after), and the channel is subscribed.

@@ -6,7 +6,9 @@ A breaker counts consecutive connection failures and timeouts of its role. At
 redis.ConnectionError, so existing `except redis.RedisError` handlers keep working).
 After `breaker_reset_s` one trial call is let through (half-open); its success closes
 the breaker, its failure opens it again. Other errors (a ResponseError, say) prove the
-server answered and count as success.
+server answered and count as success, except the answers of a failover in progress (READONLY
+from a demoted master, CLUSTERDOWN): under Sentinel or Cluster a failover is a short outage of
+the role, and the breaker treats it like one.
 
 This is a small breaker of our own rather than pybreaker because pybreaker holds its
 lock for the whole protected call, which would serialize every Redis command of a
@@ -29,7 +31,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+# A failover is an outage of the role too: a demoted master answers READONLY and a Cluster whose
+# slot lost its master answers CLUSTERDOWN until a replica takes over. Counting them here makes
+# the breaker open for the failover and close at the first call the new master serves.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+               redis.exceptions.ClusterDownError)
 
 
 

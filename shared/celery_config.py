@@ -22,7 +22,8 @@ def queues() -> tuple[str, ...]:
 
 
 def transport_options(settings: Settings) -> dict:
-    """The same options for the broker and the result backend (Celery reads both).
+    """The same options for the broker and the result backend (Celery reads both). Under Sentinel
+    they also carry the master's name and the sentinels' timeouts.
 
     The visibility timeout: a message taken but not acknowledged (its worker was killed, its host
     lost) goes back to its queue once it is this old, swept every `unacked_restore_interval`.
@@ -30,7 +31,10 @@ def transport_options(settings: Settings) -> dict:
     against it: the task time limits stay below it (Settings refuses a config where they do not),
     so a running step is never handed to a second worker; and a turn whose record has not moved
     for this long is resent (workers.redelivery). Every other mention refers here."""
-    return {
+    target = settings.role_target("broker")
+    sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
+                                    "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}
+    return {**target.celery_transport_options(), **sentinel,
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -41,9 +45,10 @@ def transport_options(settings: Settings) -> dict:
 
 def celery_config(settings: Settings) -> dict:
     transport = transport_options(settings)
+    url = settings.role_target("broker").celery_url()
     return {
-        "broker_url": settings.role_url("broker"),
-        "result_backend": settings.role_url("broker"),
+        "broker_url": url,
+        "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,

@@ -135,6 +135,13 @@ _before_fixed = set(globals())
 
 # --- FIXED ---------------------------------------------------------------------------------------
 
+# Under Sentinel, how long the web tier waits for a replica to hold a new turn's record before
+# answering 202 (so a failover right after it cannot lose an accepted turn), and how long it
+# keeps trying to take back a turn it could not enqueue (so a 503 leaves nothing behind).
+REPLICA_WAIT_MS = 1000
+DISCARD_WAIT_S = 15.0
+
+
 # Redis roles, in the order their DB numbers are assigned in single-instance mode.
 ROLES = ("broker", "progress", "exec_cache", "auth_memo")
 

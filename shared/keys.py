@@ -1,7 +1,16 @@
 """Every Redis key and channel name, built only from validated ids.
 
 Ids come from URLs and tokens; validating them here means a hostile id can never
-shape a key (no `*`, no `:`, no unbounded length)."""
+shape a key (no `*`, no `:`, no unbounded length).
+
+Hash tags. On a Redis Cluster, keys a script or multi-key command touches together must sit
+in one slot, so the part of such a name in `{...}` is what the slot is computed from: a
+turn's progress log, its dedupe markers and its channel carry `{session:message}` (one slot
+per turn, so turns spread over the shards), a tool call's cache keys carry
+`{tool:scope:digest}`, the auth memo's keys the user id or the fixed `{gen}` tag (see there). On one server braces are plain characters, so the same
+names serve both topologies; there is no second naming scheme to keep in step.
+Rejected: tagging by session only (`{sid}`): a long session would pin all its turns to
+one shard, and turns are what the load is made of."""
 
 import re
 
@@ -28,19 +37,25 @@ def _turn(session_id: str, message_id: str) -> str:
     return f"{valid_id(session_id, 'session_id')}:{valid_id(message_id, 'message_id')}"
 
 
+def _turn_slot(session_id: str, message_id: str) -> str:
+    """The turn as a hash tag: everything of one turn's progress lands in one Cluster slot."""
+    return "{" + _turn(session_id, message_id) + "}"
+
+
 def progress_channel(session_id: str, message_id: str) -> str:
-    """Pub/sub channel for live progress (channels are not keys: they cannot expire)."""
-    return f"{PREFIX}:progress:{_turn(session_id, message_id)}"
+    """Pub/sub channel for live progress (channels are not keys: they cannot expire). On a
+    Cluster it is a shard channel (SPUBLISH), in the slot of the turn's log."""
+    return f"{PREFIX}:progress:{_turn_slot(session_id, message_id)}"
 
 
 def progress_log(session_id: str, message_id: str) -> str:
     """Capped stream holding every progress event of a turn, for replay."""
-    return f"{PREFIX}:progress-log:{_turn(session_id, message_id)}"
+    return f"{PREFIX}:progress-log:{_turn_slot(session_id, message_id)}"
 
 
 def progress_marker(session_id: str, message_id: str, dedupe: str) -> str:
     """SET NX marker so a redelivered step does not publish the same event twice."""
-    return f"{PREFIX}:progress-once:{_turn(session_id, message_id)}:{dedupe}"
+    return f"{PREFIX}:progress-once:{_turn_slot(session_id, message_id)}:{dedupe}"
 
 
 def turn_status(session_id: str, message_id: str) -> str:
@@ -94,42 +109,58 @@ def valid_tool(value: object) -> str:
     return value
 
 
+# Auth memo slots: a user's memos and their user generation carry the user id as tag, the
+# shared generations (all, per tenant, per tool) the fixed tag {gen}. The batch preflight then
+# reads two slots, with one MGET each (shared.redis_roles.mget), however many tools it asks about.
+# Rejected: one tag for the whole memo (a single MGET, but every memo of every user on one shard,
+# which defeats a Cluster), and copying the shared generations into each user's slot (bumping
+# "all" would have to touch every user).
+GENERATIONS_TAG = "{gen}"
+
+
 def auth_memo(tenant: str, user: str, tool: str) -> str:
     """One permission memo per tenant x user x tool; its value carries the generations it was made under."""
-    return f"{PREFIX}:auth:memo:{valid_id(tenant, 'tenant')}:{valid_id(user, 'user')}:{valid_tool(tool)}"
+    return f"{PREFIX}:auth:memo:{{{valid_id(user, 'user')}}}:{valid_id(tenant, 'tenant')}:{valid_tool(tool)}"
 
 
 def auth_generation_all() -> str:
     """Bumped to invalidate every memo at once (O(1): memos made under an older value no longer count)."""
-    return f"{PREFIX}:auth:gen:all"
+    return f"{PREFIX}:auth:gen:{GENERATIONS_TAG}:all"
 
 
 def auth_generation_tenant(tenant: str) -> str:
-    return f"{PREFIX}:auth:gen:tenant:{valid_id(tenant, 'tenant')}"
+    return f"{PREFIX}:auth:gen:{GENERATIONS_TAG}:tenant:{valid_id(tenant, 'tenant')}"
 
 
 def auth_generation_user(user: str) -> str:
-    """Per user id across tenants: invalidating a little more than needed only costs a re-check."""
-    return f"{PREFIX}:auth:gen:user:{valid_id(user, 'user')}"
+    """Per user id across tenants: invalidating a little more than needed only costs a re-check.
+    In the slot of the user's memos."""
+    return f"{PREFIX}:auth:gen:user:{{{valid_id(user, 'user')}}}"
 
 
 def auth_generation_tool(tool: str) -> str:
-    return f"{PREFIX}:auth:gen:tool:{valid_tool(tool)}"
+    return f"{PREFIX}:auth:gen:{GENERATIONS_TAG}:tool:{valid_tool(tool)}"
+
+
+def _exec_call(tool: str, scope: str, digest: str) -> str:
+    """One tool call as a hash tag: its result, lease and outcome stream, which one script
+    touches together, share a slot; different calls spread over the shards."""
+    return "{" + f"{valid_tool(tool)}:{scope}:{digest}" + "}"
 
 
 def exec_result(tool: str, scope: str, digest: str) -> str:
     """A cached tool result. `scope` is built by shared.guards.exec_cache from validated ids; `digest` is hex sha256."""
-    return f"{PREFIX}:exec:result:{valid_tool(tool)}:{scope}:{digest}"
+    return f"{PREFIX}:exec:result:{_exec_call(tool, scope, digest)}"
 
 
 def exec_lease(tool: str, scope: str, digest: str) -> str:
     """SET NX PX: whoever holds it runs the tool; it expires if that owner dies."""
-    return f"{PREFIX}:exec:lease:{valid_tool(tool)}:{scope}:{digest}"
+    return f"{PREFIX}:exec:lease:{_exec_call(tool, scope, digest)}"
 
 
 def exec_done(tool: str, scope: str, digest: str) -> str:
     """A one-entry stream the owner appends its outcome to; waiters block on it (XREAD BLOCK)."""
-    return f"{PREFIX}:exec:done:{valid_tool(tool)}:{scope}:{digest}"
+    return f"{PREFIX}:exec:done:{_exec_call(tool, scope, digest)}"
 
 
 def session_history(session_id: str) -> str:

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import redis
 from flask_sse import Message
+from redis.cluster import RedisCluster
 
 from shared import keys
 from shared.events import DeltaEvent, ProgressEvent, event_type
@@ -24,7 +25,9 @@ from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe
 
 log = logging.getLogger(__name__)
 
-# KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag.
+# KEYS: log, marker. ARGV: message json, type, data, maxlen, ttl ms, channel, dedupe flag, publish
+# command: PUBLISH on one server, SPUBLISH on a Cluster (the channel shares the log's slot, so
+# the event goes out from the shard that holds the log and reaches no other shard).
 _APPEND_AND_PUBLISH = """
 if ARGV[7] == '1' then
   local prior = redis.call('GET', KEYS[2])
@@ -35,7 +38,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[7] == '1' then redis.call('SET', KEYS[2], id, 'PX', ARGV[5]) end
 local message = cjson.decode(ARGV[1])
 message['id'] = id
-redis.call('PUBLISH', ARGV[6], cjson.encode(message))
+redis.call(ARGV[8], ARGV[6], cjson.encode(message))
 return id
 """
 
@@ -85,6 +88,15 @@ def valid_entry_id(value: str | None) -> str | None:
     return value
 
 
+def sharded(r: redis.Redis | RedisCluster) -> bool:
+    """True on a Redis Cluster, where progress goes through sharded pub/sub."""
+    return isinstance(r, RedisCluster)
+
+
+def publish_command(r: redis.Redis | RedisCluster) -> str:
+    return "SPUBLISH" if sharded(r) else "PUBLISH"
+
+
 class Publisher:
     """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new.
 
@@ -101,6 +113,7 @@ class Publisher:
         self.log_key = keys.progress_log(session_id, message_id)
         self._redis = r or client("progress")
         self._script = self._redis.register_script(_APPEND_AND_PUBLISH)
+        self._publish_command = publish_command(self._redis)
 
     def publish(self, event: ProgressEvent, dedupe: str | None = None) -> str | None:
         try:
@@ -126,7 +139,7 @@ class Publisher:
         return self._script(
             keys=[self.log_key, marker],
             args=[wire, kind, data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
-                  self.channel, "1" if dedupe else "0"],
+                  self.channel, "1" if dedupe else "0", self._publish_command],
         )
 
 

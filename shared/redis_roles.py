@@ -4,18 +4,31 @@ Every command and pipeline of a role's client goes through shared.breakers, so a
 server fails fast (RoleUnavailable) instead of costing a connect timeout per call.
 Pub/sub connections have no breaker: the dispatcher handles their loss itself.
 
-Pools are BlockingConnectionPools: under gevent or threads, a burst waits for a free
-connection instead of raising MaxConnectionsError (redis-py's default pool stops at 100).
-redis-py resets a pool after fork, so module-level caching is safe for prefork workers."""
+A role's URL picks its topology (shared.redis_urls): one server, a Sentinel-watched master or
+a Redis Cluster. The client is the same to its callers: a redis.Redis for the first two (a
+Sentinel pool asks the sentinels for the master on every new connection, so after a failover
+the next connection goes to the new master), a RedisCluster for the third (it follows MOVED
+and failovers by re-reading the slot map).
+
+Pools are BlockingConnectionPools, also under Sentinel and per Cluster node: under gevent or
+threads, a burst waits for a free connection instead of raising MaxConnectionsError (redis-py's
+default pool stops at 100). redis-py resets a pool after fork, so module-level caching is safe
+for prefork workers."""
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import redis
 from redis.client import Pipeline
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from shared import redis_urls
 from shared.breakers import breaker, reset_breakers
+from shared.defaults import REPLICA_WAIT_MS
 from shared.per_role import PerRole
 from shared.settings import Settings, get_settings
 
@@ -24,16 +37,46 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's master discovery with the blocking pool's wait for a free connection."""
+
+
+def _connection_options(settings: Settings) -> dict:
+    return {"socket_timeout": settings.redis_socket_timeout_s,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "decode_responses": True, "health_check_interval": 30}
+
+
 def make_pool(url: str, settings: Settings, max_connections: int | None = None) -> redis.BlockingConnectionPool:
-    return redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections or settings.redis_pool_size,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        decode_responses=True,
-        health_check_interval=30,
-    )
+    """A blocking pool for a single-server or Sentinel URL (a Cluster has one pool per node: make_redis)."""
+    target = redis_urls.parse(url)
+    size = max_connections or settings.redis_pool_size
+    if target.cluster:
+        raise ValueError("a cluster:// URL has a pool per node: use make_redis()")
+    if not target.sentinel:
+        return redis.BlockingConnectionPool.from_url(url, max_connections=size, timeout=settings.redis_pool_timeout_s,
+                                                     **_connection_options(settings))
+    sentinel_timeouts = {"socket_timeout": settings.redis_socket_timeout_s,
+                         "socket_connect_timeout": settings.redis_connect_timeout_s}
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_timeouts)
+    return BlockingSentinelPool(target.master, sentinel, max_connections=size, timeout=settings.redis_pool_timeout_s,
+                                db=target.db, password=target.password, **_connection_options(settings))
+
+
+def _cluster_options(target: redis_urls.RedisTarget, settings: Settings, max_connections: int | None) -> dict:
+    (host, port), *others = target.hosts
+    return {"url": f"redis://{host}:{port}/0", "startup_nodes": [ClusterNode(h, p) for h, p in others] or None,
+            "password": target.password, "connection_pool_class": redis.BlockingConnectionPool,
+            "max_connections": max_connections or settings.redis_pool_size,
+            "timeout": settings.redis_pool_timeout_s, **_connection_options(settings)}
+
+
+def make_redis(url: str, settings: Settings, max_connections: int | None = None) -> redis.Redis | RedisCluster:
+    """An unguarded client for `url` (the stream tier's own small pool, benchmarks, tools)."""
+    target = redis_urls.parse(url)
+    if target.cluster:
+        return Cluster(**_cluster_options(target, settings, max_connections))
+    return redis.Redis(connection_pool=make_pool(url, settings, max_connections))
 
 
 class GuardedPipeline(Pipeline):
@@ -49,8 +92,8 @@ class GuardedRedis(redis.Redis):
     """A role's client: each command passes through the role's breaker."""
 
     def __init__(self, role: str, **kwargs: object):
+        self.role = role  # first: the constructor may already send commands (a Cluster reads its slot map)
         super().__init__(**kwargs)
-        self.role = role
 
     def execute_command(self, *args: object, **options: object):
         return breaker(self.role).call(super().execute_command, *args, **options)
@@ -59,9 +102,52 @@ class GuardedRedis(redis.Redis):
         return GuardedPipeline(self.role, self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
-def _new_client(role: str) -> redis.Redis:
+class Cluster(RedisCluster):
+    """A Cluster client whose slot-map errors during a failover (a slot briefly owned by no
+    node) surface as ConnectionError, so callers' `except redis.RedisError` handles them like
+    any other outage (redis-py raises them as RedisClusterException, outside RedisError)."""
+
+    def execute_command(self, *args: object, **options: object):
+        return _cluster_call(super().execute_command, *args, **options)
+
+
+class GuardedRedisCluster(Cluster):
+    """A role's Cluster client: each command passes through the role's breaker."""
+
+    def __init__(self, role: str, **kwargs: object):
+        self.role = role  # first: the constructor may already send commands (a Cluster reads its slot map)
+        super().__init__(**kwargs)
+
+    def execute_command(self, *args: object, **options: object):
+        return breaker(self.role).call(super().execute_command, *args, **options)
+
+    def pipeline(self, transaction: bool | None = None, shard_hint: object = None):
+        """A Cluster pipeline whose execute() goes through the breaker, like every other call."""
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+        pipe.execute = lambda raise_on_error=True: breaker(self.role).call(_cluster_call, execute, raise_on_error)
+        return pipe
+
+
+def _cluster_call(func, *args: object, **options: object):
+    try:
+        return func(*args, **options)
+    except RedisClusterException as exc:
+        raise redis.ConnectionError(f"cluster topology changing: {exc}") from exc
+
+
+def mget(r: redis.Redis | RedisCluster, names: list[str]) -> list[str | None]:
+    """The values of `names`, in order: one MGET on a server; on a Cluster one MGET per slot, sent
+    together in one pipeline (keys.py tags what is read together, so that is a slot or two)."""
+    return r.mget_nonatomic(names) if isinstance(r, RedisCluster) else r.mget(names)
+
+
+def _new_client(role: str) -> redis.Redis | RedisCluster:
     settings = get_settings()
-    return GuardedRedis(role, connection_pool=make_pool(settings.role_url(role), settings))
+    target = settings.role_target(role)
+    if target.cluster:
+        return GuardedRedisCluster(role, **_cluster_options(target, settings, None))
+    return GuardedRedis(role, connection_pool=make_pool(target.url, settings))
 
 
 _clients = PerRole(_new_client)
@@ -88,8 +174,28 @@ class PerClient(Generic[T]):
         return self._held[1]
 
 
+@contextmanager
+def replicated(role: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]:
+    """A client on one connection of `role`'s pool. Under Sentinel, leaving the block waits
+    (up to REPLICA_WAIT_MS) until a replica has every write made so far, so what the block
+    wrote survives a failover that follows: WAIT counts the writes of its own connection,
+    hence the single connection. Elsewhere it is the role's client, and leaving costs nothing."""
+    r = r or client(role)
+    if not get_settings().role_target(role).sentinel:
+        yield r
+        return
+    one_connection = breaker(role).call(GuardedRedis, role, connection_pool=r.connection_pool,
+                                        single_connection_client=True)
+    with one_connection as one:
+        yield one
+        acked = one.wait(1, REPLICA_WAIT_MS)
+        if not acked:
+            log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
+                        role, REPLICA_WAIT_MS)
+
+
 def reset_clients() -> None:
     """Forget every client (after settings change, e.g. in tests or the dev runner)."""
     for c in _clients.clear():
-        c.connection_pool.disconnect()
+        c.close() if isinstance(c, RedisCluster) else c.connection_pool.disconnect()
     reset_breakers()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import defaults
+from shared import defaults, redis_urls
 
 
 def _local(role: str) -> str:
@@ -117,6 +117,19 @@ class Settings(BaseSettings):
                              "< TURNSTREAM_VISIBILITY_TIMEOUT_S")
         return self
 
+    @model_validator(mode="after")
+    def _readable_redis_urls(self) -> "Settings":
+        """Every role URL must parse, and the broker cannot be a Cluster (Celery cannot use one)."""
+        if self.redis_url and redis_urls.parse(self.redis_url).cluster:
+            raise ValueError("REDIS_URL cannot be a cluster:// URL: single-instance mode gives each role a DB "
+                             "number, and a Redis Cluster has DB 0 only (set the four role URLs instead)")
+        for role in defaults.ROLES:
+            target = self.role_target(role)
+            if role == "broker" and target.cluster:
+                raise ValueError("BROKER_REDIS_URL cannot be a cluster:// URL: Celery's broker and result "
+                                 "backend need one master (use redis:// or sentinel://)")
+        return self
+
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
@@ -144,6 +157,10 @@ class Settings(BaseSettings):
             parts = urlsplit(self.redis_url)
             return urlunsplit(parts._replace(path=f"/{defaults.ROLES.index(role)}"))
         return getattr(self, f"{role}_redis_url")
+
+    def role_target(self, role: str) -> redis_urls.RedisTarget:
+        """The role's topology (one server, Sentinel or Cluster), read from its URL."""
+        return redis_urls.parse(self.role_url(role))
 
     def secret_key(self) -> str:
         value = self.secret.get_secret_value()

@@ -23,9 +23,9 @@ from typing import Any
 
 import redis
 
-from shared import keys, metrics
+from shared import defaults, keys, metrics
 from shared.identity import Principal
-from shared.redis_roles import client
+from shared.redis_roles import client, replicated
 from shared.settings import get_settings
 from shared.turn_flow import TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
@@ -138,11 +138,16 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
                 r: redis.Redis | None = None, payload: TurnPayload | None = None) -> None:
     """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
     kept so that a turn whose messages were lost can be sent again (workers.redelivery)."""
-    r = r or client("broker")
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
     record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
                         prompt=prompt, created_at=now, updated_at=now, payload=payload)
+    with replicated("broker", r) as one:
+        _record(one, record, principal, now, ttl)
+
+
+def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> None:
+    session_id, message_id = record.session_id, record.message_id
     status_key = keys.turn_status(session_id, message_id)
     pipe = r.pipeline()
     pipe.hset(status_key, mapping=record.to_hash())
@@ -157,9 +162,29 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     pipe.execute()
 
 
-def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> None:
-    """Forget a turn that was recorded but could not be enqueued (the client got a 503)."""
-    r = r or client("broker")
+def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None,
+                 wait_s: float = defaults.DISCARD_WAIT_S) -> None:
+    """Forget a turn that was recorded but could not be enqueued (the client gets a 503).
+
+    The broker may be down at that moment (that is usually why the send failed), and a turn
+    left behind would be sent later by the redelivery sweeper although its client was told
+    no: so this keeps trying for `wait_s` (long enough for a Sentinel failover), then raises."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _discard(session_id, message_id, r)
+        except redis.RedisError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+
+
+def _discard(session_id: str, message_id: str, r: redis.Redis | None) -> None:
+    with replicated("broker", r) as one:
+        _forget(one, session_id, message_id)
+
+
+def _forget(r: redis.Redis, session_id: str, message_id: str) -> None:
     pipe = r.pipeline()
     pipe.delete(keys.turn_status(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)

@@ -63,11 +63,11 @@ def test_stream_needs_the_turns_own_token(stack, base_url, session_id):
     other = post_prompt(base_url, session_id, "another turn").json()
     other_token = other["stream_url"].split("token=")[1]
     path = body["stream_url"].split("?")[0]
-    subscribers_before = stack.client("progress").pubsub_numsub(f"agent:progress:{session_id}:{body['message_id']}")
+    subscribers_before = stack.client("progress").pubsub_numsub(f"agent:progress:{{{session_id}:{body['message_id']}}}")
     assert httpx.get(f"{base_url}{path}").status_code == 401
     assert httpx.get(f"{base_url}{path}?token={other_token}").status_code == 403
     assert httpx.get(f"{base_url}{path}?token=garbage").status_code == 403
-    assert stack.client("progress").pubsub_numsub(f"agent:progress:{session_id}:{body['message_id']}") \
+    assert stack.client("progress").pubsub_numsub(f"agent:progress:{{{session_id}:{body['message_id']}}}") \
         == subscribers_before
     assert other_token not in stack.log("web"), "stream tokens stay out of the access log"
 

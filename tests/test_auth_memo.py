@@ -104,8 +104,8 @@ def test_batch_preflight_is_one_round_trip_then_memo_hits(r, policy_file):
 def test_allows_live_30_minutes_and_denies_less(r, policy_file):
     memo = memo_for(r, policy_file, deny_ttl_s=45)
     memo.preflight(ALICE, ["weather", "create_ticket"])
-    assert 1790 < r.ttl("agent:auth:memo:acme:alice:weather") <= 1800
-    assert 0 < r.ttl("agent:auth:memo:acme:alice:create_ticket") <= 45
+    assert 1790 < r.ttl("agent:auth:memo:{alice}:acme:weather") <= 1800
+    assert 0 < r.ttl("agent:auth:memo:{alice}:acme:create_ticket") <= 45
 
 
 def test_a_memo_made_for_other_roles_does_not_count(r, policy_file):
@@ -193,7 +193,7 @@ def test_a_broken_policy_file_fails_closed(r, policy_file):
     write_policy(policy_file, "[tenants.acme\nthis is not toml")
     decision = memo.check(ALICE, "weather")
     assert (decision.allowed, decision.unavailable) == (False, True) and "invalid" in decision.error
-    assert not r.exists("agent:auth:memo:acme:alice:weather"), "no answer, no memo"
+    assert not r.exists("agent:auth:memo:{alice}:acme:weather"), "no answer, no memo"
 
 
 def test_with_the_memo_redis_down_the_verifier_decides_and_denies_stay_denied(guard_redis, policy_file):

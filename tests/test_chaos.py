@@ -114,7 +114,7 @@ def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 120.0) 
 
 
 def logged_events(chaos: Stack, body: dict) -> list[tuple[str, dict]]:
-    entries = chaos.client("progress").xrange(f"agent:progress-log:{body['session_id']}:{body['message_id']}")
+    entries = chaos.client("progress").xrange(f"agent:progress-log:{{{body['session_id']}:{body['message_id']}}}")
     return [(fields["type"], json.loads(fields["data"])) for _, fields in entries]
 
 

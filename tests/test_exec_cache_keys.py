@@ -100,7 +100,7 @@ def test_user_scope_never_crosses_users(p):
 
 def test_key_names_carry_tool_and_scope():
     k = key({"q": 1}, ORDERS, ALICE)
-    assert k.result.startswith("agent:exec:result:my_orders:user.acme.alice:")
+    assert k.result.startswith("agent:exec:result:{my_orders:user.acme.alice:")
     assert len(k.digest) == 64
 
 

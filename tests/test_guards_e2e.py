@@ -34,7 +34,7 @@ def test_a_tool_the_user_may_not_call_is_never_offered_nor_run(stack, base_url, 
     tools = tool_events(events)
     assert [(t["tool"], t["status"]) for t in tools] == [("search_kb", "ok")]
     assert events[-1].type == "done" and "°C" not in events[-1].data["answer"]
-    assert stack.client("auth_memo").get("agent:auth:memo:acme:victor:weather").startswith("D|")
+    assert stack.client("auth_memo").get("agent:auth:memo:{victor}:acme:weather").startswith("D|")
 
 
 def test_admin_invalidation_needs_the_admin_role_and_a_clear_body(base_url):
@@ -64,14 +64,14 @@ def test_invalidation_applies_to_the_next_turn(stack, base_url, session_id):
     generation = response.json()["generation"]
     events = read_stream(base_url, post_prompt(base_url, session_id, prompt).json()["stream_url"])
     assert tool_events(events)[0]["permission"] == {"allowed": True, "memo": "hit"}, "execute re-checks: a hit"
-    stamp = memos.get("agent:auth:memo:acme:alice:calculator").split("|")[1]
+    stamp = memos.get("agent:auth:memo:{alice}:acme:calculator").split("|")[1]
     assert stamp.split(".")[2] == str(generation)
 
     result = subprocess.run([sys.executable, "-m", "shared.cli", "auth", "invalidate", "--tenant", "acme"],
                             env=child_env(stack.env), check=True, capture_output=True, text=True)
     generation = int(result.stdout.split("generation ")[1].rstrip(")\n"))
     read_stream(base_url, post_prompt(base_url, session_id, prompt).json()["stream_url"])
-    stamp = memos.get("agent:auth:memo:acme:alice:calculator").split("|")[1]
+    stamp = memos.get("agent:auth:memo:{alice}:acme:calculator").split("|")[1]
     assert stamp.split(".")[1] == str(generation)
 
 

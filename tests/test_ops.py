@@ -96,7 +96,7 @@ def test_ops_lists_a_turn_in_flight_with_its_step_until_it_is_final(base_url, st
 def test_ops_counts_sse_clients_and_channel_subscribers(base_url):
     session_id, message_id = "ops" + uuid.uuid4().hex[:8], uuid.uuid4().hex
     token = issue_stream_token(Principal(user="alice", tenant="acme", roles=()), session_id, message_id)
-    channel = f"agent:progress:{session_id}:{message_id}"
+    channel = f"agent:progress:{{{session_id}:{message_id}}}"
 
     def seen():
         snap = ops_snapshot(base_url)

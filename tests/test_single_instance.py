@@ -17,5 +17,5 @@ def test_a_turn_completes_on_one_redis_with_a_db_per_role(single):
     events = read_stream(single.base_url, body["stream_url"])
     assert events[-1].data["answer"].startswith("In Tokyo it is 21°C")
     assert single.client("broker").exists(f"agent:turn:single1:{body['message_id']}")
-    assert single.client("progress").exists(f"agent:progress-log:single1:{body['message_id']}")
+    assert single.client("progress").exists(f"agent:progress-log:{{single1:{body['message_id']}}}")
     assert "single-instance mode" in single.log("web")

@@ -54,7 +54,7 @@ def tuned_web(stack):
 def test_published_payload_is_flask_sse_wire_format_with_the_log_id(stack):
     sid, mid = new_turn()
     pubsub = stack.client("progress").pubsub()
-    pubsub.subscribe(f"agent:progress:{sid}:{mid}")
+    pubsub.subscribe(f"agent:progress:{{{sid}:{mid}}}")
     pubsub.get_message(timeout=1)
     event_id = Publisher(sid, mid).publish(StepEvent(step="reason", status="started"))
     payload = pubsub.get_message(timeout=2)["data"]
@@ -62,7 +62,7 @@ def test_published_payload_is_flask_sse_wire_format_with_the_log_id(stack):
     assert (message.type, message.id, json.loads(message.data)) == ("step", event_id,
                                                                     {"step": "reason", "status": "started"})
     assert [e.id for e in read_log(sid, mid)] == [event_id]
-    assert 0 < stack.client("progress").ttl(f"agent:progress-log:{sid}:{mid}") <= 600
+    assert 0 < stack.client("progress").ttl(f"agent:progress-log:{{{sid}:{mid}}}") <= 600
     pubsub.close()
 
 
@@ -141,7 +141,7 @@ def test_one_pubsub_connection_serves_many_streams_and_channels_are_released(sta
         thread.start()
     opened.wait(20)
     progress = stack.client("progress")
-    channels = [f"agent:progress:{sid}:{mid}" for sid, mid in turns]
+    channels = [f"agent:progress:{{{sid}:{mid}}}" for sid, mid in turns]
     numsub = _wait_for(lambda: dict(progress.pubsub_numsub(*channels)), lambda n: all(n.values()))
     pubsub_connections = progress.client_list(_type="pubsub")
     release.set()

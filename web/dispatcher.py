@@ -1,12 +1,25 @@
-"""Fan-out: one pub/sub connection per web process, shared by all its SSE clients.
+"""Fan-out: one pub/sub connection per progress shard per web process, shared by all its SSE clients.
 
-A reader greenlet takes every message off the connection and hands it to the bounded
+On one server there is one shard and one connection (SUBSCRIBE). On a Redis Cluster, channels
+are shard channels (SSUBSCRIBE) and each lives on the master that owns its slot, so there is
+one connection per master that holds a subscribed channel, never one per client.
+
+A reader greenlet per connection takes every message off it and hands it to the bounded
 queue of each subscriber of that channel. Channels are reference-counted: the first
 subscriber subscribes, the last one to leave unsubscribes. The dispatcher never waits
 on a client: one whose queue is full is cut off (it reconnects and replays the log).
-A subscriber that may have missed messages (the connection dropped) is closed the same way."""
+A subscriber that may have missed messages is closed the same way: when its shard's connection
+drops (a dead server, a Cluster failover), when redis-py silently re-subscribed, or when the
+Cluster moved its channel's slot to another master (the server then ends the subscription
+itself). Each such client is closed once, reconnects, and resumes from the log; the slot map
+is read again first, so it subscribes where its channel lives now.
+
+Rejected: redis-py's ClusterPubSub.get_sharded_message, which polls the per-node connections
+in turn with a timeout each, so one quiet shard delays the others; here each shard has its
+own reader."""
 
 import logging
+import time
 from collections import defaultdict
 
 import gevent
@@ -14,12 +27,23 @@ import redis
 from gevent.event import Event
 from gevent.lock import RLock
 from gevent.queue import Empty, Full, Queue
+from redis.backoff import NoBackoff
+from redis.client import PubSub
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
-from shared.progress import LoggedEvent, parse_wire
+from shared.progress import LoggedEvent, parse_wire, sharded
 
 log = logging.getLogger(__name__)
 
 CLOSE = object()
+SINGLE = "single"
+# Hundreds of clients resuming at once after a failover ask for one slot-map read, not one each.
+SLOT_REFRESH_GAP_S = 0.5
+# What a shard's own pub/sub connection takes over from the Cluster client's settings.
+NODE_OPTIONS = ("username", "password", "socket_timeout", "socket_connect_timeout", "decode_responses",
+                "health_check_interval")
 
 
 class SubscribeTimeout(RuntimeError):
@@ -61,17 +85,44 @@ class Subscription:
         return CLOSE if self.closed_reason else item
 
 
+class Shard:
+    """One pub/sub connection: to the single server, or to one Cluster master (shard channels)."""
+
+    def __init__(self, name: str, pubsub: PubSub, sharded_channels: bool):
+        self.name = name
+        self.pubsub = pubsub
+        self.sharded = sharded_channels
+        self.channels: set[str] = set()
+        self.reader: gevent.Greenlet | None = None
+
+    def subscribe(self, channel: str) -> None:
+        (self.pubsub.ssubscribe if self.sharded else self.pubsub.subscribe)(channel)
+        self.channels.add(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        (self.pubsub.sunsubscribe if self.sharded else self.pubsub.unsubscribe)(channel)
+
+    def close(self) -> None:
+        try:
+            self.pubsub.reset()
+        except (redis.RedisError, OSError):
+            pass
+
+
 class Dispatcher:
-    def __init__(self, r: redis.Redis, queue_size: int, subscribe_timeout: float):
+    def __init__(self, r: redis.Redis | RedisCluster, queue_size: int, subscribe_timeout: float):
         self._redis = r
+        self._sharded = sharded(r)
         self._queue_size = queue_size
         self._subscribe_timeout = subscribe_timeout
-        self._pubsub = r.pubsub()
+        self._shards: dict[str, Shard] = {}
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._channel_shard: dict[str, Shard] = {}
         self._pending: dict[str, int] = defaultdict(int)
         self._confirmed: dict[str, Event] = {}
         self._lock = RLock()
-        self._reader: gevent.Greenlet | None = None
+        self._slots_read_at = 0.0
         self.clients_cut = 0
 
     @property
@@ -81,6 +132,11 @@ class Dispatcher:
     @property
     def channel_count(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def connection_count(self) -> int:
+        """Pub/sub connections this process holds (one per shard in use)."""
+        return len(self._shards)
 
     def subscribe(self, channel: str) -> Subscription:
         """A new subscription, returned once the server has confirmed the channel."""
@@ -92,13 +148,15 @@ class Dispatcher:
                 self._confirmed[channel] = Event()
                 self._pending[channel] += 1
                 try:
-                    self._pubsub.subscribe(channel)
-                except redis.RedisError:
+                    shard = self._shard_for(channel)
+                    shard.subscribe(channel)
+                    self._channel_shard[channel] = shard
+                except (redis.RedisError, RedisClusterException) as exc:
                     self._forget(sub)
-                    self._pending.pop(channel, None)
-                    raise
+                    self._refresh_slots()  # a failover may have moved the channel's slot
+                    raise redis.ConnectionError(f"cannot subscribe to {channel}: {exc}") from exc
+                self._ensure_reader(shard)
             confirmed = self._confirmed[channel]
-        self._ensure_reader()
         if not confirmed.wait(self._subscribe_timeout):
             self.unsubscribe(sub)
             raise SubscribeTimeout(f"no confirmation for {channel}")
@@ -106,11 +164,33 @@ class Dispatcher:
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
-            if self._forget(sub):
+            shard = self._channel_shard.get(sub.channel)
+            if self._forget(sub) and shard is not None:
                 try:
-                    self._pubsub.unsubscribe(sub.channel)
+                    shard.unsubscribe(sub.channel)
                 except redis.RedisError:
                     pass  # the connection is gone, and the subscription with it.
+
+    def _shard_for(self, channel: str) -> Shard:
+        """The connection for `channel`: the single one, or that of the master owning its slot."""
+        if not self._sharded:
+            shard = self._shards.get(SINGLE)
+            if shard is None:
+                shard = self._shards[SINGLE] = Shard(SINGLE, self._redis.pubsub(), sharded_channels=False)
+            return shard
+        node = self._redis.get_node_from_key(channel)
+        shard = self._shards.get(node.name)
+        if shard is None:
+            shard = self._shards[node.name] = Shard(node.name, self._node_pubsub(node), sharded_channels=True)
+        return shard
+
+    def _node_pubsub(self, node: ClusterNode) -> PubSub:
+        """A pub/sub connection of our own to one master, outside the Cluster client's pools: a slot-map
+        refresh marks every pooled connection for reconnection, and redis-py would then re-subscribe
+        all of a node's channels in one SSUBSCRIBE, which the server refuses across slots. With no
+        retries, a dropped connection is an error the reader sees, and its clients resume instead."""
+        options = {k: v for k, v in self._redis.nodes_manager.connection_kwargs.items() if k in NODE_OPTIONS}
+        return redis.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **options).pubsub()
 
     def _forget(self, sub: Subscription) -> bool:
         """Drop `sub`; True if it was the channel's last subscriber."""
@@ -123,30 +203,44 @@ class Dispatcher:
         del self._subscribers[sub.channel]
         self._confirmed.pop(sub.channel, None)
         self._pending.pop(sub.channel, None)
+        self._channel_shard.pop(sub.channel, None)
         return True
 
-    def _ensure_reader(self) -> None:
-        if self._reader is None or self._reader.dead:
-            self._reader = gevent.spawn(self._read_forever)
+    def _ensure_reader(self, shard: Shard) -> None:
+        if shard.reader is None or shard.reader.dead:
+            shard.reader = gevent.spawn(self._read_forever, shard)
 
-    def _read_forever(self) -> None:
-        while True:
+    def _read_forever(self, shard: Shard) -> None:
+        while self._shards.get(shard.name) is shard:
             try:
-                message = self._pubsub.get_message(timeout=1.0)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("progress pub/sub connection lost (%s); closing %d streams", exc, self.client_count)
-                self._start_over("connection lost")
-                gevent.sleep(0.5)
+                message = shard.pubsub.get_message(timeout=1.0)
+            except (redis.RedisError, OSError) as exc:
+                # A dead server, or a reconnection that redis-py could not re-subscribe (CROSSSLOT,
+                # MOVED): either way this connection may have missed messages.
+                log.warning("progress pub/sub connection %s lost (%s); closing its %d streams",
+                            shard.name, exc, self._clients_of(shard))
+                self._start_over(shard, "connection lost")
+                return
+            except RuntimeError:
+                gevent.sleep(0.1)  # no subscription yet on this connection (redis-py refuses to read)
                 continue
             if message is not None:
-                self._handle(message)
+                self._handle(shard, message)
 
-    def _handle(self, message: dict) -> None:
+    def _clients_of(self, shard: Shard) -> int:
+        return sum(len(self._subscribers.get(channel, ())) for channel in shard.channels)
+
+    def _handle(self, shard: Shard, message: dict) -> None:
         kind, channel = message["type"], message["channel"]
-        if kind == "message":
+        if kind in ("message", "smessage"):
             self._fan_out(channel, parse_wire(message["data"]))
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             self._on_confirmed(channel)
+        elif kind == "sunsubscribe" and channel in self._subscribers and channel in shard.channels:
+            # Not ours: the Cluster moved the channel's slot to another master.
+            log.info("progress channel %s moved off %s; its streams resume elsewhere", channel, shard.name)
+            self._close_channel(channel, "moved")
+            self._refresh_slots()
 
     def _on_confirmed(self, channel: str) -> None:
         with self._lock:
@@ -165,18 +259,34 @@ class Dispatcher:
             if not sub.deliver(event):
                 self.clients_cut += 1
 
-    def _start_over(self, reason: str) -> None:
-        """Close every stream (clients resume from the log) and drop the old connection, so it is
-        not silently re-subscribed to channels whose clients are gone."""
+    def _close_channel(self, channel: str, reason: str) -> None:
         with self._lock:
-            for subs in self._subscribers.values():
-                for sub in subs:
-                    sub.close(reason)
-            self._subscribers.clear()
-            self._confirmed.clear()
-            self._pending.clear()
-            old, self._pubsub = self._pubsub, self._redis.pubsub()
+            for sub in self._subscribers.pop(channel, ()):
+                sub.close(reason)
+            self._confirmed.pop(channel, None)
+            self._pending.pop(channel, None)
+            shard = self._channel_shard.pop(channel, None)
+            if shard is not None:
+                shard.channels.discard(channel)
+
+    def _start_over(self, shard: Shard, reason: str) -> None:
+        """Close every stream of `shard` (clients resume from the log) and drop its connection, so
+        it is not silently re-subscribed to channels whose clients are gone. The next subscription
+        to one of its channels opens a new connection, to whichever master owns the slot by then."""
+        with self._lock:
+            for channel in list(shard.channels):
+                self._close_channel(channel, reason)
+            if self._shards.get(shard.name) is shard:
+                del self._shards[shard.name]
+        shard.close()
+        self._refresh_slots()
+
+    def _refresh_slots(self) -> None:
+        """Read the Cluster's slot map again (after a failover or a moved slot)."""
+        if not self._sharded or time.monotonic() - self._slots_read_at < SLOT_REFRESH_GAP_S:
+            return
+        self._slots_read_at = time.monotonic()
         try:
-            old.reset()
-        except redis.RedisError:
-            pass
+            self._redis.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            log.info("progress cluster slot map not refreshed yet: %s", exc)

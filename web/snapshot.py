@@ -21,6 +21,7 @@ from shared import defaults, keys, turns
 from shared.celery_config import queues
 from shared.eviction import judge_eviction, read_eviction
 from shared.guards import stats as guard_stats
+from shared.progress import sharded
 from shared.redis_roles import client
 from shared.settings import get_settings
 from shared.tracing import suppress_instrumentation
@@ -45,10 +46,8 @@ def process_name() -> str:
 def redacted(url: str) -> str:
     """A Redis URL without its password, for display."""
     parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
+    if parts.password:  # the hosts part as written: sentinel:// and cluster:// URLs list several
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}")
     return urlunsplit(parts)
 
 
@@ -107,11 +106,21 @@ def workers(app: Celery, timeout: float) -> list[dict]:
 
 
 def pubsub(r: redis.Redis | None = None, limit: int = defaults.OPS_MAX_CHANNELS) -> dict:
-    """Subscribers per active progress channel (PUBSUB NUMSUB), at most `limit` channels."""
+    """Subscribers per active progress channel (PUBSUB NUMSUB), at most `limit` channels.
+    On a Cluster, the shard channels of every master (PUBSUB SHARDCHANNELS / SHARDNUMSUB)."""
     r = r or client("progress")
-    channels = sorted(r.pubsub_channels(keys.progress_channel_pattern()))
-    shown = channels[:limit]
-    counts = r.pubsub_numsub(*shown) if shown else []
+    pattern = keys.progress_channel_pattern()
+    if not sharded(r):
+        channels = sorted(r.pubsub_channels(pattern))
+        counts = r.pubsub_numsub(*channels[:limit]) if channels else []
+    else:
+        channels, counts = [], []
+        for node in r.get_primaries():
+            node_redis = r.get_redis_connection(node)
+            on_node = sorted(node_redis.pubsub_shardchannels(pattern))
+            channels += on_node
+            shown = on_node[:max(0, limit - len(counts))]
+            counts += node_redis.pubsub_shardnumsub(*shown) if shown else []
     return {"active_channels": len(channels), "truncated": len(channels) > limit,
             "channels": [{"channel": channel, "subscribers": int(n)} for channel, n in counts]}
 

@@ -55,3 +55,13 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = QoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """The same fix for a broker behind Sentinel: its failover drops every connection at once."""
+
+    Channel = SentinelChannel

@@ -17,7 +17,8 @@ app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
 # The web tier gives up on a dead broker at once (503); a worker sending a turn's next step
 # waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
-app.conf.broker_transport = "workers.broker_transport:Transport"
+app.conf.broker_transport = ("workers.broker_transport:SentinelTransport"
+                             if get_settings().role_target("broker").sentinel else "workers.broker_transport:Transport")
 app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
                                       "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 # The same for the result backend (also the broker): chords keep their counters there.

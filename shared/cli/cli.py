@@ -1,6 +1,7 @@
 """The `turnstream` command: run the whole system locally, mint tokens."""
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -111,12 +112,15 @@ def _port_option(role: str):
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".run"), show_default=True)
 @click.option("--concurrency", type=int, default=50, show_default=True, help="Greenlets of the tools worker")
 @click.option("--llm-concurrency", type=int, default=2, show_default=True, help="Threads of the llm worker")
+@click.option("--cluster", is_flag=True, help="Distributed Redis: the broker behind Sentinel (master, replica, "
+              "3 sentinels), progress on a 3+3 Redis Cluster, exec cache and auth memo on 3-master Clusters "
+              "(free ports; the --<role>-port options do not apply)")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
-        data_dir: Path, concurrency: int, llm_concurrency: int) -> None:
+        data_dir: Path, concurrency: int, llm_concurrency: int, cluster: bool) -> None:
     """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
-    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p)]
+    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p) and not cluster]
     if processes.port_in_use(port):
         busy.append(f"web={port}")
     if busy:
@@ -137,8 +141,9 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     _stop_on_signals()
     try:
         for role, p in ports.items():
-            children.add(f"{role} redis-server", processes.redis_server(role, p, data_dir)).start()
-            click.echo(f"redis {role:<10} redis://127.0.0.1:{p}")
+            topology, env[ROLE_ENV[role]] = _role_redis(role, p, data_dir, cluster)
+            children.add(f"{role} redis-server", topology).start()
+            click.echo(f"redis {role:<10} {env[ROLE_ENV[role]]}")
         env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
         children.add("tools worker", processes.celery_worker(env, data_dir / "logs", name="tools",
                                                              queues=defaults.TOOLS_QUEUE, pool="gevent",
@@ -161,6 +166,20 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     finally:
         for executor in reversed(children.executors()):
             _stop_quietly(executor)
+
+
+def _role_redis(role: str, port: int, data_dir: Path, cluster: bool) -> tuple[object, str]:
+    """A role's Redis, not yet started, with its URL: one server, or (--cluster) the broker's
+    Sentinel set, the progress Cluster with a replica per master, a cache Cluster without."""
+    if not cluster:
+        return processes.redis_server(role, port, data_dir), f"redis://127.0.0.1:{port}/0"
+    role_dir = data_dir / "distributed" / role
+    shutil.rmtree(role_dir, ignore_errors=True)  # fresh ports each run: old cluster configs would not fit
+    if role == "broker":
+        topology = processes.SentinelSet(role, role_dir, down_after_ms=5000)
+    else:
+        topology = processes.RedisCluster(role, role_dir, replicas=1 if role == "progress" else 0)
+    return topology, topology.url
 
 
 def _stop_quietly(executor) -> None:

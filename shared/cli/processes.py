@@ -113,3 +113,205 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) 
 def _settings_overrides(env: dict[str, str]) -> dict[str, str]:
     names = {"REDIS_URL": "redis_url", "BROKER_REDIS_URL": "broker_redis_url"}
     return {field: env[name] for name, field in names.items() if name in env}
+
+
+# --- Sentinel and Cluster ------------------------------------------------------------------------
+SENTINEL_MASTER = "turnstream-broker"
+
+
+def sentinel(port: int, master_port: int, data_dir: Path, master: str = SENTINEL_MASTER,
+             down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> TCPExecutor:
+    """A Redis Sentinel on 127.0.0.1:`port` watching the master on `master_port` (quorum 2 of 3).
+    Sentinel rewrites its own config file, so each gets a fresh one in `data_dir`."""
+    own_dir = data_dir / f"sentinel-{port}"
+    own_dir.mkdir(parents=True, exist_ok=True)
+    conf = own_dir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {own_dir}\nlogfile {own_dir / 'sentinel.log'}\n"
+                    f"sentinel monitor {master} 127.0.0.1 {master_port} 2\n"
+                    f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                    f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {master} 1\n")
+    return TCPExecutor(["redis-server", str(conf), "--sentinel"], host="127.0.0.1", port=port, timeout=20, stdout=None)
+
+
+class SentinelSet:
+    """A master, its replica and three sentinels for one role; `url` is the role's sentinel:// URL."""
+
+    def __init__(self, role: str, data_dir: Path, master: str = SENTINEL_MASTER, down_after_ms: int = 1000):
+        self.master_name = master
+        self.server_ports = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        master_port, replica_port = self.server_ports
+        quick_sync = ["--repl-diskless-sync-delay", "0"]  # so a failover soon after start finds the replica ready
+        self.servers = [redis_server(role, master_port, data_dir / "master", extra=quick_sync,
+                                     conf=_own_conf(role, data_dir / "master")),
+                        redis_server(role, replica_port, data_dir / "replica",
+                                     extra=[*quick_sync, "--replicaof", "127.0.0.1", str(master_port)],
+                                     conf=_own_conf(role, data_dir / "replica"))]
+        self.sentinels = [sentinel(port, master_port, data_dir, master, down_after_ms) for port in self.sentinel_ports]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"sentinel://{hosts}/0?master={self.master_name}"
+
+    def start(self) -> "SentinelSet":
+        for executor in [*self.servers, *self.sentinels]:
+            executor.start()
+        return self
+
+    command = ["redis-sentinel-set"]
+    process = None  # several processes: `turnstream dev` supervises it through running() and stop()
+
+    def running(self) -> bool:
+        return all(executor.running() for executor in self.sentinels)
+
+    def stop(self) -> None:
+        for executor in [*self.sentinels, *self.servers]:
+            executor.stop()
+
+    def master_port(self) -> int:
+        """The port of the server the sentinels currently call master."""
+        import redis
+
+        for port in self.sentinel_ports:
+            try:
+                return int(redis.Redis(port=port, socket_timeout=1).sentinel_get_master_addr_by_name(self.master_name)[1])
+            except (redis.RedisError, TypeError):
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def server(self, port: int) -> TCPExecutor:
+        return self.servers[self.server_ports.index(port)]
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, for one role's config,
+    created with `redis-cli --cluster create`. `url` is the role's cluster:// URL."""
+
+    def __init__(self, role: str, data_dir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        self.replicas = replicas
+        # A replica syncs at once (no diskless delay) and may always take over: a master killed
+        # right after start must still fail over.
+        cluster_options = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                           "--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0",
+                           "--cluster-require-full-coverage", "no", "--cluster-allow-pubsubshard-when-down", "yes"]
+        # Each node's cluster bus gets its own free port too (by default it is port + 10000,
+        # which does not exist for a free port above 55535).
+        self.nodes = {port: redis_server(role, port, data_dir / f"node-{port}",
+                                         extra=[*cluster_options, "--cluster-port", str(free_port()),
+                                                "--cluster-config-file", str(data_dir / f"node-{port}" / "nodes.conf")])
+                      for port in self.ports}
+
+    @property
+    def url(self) -> str:
+        return "cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports[:3])
+
+    def start(self, timeout: float = 60.0) -> "RedisCluster":
+        import subprocess
+
+        for node in self.nodes.values():
+            node.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=timeout)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every slot has a master and every node agrees the cluster is ok."""
+        import time
+
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for port in self.live_ports():
+                try:
+                    states.append(_cluster_info(port))
+                except redis.RedisError:
+                    states.append({})
+            if states and all(s.get("cluster_state") == "ok" and str(s.get("cluster_slots_ok")) == "16384"
+                              for s in states) and self._replicas_linked():
+                return
+            time.sleep(0.2)
+        raise TimeoutError("the Redis Cluster did not become ready")
+
+    def _replicas_linked(self) -> bool:
+        import redis
+
+        try:
+            infos = [_node(port).info("replication") for port in self.live_ports()]
+        except redis.RedisError:
+            return False
+        return all(info.get("master_link_status") == "up" for info in infos if info.get("role") == "slave")
+
+    def live_ports(self) -> list[int]:
+        return [port for port, node in self.nodes.items() if node.running()]
+
+    def masters(self) -> list[int]:
+        """Ports of the nodes that are masters now."""
+        import redis
+
+        for port in self.live_ports():
+            try:
+                lines = _node(port).execute_command("CLUSTER", "NODES").splitlines()
+            except redis.RedisError:
+                continue
+            # <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot> ...
+            fields = [line.split() for line in lines if line.strip()]
+            return sorted(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in fields
+                          if "master" in f[2].split(",") and "fail" not in f[2] and len(f) > 8)
+        raise RuntimeError("no cluster node answers")
+
+    command = ["redis-cluster"]
+    process = None  # several processes: `turnstream dev` supervises it through running() and stop()
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Reshard one slot, keys included, to the master on `to_port` (what `redis-cli --cluster
+        reshard` does, for one slot)."""
+        source = next(port for port in self.masters() if slot in self.slots_of(port))
+        source_id, target_id = (_node(port).execute_command("CLUSTER", "MYID") for port in (source, to_port))
+        _node(to_port).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        _node(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := _node(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            _node(source).execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for port in (to_port, source):
+            _node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def slots_of(self, port: int) -> set[int]:
+        """The hash slots the master on `port` serves."""
+        slots: set[int] = set()
+        for start, end, primary, *_ in _node(port).execute_command("CLUSTER", "SLOTS"):
+            if int(primary[1]) == port:
+                slots.update(range(int(start), int(end) + 1))
+        return slots
+
+    def running(self) -> bool:
+        return bool(self.live_ports())
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+def _own_conf(role: str, directory: Path) -> Path:
+    """A copy of the role's conf: Sentinel has a server rewrite its conf file (CONFIG REWRITE) when
+    it changes its master, which must not touch the one in deploy/."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / CONF_FILES[role]
+    copy.write_text((DEPLOY / "redis" / CONF_FILES[role]).read_text())
+    return copy
+
+
+def _node(port: int):
+    import redis
+
+    return redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    text = _node(port).execute_command("CLUSTER", "INFO")
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)

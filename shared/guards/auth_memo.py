@@ -26,7 +26,7 @@ from shared.guards import stats
 from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
 from shared.identity import Principal
-from shared.redis_roles import PerClient, client
+from shared.redis_roles import PerClient, client, mget
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class AuthMemo:
         if self.strict:
             return self._verify(principal, tools, {}, memo="bypass")
         try:
-            values = guard_redis_call(GUARD, lambda: self.redis.mget(names))
+            values = guard_redis_call(GUARD, lambda: mget(self.redis, names))
         except GuardDown as exc:
             log.warning("auth memo unavailable (%s): asking the verifier directly", type(exc).__name__)
             return self._verify(principal, tools, {}, memo="bypass")
