@@ -82,24 +82,28 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, describe=
     raise AssertionError(f"condition not met within {timeout:.0f}s" + (f": {describe()}" if describe else ""))
 
 
+def snapshot(chaos: Stack, bodies: list[dict], field: str) -> list[str | None]:
+    """One field of every turn's record, read from the broker in one round trip. Waits for a
+    moment to pull a plug read this way: the moment lasts about one tool call, and status
+    requests to the web tier on a loaded machine can take longer than that."""
+    pipe = chaos.client("broker").pipeline(transaction=False)
+    for body in bodies:
+        pipe.hget(keys.turn_status(body["session_id"], body["message_id"]), field)
+    return pipe.execute()
+
+
+def wait_until_executing(chaos: Stack, body: dict) -> None:
+    """Until the turn is calling its tools."""
+    wait_for(lambda: snapshot(chaos, [body], "step") == ["execute"], interval=0.02,
+             describe=lambda: snapshot(chaos, [body], "status"))
+
+
 def wait_until_running(chaos: Stack, bodies: list[dict]) -> None:
-    """Until every turn has started and most are still running: the moment to pull a plug.
-
-    The statuses are read from the broker in one round trip, a snapshot: the window lasts about
-    one tool call, and six status requests in a row on a loaded machine can take longer than
-    that, so the turns finished between two samples that each saw some still queued."""
-    broker = chaos.client("broker")
-
-    def statuses() -> list[str]:
-        pipe = broker.pipeline(transaction=False)
-        for body in bodies:
-            pipe.hget(keys.turn_status(body["session_id"], body["message_id"]), "status")
-        return pipe.execute()
-
+    """Until every turn has started and most are still running: the moment to pull a plug."""
     def started_and_running() -> bool:
-        states = statuses()
+        states = snapshot(chaos, bodies, "status")
         return "queued" not in states and states.count("running") > len(states) // 2
-    wait_for(started_and_running, interval=0.02, describe=statuses)
+    wait_for(started_and_running, interval=0.02, describe=lambda: snapshot(chaos, bodies, "status"))
 
 
 def status(base_url: str, body: dict) -> dict:
@@ -125,7 +129,7 @@ def terminal_events(chaos: Stack, body: dict) -> list[str]:
 def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps(chaos):
     base = chaos.base_url
     body = post_prompt(base, "cancel1", SLOW_PROMPT).json()
-    wait_for(lambda: status(base, body).get("step") == "execute")
+    wait_until_executing(chaos, body)
     response = httpx.delete(base + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT)
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
@@ -241,7 +245,7 @@ def test_a_dead_cache_role_blocks_no_turn(chaos, role):
 def test_a_worker_killed_mid_turn_leaves_exactly_one_answer(chaos):
     base = chaos.base_url
     body = post_prompt(base, "kill9", SLOW_PROMPT).json()
-    wait_for(lambda: status(base, body).get("step") == "execute")
+    wait_until_executing(chaos, body)
     victim = chaos.workers[-1]
     victim.kill(sig=9)
     assert not victim.running()
