@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server promtool image clean
+.PHONY: run run-cluster test bench redis-server chromium mcp-reference-server ag-ui-client promtool image clean
 
 # llama-cpp-python compiles llama.cpp. Native CPU flags turn on AMX where the CPU has it, and
 # ggml's AMX code crashes (SIGSEGV) on virtualized Xeons, so it is built portably (AVX2, no AMX).
@@ -37,6 +37,9 @@ chromium:
 mcp-reference-server:
 	@bash deploy/install-mcp-reference.sh
 
+ag-ui-client:
+	@bash deploy/install-ag-ui-client.sh
+
 promtool:
 	@bash deploy/install-promtool.sh
 
@@ -47,7 +50,7 @@ run: $(STAMP) redis-server
 run-cluster: $(STAMP) redis-server
 	$(BIN)/turnstream dev --cluster
 
-test: $(STAMP) redis-server chromium mcp-reference-server promtool
+test: $(STAMP) redis-server chromium mcp-reference-server ag-ui-client promtool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server

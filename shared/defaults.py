@@ -31,6 +31,8 @@ SSE_CLIENT_QUEUE = 256
 # Connections a web process's streams use on the progress server: 1 for pub/sub, the rest for log replays.
 SSE_REDIS_CONNECTIONS = 16
 TOKEN_COALESCE_S = 0.05
+# A tool's MCP progress notifications are forwarded at most this often (the latest one wins).
+TOOL_PROGRESS_COALESCE_S = 0.25
 
 # Bearer and stream tokens.
 USER_TOKEN_TTL_S = 12 * 60 * 60
@@ -63,6 +65,8 @@ PROMPT_MAX_CHARS = 4000
 
 # Built-in tools' simulated upstream latency (the demo should look like real work).
 TOOL_LATENCY_MS = 300
+# How long the built-in sales_report tool works (it reports its progress meanwhile).
+REPORT_DURATION_S = 6.0
 # Each built-in tool call runs in a child process (workers/toolserver/sandbox.py) with these limits.
 TOOL_PROCESSES = 2        # children per tool server
 TOOL_CPU_S = 2.0          # CPU time per call; past it the child is killed

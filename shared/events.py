@@ -4,7 +4,7 @@ shared.vocabulary)."""
 from pydantic import BaseModel, ConfigDict
 
 from shared.vocabulary import (CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOOL_EVENT,
-                               EventType, ExecCacheResult, Step, StepPhase, ToolStatus)
+                               EventType, ExecCacheResult, Step, StepPhase, ToolEventStatus)
 
 
 class ProgressEvent(BaseModel):
@@ -23,10 +23,13 @@ class StepEvent(ProgressEvent):
 class ToolEvent(ProgressEvent):
     call_id: str
     tool: str
-    args: dict
-    status: ToolStatus
-    duration_ms: float
-    result_preview: str = ""
+    args: dict | None = None  # on `started` and the final event; `running` carries only what changed
+    status: ToolEventStatus
+    duration_ms: float | None = None  # on the final event
+    progress: float | None = None  # `running`: the tool's own figures (MCP notifications/progress)
+    total: float | None = None
+    message: str | None = None
+    result_preview: str | None = None
     permission: dict | None = None
     cache: ExecCacheResult | None = None
     error: str | None = None

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     sse_client_queue: int = defaults.SSE_CLIENT_QUEUE
     sse_redis_connections: int = defaults.SSE_REDIS_CONNECTIONS
     token_coalesce_s: float = defaults.TOKEN_COALESCE_S
+    tool_progress_coalesce_s: float = defaults.TOOL_PROGRESS_COALESCE_S
 
     user_token_ttl_s: int = defaults.USER_TOKEN_TTL_S
     stream_token_ttl_s: int = defaults.STREAM_TOKEN_TTL_S
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
 
     prompt_max_chars: int = defaults.PROMPT_MAX_CHARS
     tool_latency_ms: int = defaults.TOOL_LATENCY_MS
+    report_duration_s: float = Field(defaults.REPORT_DURATION_S, ge=0)
     tool_processes: int = defaults.TOOL_PROCESSES
     tool_cpu_s: float = defaults.TOOL_CPU_S
     tool_memory_mb: int = defaults.TOOL_MEMORY_MB

@@ -135,20 +135,25 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 
 
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
-                r: redis.Redis | None = None, payload: TurnPayload | None = None) -> None:
-    """Record a new turn as queued and in flight. `payload` is what its chain is sent with,
-    kept so that a turn whose messages were lost can be sent again (workers.redelivery)."""
+                r: redis.Redis | None = None, payload: TurnPayload | None = None) -> bool:
+    """Record a new turn as queued and in flight; False (and nothing written) if a turn with this
+    id exists. `payload` is what its chain is sent with, kept so that a turn whose messages were
+    lost can be sent again (workers.redelivery)."""
     ttl = get_settings().turn_status_ttl_s
     now = time.time()
     record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
                         prompt=prompt, created_at=now, updated_at=now, payload=payload)
     with replicated("broker", r) as one:
-        _record(one, record, principal, now, ttl)
+        return _record(one, record, principal, now, ttl)
 
 
-def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> None:
+def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> bool:
     session_id, message_id = record.session_id, record.message_id
     status_key = keys.turn_status(session_id, message_id)
+    # Claim the id first (one atomic field write): a client may choose its ids (AG-UI's runId),
+    # and a second post of the same id must not overwrite a turn under way.
+    if not r.hsetnx(status_key, "owner", principal.owner):
+        return False
     pipe = r.pipeline()
     pipe.hset(status_key, mapping=record.to_hash())
     pipe.expire(status_key, ttl)
@@ -160,6 +165,7 @@ def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: flo
     pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
     pipe.expire(keys.user_sessions(principal.tenant, principal.user), session_ttl_s())
     pipe.execute()
+    return True
 
 
 def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None,

@@ -33,8 +33,14 @@ StepPhase = Literal["started", "finished"]
 STARTED, FINISHED = get_args(StepPhase)
 
 # --- Tool calls -------------------------------------------------------------------------------
+# A call's life in `tool` events: `started` when execute dispatches it (before the guards),
+# `running` while the tool reports MCP progress, then exactly one final status.
 ToolStatus = Literal["ok", "error", "denied"]
 TOOL_OK, TOOL_ERROR, TOOL_DENIED = get_args(ToolStatus)
+TOOL_FINAL_STATUSES: frozenset[ToolStatus] = frozenset(get_args(ToolStatus))
+ToolPhase = Literal["started", "running"]
+TOOL_STARTED, TOOL_RUNNING = get_args(ToolPhase)
+ToolEventStatus = Literal[ToolPhase, ToolStatus]
 
 # --- Progress events: one SSE `event:` name per kind ---------------------------------------------
 EventType = Literal["step", "tool", "token", "done", "error", "cancelled"]
@@ -67,6 +73,15 @@ def tool_dedupe(call_id: str) -> str:
     return f"tool-{call_id}"
 
 
+def tool_started_dedupe(call_id: str) -> str:
+    return f"tool-{call_id}-started"
+
+
+def tool_running_dedupe(call_id: str, report: int) -> str:
+    """`tool-r1c0-running-3`: a call's reports are numbered, so a redelivered call logs none twice."""
+    return f"tool-{call_id}-running-{report}"
+
+
 def delta_dedupe(chunk: int) -> str:
     """`token-3`: the fourth piece of the answer's text."""
     return f"token-{chunk}"
@@ -75,4 +90,5 @@ def delta_dedupe(chunk: int) -> str:
 def for_browser() -> dict[str, list[str]]:
     """The names the page needs, as JSON-ready lists (served as /vocabulary.js)."""
     return {"STATUSES": list(STATUSES), "FINAL_STATUSES": sorted(FINAL_STATUSES), "STEPS": list(STEPS),
-            "EVENT_TYPES": list(EVENT_TYPES), "TERMINAL_EVENTS": sorted(TERMINAL_EVENTS)}
+            "EVENT_TYPES": list(EVENT_TYPES), "TERMINAL_EVENTS": sorted(TERMINAL_EVENTS),
+            "TOOL_PHASES": [TOOL_STARTED, TOOL_RUNNING], "TOOL_FINAL_STATUSES": list(get_args(ToolStatus))}

@@ -7,7 +7,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from shared.identity import issue_user_token
-from shared.vocabulary import TERMINAL_EVENTS
+from shared.vocabulary import TERMINAL_EVENTS, TOOL_FINAL_STATUSES
 
 
 @dataclass
@@ -15,6 +15,11 @@ class Event:
     type: str
     id: str
     data: dict
+
+
+def tool_calls(events: list[Event]) -> list[Event]:
+    """Each tool call's final event (`ok`, `error`, `denied`), without its `started` and `running` ones."""
+    return [e for e in events if e.type == "tool" and e.data["status"] in TOOL_FINAL_STATUSES]
 
 
 def bearer(user: str = "alice", tenant: str = "acme", roles: tuple[str, ...] = ("analyst",)) -> dict:

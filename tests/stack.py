@@ -20,7 +20,8 @@ class Stack:
         self.base_dir = base_dir
         self.log_dir = base_dir / "logs"
         self.env: dict[str, str] = {"TURNSTREAM_SECRET": TEST_SECRET, "TURNSTREAM_TOOL_LATENCY_MS": "0",
-                                    "TURNSTREAM_DEV": "1", "PROMETHEUS_MULTIPROC_DIR": str(base_dir / "metrics"),
+                                    "TURNSTREAM_DEV": "1", "TURNSTREAM_REPORT_DURATION_S": "3",
+                                    "PROMETHEUS_MULTIPROC_DIR": str(base_dir / "metrics"),
                                     "TURNSTREAM_TICKETS_FILE": str(base_dir / "tickets.jsonl"), **env}
         (base_dir / "metrics").mkdir(parents=True, exist_ok=True)
         self.redis: dict[str, object] = {}

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.guard_support import IdentityProvider
-from tests.sse import bearer, post_prompt, read_stream
+from tests.sse import bearer, post_prompt, read_stream, tool_calls
 from tests.stack import TEST_SECRET, Stack
 
 CITIES = ("Paris", "London", "Berlin", "Tokyo", "Rome", "Madrid")
@@ -48,7 +48,7 @@ def run_turns(system, turns: list[tuple[str, str, str]], during=None) -> list[li
 
 
 def tools_of(events) -> list[dict]:
-    return [e.data for e in events if e.type == "tool"]
+    return [e.data for e in tool_calls(events)]
 
 
 def test_verifier_down_and_no_memo_fails_closed_with_a_clear_error(guarded_system, idp):

@@ -6,11 +6,11 @@ import sys
 import httpx
 
 from shared.cli.processes import child_env
-from tests.sse import bearer, post_prompt, read_stream
+from tests.sse import bearer, post_prompt, read_stream, tool_calls
 
 
 def tool_events(events):
-    return [e.data for e in events if e.type == "tool"]
+    return [e.data for e in tool_calls(events)]
 
 
 def test_tool_events_report_permission_cache_and_duration(base_url, session_id):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from shared.cli.processes import REPO_ROOT, child_env, free_port
-from tests.sse import post_prompt, read_stream
+from tests.sse import post_prompt, read_stream, tool_calls
 from tests.stack import Stack
 from workers.reasoners.local import bounded_schema, checked, shipped_model_path, spans
 from workers.reasoners.local_check import amx_features
@@ -84,7 +84,7 @@ def test_demo_prompts_and_a_follow_up_answer_with_the_tools_facts(local_stack):
         body = post_prompt(local_stack.base_url, "localdemo", prompt).json()
         events = read_stream(local_stack.base_url, body["stream_url"], timeout=300)
         assert events[-1].type == "done", (prompt, events[-1])
-        calls = [(e.data["tool"], e.data["status"]) for e in events if e.type == "tool"]
+        calls = [(e.data["tool"], e.data["status"]) for e in tool_calls(events)]
         assert calls == [(tool, "ok")], (prompt, calls)
         answer = events[-1].data["answer"]
         assert "".join(e.data["text"] for e in events if e.type == "token").strip() == answer.strip()

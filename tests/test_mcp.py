@@ -24,7 +24,7 @@ def tickets_file(tmp_path_factory):
 def http_url(tmp_path_factory, tickets_file):
     base = tmp_path_factory.mktemp("toolserver")
     port = processes.free_port()
-    server = processes.tool_server({"TURNSTREAM_TOOL_LATENCY_MS": "0",
+    server = processes.tool_server({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REPORT_DURATION_S": "2",
                                     "TURNSTREAM_TICKETS_FILE": str(tickets_file)}, port, base).start()
     try:
         yield f"http://127.0.0.1:{port}/mcp"
@@ -34,7 +34,7 @@ def http_url(tmp_path_factory, tickets_file):
 
 @pytest.fixture(scope="module", params=["stdio", "http"])
 def client(request, tickets_file):
-    settings = Settings(tool_latency_ms=0, tickets_file=str(tickets_file))
+    settings = Settings(tool_latency_ms=0, report_duration_s=2, tickets_file=str(tickets_file))
     if request.param == "stdio":
         spec = builtin_server(settings)
     else:
@@ -46,11 +46,22 @@ def client(request, tickets_file):
 
 def test_lists_the_builtin_tools_with_schemas_and_policies(client):
     tools = {t["name"]: t for t in client.list_tools()}
-    assert set(tools) == {"weather", "search_kb", "calculator", "my_orders", "create_ticket"}
+    assert set(tools) == {"weather", "search_kb", "calculator", "my_orders", "create_ticket", "sales_report"}
     assert tools["weather"]["input_schema"]["required"] == ["city"]
     assert tools["weather"]["server"] == "builtin"
     assert tools["my_orders"]["cache_declaration"]["cache"] == "user"
     assert tools["create_ticket"]["cache_declaration"] == {"cache": "never"}
+
+
+def test_a_slow_tools_progress_reaches_the_caller_while_it_runs(client):
+    reports = []
+    result = client.call_tool("sales_report", {}, ALICE, on_progress=lambda *report: reports.append(report))
+    assert result == {"user": "alice", "orders": 2, "total_eur": 288.5, "by_status": {"delivered": 1, "shipped": 1}}
+    assert reports, "progress arrived before the result"
+    assert all(total == 4 for _, total, _ in reports)
+    assert [progress for progress, _, _ in reports] == sorted(progress for progress, _, _ in reports)
+    assert {message for _, _, message in reports} <= {"Collecting orders", "Totalling by item",
+                                                      "Comparing with last period", "Writing the summary", "Done"}
 
 
 def test_calls_return_json_results(client):

@@ -13,7 +13,7 @@ from mirakuru import HTTPExecutor
 
 from shared.cli import processes
 from shared.settings import Settings
-from tests.sse import post_prompt, read_stream
+from tests.sse import post_prompt, read_stream, tool_calls
 from tests.stack import Stack
 from workers.reasoners.base import TurnContext
 from workers.reasoners.local import shipped_model_path
@@ -66,7 +66,7 @@ def test_a_turn_with_the_llama_server_calls_the_weather_tool_and_streams_the_ans
     body = post_prompt(llama_stack.base_url, f"llama-{uuid.uuid4().hex[:8]}", "What is the weather in Paris?").json()
     events = read_stream(llama_stack.base_url, body["stream_url"], timeout=600)
     assert events[-1].type == "done", events[-1].data
-    weather = [e.data for e in events if e.type == "tool" and e.data["tool"] == "weather"]
+    weather = [e.data for e in tool_calls(events) if e.data["tool"] == "weather"]
     assert weather, "the model called the weather tool"
     assert "paris" in weather[0]["args"].get("city", "").lower() and weather[0]["status"] == "ok"
     tokens = [e.data["text"] for e in events if e.type == "token"]

@@ -12,7 +12,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.fake_openai import ANSWER_PIECES, FakeOpenAI
-from tests.sse import bearer, post_prompt, read_stream
+from tests.sse import bearer, post_prompt, read_stream, tool_calls
 from tests.stack import Stack
 from workers.reasoners.base import ReasonerError, TurnContext
 from workers.reasoners.openai_chat import OpenAIReasoner
@@ -110,7 +110,7 @@ def openai_stack(tmp_path_factory, fake, stack):  # `stack` sets the test secret
 def test_a_turn_with_the_openai_reasoner_calls_tools_and_streams_tokens(openai_stack):
     body = post_prompt(openai_stack.base_url, "oai1", "What is the weather in Paris, and 6 * 7 + 1?").json()
     events = read_stream(openai_stack.base_url, body["stream_url"])
-    tools = [(e.data["tool"], e.data["args"], e.data["status"]) for e in events if e.type == "tool"]
+    tools = [(e.data["tool"], e.data["args"], e.data["status"]) for e in tool_calls(events)]
     assert sorted(tools) == [("calculator", {"expression": "6 * 7 + 1"}, "ok"), ("weather", {"city": "Paris"}, "ok")]
     tokens = "".join(e.data["text"] for e in events if e.type == "token")
     assert events[-1].type == "done"
@@ -143,7 +143,7 @@ def test_a_failure_in_a_later_round_still_reaches_the_errback(openai_stack):
     must have been carried all the way there."""
     body = post_prompt(openai_stack.base_url, "oai3", "weather in Paris, then fail later").json()
     events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
-    assert [e.data["status"] for e in events if e.type == "tool"] == ["ok", "ok"]
+    assert [e.data["status"] for e in tool_calls(events)] == ["ok", "ok"]
     assert events[-1].type == "error" and events[-1].data["step"] == "reason"
     assert "500" in events[-1].data["message"]
 
@@ -154,7 +154,7 @@ def test_a_model_that_always_wants_tools_stops_at_the_round_limit(openai_stack):
     started = [(e.data["step"], e.data.get("round")) for e in events if e.type == "step" and e.data["status"] == "started"]
     assert started == [("discover", None), ("reason", 1), ("execute", 1), ("reason", 2), ("execute", 2),
                        ("synthesize", None)], "after TURNSTREAM_MAX_TOOL_ROUNDS=2 rounds the answer is written"
-    assert len([e for e in events if e.type == "tool"]) == 4
+    assert len([e for e in tool_calls(events)]) == 4
     assert events[-1].type == "done"
 
 
@@ -165,7 +165,7 @@ def test_a_model_that_calls_a_tool_it_was_not_offered_gets_a_denied_result(opena
     body = post_prompt(openai_stack.base_url, "oai5", "What is the weather in Paris, and 6 * 7 + 1?",
                        headers=viewer).json()
     events = read_stream(openai_stack.base_url, body["stream_url"], timeout=60)
-    tools = sorted((e.data["tool"], e.data["status"], e.data["error"]) for e in events if e.type == "tool")
+    tools = sorted((e.data["tool"], e.data["status"], e.data["error"]) for e in tool_calls(events))
     assert tools == [("calculator", "denied", "You may not use calculator"),
                      ("weather", "denied", "You may not use weather")]
     assert events[-1].type == "done"

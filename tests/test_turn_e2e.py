@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.sse import bearer, post_prompt, read_stream
+from tests.sse import bearer, post_prompt, read_stream, tool_calls
 
 # discover, then reason -> execute until the reasoner wants no more tools, then synthesize.
 ONE_TOOL_ROUND = [("discover", None), ("reason", 1), ("execute", 1), ("reason", 2), ("synthesize", None)]
@@ -21,7 +21,7 @@ def test_prompt_streams_every_step_in_order_then_the_answer(base_url, session_id
     assert steps == [(step, round_, status) for step, round_ in ONE_TOOL_ROUND for status in ("started", "finished")]
     finished = [e.data for e in events if e.type == "step" and e.data["status"] == "finished"]
     assert all(isinstance(d["duration_ms"], (int, float)) and d["duration_ms"] >= 0 for d in finished)
-    tools = [e.data for e in events if e.type == "tool"]
+    tools = [e.data for e in tool_calls(events)]
     assert [(t["tool"], t["args"], t["status"]) for t in tools] == [("weather", {"city": "Paris"}, "ok")]
     assert events[-1].type == "done"
     assert events[-1].data["answer"] == "In Paris it is 14°C with light rain and wind at 18 km/h."
@@ -43,7 +43,7 @@ def test_status_url_reports_the_finished_turn(base_url, session_id):
 def test_a_tool_error_is_reported_and_the_turn_still_answers(base_url, session_id):
     body = post_prompt(base_url, session_id, "What is the weather in Paris? Also 1/0 + 1").json()
     events = read_stream(base_url, body["stream_url"])
-    tools = {e.data["tool"]: e.data for e in events if e.type == "tool"}
+    tools = {e.data["tool"]: e.data for e in tool_calls(events)}
     assert tools["calculator"]["status"] == "error"
     assert "cannot evaluate" in tools["calculator"]["error"]
     assert events[-1].type == "done"

@@ -48,7 +48,8 @@ def slow_stack(stack, tmp_path_factory):
     """A system whose tools take a while, so a turn is still running when its stream is cut.
 
     It needs `stack` only for this process's settings (the shared test secret signs tokens)."""
-    system = Stack(tmp_path_factory.mktemp("slow"), TURNSTREAM_TOOL_LATENCY_MS="1200", TURNSTREAM_SSE_RETRY_MS="300")
+    system = Stack(tmp_path_factory.mktemp("slow"), TURNSTREAM_TOOL_LATENCY_MS="1200", TURNSTREAM_SSE_RETRY_MS="300",
+                   TURNSTREAM_REPORT_DURATION_S="6")
     # One worker slot: the turn's three tool calls run one after another, so it is still running
     # for seconds after the first tool event (in parallel they would all end together).
     with system.running(concurrency=1):
@@ -124,9 +125,15 @@ def test_a_prompt_shows_the_turn_its_steps_and_the_answer(page, base_url):
     streamed = page.evaluate("window.streamed")
     assert streamed and streamed[-1].strip() == WEATHER_PARIS, "the answer streamed in before it was rendered"
 
-    # The session is listed at the side, titled by its first prompt, and is the current one.
+    # The session is listed at the side, titled by its first prompt and its time, and is the current one.
     current = page.locator("#session-list .session[aria-current=page]")
-    expect(current).to_have_text("What is the weather in Paris?")
+    expect(current.locator(".session-prompt")).to_have_text("What is the weather in Paris?")
+    expect(current.locator("time.session-time")).to_have_text(re.compile(r"\d{1,2}:\d{2}:\d{2}"))
+
+    # The raw result preview folds away.
+    fold = tool.locator("details.result")
+    fold.locator("summary").click()
+    expect(tool.locator(".preview")).to_be_hidden()
     screenshot(page, "ui-desktop")
 
     # A reload keeps the sign-in and the session; its history loads, steps included on demand.
@@ -154,7 +161,7 @@ def test_on_a_narrow_screen_sessions_are_a_drawer(page, base_url):
     toggle.focus()
     page.keyboard.press("Enter")
     expect(toggle).to_have_attribute("aria-expanded", "true")
-    expect(sessions.locator(".session")).to_have_text(["calculate 6 * 7 + 1"])
+    expect(sessions.locator(".session .session-prompt")).to_have_text(["calculate 6 * 7 + 1"])
     screenshot(page, "ui-narrow-sessions")
     page.keyboard.press("Escape")
     expect(sessions).to_be_hidden()
@@ -189,10 +196,10 @@ def test_denials_permission_and_cache_results_and_markdown_are_shown(page, stack
     publisher.publish(DoneEvent(answer=answer))
 
     allowed, denied = turn.locator("li.tool[data-tool=search_kb]"), turn.locator("li.tool[data-tool=create_ticket]")
-    expect(allowed.locator(".badge.permission .badge-value")).to_have_text("allowed · memo hit")
-    expect(allowed.locator(".badge.cache .badge-value")).to_have_text("coalesced")
+    expect(allowed.locator(".badge.permission .badge-value")).to_have_text("permission remembered")
+    expect(allowed.locator(".badge.cache .badge-value")).to_have_text("shared result")
     expect(denied.locator(".tool-name")).to_have_text("You may not use create_ticket")
-    expect(denied.locator(".badge.permission .badge-value")).to_have_text("denied · verifier (memo miss)")
+    expect(denied.locator(".badge.permission .badge-value")).to_have_text("denied · checked now")
     expect(denied.locator(".tool-error")).to_have_text("role analyst may not call create_ticket")
 
     markdown = turn.locator(".answer .markdown")
@@ -230,6 +237,8 @@ def test_a_failed_turn_and_a_refused_prompt_are_shown_plainly(page, base_url):
     expect(step).not_to_have_class(re.compile(r"\brunning\b"))
     expect(step).to_contain_text("failed")
     expect(page.get_by_role("status")).to_have_text("Turn finished")
+    expect(turn.locator(".running")).to_have_count(0)  # no spinner left on a failed turn
+    expect(turn.get_by_role("button", name="Cancel this turn")).to_be_hidden()
     assert [e for e in page.errors if "status of 413" not in e] == []
 
 
@@ -322,6 +331,70 @@ def test_a_plain_eventsource_reconnects_by_itself_and_gets_every_event_once(page
     assert page.evaluate("window.drops") >= 1 and page.evaluate("window.opens") >= 2, "it reconnected by itself"
     status = httpx.get(slow_stack.base_url + body["status_url"], headers=bearer()).json()
     assert status["status"] == "done"
+
+
+def test_a_slow_tool_shows_its_card_with_a_running_timer_and_progress(page, slow_stack):
+    sign_in(page, slow_stack.base_url, "report" + uuid.uuid4().hex[:6])
+    send_prompt(page, "Make my sales report")
+    turn = page.locator("li.turn").last
+    card = turn.locator("li.tool[data-tool=sales_report]")
+    expect(card).to_have_class(re.compile(r"\brunning\b"), timeout=20_000)
+    elapsed = card.get_by_label("Elapsed time")
+    expect(elapsed).to_have_text(re.compile(r"^\d+ s$"))
+    first = elapsed.inner_text()
+    expect(elapsed).not_to_have_text(first, timeout=5_000)  # the timer ticks while the tool works
+    expect(card.get_by_label("sales_report progress")).to_be_visible()
+    expect(card.locator(".progress-text")).to_contain_text("%")
+    assert card.get_attribute("data-status") in ("started", "running")
+    assert turn.locator(".answer .markdown").count() == 0, "the card showed before the tool finished"
+    screenshot(page, "ui-tool-running")
+
+    expect(turn.locator(".answer .markdown")).to_contain_text("Your sales report", timeout=30_000)
+    expect(card).to_have_class(re.compile(r"\bok\b"))
+    assert DURATION.match(card.locator(".tool-head .duration").inner_text())
+    expect(card.locator("progress")).to_have_count(0)
+    expect(turn.get_by_role("button", name="Cancel this turn")).to_be_hidden()
+    assert page.errors == []
+
+
+def test_cancel_stops_a_running_turn_and_says_so_in_the_timeline(page, slow_stack):
+    sign_in(page, slow_stack.base_url, "cancel" + uuid.uuid4().hex[:6])
+    send_prompt(page, "Make my sales report")
+    turn = page.locator("li.turn").last
+    expect(turn.locator("li.tool[data-tool=sales_report]")).to_be_visible(timeout=20_000)
+    turn.get_by_role("button", name="Cancel this turn").click()
+
+    expect(turn.locator(".note.cancel")).to_have_text("You cancelled this turn.")
+    expect(turn.locator(".problem")).to_have_text("This turn was cancelled.")
+    expect(turn.locator(".running")).to_have_count(0)  # no spinner, no ticking timer
+    expect(turn.locator("li.tool[data-tool=sales_report]")).to_have_class(re.compile(r"\bstopped\b"))
+    expect(turn.get_by_role("button", name="Cancel this turn")).to_be_hidden()
+    expect(page.get_by_role("status")).to_have_text("Turn finished")
+    session_id = page.evaluate("location.hash.split('=')[1]")
+    status_url = f"{slow_stack.base_url}/api/sessions/{session_id}/messages/{turn.get_attribute('data-message-id')}"
+    token = page.evaluate("sessionStorage.getItem('turnstream.token')")
+    assert httpx.get(status_url, headers={"Authorization": f"Bearer {token}"}).json()["status"] == "cancelled"
+    screenshot(page, "ui-cancelled")
+    assert page.errors == []
+
+
+def test_two_sessions_with_the_same_first_prompt_can_be_told_apart(page, base_url):
+    sign_in(page, base_url, "twins" + uuid.uuid4().hex[:6])
+    for _ in range(2):
+        page.get_by_role("button", name="New chat").click()
+        send_prompt(page, "calculate 2 + 2")
+        expect(page.locator("li.turn .answer .markdown")).to_have_text("2 + 2 = 4.", timeout=20_000)
+    sessions = page.locator("#session-list .session")
+    expect(sessions).to_have_count(2)
+    expect(sessions.locator(".session-prompt")).to_have_text(["calculate 2 + 2", "calculate 2 + 2"])
+    labels = sessions.evaluate_all("nodes => nodes.map(n => n.innerText)")
+    assert labels[0] != labels[1]
+    page.reload()  # titles from the server's records say the same
+    expect(sessions).to_have_count(2)
+    expect(sessions.locator("time.session-time").first).not_to_be_empty()
+    labels = sessions.evaluate_all("nodes => nodes.map(n => n.innerText)")
+    assert labels[0] != labels[1]
+    assert page.errors == []
 
 
 MARKDOWN_CASES = {

@@ -1,4 +1,4 @@
-"""The web tier: an app factory with one blueprint per surface (api, stream, ops, ui, admin).
+"""The web tier: an app factory with one blueprint per surface (api, ag_ui, stream, ops, ui, admin).
 
 Rule: Flask views and what only they use (SSE fan-out, auth of requests, the /ops snapshot).
 It sends turns by task name (shared.turn_flow) and never imports `workers`."""
@@ -13,6 +13,7 @@ from shared.redis_roles import make_redis
 from shared.settings import get_settings
 from web import extensions, telemetry
 from web.admin import admin
+from web.ag_ui import ag_ui
 from web.api import api
 from web.dispatcher import Dispatcher
 from web.errors import register_error_handlers
@@ -45,7 +46,7 @@ def create_app(check_redis: bool = True) -> Flask:
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
                        rate_limiter=TurnRateLimiter(settings))
-    for blueprint in (api, openapi, stream, ops, metrics_bp, admin, ui):
+    for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     allow_cross_origin(app, settings.cors_origin_list())

@@ -74,21 +74,7 @@ def post_message(session_id: str):
     principal = current_principal()
     valid_id(session_id, "session_id")
     body = json_body(PromptBody)
-    limit = get_settings().prompt_max_chars
-    if len(body.prompt) > limit:
-        raise ApiError(413, "prompt_too_long", f"prompt is {len(body.prompt)} characters; the limit is {limit}")
-    extensions.rate_limiter().hit(principal)
-    if not turns.claim_session(session_id, principal):
-        raise ApiError(404, "not_found", "no such session")
-
-    message_id = uuid.uuid4().hex
-    turn: TurnPayload = {"session_id": session_id, "message_id": message_id, "prompt": body.prompt,
-                         "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
-    turns.create_turn(session_id, message_id, principal, body.prompt, payload=turn)
-    enqueue(session_id, message_id, turn)
-    metrics.TURNS_ACCEPTED.inc()
-    log.info("turn accepted", extra={"message_id": message_id})
-
+    message_id = accept_turn(session_id, principal, body.prompt)
     stream_token = issue_stream_token(principal, session_id, message_id)
     response = jsonify({
         "session_id": session_id,
@@ -98,6 +84,29 @@ def post_message(session_id: str):
     })
     response.status_code = 202
     return response
+
+
+def accept_turn(session_id: str, principal: Principal, prompt: str, message_id: str | None = None) -> str:
+    """Record and enqueue a turn for a validated session id, or raise the 4xx/503 saying why not:
+    prompt too long (413), someone else's session (404), rate limit (429), a message id that is
+    taken (409: only a client that chose its own id can hit it), broker down (503).
+    Every way of starting a turn (our API, AG-UI) goes through here."""
+    limit = get_settings().prompt_max_chars
+    if len(prompt) > limit:
+        raise ApiError(413, "prompt_too_long", f"prompt is {len(prompt)} characters; the limit is {limit}")
+    extensions.rate_limiter().hit(principal)
+    if not turns.claim_session(session_id, principal):
+        raise ApiError(404, "not_found", "no such session")
+
+    message_id = message_id or uuid.uuid4().hex
+    turn: TurnPayload = {"session_id": session_id, "message_id": message_id, "prompt": prompt,
+                         "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
+    if not turns.create_turn(session_id, message_id, principal, prompt, payload=turn):
+        raise ApiError(409, "already_exists", f"message {message_id} already exists in session {session_id}")
+    enqueue(session_id, message_id, turn)
+    metrics.TURNS_ACCEPTED.inc()
+    log.info("turn accepted", extra={"message_id": message_id})
+    return message_id
 
 
 def enqueue(session_id: str, message_id: str, turn: TurnPayload) -> None:

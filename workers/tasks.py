@@ -45,10 +45,11 @@ from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event, terminal_event
 from shared.turn_flow import FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, task_name
 from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, REPUBLISH_TERMINAL_EVENT,
-                               STARTED, SYNTHESIZE, TOOL_ERROR, TOOL_OK, TURN_FAILED, tool_dedupe)
+                               STARTED, SYNTHESIZE, TOOL_ERROR, TOOL_OK, TOOL_RUNNING, TOOL_STARTED, TURN_FAILED,
+                               tool_dedupe, tool_running_dedupe, tool_started_dedupe)
 from workers import guarding
 from workers.celery_app import app
-from workers.mcp.client import ToolCallError, mcp_client
+from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (StepFailed, TurnTask, fail_turn, forward, ms_since, publish_phase, run_step,
                            settle_terminal_event, start_step, step_failure, with_broker)
@@ -100,6 +101,20 @@ def reason(self, turn: TurnState) -> None:
 
 
 # --- execute -------------------------------------------------------------------------------
+def _progress_publisher(publisher: Publisher, call: ToolCall) -> Progress:
+    """Publishes a call's progress reports as `running` events, numbered so that a redelivered
+    call publishes none of them twice."""
+    published = 0
+
+    def report(progress: float, total: float | None, message: str | None) -> None:
+        nonlocal published
+        published += 1
+        publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], status=TOOL_RUNNING,
+                                    progress=progress, total=total, message=message),
+                          dedupe=tool_running_dedupe(call["call_id"], published))
+    return report
+
+
 def _tool_event(outcome: ToolOutcome, duration_ms: float, guard: guarding.GuardedCall | None) -> ToolEvent:
     preview = json.dumps(outcome.get("result", ""), ensure_ascii=False)[:PREVIEW_CHARS]
     return ToolEvent(call_id=outcome["call_id"], tool=outcome["tool"], args=outcome["args"], status=outcome["status"],
@@ -120,7 +135,7 @@ def call_tool(ref: TurnRef, call: ToolCall) -> ToolOutcome:
         try:
             tool = client.resolve(call["tool"])
             run = functools.partial(_noting_time_limit, late, client.call_tool, call["tool"],
-                                    caller=guarding.caller(ref))
+                                    caller=guarding.caller(ref), on_progress=_progress_publisher(publisher, call))
             guard = guarding.guarded_tool_call(guarding.principal(ref), tool, call["args"], run)
             if late:
                 raise late[0]  # the execution cache reported it as the tool's error: it is the step's
@@ -157,10 +172,14 @@ def _noting_time_limit(late: list, fn: Callable[..., T], *args: object, **kwargs
 @app.task(name=task_name(EXECUTE), bind=True, base=TurnTask)
 def execute(self, turn: TurnState) -> None:
     """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
-    publish_phase(start_step(turn, EXECUTE), EXECUTE, STARTED, _round(turn))
+    publisher = start_step(turn, EXECUTE)
+    publish_phase(publisher, EXECUTE, STARTED, _round(turn))
     ref: TurnRef = {k: turn[k] for k in TurnRef.__annotations__}
     calls = [{k: c[k] for k in ToolCall.__annotations__ if k in c} for c in turn["pending"]]
     state: TurnState = {**turn, "pending": [], "execute_started_at": time.time()}
+    for call in calls:  # shown at once, before the guards and however long the tools queue is
+        publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=TOOL_STARTED),
+                          dedupe=tool_started_dedupe(call["call_id"]))
     # Each call carries the turn's errbacks too: a call killed by its time limit ends the turn
     # itself (Celery links a chord's errbacks to its body only, which hears of it as a ChordError).
     header = [call_tool.si(ref, c) for c in calls]

@@ -127,7 +127,7 @@ function sessionButton(sid) {
   button.type = "button";
   button.className = "session";
   button.dataset.sessionId = sid;
-  button.textContent = state.titles.get(sid) || sid;
+  fillTitle(button, sid);
   button.addEventListener("click", () => {
     location.hash = `session=${sid}`;
     closeDrawer();
@@ -151,26 +151,65 @@ async function loadSessions() {
   await Promise.all(sessions.filter((sid) => !state.titles.has(sid)).slice(0, 30).map(async (sid) => {
     try {
       const { messages } = await api(sessionPath(sid));
-      if (messages.length) setTitle(sid, messages[0].prompt);
+      if (messages.length) setTitle(sid, messages[0].prompt, messages[0].created_at);
     } catch {
       // The list still works with the id as the title.
     }
   }));
 }
 
-function setTitle(sid, prompt) {
-  const title = prompt.length > 60 ? `${prompt.slice(0, 57)}…` : prompt;
-  state.titles.set(sid, title);
-  const button = document.querySelector(`#session-list .session[data-session-id="${sid}"]`);
-  if (button) button.textContent = title;
-  if (sid === state.sessionId) $("chat-title").textContent = title;
+/** "Nov 26, 14:03:21": when a session started, so two with the same first prompt differ. */
+function formatStarted(seconds) {
+  return new Date(seconds * 1000).toLocaleString(undefined, {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+/** A session's title is its first prompt and the time it was sent. */
+function setTitle(sid, prompt, startedAt) {
+  const text = prompt.length > 60 ? `${prompt.slice(0, 57)}…` : prompt;
+  state.titles.set(sid, { text, time: startedAt ? formatStarted(startedAt) : "", iso: startedAt
+    ? new Date(startedAt * 1000).toISOString() : "" });
+  for (const other of document.querySelectorAll("#session-list .session")) {
+    if (state.titles.has(other.dataset.sessionId)) fillTitle(other, other.dataset.sessionId);
+  }
+  if (sid === state.sessionId) $("chat-title").textContent = titleText(sid);
+}
+
+/** Two sessions with the same prompt in the same second still differ: by their ids' ends. */
+function labelOf(sid) {
+  const title = state.titles.get(sid);
+  const twins = [...state.titles.entries()].filter(([other, t]) => other !== sid && t.text === title.text
+    && t.time === title.time);
+  return twins.length ? `${title.time} · #${sid.slice(-4)}` : title.time;
+}
+
+function titleText(sid) {
+  const title = state.titles.get(sid);
+  return title ? [title.text, labelOf(sid)].filter(Boolean).join(" · ") : sid;
+}
+
+function fillTitle(button, sid) {
+  const title = state.titles.get(sid);
+  if (!title) {
+    button.textContent = sid;
+    return;
+  }
+  const text = document.createElement("span");
+  text.className = "session-prompt";
+  text.textContent = title.text;
+  const time = document.createElement("time");
+  time.className = "session-time";
+  time.dateTime = title.iso;
+  time.textContent = labelOf(sid);
+  button.replaceChildren(text, time);
+  button.title = `${title.text} (${sid})`;
 }
 
 function addSessionToList(sid, prompt) {
   if (!document.querySelector(`#session-list .session[data-session-id="${sid}"]`)) {
     $("session-list").prepend(sessionButton(sid));
   }
-  if (!state.titles.has(sid)) setTitle(sid, prompt);
+  if (!state.titles.has(sid)) setTitle(sid, prompt, Date.now() / 1000);
   markCurrentSession();
 }
 
@@ -181,7 +220,7 @@ async function openSession(sid) {
   showConnection("idle");
   state.sessionId = sid;
   $("turns").replaceChildren();
-  $("chat-title").textContent = sid ? state.titles.get(sid) || sid : "New chat";
+  $("chat-title").textContent = sid ? titleText(sid) : "New chat";
   markCurrentSession();
   if (!sid) return;
   let body;
@@ -218,7 +257,20 @@ async function loadEvents(view, sid, mid) {
 
 // --- Turns -----------------------------------------------------------------------------------
 
+/** Cancel a running turn (DELETE); the line the timeline shows for what happened. */
+async function cancelTurn(sid, mid) {
+  try {
+    await api(`${sessionPath(sid)}/${encodeURIComponent(mid)}`, { method: "DELETE" });
+    return "You cancelled this turn.";
+  } catch (error) {
+    if (error.status === 409) return `Too late to cancel: ${error.message}.`;
+    return `Could not cancel: ${error.message}`;
+  }
+}
+
 function follow(view, sid, mid, streamUrl) {
+  view.onCancel = () => cancelTurn(sid, mid);
+  view.setCancellable(true);
   const follower = new TurnFollower({
     streamUrl,
     eventsUrl: `${sessionPath(sid)}/${encodeURIComponent(mid)}/events`,
@@ -232,6 +284,7 @@ function follow(view, sid, mid, streamUrl) {
       if (name === "resumed") view.resumed(detail);
       if (name === "finished" || name === "failed") {
         state.followers.delete(follower);
+        view.setCancellable(false);
         if (!view.terminal) refreshRecord(view, sid, mid);
       }
       showConnection(name, detail);

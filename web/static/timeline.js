@@ -1,11 +1,17 @@
 // One turn on the page: the prompt, a timeline of steps and tool calls, and the answer.
 //
 // Events are applied in order as they arrive: a step row shows a spinner until its
-// `finished` event gives its duration; a tool row shows the call's arguments, its
-// permission and cache results, duration and a preview of the result; `token` events
+// `finished` event gives its duration. A tool card appears when the call starts (`tool`
+// event, status `started`) with a live elapsed time, shows a progress bar while the tool
+// reports progress (`running`), and on its final event shows the outcome, the guards'
+// verdicts in words, its duration and a result preview that folds away. `token` events
 // stream the answer as plain text and `done` replaces it with the rendered Markdown.
+// A turn that ends (failed, cancelled) stops every spinner and timer still running.
 
 import { renderMarkdown } from "./markdown.js";
+import { TOOL_PHASES } from "../vocabulary.js";
+
+const [TOOL_STARTED, TOOL_RUNNING] = TOOL_PHASES;
 
 const STEP_LABELS = {
   reason: "Reasoning",
@@ -32,36 +38,45 @@ export function formatDuration(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
 }
 
-const MEMO_WORDS = { hit: "memo hit", miss: "verifier (memo miss)", bypass: "verifier (memo bypassed)" };
+// The guards' verdicts in a user's words; the technical value stays in the badge's tooltip.
+/** A running call's elapsed time: "0 s", "3 s", "1 min 05 s". */
+export function formatElapsed(ms) {
+  const seconds = Math.max(0, Math.floor(ms / 1000));
+  if (seconds < 60) return `${seconds} s`;
+  return `${Math.floor(seconds / 60)} min ${String(seconds % 60).padStart(2, "0")} s`;
+}
 
-/** The permission result in words: "allowed · memo hit", "denied · verifier (memo miss)". */
+const PERMISSION_WORDS = { hit: "permission remembered", miss: "permission checked now",
+                           bypass: "permission checked now" };
+const CACHE_WORDS = { hit: "from cache", coalesced: "shared result", miss: "fresh result", bypass: "not cached" };
+
+/** The permission result in words: "permission remembered", "permission checked now", "denied · checked now". */
 export function describePermission(permission) {
   if (permission === null || permission === undefined) return "";
   if (typeof permission !== "object") return String(permission);
-  const parts = [];
-  if ("allowed" in permission) parts.push(permission.allowed ? "allowed" : "denied");
-  for (const [key, value] of Object.entries(permission)) {
-    if (key === "allowed" || value === null || value === undefined || value === false) continue;
-    if (key === "memo" && MEMO_WORDS[value]) parts.push(MEMO_WORDS[value]);
-    else if (key === "source" || key === "via" || key === "decision") parts.push(String(value));
-    else if (value === true) parts.push(key.replaceAll("_", " "));
-    else if (typeof value === "object") parts.push(`${key.replaceAll("_", " ")} ${JSON.stringify(value)}`);
-    else parts.push(`${key.replaceAll("_", " ")} ${value}`);
-  }
-  return parts.join(" · ");
+  const checked = PERMISSION_WORDS[permission.memo] || "permission checked";
+  if (permission.allowed === false) return `denied · ${checked.replace("permission ", "")}`;
+  return checked;
 }
 
-/** The cache result in words: "hit", "miss", "coalesced", "bypass". */
+/** The cache result in words: "from cache", "shared result", "fresh result", "not cached". */
 export function describeCache(cache) {
   if (cache === null || cache === undefined) return "";
-  if (typeof cache !== "object") return String(cache);
-  return String(cache.result ?? cache.status ?? JSON.stringify(cache));
+  const value = typeof cache === "object" ? String(cache.result ?? cache.status ?? "") : String(cache);
+  return CACHE_WORDS[value] || value;
 }
 
-function badge(label, value, kind) {
+/** When an event was logged: its id is the log's `<milliseconds>-<sequence>`. */
+function loggedAt(id) {
+  const ms = Number(String(id || "").split("-")[0]);
+  return Number.isFinite(ms) && ms > 0 ? ms : Date.now();
+}
+
+function badge(value, kind, technical) {
   const node = el("span", `badge ${kind}`);
   node.dataset.value = value;
-  node.append(el("span", "badge-label", `${label} `), el("span", "badge-value", value));
+  node.title = technical;
+  node.append(el("span", "badge-value", value));
   return node;
 }
 
@@ -70,6 +85,7 @@ export class TurnView {
   constructor(turn) {
     this.messageId = turn.message_id || "";
     this.steps = new Map();
+    this.tools = new Map();  // call_id -> card
     this.currentStep = null;
     this.eventCount = 0;
     this.terminal = null;
@@ -93,8 +109,30 @@ export class TurnView {
     this.problem.setAttribute("role", "alert");
     this.problem.hidden = true;
 
-    this.element.append(prompt, this.details, this.answer, this.problem);
+    // Cancel: shown while the turn runs; what it did shows in the timeline (`onCancel` is the
+    // page's DELETE, resolving to a line for the timeline).
+    this.onCancel = null;
+    this.cancelButton = el("button", "cancel secondary", "Cancel");
+    this.cancelButton.type = "button";
+    this.cancelButton.setAttribute("aria-label", "Cancel this turn");
+    this.cancelButton.hidden = true;
+    this.cancelButton.addEventListener("click", () => this.cancel());
+
+    this.element.append(prompt, this.cancelButton, this.details, this.answer, this.problem);
     this.setId(this.messageId);
+  }
+
+  setCancellable(on) {
+    this.cancelButton.hidden = !on || !this.onCancel || this.terminal !== null;
+  }
+
+  async cancel() {
+    if (!this.onCancel) return;
+    this.cancelButton.disabled = true;
+    this.cancelButton.textContent = "Cancelling…";
+    const line = await this.onCancel();
+    this.note(line, "cancel");
+    this.cancelButton.hidden = true;
   }
 
   setId(messageId) {
@@ -191,36 +229,107 @@ export class TurnView {
   }
 
   tool(data, id) {
-    const row = el("li", `tool ${data.status}`);
-    row.dataset.eventId = id;
-    row.dataset.tool = data.tool;
-    row.dataset.status = data.status;
-    const head = el("div", "tool-head");
-    let headline;
-    if (data.status === "denied") headline = `You may not use ${data.tool}`;
-    else if (data.status === "error") headline = `${data.tool} failed`;
-    else headline = data.tool;
-    head.append(el("span", "tool-name", headline), el("span", "duration", formatDuration(data.duration_ms)));
-    row.append(head);
+    let card = this.tools.get(data.call_id);
+    if (!card) {
+      card = this.toolCard(data, id);
+      this.tools.set(data.call_id, card);
+    }
+    card.row.dataset.eventId = id;
+    if (data.status === TOOL_STARTED) return;
+    if (data.status === TOOL_RUNNING) {
+      this.showProgress(card, data);
+      return;
+    }
+    this.finishTool(card, data);
+  }
 
+  /** The card of one call, shown from its first event with a live elapsed time. */
+  toolCard(data, id) {
+    const card = { row: el("li", "tool running"), name: el("span", "tool-name", data.tool),
+                   elapsed: el("span", "duration elapsed"), startedAt: loggedAt(id), timer: null };
+    card.row.dataset.tool = data.tool;
+    card.row.dataset.callId = data.call_id;
+    card.row.dataset.status = "started";
+    const head = el("div", "tool-head");
+    card.elapsed.setAttribute("aria-label", "Elapsed time");
+    head.append(card.name, card.elapsed);
     const args = el("code", "args", JSON.stringify(data.args ?? {}));
     args.setAttribute("aria-label", "Arguments");
-    row.append(args);
+    card.row.append(head, args);
+    const tick = () => { card.elapsed.textContent = formatElapsed(Date.now() - card.startedAt); };
+    tick();
+    card.timer = setInterval(tick, 250);
+    (this.currentStep ? this.currentStep.tools : this.list).append(card.row);
+    return card;
+  }
+
+  showProgress(card, data) {
+    card.row.dataset.status = "running";
+    if (!card.progress) {
+      card.progress = el("progress", "tool-progress");
+      card.progress.setAttribute("aria-label", `${data.tool} progress`);
+      card.progressText = el("span", "progress-text");
+      const line = el("div", "progress-line");
+      line.append(card.progress, card.progressText);
+      card.row.querySelector(".args").after(line);
+    }
+    if (typeof data.total === "number" && data.total > 0) {
+      card.progress.max = data.total;
+      card.progress.value = Math.min(data.progress, data.total);
+    } else {
+      card.progress.removeAttribute("value");  // no total: an indeterminate bar
+    }
+    const share = typeof data.total === "number" && data.total > 0 ? `${Math.round((100 * data.progress) / data.total)}%` : "";
+    card.progressText.textContent = [share, data.message || ""].filter(Boolean).join(" · ");
+  }
+
+  finishTool(card, data) {
+    this.stopTimer(card);
+    const row = card.row;
+    row.className = `tool ${data.status}`;
+    row.dataset.status = data.status;
+    if (data.status === "denied") card.name.textContent = `You may not use ${data.tool}`;
+    else if (data.status === "error") card.name.textContent = `${data.tool} failed`;
+    card.elapsed.classList.remove("elapsed");
+    card.elapsed.removeAttribute("aria-label");
+    card.elapsed.textContent = formatDuration(data.duration_ms);
+    if (card.progress) card.progress.closest(".progress-line").remove();
 
     const badges = el("div", "badges");
     const permission = describePermission(data.permission);
-    if (permission) badges.append(badge("permission", permission, "permission"));
+    if (permission) badges.append(badge(permission, "permission", `permission: ${JSON.stringify(data.permission)}`));
     const cache = describeCache(data.cache);
-    if (cache) badges.append(badge("cache", cache, `cache cache-${cache}`));
+    if (cache) badges.append(badge(cache, `cache cache-${data.cache}`, `cache: ${data.cache}`));
     if (badges.childElementCount) row.append(badges);
 
     if (data.error) row.append(el("p", "tool-error", data.error));
     if (data.status === "ok" && data.result_preview && data.result_preview !== '""') {
+      const fold = el("details", "result");
+      fold.open = true;
       const preview = el("pre", "preview", data.result_preview);
       preview.setAttribute("aria-label", "Result preview");
-      row.append(preview);
+      fold.append(el("summary", "", "Result"), preview);
+      row.append(fold);
     }
-    (this.currentStep ? this.currentStep.tools : this.list).append(row);
+  }
+
+  stopTimer(card) {
+    if (card.timer) clearInterval(card.timer);
+    card.timer = null;
+  }
+
+  /** The turn ended: no tool timer keeps ticking, whatever call did not return, and no Cancel. */
+  stopTools(outcome) {
+    for (const card of this.tools.values()) {
+      if (!card.timer) continue;
+      this.stopTimer(card);
+      card.row.classList.remove("running");
+      card.row.classList.add("stopped");
+      card.row.dataset.status = "stopped";
+      card.elapsed.classList.remove("elapsed");
+      card.elapsed.textContent = `${outcome} after ${formatElapsed(Date.now() - card.startedAt)}`;
+    }
+    this.setCancellable(false);
   }
 
   token(data) {
@@ -230,6 +339,8 @@ export class TurnView {
 
   done(data) {
     this.terminal = "done";
+    this.stopSteps("stopped", " stopped");
+    this.stopTools("stopped");
     this.element.dataset.status = "done";
     this.showAnswer(data.answer);
   }
@@ -237,12 +348,15 @@ export class TurnView {
   error(data) {
     this.terminal = "error";
     this.stopSteps("failed", " failed");
+    this.stopTools("stopped");
+    this.streaming.classList.add("stopped");  // what streamed stays, without its typing cursor
     this.fail(failureText(data.message));
   }
 
   cancelled(data) {
     this.terminal = "cancelled";
     this.stopSteps("stopped", " stopped");
+    this.stopTools("cancelled");
     this.fail(`This turn was cancelled${data.message && data.message !== "cancelled" ? `: ${data.message}` : "."}`);
     this.element.dataset.status = "cancelled";
   }

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import httpx2
@@ -183,6 +183,31 @@ def result_payload(result: CallToolResult) -> Any:
     return {"content": [block.model_dump(mode="json", exclude_none=True) for block in result.content]}
 
 
+Progress = Callable[[float, float | None, str | None], None]
+
+
+class ProgressRelay:
+    """Carries a tool's MCP progress notifications from the loop thread to the task waiting for
+    the call, which forwards the latest one every tick: the loop thread never touches Redis
+    (the publisher's pool belongs to the task's thread or hub), and a chatty tool costs a few
+    events a second, not one per notification. A deque's append and pop are atomic, so the
+    two threads share it without a lock (a gevent-patched lock cannot be used across them)."""
+
+    def __init__(self, forward: Progress):
+        self._forward = forward
+        self._latest: deque[tuple[float, float | None, str | None]] = deque(maxlen=1)
+
+    async def receive(self, progress: float, total: float | None, message: str | None) -> None:
+        self._latest.append((progress, total, message))
+
+    def flush(self) -> None:
+        try:
+            progress, total, message = self._latest.popleft()
+        except IndexError:
+            return
+        self._forward(progress, total, message)
+
+
 class _Session:
     """One server's session, held open by a task on the loop (anyio scopes must exit where they began)."""
 
@@ -313,11 +338,14 @@ class McpClient:
             *(asyncio.wait_for(self._list_server(self._sessions[n]), timeout) for n in names), return_exceptions=True)
         return dict(zip(names, results))
 
-    async def _call(self, server: str, tool: str, args: dict, meta: dict | None) -> CallToolResult:
+    async def _call(self, server: str, tool: str, args: dict, meta: dict | None,
+                    relay: ProgressRelay | None = None) -> CallToolResult:
         session = self._sessions[server]
         client = await session.client()
         try:
-            return await client.call_tool(tool, args, meta=meta)
+            # With a progress callback the SDK sends a progress token, which is what lets the
+            # tool report notifications/progress at all.
+            return await client.call_tool(tool, args, meta=meta, progress_callback=relay.receive if relay else None)
         except Exception as exc:
             if _connection_failure(exc):
                 session.broken()  # not retried: the call may have had a side effect
@@ -366,14 +394,19 @@ class McpClient:
             raise UnknownTool(f"no configured MCP server offers a tool named {name!r}")
         return tools[name]
 
-    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None) -> Any:
-        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed."""
+    def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None,
+                  on_progress: Progress | None = None) -> Any:
+        """Call a tool by its catalogue name; its JSON result, or ToolCallError saying what failed.
+        `on_progress(progress, total, message)` gets the tool's progress reports, coalesced to one
+        every TURNSTREAM_TOOL_PROGRESS_COALESCE_S, in the calling thread."""
         spec = self.resolve(name)
         timeout = timeout or self.settings.mcp_call_timeout_s
         meta = {CALLER_META: caller} if caller else None
+        relay = ProgressRelay(on_progress) if on_progress else None
+        every = (self.settings.tool_progress_coalesce_s, relay.flush) if relay else None
         try:
-            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta),
-                                      timeout + self.settings.mcp_connect_timeout_s)
+            result = self._thread.run(self._call(spec["server"], spec["remote_name"], args, meta, relay),
+                                      timeout + self.settings.mcp_connect_timeout_s, every=every)
         except TimeoutError as exc:
             raise ToolCallError(f"{name} timed out after {timeout:.0f}s") from exc
         except MCPError as exc:

@@ -68,6 +68,7 @@ def builtin_server(settings: Settings) -> ServerSpec:
     settings it reads are passed explicitly."""
     return ServerSpec(command=sys.executable, args=["-m", "workers.toolserver"],
                       env={"TURNSTREAM_TOOL_LATENCY_MS": str(settings.tool_latency_ms),
+                           "TURNSTREAM_REPORT_DURATION_S": str(settings.report_duration_s),
                            "TURNSTREAM_TICKETS_FILE": str(Path(settings.tickets_file).resolve()),
                            # the sandbox's limits (workers/toolserver/sandbox.py)
                            "TURNSTREAM_TOOL_PROCESSES": str(settings.tool_processes),

@@ -19,7 +19,8 @@ import logging
 import os
 import subprocess
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,16 @@ class LoopThread:
     def alive(self) -> bool:
         return self.pid == os.getpid() and self.loop.is_running()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop and wait for its result; the coroutine is cancelled on timeout."""
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float,
+            every: tuple[float, Callable[[], None]] | None = None) -> T:
+        """Run `coro` on the loop and wait for its result; the coroutine is cancelled on timeout.
+
+        `every` = (seconds, fn) calls fn in the waiting thread or greenlet that often while it
+        waits: work that must not run on the loop (a Redis publish through the caller's pool)
+        is done there, between waits."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return _wait(future, timeout)
+            return _wait(future, timeout, every)
         except TimeoutError:
             future.cancel()
             raise
@@ -143,23 +149,54 @@ class LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _wait(future: concurrent.futures.Future, timeout: float):
-    if not gevent_patched():
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError as exc:
-            raise TimeoutError(f"no result within {timeout:.1f}s") from exc
-    import gevent
-    from gevent.hub import Waiter, get_hub
-
-    watcher = get_hub().loop.async_()
-    waiter = Waiter()
-    watcher.start(waiter.switch, None)
+def _wait(future: concurrent.futures.Future, timeout: float,
+          every: tuple[float, Callable[[], None]] | None = None):
+    """The future's result, waiting at most `timeout`; calls every[1] each every[0] seconds meanwhile."""
+    deadline = time.monotonic() + timeout
+    tick, on_tick = every or (timeout, None)
+    waiter = _GeventWaiter(future) if gevent_patched() else _NativeWaiter(future)
     try:
-        future.add_done_callback(lambda _done: watcher.send())
-        with gevent.Timeout(timeout, TimeoutError(f"no result within {timeout:.1f}s")):
-            waiter.get()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no result within {timeout:.1f}s")
+            if waiter.wait(min(tick, remaining)):
+                return future.result(timeout=0)
+            if on_tick is not None:
+                on_tick()
     finally:
-        watcher.stop()
-        watcher.close()
-    return future.result(timeout=0)
+        waiter.close()
+
+
+class _NativeWaiter:
+    def __init__(self, future: concurrent.futures.Future):
+        self.future = future
+
+    def wait(self, seconds: float) -> bool:
+        done, _ = concurrent.futures.wait([self.future], timeout=seconds)
+        return bool(done)
+
+    def close(self) -> None:
+        pass
+
+
+class _GeventWaiter:
+    """Under gevent the loop thread wakes the waiting greenlet through an async watcher (the one
+    cross-thread signal gevent supports), so waiting yields instead of blocking the hub."""
+
+    def __init__(self, future: concurrent.futures.Future):
+        from gevent.event import Event
+        from gevent.hub import get_hub
+
+        self.future = future
+        self._finished = Event()
+        self._watcher = get_hub().loop.async_()
+        self._watcher.start(self._finished.set)
+        future.add_done_callback(lambda _done: self._watcher.send())
+
+    def wait(self, seconds: float) -> bool:
+        return self._finished.wait(timeout=seconds) or self.future.done()
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()

@@ -17,6 +17,7 @@ _DIGIT = re.compile(r"\d")
 _OPERATOR = re.compile(r"[-+*/%]")
 _WEATHER = re.compile(r"weather|temperature|forecast|rain|sunny|warm|cold")
 _ORDERS = re.compile(r"\bmy (latest |last |recent )?orders?\b|\bwhere is my\b")
+_REPORT = re.compile(r"\bsales report\b")
 
 
 def find_arithmetic(prompt: str) -> str | None:
@@ -47,6 +48,8 @@ def _first_round(ctx: TurnContext) -> list[dict]:
     if "calculator" in allowed and expression:
         calls.append({"tool": "calculator", "args": {"expression": expression}})
     wants_ticket = "ticket" in text and "create_ticket" in allowed
+    if "sales_report" in allowed and _REPORT.search(text):
+        calls.append({"tool": "sales_report", "args": {}})
     if "my_orders" in allowed and _ORDERS.search(text):
         calls.append({"tool": "my_orders", "args": {}})
     elif wants_ticket:
@@ -90,6 +93,9 @@ def describe(outcome: dict) -> str:
             return "You have no orders."
         listed = ", ".join(f"{o['order_id']} {o['item']} ({o['status']})" for o in orders)
         return f"You have {len(orders)} order{'s' if len(orders) != 1 else ''}: {listed}."
+    if tool == "sales_report":
+        return (f"Your sales report: {result['orders']} orders worth {result['total_eur']} EUR "
+                f"({', '.join(f'{n} {status}' for status, n in sorted(result['by_status'].items()))}).")
     if tool == "create_ticket":
         return f"I opened ticket {result['ticket_id']}: {result['subject']}."
     return f"{tool} returned {result}."

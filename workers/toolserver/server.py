@@ -60,7 +60,7 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_worl
 
 def build_server() -> MCPServer:
     server = MCPServer("turnstream-tools", version="1.0.0",
-                       instructions="Demo tools: weather, help-center search, calculator, orders, tickets.")
+                       instructions="Demo tools: weather, help-center search, calculator, orders, tickets, sales report.")
 
     @server.tool(annotations=READ_ONLY, meta=_cache("global", ttl_s=600), structured_output=True)
     async def weather(city: str) -> dict[str, Any]:
@@ -92,4 +92,21 @@ def build_server() -> MCPServer:
         await _upstream()
         return await _run(tools.create_ticket, caller_of(ctx), subject, body)
 
+    @server.tool(annotations=READ_ONLY, meta=_cache("never"), structured_output=True)
+    async def sales_report(ctx: Context) -> dict[str, Any]:
+        """Generate the signed-in user's sales report (slow: takes several seconds, reports its progress)."""
+        return await _report(ctx)
+
     return server
+
+
+async def _report(ctx: Context) -> dict[str, Any]:
+    """Works through the report's stages, telling the client after each (MCP notifications/progress;
+    a no-op when the client sent no progress token). Never cached: a report is made fresh."""
+    stages = tools.REPORT_STAGES
+    pause = tools.report_duration_s() / len(stages)
+    for done, stage in enumerate(stages):
+        await ctx.report_progress(done, len(stages), stage)
+        await asyncio.sleep(pause)
+    await ctx.report_progress(len(stages), len(stages), "Done")
+    return await _run(tools.sales_report, caller_of(ctx))

@@ -144,3 +144,24 @@ def create_ticket(caller: Caller, subject: str, body: str = "", tickets_file: Pa
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps(ticket) + "\n")
     return ticket
+
+
+# The stages of the sales report, each a slice of its (configurable) duration; the server
+# reports one progress notification per stage, so a client can show how far along it is.
+REPORT_STAGES = ("Collecting orders", "Totalling by item", "Comparing with last period", "Writing the summary")
+
+
+def report_duration_s() -> float:
+    return max(get_settings().report_duration_s, 0.0)
+
+
+def sales_report(caller: Caller) -> dict:
+    """The caller's sales summary, from their orders (the slow part is the server's, not this)."""
+    if not caller.user or not caller.tenant:
+        raise ToolFailure("sales_report needs to know the caller (user and tenant in the request metadata)")
+    orders = _data("orders.json").get(f"{caller.tenant}/{caller.user}", [])
+    by_status: dict[str, int] = {}
+    for order in orders:
+        by_status[order["status"]] = by_status.get(order["status"], 0) + 1
+    return {"user": caller.user, "orders": len(orders), "total_eur": round(sum(o["total_eur"] for o in orders), 2),
+            "by_status": by_status}
