@@ -5,7 +5,14 @@ the step ran (late acks), goes back to the queue if its worker process dies (rej
 worker lost), and a worker reserves one message at a time (prefetch 1), so a crash strands
 at most one; a worker that vanished without a word is covered by the visibility timeout
 (transport_options). Soft shutdown gives running steps time to finish before a stopping
-worker hands their messages back."""
+worker hands their messages back.
+
+Per step, the cost Celery adds is kept to what a turn uses (bench/capacity.py measures it):
+one result backend per process, shared by its greenlets and threads (Celery's default is one per
+thread, which under gevent means one per greenlet, each with its own connections); a producer
+pool sized for a web process's concurrency; argument reprs of a turn's ids only (shared.redaction);
+task events, which Flower needs, batched by workers (workers.task_events) and switchable with
+TURNSTREAM_TASK_EVENTS."""
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -13,11 +20,11 @@ from kombu import Exchange, Queue
 from shared import defaults
 from shared.settings import Settings, get_settings
 from shared.turn_flow import task_name
-from shared.vocabulary import STEPS
 
 
 def queues() -> tuple[str, ...]:
-    """Every queue a step is routed to; a worker started without -Q consumes them all."""
+    """Every queue a step is routed to, first served first; a worker started without -Q consumes
+    them all."""
     return tuple(dict.fromkeys(defaults.STEP_QUEUES.values()))
 
 
@@ -35,6 +42,10 @@ def transport_options(settings: Settings) -> dict:
     sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
                                     "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}
     return {**target.celery_transport_options(), **sentinel,
+        # A worker reads its queues in the order given (-Q discover,tools), not round-robin: a new
+        # turn's first step goes before the tool-call backlog. It cannot starve the backlog for
+        # longer than new turns keep arriving faster than they can start.
+        "queue_order_strategy": "priority",
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -67,8 +78,11 @@ def celery_config(settings: Settings) -> dict:
         "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Only a few steps' results are read (a chord's parts); the rest set ignore_result (workers.tasks).
+        "result_backend_thread_safe": True,
+        "broker_pool_limit": defaults.BROKER_POOL_LIMIT,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
         # A chord's errback also goes on each of its tasks (the behaviour Celery will make the
         # default): a tool call that crashes ends the turn with its own error at once, instead of
@@ -76,7 +90,7 @@ def celery_config(settings: Settings) -> dict:
         "task_allow_error_cb_on_chord_header": True,
         # LLM-bound and tool-bound steps on their own queues, so each kind of worker scales alone.
         "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in queues()],
-        "task_default_queue": defaults.STEP_QUEUES[STEPS[0]],
+        "task_default_queue": defaults.TOOLS_QUEUE,
         "task_routes": {task_name(step): {"queue": queue} for step, queue in defaults.STEP_QUEUES.items()},
     }
 

@@ -133,6 +133,7 @@ LOG_FORMAT = "json"
 STALL_S = 60.0
 # Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
 REDACT_USER_TEXT = True
+TASK_EVENTS = True  # Celery task events (Flower needs them); False saves about a publish per task state
 
 SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
 _before_fixed = set(globals())
@@ -172,11 +173,21 @@ EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span
 PUBLISH_RETRIES_WEB = 1
 
 # Celery queues: LLM-bound steps and tool-bound steps scale separately
-# (`-Q llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers).
+# (`-Q llm -c 2` for model workers, `-Q discover,tools -P gevent -c 50` for tool workers). A new
+# turn's first step has a queue of its own, which tools workers serve before the tool-call backlog
+# (queue_order_strategy "priority", shared.celery_config), so a busy system still starts it at once.
 LLM_QUEUE = "llm"
 TOOLS_QUEUE = "tools"
-STEP_QUEUES = {REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, DISCOVER: TOOLS_QUEUE, EXECUTE: TOOLS_QUEUE,
+DISCOVER_QUEUE = "discover"
+STEP_QUEUES = {DISCOVER: DISCOVER_QUEUE, REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, EXECUTE: TOOLS_QUEUE,
                CALL_TOOL: TOOLS_QUEUE, COLLECT: TOOLS_QUEUE}
+# Worker concurrency by kind (shared.cli.processes.worker_specs): tool calls and `openai` model
+# calls are I/O (greenlets); the local model is CPU (a few threads).
+TOOLS_GREENLETS = 50
+LLM_THREADS = 2
+LLM_GREENLETS = 100
+# Producers (broker connections for sending) a process keeps; a web process sends from many greenlets.
+BROKER_POOL_LIMIT = 64
 
 # The body cap's bytes per allowed prompt character: JSON's worst case, a non-BMP character
 # escaped as a surrogate pair (\ud83d\ude00).

@@ -3,14 +3,20 @@ shared.vocabulary)."""
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.vocabulary import (CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, STEP_EVENT, TOOL_EVENT,
-                               EventType, ExecCacheResult, Step, StepPhase, ToolEventStatus)
+from shared.vocabulary import (ACCEPTED_EVENT, CANCELLED_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, QUEUED, STEP_EVENT,
+                               TOOL_EVENT, EventType, ExecCacheResult, Step, StepPhase, ToolEventStatus, TurnStatus)
 
 
 class ProgressEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # The turn's OpenTelemetry trace id, when tracing is on (shared.tracing), so a user report maps to a trace.
     trace_id: str | None = None
+
+
+class AcceptedEvent(ProgressEvent):
+    """The turn is recorded and queued (the web tier logs it before answering 202)."""
+
+    status: TurnStatus = QUEUED
 
 
 class StepEvent(ProgressEvent):
@@ -55,6 +61,7 @@ class CancelledEvent(ProgressEvent):
 
 
 EVENT_MODELS: dict[type[ProgressEvent], EventType] = {
+    AcceptedEvent: ACCEPTED_EVENT,
     StepEvent: STEP_EVENT,
     ToolEvent: TOOL_EVENT,
     DeltaEvent: DELTA_EVENT,

@@ -8,8 +8,9 @@ shows, the `task-succeeded` event's result, the worker's "succeeded in …: <res
 the arguments `inspect active` (Flower's worker pages) reports.
 
 Rule: an allowlist. Inside task arguments only values under the keys in SHOWN_KEYS (ids, names,
-states, counts) are shown; every other string becomes a placeholder with its length, so an
-operator can still follow a turn by its ids. Results, which are whole turns or tool outcomes,
+states, counts) are shown; every other string becomes a placeholder with its length (message
+headers leave the other fields out altogether: `summary`), so an operator can still follow a turn
+by its ids. Results, which are whole turns or tool outcomes,
 are replaced by one placeholder. The rejected alternative is a denylist of known text fields
 (prompt, answer, args…): it leaks the first field somebody adds.
 
@@ -22,7 +23,6 @@ import logging
 
 from celery.app.amqp import AMQP
 from celery.app.task import Task
-from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 
 from shared.settings import get_settings
@@ -52,14 +52,35 @@ def redact(value: object, shown: bool = False) -> object:
     return value
 
 
+def summary(value: object) -> object:
+    """One task argument as its message header shows it: a dict by its SHOWN_KEYS entries whose
+    values are plain (ids, names, counts; the rest, user text or not, is left out), a list by its
+    length, anything else by its placeholder.
+
+    Only the top level is read: the turn a step carries holds its whole tool catalogue, history
+    and rounds, and walking it (redact, then saferepr) on every send was a few per cent of a busy
+    tools worker's CPU, for a header that shows the ids anyway."""
+    if isinstance(value, dict):
+        return {key: item for key, item in value.items() if key in SHOWN_KEYS and _plain(item)}
+    if isinstance(value, (list, tuple)):
+        return f"<{len(value)} items>"
+    return value if isinstance(value, (int, float, bool)) or value is None else placeholder(value)
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(item, str) for item in value)
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
 class RedactingAMQP(AMQP):
-    """Builds task messages whose `argsrepr` / `kwargsrepr` hold no user text."""
+    """Builds task messages whose `argsrepr` / `kwargsrepr` hold no user text: each argument's summary."""
 
     def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, argsrepr=None, kwargsrepr=None,
                    **options):
         if enabled():
-            argsrepr = saferepr(redact(tuple(args or ())), self.argsrepr_maxsize)
-            kwargsrepr = saferepr(redact(dict(kwargs or {})), self.kwargsrepr_maxsize)
+            argsrepr = repr(tuple(summary(arg) for arg in args or ()))
+            kwargsrepr = repr({key: summary(value) for key, value in (kwargs or {}).items()})
         return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr,
                                   **options)
 

@@ -43,10 +43,12 @@ TOOL_STARTED, TOOL_RUNNING = get_args(ToolPhase)
 ToolEventStatus = Literal[ToolPhase, ToolStatus]
 
 # --- Progress events: one SSE `event:` name per kind ---------------------------------------------
-EventType = Literal["step", "tool", "token", "done", "error", "cancelled"]
+# "accepted" is every turn's first event: the web tier logs it before it answers 202, so a stream
+# shows the turn at once, however long the first step waits for a worker.
+EventType = Literal["accepted", "step", "tool", "token", "done", "error", "cancelled"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 # DELTA_EVENT's wire name is "token": it carries a piece of the answer's text.
-STEP_EVENT, TOOL_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT = EVENT_TYPES
+ACCEPTED_EVENT, STEP_EVENT, TOOL_EVENT, DELTA_EVENT, DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT = EVENT_TYPES
 # A stream closes after one of these; each final status has exactly one.
 TERMINAL_EVENTS: frozenset[EventType] = frozenset({DONE_EVENT, ERROR_EVENT, CANCELLED_EVENT})
 TERMINAL_EVENT_OF: dict[TurnStatus, EventType] = {DONE: DONE_EVENT, FAILED: ERROR_EVENT, CANCELLED: CANCELLED_EVENT}
@@ -62,6 +64,7 @@ GUARD_RESULTS: dict[str, tuple[str, ...]] = {"exec_cache": EXEC_CACHE_RESULTS, "
 # --- Dedupe names: a progress event published twice under one name is logged once ------------------
 # Whoever notices a final turn without its terminal event publishes it under this one name.
 TERMINAL_DEDUPE = "terminal"
+ACCEPTED_DEDUPE = ACCEPTED_EVENT
 
 
 def step_dedupe(step: Step, phase: StepPhase, round_: int | None = None) -> str:

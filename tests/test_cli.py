@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,7 +51,7 @@ def test_dev_stops_waiting_for_its_workers_when_a_redis_server_exits():
     children.add("broker redis-server", SimpleExecutor([sys.executable, "-c", "import sys; sys.exit(3)"])).start()
     env = {"BROKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # no broker: no worker answers
     with pytest.raises(click.ClickException) as failure:
-        cli._wait_for_workers(env, children, REPO_ROOT / ".run" / "logs")
+        cli._wait_for_workers(env, children, 2, REPO_ROOT / ".run" / "logs")
     assert failure.value.message == "the broker redis-server exited with code 3 while the workers were starting"
 
 
@@ -162,3 +163,30 @@ def test_dev_stops_on_sigterm_and_leaves_no_process(dev):
     time.sleep(0.5)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not [name for name, port in dev.ports.items() if port_in_use(port)]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("reasoner, pool, slots", [("openai", "gevent", 100), ("rules", "thread", 2)])
+def test_worker_command_runs_the_llm_worker_on_the_pool_its_reasoner_needs(stack, reasoner, pool, slots):
+    from shared.celery_config import make_celery
+    from shared.settings import Settings
+
+    name = f"llm-{reasoner}-{os.getpid()}@{socket.gethostname()}"
+    # A queue of its own (a later -Q wins), so this worker takes none of the session stack's steps.
+    command = [sys.executable, "-m", "shared.cli", "worker", "llm", "-n", name, "-Q", f"cli-test-{reasoner}",
+               "--without-mingle", "--without-gossip"]
+    proc = subprocess.Popen(command, env=child_env({**stack.env, "TURNSTREAM_REASONER": reasoner}), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    app = make_celery("cli-test", Settings(broker_redis_url=stack.env["BROKER_REDIS_URL"]))
+    try:
+        deadline = time.monotonic() + 120
+        stats = None
+        while not stats and time.monotonic() < deadline and proc.poll() is None:
+            stats = (app.control.inspect(destination=[name], timeout=1).stats() or {}).get(name)
+        assert stats, "the worker never answered"
+        assert stats["pool"]["implementation"] == f"celery.concurrency.{pool}:TaskPool"
+        assert stats["pool"]["max-concurrency"] == slots
+    finally:
+        app.close()
+        proc.terminate()
+        proc.wait(timeout=60)

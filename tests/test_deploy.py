@@ -39,7 +39,14 @@ def known_env() -> set[str]:
     return settings_env_names() | set(gunicorn) | set(STANDARD_ENV) | {metrics_dir.ENV}
 
 
+def is_worker(command: list[str]) -> bool:
+    return command[:4] == ["celery", "-A", "workers", "worker"] or command[:2] == ["turnstream", "worker"]
+
+
 def queue_option(command: list[str]) -> set[str]:
+    """The queues a worker command consumes: its -Q, or those `turnstream worker KIND` picks."""
+    if command[:2] == ["turnstream", "worker"]:
+        return set(processes.worker_specs(Settings().reasoner)[command[2]].queues.split(","))
     if "-Q" not in command:
         return set()
     return set(command[command.index("-Q") + 1].split(","))
@@ -87,12 +94,12 @@ def test_compose_runs_every_role_web_workers_per_queue_and_flower(compose):
     consumed: dict[str, str] = {}
     for name, service in services.items():
         command = service.get("command", [])
-        if command[:4] == ["celery", "-A", "workers", "worker"]:
+        if is_worker(command):
             assert queue_option(command), f"{name} names its queue"
             consumed.update({queue: name for queue in queue_option(command)})
             assert service["deploy"]["replicas"] >= 1
             assert int(service["stop_grace_period"].rstrip("s")) > Settings().task_time_limit_s
-    assert set(consumed) == set(queues()) == {"llm", "tools"}
+    assert set(consumed) == set(queues()) == {"discover", "llm", "tools"}
     assert services["flower"]["command"][:2] == ["turnstream", "flower"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
 
@@ -189,7 +196,7 @@ def test_k8s_workers_per_queue_outlive_their_longest_task(manifests):
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         command = pod["containers"][0]["command"]
-        if command[:4] == ["celery", "-A", "workers", "worker"]:
+        if is_worker(command):
             consumed.update({queue: name for queue in queue_option(command)})
             assert pod["terminationGracePeriodSeconds"] > limit, f"{name} is killed mid-task"
     assert set(consumed) == set(queues())

@@ -102,7 +102,7 @@ def test_flower_and_the_worker_log_show_no_user_text(flower_url, base_url, stack
     for text in ("zanzibar-42", "Reykjavik", answer[:40]):
         assert text not in shown, f"Flower shows {text!r}"
     worker_log = stack.log("worker")
-    assert body["message_id"] in worker_log and "succeeded in" in worker_log
+    assert body["message_id"] in worker_log
     for text in ("zanzibar-42", answer[:40]):
         assert text not in worker_log, f"the worker log shows {text!r}"
 

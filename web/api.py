@@ -1,7 +1,8 @@
 """The JSON API: post a prompt, read a turn's status and events, cancel it, list sessions.
 
 Posting answers at once (202): the turn runs as a Celery chain and the client follows
-it on `stream_url` (SSE) or by polling `events`. A turn is accepted only once it is
+it on `stream_url` (SSE) or by polling `events`, whose first event, `accepted`, is logged
+before the answer. A turn is accepted only once it is
 enqueued: with the broker down the answer is 503 with Retry-After (web.errors)."""
 
 import json
@@ -17,12 +18,13 @@ from werkzeug.exceptions import BadRequest
 from shared import defaults, metrics, turns
 from shared.identity import Principal, issue_stream_token, issue_user_token
 from shared.keys import valid_id
-from shared.progress import read_log, valid_entry_id
+from shared.events import AcceptedEvent
+from shared.progress import Publisher, read_log, valid_entry_id
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import TurnPayload, revoke_turn, send_turn
 from shared.turns import TurnRecord
-from shared.vocabulary import CANCELLED
+from shared.vocabulary import ACCEPTED_DEDUPE, CANCELLED
 from web import extensions
 from web.auth import current_principal
 from web.errors import REFUSED_WRITES, ApiError
@@ -103,10 +105,18 @@ def accept_turn(session_id: str, principal: Principal, prompt: str, message_id: 
                          "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
     if not turns.create_turn(session_id, message_id, principal, prompt, payload=turn):
         raise ApiError(409, "already_exists", f"message {message_id} already exists in session {session_id}")
+    announce(session_id, message_id)
     enqueue(session_id, message_id, turn)
     metrics.TURNS_ACCEPTED.inc()
     log.info("turn accepted", extra={"message_id": message_id})
     return message_id
+
+
+def announce(session_id: str, message_id: str) -> None:
+    """Log the turn's `accepted` event before it is enqueued (so no worker's event can precede it)
+    and before the 202, so a stream opened on the answer shows the turn at once, however long its
+    first step waits for a worker. Progress is a view: with its Redis down the turn goes on."""
+    Publisher(session_id, message_id, fail_soft=True).publish(AcceptedEvent(), dedupe=ACCEPTED_DEDUPE)
 
 
 def enqueue(session_id: str, message_id: str, turn: TurnPayload) -> None:

@@ -7,7 +7,7 @@ import threading
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from shared.celery_config import make_celery
-from shared.defaults import TOOLS_QUEUE
+from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
 from shared.eviction import EvictingRoleError, check_evictions
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
@@ -46,7 +46,7 @@ def _forks(worker: object) -> bool:
 def _takes_tool_calls() -> bool:
     """Only workers on the tools queue talk to MCP servers; an llm-only worker opens no session."""
     selected = app.amqp.queues.consume_from
-    return not selected or TOOLS_QUEUE in selected
+    return not selected or bool({DISCOVER_QUEUE, TOOLS_QUEUE} & set(selected))
 
 
 def _open_mcp_sessions() -> None:
@@ -93,6 +93,15 @@ def _close_mcp_sessions(**_: object) -> None:
     from workers.mcp.client import close_mcp_client
 
     close_mcp_client()
+
+
+@worker_ready.connect
+def _batch_task_events(sender=None, **_: object) -> None:
+    """Flower's task events, published in batches (workers.task_events)."""
+    from workers.task_events import batch_task_events
+
+    if sender is not None and get_settings().task_events:
+        batch_task_events(sender)
 
 
 @worker_ready.connect

@@ -23,7 +23,6 @@ import time
 from collections.abc import Mapping
 from typing import Callable, TypeVar
 
-from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
@@ -32,6 +31,7 @@ from shared.breakers import UNAVAILABLE
 from shared.events import ProgressEvent, StepEvent
 from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import Publisher
+from shared.redaction import RedactingTask
 from shared.settings import get_settings
 from shared.terminal_event import terminal_event
 from shared.turn_flow import TurnRef, task_name
@@ -151,10 +151,11 @@ def fail_turn(session_id: str, message_id: str, step: str | None, message: str) 
     settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
 
 
-class TurnTask(Task):
+class TurnTask(RedactingTask):
     """Every task of a turn runs inside two guards: its delivery is counted, so a step whose
     worker keeps dying ends its turn (shared.deliveries), and where the pool cannot interrupt
-    a step, the watchdog holds its deadline (workers.time_limits)."""
+    a step, the watchdog holds its deadline (workers.time_limits). It is a RedactingTask, so its
+    results and `inspect` view carry no user text (shared.redaction)."""
 
     def __call__(self, *args, **kwargs):
         ref = next((a for a in args if isinstance(a, Mapping) and "session_id" in a and "message_id" in a), None)

@@ -23,7 +23,10 @@ A failing tool is an error result the reasoner sees. A failing step ends its tur
 one sentence (workers.steps.fail_turn) and raises StepFailed; the chain's errback
 (`turn_failed`), which every task and every tool call carries, ends the turn the same way for
 what a step cannot report itself (a hard time limit). Every task runs as a TurnTask: its
-deliveries are counted and, in the threads pool, its time limit watched (workers.steps)."""
+deliveries are counted and, in the threads pool, its time limit watched (workers.steps).
+
+Only `call_tool` stores its result (its chord reads it); every other step hands its state on in
+the next step's message and its record is the turn's, so it stores none (ignore_result)."""
 
 import functools
 import json
@@ -80,7 +83,7 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
             "rounds": []}
 
 
-@app.task(name=task_name(DISCOVER), base=TurnTask)
+@app.task(name=task_name(DISCOVER), base=TurnTask, ignore_result=True)
 def discover(turn: TurnState) -> TurnState:
     return run_step(DISCOVER, turn, _discover)
 
@@ -94,7 +97,7 @@ def _reason(turn: TurnState, publisher: Publisher) -> TurnState:
     return {**turn, "pending": calls}
 
 
-@app.task(name=task_name(REASON), bind=True, base=TurnTask)
+@app.task(name=task_name(REASON), bind=True, base=TurnTask, ignore_result=True)
 def reason(self, turn: TurnState) -> None:
     turn = run_step(REASON, turn, _reason, round_=_round(turn))
     forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn))
@@ -169,7 +172,7 @@ def _noting_time_limit(late: list, fn: Callable[..., T], *args: object, **kwargs
         raise
 
 
-@app.task(name=task_name(EXECUTE), bind=True, base=TurnTask)
+@app.task(name=task_name(EXECUTE), bind=True, base=TurnTask, ignore_result=True)
 def execute(self, turn: TurnState) -> None:
     """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect."""
     publisher = start_step(turn, EXECUTE)
@@ -189,7 +192,7 @@ def execute(self, turn: TurnState) -> None:
     forward(self, chord(group(header), collect.s(state)))
 
 
-@app.task(name=task_name(COLLECT), bind=True, base=TurnTask)
+@app.task(name=task_name(COLLECT), bind=True, base=TurnTask, ignore_result=True)
 def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
     publish_phase(start_step(turn, EXECUTE), EXECUTE, FINISHED, _round(turn), duration_ms)
@@ -218,14 +221,18 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
     status = with_broker(turns.update_turn, session_id, message_id, status=DONE, answer=result["answer"])
     if status == DONE:
         history.remember(session_id, result["owner"], result["prompt"], result["answer"], result["tools_used"])
-    record = with_broker(turns.get_turn, session_id, message_id)
+        record = turns.TurnRecord(status=DONE, answer=result["answer"])  # what was just written: no read back
+        log.info("turn done")  # one line per turn (the per-task lines are at debug: workers.telemetry)
+    else:
+        record = with_broker(turns.get_turn, session_id, message_id)
     settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
     return result
 
 
-@app.task(name=task_name(SYNTHESIZE), base=TurnTask)
-def synthesize(turn: TurnState) -> FinishedTurn:
-    return finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+@app.task(name=task_name(SYNTHESIZE), base=TurnTask, ignore_result=True)
+def synthesize(turn: TurnState) -> None:
+    # Nothing reads a task's return value here, and Celery reprs it for its log line and event.
+    finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
 
 
 # --- the chain's errback ---------------------------------------------------------------------
@@ -237,7 +244,7 @@ def lost_to_an_outage(exc: BaseException) -> bool:
     return isinstance(exc, ChordError) and any(name in str(exc) for name in ("ConnectionError", "TimeoutError"))
 
 
-@app.task(name=task_name(TURN_FAILED))
+@app.task(name=task_name(TURN_FAILED), ignore_result=True)
 def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> None:
     """Ends a turn whose task failed: status `failed` and one `error` event, whatever failed.
     Celery runs it in the worker where the task failed (for a hard time limit, in the process

@@ -29,10 +29,19 @@ def turn_ids(args: tuple | list | None) -> dict[str, str | None]:
     return {"session_id": turn.get("session_id"), "message_id": turn.get("message_id")}
 
 
+# Celery's per-task lines: "Task ... received" and "Task ... succeeded in ...: <result repr>".
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 @setup_logging.connect
 def _json_logs(loglevel: int | str | None = None, **_: object) -> None:
     level = logging.getLevelName(loglevel.upper()) if isinstance(loglevel, str) else loglevel
-    logs.configure_logging("worker", level=level or logging.INFO)
+    level = level or logging.INFO
+    logs.configure_logging("worker", level=level)
+    # Two lines per task at info, one with the result's repr, cost a busy worker more than the
+    # step's own logging; they stay at debug (-l debug). Failures are logged as errors whatever the level.
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
 
 
 @worker_init.connect

@@ -71,6 +71,26 @@ def flower(port: int, address: str, no_auth: bool, flower_args: tuple[str, ...])
     os.execvpe(command[0], command, env)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("kind", type=click.Choice(["tools", "llm"]))
+@click.option("--concurrency", "-c", type=int, default=None,
+              help=f"Slots [default: tools {defaults.TOOLS_GREENLETS} greenlets; llm {defaults.LLM_GREENLETS} greenlets "
+                   f"for the openai reasoner, else {defaults.LLM_THREADS} threads]")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker for one kind of step, with its queues and pool (the llm worker's pool
+    follows TURNSTREAM_REASONER); other arguments go to `celery worker` (e.g. -n, -l)."""
+    from shared.settings import get_settings
+
+    reasoner = get_settings().reasoner
+    spec = processes.worker_specs(reasoner, concurrency=concurrency if kind == "tools" else None,
+                                  llm_concurrency=concurrency if kind == "llm" else None)[kind]
+    level = [] if any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in celery_args) else ["-l", "info"]
+    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", *spec.celery_args(), *level, *celery_args]
+    click.echo(f"{kind} worker: {spec.pool} x{spec.concurrency} on {spec.queues} (reasoner {reasoner})", err=True)
+    os.execvp(command[0], command)
+
+
 @main.group()
 def auth() -> None:
     """Permission memos (the auth_memo Redis, AUTH_MEMO_REDIS_URL)."""
@@ -110,13 +130,16 @@ def _port_option(role: str):
 @_port_option("exec_cache")
 @_port_option("auth_memo")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".run"), show_default=True)
-@click.option("--concurrency", type=int, default=50, show_default=True, help="Greenlets of the tools worker")
-@click.option("--llm-concurrency", type=int, default=2, show_default=True, help="Threads of the llm worker")
+@click.option("--concurrency", type=int, default=defaults.TOOLS_GREENLETS, show_default=True,
+              help="Greenlets of the tools worker")
+@click.option("--llm-concurrency", type=int, default=None,
+              help=f"Slots of the llm worker [default: {defaults.LLM_GREENLETS} greenlets for the openai reasoner, "
+                   f"else {defaults.LLM_THREADS} threads]")
 @click.option("--cluster", is_flag=True, help="Distributed Redis: the broker behind Sentinel (master, replica, "
               "3 sentinels), progress on a 3+3 Redis Cluster, exec cache and auth memo on 3-master Clusters "
               "(free ports; the --<role>-port options do not apply)")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
-        data_dir: Path, concurrency: int, llm_concurrency: int, cluster: bool) -> None:
+        data_dir: Path, concurrency: int, llm_concurrency: int | None, cluster: bool) -> None:
     """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
@@ -145,16 +168,15 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
             children.add(f"{role} redis-server", topology).start()
             click.echo(f"redis {role:<10} {env[ROLE_ENV[role]]}")
         env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
-        children.add("tools worker", processes.celery_worker(env, data_dir / "logs", name="tools",
-                                                             queues=defaults.TOOLS_QUEUE, pool="gevent",
-                                                             concurrency=concurrency), restart=True).start()
-        children.add("llm worker", processes.celery_worker(env, data_dir / "logs", name="llm",
-                                                           queues=defaults.LLM_QUEUE, pool="threads",
-                                                           concurrency=llm_concurrency), restart=True).start()
-        _wait_for_workers(env, children, data_dir / "logs")
+        specs = processes.dev_workers(env["TURNSTREAM_REASONER"], concurrency, llm_concurrency)
+        for spec in specs:
+            children.add(f"{spec.name} worker", processes.celery_worker(
+                env, data_dir / "logs", name=spec.name, queues=spec.queues, pool=spec.pool,
+                concurrency=spec.concurrency), restart=True).start()
+        _wait_for_workers(env, children, len(specs), data_dir / "logs")
         click.echo(f"reasoner: {env['TURNSTREAM_REASONER']}")
-        click.echo(f"workers ready: tools (gevent x{concurrency}), llm (threads x{llm_concurrency}); "
-                   f"logs in {data_dir / 'logs'}")
+        click.echo("workers ready: " + ", ".join(f"{s.name} ({s.pool} x{s.concurrency}, -Q {s.queues})" for s in specs)
+                   + f"; logs in {data_dir / 'logs'}")
         children.add("web server", processes.web_server(env, port, data_dir / "logs")).start()
         click.echo(f"\nturnstream is running at http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n")
         while (stopped := children.check()) is None:
@@ -168,8 +190,8 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
             _stop_quietly(executor)
 
 
-def _wait_for_workers(env: dict[str, str], children: Supervisor, log_dir: Path) -> None:
-    """Until both workers answer. A slow machine takes a while (imports, the tool server's
+def _wait_for_workers(env: dict[str, str], children: Supervisor, count: int, log_dir: Path) -> None:
+    """Until `count` workers answer. A slow machine takes a while (imports, the tool server's
     start), so the wait is long; meanwhile the supervisor restarts a worker that dies, saying
     so, and a Redis server that exits ends the wait with one sentence."""
     def check() -> None:
@@ -177,7 +199,7 @@ def _wait_for_workers(env: dict[str, str], children: Supervisor, log_dir: Path) 
             raise click.ClickException(f"{stopped} while the workers were starting")
 
     try:
-        processes.wait_for_worker(env, count=2, check=check)
+        processes.wait_for_worker(env, count=count, check=check)
     except TimeoutError:
         raise click.ClickException(f"the workers did not answer within {processes.START_TIMEOUT_S:.0f} s; "
                                    f"their logs are in {log_dir}") from None

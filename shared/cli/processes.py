@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mirakuru import HTTPExecutor, SimpleExecutor, TCPExecutor
@@ -69,6 +70,46 @@ def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queu
         command += ["-Q", queues]
     return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
                           stdout=_log_file(log_dir, name), stderr=-2)  # the time a stop may take
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One kind of worker: its name, the queues it consumes (comma-separated, first served first),
+    its pool and its concurrency."""
+
+    name: str
+    queues: str
+    pool: str
+    concurrency: int
+
+    def celery_args(self) -> list[str]:
+        return ["-Q", self.queues, "-P", self.pool, "-c", str(self.concurrency)]
+
+
+def worker_specs(reasoner: str, concurrency: int | None = None,
+                 llm_concurrency: int | None = None) -> dict[str, WorkerSpec]:
+    """The tools worker and the llm worker for `reasoner`.
+
+    Tools are I/O: gevent, many greenlets, and the turns' first steps (the discover queue) before
+    the tool-call backlog. The llm worker's pool follows the reasoner: `openai` calls a model
+    server over HTTP, so its calls are I/O too (gevent, many greenlets); `local` and `rules` burn
+    CPU in the process (llama.cpp releases the GIL), so a few threads. Rejected: one pool for both
+    kinds of reasoner; gevent cannot preempt a llama.cpp call, threads waste a slot per waiting
+    HTTP call."""
+    from shared import defaults
+
+    io_bound = reasoner == "openai"
+    llm_pool, llm_default = ("gevent", defaults.LLM_GREENLETS) if io_bound else ("threads", defaults.LLM_THREADS)
+    return {
+        "tools": WorkerSpec("tools", ",".join((defaults.DISCOVER_QUEUE, defaults.TOOLS_QUEUE)), "gevent",
+                            concurrency or defaults.TOOLS_GREENLETS),
+        "llm": WorkerSpec("llm", defaults.LLM_QUEUE, llm_pool, llm_concurrency or llm_default),
+    }
+
+
+def dev_workers(reasoner: str, concurrency: int | None = None, llm_concurrency: int | None = None) -> list[WorkerSpec]:
+    """The workers `turnstream dev` starts, in start order."""
+    return list(worker_specs(reasoner, concurrency, llm_concurrency).values())
 
 
 def tool_server(env: dict[str, str], port: int, log_dir: Path) -> TCPExecutor:

@@ -3,10 +3,18 @@
 Each outcome bumps its Prometheus counter (shared.metrics) and a per-minute hash in the
 progress Redis, because /ops needs ratios over a recent window across every worker on every
 machine, which cumulative per-process counters cannot give. The Redis write is best effort:
-telemetry never fails a tool call."""
+telemetry never fails a tool call.
+
+The per-minute counts are added up in the process and written by a daemon thread (a greenlet
+under gevent) every FLUSH_S, in one pipeline for everything counted meanwhile, so a tool call
+costs no round trip for them; /ops sees them up to FLUSH_S later, and a process that dies loses
+at most its last FLUSH_S of counts. Rejected: a write per outcome, two round trips per tool call."""
 
 import logging
+import os
+import threading
 import time
+from collections import Counter
 
 import redis
 
@@ -31,18 +39,61 @@ def record_auth_memo(result: str, r: redis.Redis | None = None, count: int = 1) 
     _record_guard("auth_memo", result, count, r)
 
 
+FLUSH_S = 0.5
+
+_pending: Counter = Counter()  # (minute, "guard:result") -> count, not yet written
+_lock = threading.Lock()
+_flusher_pid: int | None = None  # the process whose flusher runs (a forked child starts its own)
+
+
 def _record_guard(guard: str, result: str, count: int, r: redis.Redis | None) -> None:
     if result not in GUARD_RESULTS[guard]:
         raise ValueError(f"unknown {guard} result {result!r}; expected one of {GUARD_RESULTS[guard]}")
     metrics.GUARD_COUNTERS[guard].labels(result=result).inc(count)
-    key = keys.guard_window(time.time() // 60)
+    with _lock:
+        _pending[(int(time.time() // 60), f"{guard}:{result}")] += count
+    if r is not None:
+        flush(r)  # a caller with its own client wants the counts written now
+    else:
+        _ensure_flusher()
+
+
+def flush(r: redis.Redis | None = None) -> None:
+    """Write the counts recorded so far to the per-minute hashes, in one pipeline."""
+    with _lock:
+        batch = dict(_pending)
+        _pending.clear()
+    if not batch:
+        return
+    ttl = get_settings().ops_window_s + 120
     try:
         pipe = (r or client("progress")).pipeline(transaction=False)
-        pipe.hincrby(key, f"{guard}:{result}", count)
-        pipe.expire(key, get_settings().ops_window_s + 120)
+        for (minute, field), count in batch.items():
+            pipe.hincrby(keys.guard_window(minute), field, count)
+            pipe.expire(keys.guard_window(minute), ttl)
         pipe.execute()
     except redis.RedisError as exc:
         log.debug("guard window not updated: %s", exc)
+
+
+def _ensure_flusher() -> None:
+    global _flusher_pid
+    if _flusher_pid == os.getpid():
+        return
+    with _lock:
+        if _flusher_pid == os.getpid():
+            return
+        _flusher_pid = os.getpid()
+    threading.Thread(target=_flush_forever, name="guard-window-flusher", daemon=True).start()
+
+
+def _flush_forever() -> None:
+    while True:
+        time.sleep(FLUSH_S)
+        try:
+            flush()
+        except Exception as exc:  # noqa: BLE001 - telemetry never stops a process
+            log.debug("guard window flush failed: %s", exc)
 
 
 def guard_window(window_s: int | None = None, now: float | None = None,

@@ -387,12 +387,15 @@ class McpClient:
         return catalog
 
     def resolve(self, name: str) -> dict:
-        tools = {t["name"]: t for t in self.list_tools()}
-        if name not in tools:
-            tools = {t["name"]: t for t in self.list_tools(refresh=True)}
-        if name not in tools:
+        """The catalogue entry of `name` (a lookup in the cached catalogue, refreshed once if missing)."""
+        self.list_tools()
+        tool = self._catalog.get(name)
+        if tool is None:
+            self.list_tools(refresh=True)
+            tool = self._catalog.get(name)
+        if tool is None:
             raise UnknownTool(f"no configured MCP server offers a tool named {name!r}")
-        return tools[name]
+        return tool
 
     def call_tool(self, name: str, args: dict, caller: dict | None = None, timeout: float | None = None,
                   on_progress: Progress | None = None) -> Any:

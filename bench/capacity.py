@@ -1,0 +1,506 @@
+"""Capacity: 32 callers in a loop, against a bare 4-task Celery chain in the same run.
+
+Each caller loops: POST a prompt, open its SSE stream, read to `done` (rules reasoner,
+TURNSTREAM_TOOL_LATENCY_MS=0, `turnstream dev`'s worker processes and one gunicorn worker,
+Flower's task events on as deployed). The baseline is a bare chain of four no-op tasks on the
+same broker with the same worker processes (the same pools, its steps alternating between the
+two workers' queues as a turn's steps do), driven by the same number of callers.
+
+Printed, all from this one run:
+- throughput at N callers, turnstream / bare chain;
+- POST -> first SSE event p50/p99, busy and idle; POST -> done;
+- a single idle turn against a single idle bare chain (p50 ratio);
+- the CPU each process spends per turn (from /proc), and each Redis role's commands per turn;
+- a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
+  ratios of throughput to the 1-process run;
+- with --profile: py-spy (installed on demand) on the busy processes, CPU by component;
+- with --events-cost: one more busy run with Flower's task events off, against the run with them on.
+
+Throughput counts the turns that end inside the measured window (steady state); CPU and Redis
+commands per turn are over everything the busy run did (warm-up and drain included) divided by
+every turn it finished. CPU time per turn is the figure least disturbed by other load on the
+machine; wall-clock latencies are not.
+
+    python bench/capacity.py [--callers 32] [--seconds 20] [--no-sweep] [--profile] [--events-cost]
+"""
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import REPO_ROOT, percentile  # noqa: E402  (puts the repo on sys.path)
+import httpx
+import psutil
+from httpx_sse import aconnect_sse
+from mirakuru import SimpleExecutor
+
+from shared.cli import processes
+from tests.sse import bearer
+from tests.stack import Stack
+
+PROMPT = "calculate 6 * 7"
+PY_SPY = "py-spy==0.4.3"
+BARE_QUEUES = ("noop_tools", "noop_llm")
+
+
+# --- turnstream under load ------------------------------------------------------------------
+@dataclass
+class Turn:
+    posted: float
+    first_event: float
+    done: float
+
+
+@dataclass
+class LoadResult:
+    turns: list[Turn] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: int = 0
+    completed: int = 0  # every turn that finished, warm-up and drain included (the CPU meter's span)
+    start: float = 0.0  # the measured window's start (perf_counter)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.turns) / self.seconds if self.seconds else 0.0
+
+    def ms(self, attr: str) -> list[float]:
+        """Latencies of the turns posted inside the window too (not in the start-up burst)."""
+        return [(getattr(t, attr) - t.posted) * 1000 for t in self.turns if t.posted >= self.start]
+
+
+async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str) -> Turn:
+    posted = time.perf_counter()
+    response = await client.post(f"{base_url}/api/sessions/{session_id}/messages", json={"prompt": PROMPT})
+    response.raise_for_status()
+    first = None
+    async with aconnect_sse(client, "GET", base_url + response.json()["stream_url"]) as source:
+        async for sse in source.aiter_sse():
+            if not sse.data:
+                continue
+            first = first or time.perf_counter()
+            if sse.event == "done":
+                return Turn(posted, first, time.perf_counter())
+            if sse.event in ("error", "cancelled"):
+                raise RuntimeError(f"turn ended with {sse.event}: {sse.data}")
+    raise RuntimeError("stream closed before done")
+
+
+async def _caller(base_url: str, headers: dict, start: float, stop: float, result: LoadResult) -> None:
+    session_id = f"cap-{uuid.uuid4().hex[:12]}"
+    async with httpx.AsyncClient(headers=headers, timeout=60) as client:  # keep-alive, as a browser
+        while time.perf_counter() < stop:
+            try:
+                turn = await _one_turn(client, base_url, session_id)
+            except (httpx.HTTPError, RuntimeError) as exc:
+                result.errors += 1
+                print(f"  caller error: {exc}", file=sys.stderr)
+                await asyncio.sleep(0.1)
+                continue
+            result.completed += 1
+            if start <= turn.done <= stop:  # steady state: what completes inside the window counts
+                result.turns.append(turn)
+
+
+def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0) -> LoadResult:
+    """`callers` loops for warmup + seconds; the turns that end inside the measured window count."""
+    headers = bearer()
+
+    async def run() -> LoadResult:
+        start = time.perf_counter() + warmup
+        result = LoadResult(seconds=seconds, start=start)
+        await asyncio.gather(*(_caller(base_url, headers, start, start + seconds, result) for _ in range(callers)))
+        return result
+
+    return asyncio.run(run())
+
+
+# --- the bare chain -----------------------------------------------------------------------------
+def bare_workers(stack: Stack) -> list[SimpleExecutor]:
+    """The baseline's workers: the same pools as `turnstream dev`'s two (gevent x50, threads x2)."""
+    env = processes.child_env({**stack.env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{Path(__file__).parent}"})
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    specs = [(BARE_QUEUES[0], "gevent", 50), (BARE_QUEUES[1], "threads", 2)]
+    started = []
+    for queue, pool, concurrency in specs:
+        command = [sys.executable, "-m", "celery", "-A", "noop_app", "worker", "-P", pool, "-c", str(concurrency),
+                   "-n", f"{queue}@%h", "-Q", queue, "--without-mingle", "--without-gossip", "-l", "warning"]
+        started.append(SimpleExecutor(command, cwd=str(Path(__file__).parent), envvars=env,
+                                      stdout=open(stack.log_dir / f"{queue}.log", "ab"), stderr=-2).start())
+    processes.wait_for_worker(stack.env, count=2)
+    return started
+
+
+def bare_app(stack: Stack):
+    import noop_app
+
+    noop_app.app.conf.update(broker_url=stack.env["BROKER_REDIS_URL"], result_backend=stack.env["BROKER_REDIS_URL"],
+                             task_default_queue=BARE_QUEUES[0])
+    return noop_app.app
+
+
+def bare_chain(app, i: int):
+    from celery import chain
+
+    return chain(*(app.signature("noop.step", queue=BARE_QUEUES[n % 2]) for n in range(4)))({"i": i})
+
+
+def drive_bare(app, callers: int, seconds: float, warmup: float = 3.0) -> LoadResult:
+    start = time.perf_counter() + warmup
+    result = LoadResult(seconds=seconds, start=start)
+    stop = start + seconds
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        i = 0
+        while time.perf_counter() < stop:
+            posted = time.perf_counter()
+            bare_chain(app, n * 1_000_000 + i).get(timeout=60)
+            done = time.perf_counter()
+            i += 1
+            with lock:
+                result.completed += 1
+            if start <= done <= stop:
+                with lock:
+                    result.turns.append(Turn(posted, done, done))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+def idle_bare(app, n: int) -> list[float]:
+    timings = []
+    for i in range(n):
+        started = time.perf_counter()
+        bare_chain(app, i).get(timeout=30)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+# --- starting turnstream as `turnstream dev` does ------------------------------------------------
+class System:
+    """turnstream's processes on a running Stack's Redis servers: `tools` tools-worker processes,
+    the llm worker, `web` gunicorn workers (the pools and queues `turnstream dev` uses)."""
+
+    def __init__(self, stack: Stack, tools: int = 1, web: int = 1):
+        self.stack = stack
+        self.executors = []
+        for i in range(tools):
+            for spec in processes.dev_workers(reasoner="rules"):
+                if spec.name == "llm" and i:
+                    continue
+                name = spec.name if spec.name == "llm" else f"{spec.name}{i}"
+                self.executors.append(processes.celery_worker(stack.env, stack.log_dir, name=name, queues=spec.queues,
+                                                              pool=spec.pool, concurrency=spec.concurrency).start())
+        processes.wait_for_worker(stack.env, count=tools + 1)
+        stack.start_web(workers=web)
+        self.executors.append(stack.web)
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process name -> pids (gunicorn's workers are the master's children)."""
+        found: dict[str, list[int]] = defaultdict(list)
+        for executor in self.executors:
+            proc = psutil.Process(executor.process.pid)
+            parts = executor.command_parts
+            if "gunicorn" in parts:
+                found["web"] += [c.pid for c in proc.children()]
+            else:
+                name = parts[parts.index("-n") + 1].split("-")[0]
+                found["llm worker" if name == "llm" else "tools worker"].append(proc.pid)
+        return found
+
+    def stop(self) -> None:
+        for executor in reversed(self.executors):
+            with suppress(Exception):  # one that already died must not keep the others running
+                executor.stop()
+        self.stack.web = None
+
+
+# --- measuring CPU and Redis commands -------------------------------------------------------------
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def redis_pids(stack: Stack) -> dict[str, list[int]]:
+    return {f"redis {role}": [executor.process.pid] for role, executor in stack.redis.items()}
+
+
+def reset_command_stats(stack: Stack) -> None:
+    for role in stack.redis:
+        stack.client(role).config_resetstat()
+
+
+def command_counts(stack: Stack) -> dict[str, int]:
+    counts = {}
+    for role in stack.redis:
+        stats = stack.client(role).info("commandstats")
+        counts[role] = sum(v["calls"] for v in stats.values())
+    return counts
+
+
+class CpuMeter:
+    def __init__(self, pids: dict[str, list[int]]):
+        self.pids = {**pids, "bench client": [os.getpid()]}
+        self.before = {name: cpu_seconds(p) for name, p in self.pids.items()}
+
+    def per_turn_ms(self, turns: int) -> dict[str, float]:
+        return {name: (cpu_seconds(p) - self.before[name]) * 1000 / max(turns, 1) for name, p in self.pids.items()}
+
+
+# --- py-spy -------------------------------------------------------------------------------------------
+COMPONENTS = [  # (component, substrings of a frame's file), the innermost match wins; order breaks ties
+    ("Flower task events", ("celery/events/",)),
+    ("result backend", ("celery/backends/", "celery/result.py")),
+    ("Prometheus writes", ("prometheus_client/",)),
+    ("logs", ("/logging/", "pythonjsonlogger/", "shared/logs.py", "celery/app/trace.py:info")),
+    ("progress Lua", ("shared/progress.py",)),
+    ("turn record Lua", ("shared/turns.py",)),
+    ("guards", ("shared/guards/", "workers/guarding.py")),
+    ("MCP + loop thread", ("mcp/", "anyio/", "workers/mcp/", "asyncio/")),
+    ("JWT", ("jwt/", "shared/identity.py")),
+    ("pydantic", ("pydantic/", "pydantic_core/")),
+    ("SSE rendering + fan-out", ("flask_sse/", "web/stream.py", "web/dispatcher.py", "web/sse.py")),
+    ("argsrepr (saferepr)", ("celery/utils/saferepr.py",)),
+    ("Celery messaging (kombu)", ("kombu/", "celery/app/amqp.py", "celery/app/base.py", "celery/canvas.py")),
+    ("Celery task execution", ("celery/app/trace.py", "celery/worker/", "celery/concurrency/")),
+    ("Flask / gunicorn / WSGI", ("flask/", "werkzeug/", "gunicorn/")),
+    ("redis-py (other)", ("redis/",)),
+]
+GENERIC = {"Celery messaging (kombu)", "Celery task execution", "Flask / gunicorn / WSGI", "redis-py (other)"}
+
+
+def ensure_py_spy() -> str:
+    found = Path(sys.executable).parent / "py-spy"
+    if not found.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PY_SPY], check=True)
+    return str(found)
+
+
+def start_profiles(pids: dict[str, list[int]], seconds: float, out: Path) -> list[tuple[str, Path, subprocess.Popen]]:
+    spy = ensure_py_spy()
+    running = []
+    for name, pid_list in pids.items():
+        for pid in pid_list:
+            path = out / f"{name.replace(' ', '_')}-{pid}.txt"
+            command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
+                       "--format", "raw", "--output", str(path), "--nonblocking"]
+            running.append((name, path, subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                                          stderr=subprocess.DEVNULL)))
+    return running
+
+
+def component_of(stack: str) -> str:
+    """The innermost specific component on the stack; else the first generic one in COMPONENTS order
+    (so kombu's own Redis calls count as Celery messaging, not as redis-py)."""
+    frames = stack.split(";")
+    generic = []
+    for frame in reversed(frames):  # leaf first
+        for rank, (name, needles) in enumerate(COMPONENTS):
+            if any(n in frame for n in needles):
+                if name not in GENERIC:
+                    return name
+                generic.append((rank, name))
+    return min(generic)[1] if generic else f"other: {package_of(frames[-1])}"
+
+
+def package_of(frame: str) -> str:
+    """The package (or stdlib module) a py-spy frame `function (file:line)` is in."""
+    path = frame.rpartition("(")[2].rpartition(":")[0]
+    for marker in ("site-packages/", "/python3.11/", str(REPO_ROOT) + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1].split("/")[0].removesuffix(".py")
+    return path.rsplit("/", 1)[-1] or "?"
+
+
+def read_profiles(running) -> dict[str, Counter]:
+    by_process: dict[str, Counter] = defaultdict(Counter)
+    for name, path, proc in running:
+        proc.wait()
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack and count.isdigit():
+                by_process[name][component_of(stack)] += int(count)
+    return by_process
+
+
+def print_profile(by_process: dict[str, Counter], cpu_ms: dict[str, float]) -> None:
+    print("\nWhere the CPU goes per turn (py-spy samples, shares of each process's CPU):")
+    for name, counts in sorted(by_process.items()):
+        total = sum(counts.values()) or 1
+        print(f"  {name}: {cpu_ms.get(name, 0):.1f} ms/turn")
+        for component, n in counts.most_common(12):
+            share = n / total
+            print(f"    {component:<34} {share * 100:5.1f} %  {share * cpu_ms.get(name, 0):6.2f} ms")
+
+
+# --- the run ---------------------------------------------------------------------------------------
+def p(values: list[float], q: float) -> float:
+    return percentile(values, q) if values else float("nan")
+
+
+def start_system(stack: Stack, tools: int = 1, web: int = 1, attempts: int = 3) -> System:
+    """A System that has answered a few turns (MCP sessions and pools warm). On a shared machine a
+    free port can be taken between choosing and binding it: then start again."""
+    for attempt in range(attempts):
+        system = None
+        try:
+            system = System(stack, tools=tools, web=web)
+            if drive_turns(stack.base_url, 4, 2, warmup=0.5).completed:
+                return system
+        except Exception as exc:  # noqa: BLE001 - retried, then raised below
+            print(f"  start failed ({exc}); again", file=sys.stderr)
+        if system is not None:
+            with suppress(Exception):
+                system.stop()
+    raise RuntimeError(f"turnstream did not start in {attempts} attempts")
+
+
+def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: int = 1,
+             profile_dir: Path | None = None) -> tuple[LoadResult, dict, dict]:
+    system = start_system(stack, tools=tools, web=web)
+    try:
+        pids = {**system.pids(), **redis_pids(stack)}
+        reset_command_stats(stack)
+        meter = CpuMeter(pids)
+        profiles = start_profiles({k: v for k, v in pids.items() if not k.startswith("redis")}, seconds + 3,
+                                  profile_dir) if profile_dir else None
+        result = drive_turns(stack.base_url, callers, seconds)
+        cpu = meter.per_turn_ms(result.completed)
+        commands = {role: n / max(result.completed, 1) for role, n in command_counts(stack).items()}
+        if profiles:
+            print_profile(read_profiles(profiles), cpu)
+        return result, cpu, commands
+    finally:
+        system.stop()
+
+
+def idle_turns(stack: Stack, n: int) -> LoadResult:
+    """n turns, one at a time."""
+    system = start_system(stack)
+    try:
+        result = LoadResult(seconds=1)
+
+        async def run() -> None:
+            async with httpx.AsyncClient(headers=bearer(), timeout=60) as client:
+                for _ in range(n):
+                    result.turns.append(await _one_turn(client, stack.base_url, "cap-idle"))
+
+        asyncio.run(run())
+        return result
+    finally:
+        system.stop()
+
+
+def bare_run(stack: Stack, callers: int, seconds: float, idle: int) -> tuple[LoadResult, list[float], dict, dict]:
+    workers = bare_workers(stack)
+    try:
+        app = bare_app(stack)
+        idle_bare(app, 10)
+        idle_ms = idle_bare(app, idle)
+        pids = {"bare workers": [w.process.pid for w in workers], **redis_pids(stack)}
+        reset_command_stats(stack)
+        meter = CpuMeter(pids)
+        result = drive_bare(app, callers, seconds)
+        cpu = meter.per_turn_ms(result.completed)
+        commands = {role: n / max(result.completed, 1) for role, n in command_counts(stack).items()}
+        return result, idle_ms, cpu, commands
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each busy run")
+    parser.add_argument("--idle", type=int, default=50, help="sequential turns for the idle figures")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the 1 -> 2 -> 4 process sweeps")
+    parser.add_argument("--profile", action="store_true", help="py-spy the busy processes (installs py-spy)")
+    parser.add_argument("--events-cost", action="store_true",
+                        help="one more busy run with Flower's task events off (TURNSTREAM_TASK_EVENTS=0)")
+    args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, "
+          f"{args.callers} callers, {args.seconds:.0f} s per busy run", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), TURNSTREAM_TURN_RATE_LIMIT="100000000/minute", TURNSTREAM_REASONER="rules",
+                      TURNSTREAM_TOOL_LATENCY_MS="0", TURNSTREAM_LOG_FORMAT="json")
+        try:
+            stack.start_redis()
+            stack.apply_env()
+            bare, bare_idle, bare_cpu, bare_cmds = bare_run(stack, args.callers, args.seconds, args.idle)
+            print(f"bare chain: {bare.throughput:.1f} chains/s busy; idle p50 {p(bare_idle, 50):.1f} ms", flush=True)
+            idle = idle_turns(stack, args.idle)
+            busy, cpu, cmds = busy_run(stack, args.callers, args.seconds,
+                                       profile_dir=Path(tmp) if args.profile else None)
+            print(f"turnstream: {busy.throughput:.1f} turns/s busy ({busy.errors} errors)", flush=True)
+            events_off = None
+            if args.events_cost:
+                stack.env["TURNSTREAM_TASK_EVENTS"] = "0"
+                events_off, off_cpu, off_cmds = busy_run(stack, args.callers, args.seconds)
+                stack.env.pop("TURNSTREAM_TASK_EVENTS")
+                print(f"task events off: {events_off.throughput:.1f} turns/s", flush=True)
+            sweeps = {}
+            if not args.no_sweep:
+                for kind in ("tools", "web"):
+                    for n in (1, 2, 4):
+                        counts = {"tools": n, "web": 1} if kind == "tools" else {"tools": 2, "web": n}
+                        run, _, _ = busy_run(stack, args.callers, args.seconds, **counts)
+                        sweeps[(kind, n)] = run.throughput
+                        print(f"  sweep {kind} x{n}: {run.throughput:.1f} turns/s", flush=True)
+        finally:
+            stack.stop()
+
+    idle_done = idle.ms("done")
+    print("\n=== capacity (same run, same broker, same worker processes)")
+    print(f"throughput at {args.callers} callers: turnstream {busy.throughput:.1f} turns/s, "
+          f"bare chain {bare.throughput:.1f} chains/s -> ratio {busy.throughput / bare.throughput:.2f} "
+          f"(target >= 0.60)")
+    first, done = busy.ms("first_event"), busy.ms("done")
+    print(f"POST -> first SSE event, busy: p50 {p(first, 50):.1f} ms, p99 {p(first, 99):.1f} ms (target p99 <= 50)")
+    idle_first = idle.ms("first_event")
+    print(f"POST -> first SSE event, idle: p50 {p(idle_first, 50):.1f} ms, p99 {p(idle_first, 99):.1f} ms "
+          f"(target <= 20)")
+    print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")
+    print(f"single idle turn: p50 {p(idle_done, 50):.1f} ms vs bare chain {p(bare_idle, 50):.1f} ms -> "
+          f"{p(idle_done, 50) / p(bare_idle, 50):.2f}x (target <= 1.5x)")
+    print("CPU per turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    print("CPU per bare chain (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bare_cpu.items()))
+    print("Redis commands per turn: " + ", ".join(f"{k} {v:.0f}" for k, v in cmds.items()))
+    print("Redis commands per bare chain: " + ", ".join(f"{k} {v:.0f}" for k, v in bare_cmds.items()))
+    if events_off is not None:
+        print(f"task events off: {events_off.throughput:.1f} turns/s -> on/off {busy.throughput / events_off.throughput:.2f}; "
+              f"broker commands per turn {off_cmds['broker']:.0f} (on: {cmds['broker']:.0f}); CPU per turn (ms): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in off_cpu.items()))
+    for kind in ("tools", "web"):
+        if (kind, 1) in sweeps:
+            base = sweeps[(kind, 1)] or 1
+            label = "tools-worker processes" if kind == "tools" else "gunicorn workers (2 tools workers)"
+            print(f"scaling, {label}: " + ", ".join(f"x{n} {sweeps[(kind, n)] / base:.2f}" for n in (1, 2, 4)))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
