@@ -24,7 +24,7 @@ from shared import keys
 from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, DeltaEvent
 from shared.identity import Principal, issue_stream_token
-from tests.sse import post_prompt, read_stream
+from tests.sse import post_prompt, read_stream, tool_calls
 from tests.stack import ROLE_ENV, Stack
 from tests.test_chaos import restore_env, wait_for
 
@@ -89,8 +89,8 @@ def test_tool_guards_memoize_and_cache_on_their_clusters(cluster_stack):
     prompt = "What is the weather in Lisbon?"
     first, again = (read_stream(system.base_url, post_prompt(system.base_url, f"guard{i}", prompt).json()["stream_url"])
                     for i in range(2))
-    tool_first = [e.data for e in first if e.type == "tool"]
-    tool_again = [e.data for e in again if e.type == "tool"]
+    tool_first = [e.data for e in tool_calls(first)]
+    tool_again = [e.data for e in tool_calls(again)]
     assert tool_first[0]["cache"] == "miss" and tool_first[0]["permission"]["allowed"] is True
     # The second turn reads the memo (one MGET per slot) and the cached result (a script on one slot).
     assert tool_again[0]["permission"] == {"allowed": True, "memo": "hit"}

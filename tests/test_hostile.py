@@ -23,7 +23,7 @@ from shared.cli import processes
 
 from shared.identity import API_AUDIENCE, Principal, issue_stream_token
 from shared.vocabulary import DONE, TERMINAL_EVENTS
-from tests.sse import Event, bearer, post_prompt, read_stream
+from tests.sse import Event, bearer, post_prompt, read_stream, tool_calls
 from tests.stack import TEST_SECRET, Stack
 
 CITIES = ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid")
@@ -137,7 +137,7 @@ def test_records_and_history_are_filtered_by_owner(hostile, sid):
 
     follow_up = post_prompt(base, sid, "And in Berlin?", headers=mallory).json()
     events = follow(base, follow_up["stream_url"])
-    assert [e.data["tool"] for e in events if e.type == "tool"] == ["search_kb"]
+    assert [e.data["tool"] for e in tool_calls(events)] == ["search_kb"]
     listing = httpx.get(f"{base}/api/sessions/{sid}/messages", headers=mallory).json()["messages"]
     assert [m["prompt"] for m in listing] == ["And in Berlin?"]
 
@@ -322,8 +322,8 @@ def test_a_runaway_calculation_fails_alone_while_other_tenants_tools_finish(host
         runaway_events = follow(base, runaway.result()["stream_url"])
     for events in weather_events:
         assert events[-1].type == "done", events[-1]
-        assert [e.data["status"] for e in events if e.type == "tool"] == ["ok"], events
-    calls = [e.data for e in runaway_events if e.type == "tool"]
+        assert [e.data["status"] for e in tool_calls(events)] == ["ok"], events
+    calls = [e.data for e in tool_calls(runaway_events)]
     assert runaway_events[-1].type == "done"
     assert calls[0]["status"] == "error" and "too large" in calls[0]["error"]
 
