@@ -51,4 +51,4 @@ def read_stream(base_url: str, stream_url: str, last_event_id: str | None = None
 def post_prompt(base_url: str, session_id: str, prompt: str, headers: dict | None = None,
                 client: httpx.Client | None = None) -> httpx.Response:
     return (client or httpx).post(f"{base_url}/api/sessions/{session_id}/messages", json={"prompt": prompt},
-                                  headers=headers or bearer(), timeout=10)
+                                  headers=headers or bearer(), timeout=30)

@@ -64,8 +64,13 @@ class Stack:
         worker = processes.celery_worker(self.env, self.log_dir, name=name, **options).start()
         self.workers.append(worker)
         if wait:
-            processes.wait_for_worker(self.env)
+            processes.wait_for_worker(self.env, check=lambda: self._still_running(worker, name))
         return worker
+
+    def _still_running(self, worker, name: str) -> None:
+        if not worker.running():
+            raise RuntimeError(f"the {name} worker exited before answering a ping; its log ends:\n"
+                               f"{self.log(name)[-3000:]}")
 
     @contextmanager
     def running(self, apply_env: bool = False, single_redis: bool = False, **worker_options):

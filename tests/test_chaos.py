@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from shared import keys
 from shared.vocabulary import TOOL_FINAL_STATUSES
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
@@ -21,6 +22,9 @@ SLOW_PROMPT = "What is the weather in Paris, London and Tokyo?"
 SLOW_ANSWER_START = "In Paris it is 14°C"
 CITIES = ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid")  # one per turn: no cache hit among them
 TURNS = len(CITIES)
+# Per read, for a loaded 2-core machine: longer than an SSE heartbeat (15 s), so an open stream
+# that is still waiting is never mistaken for a dead one.
+HTTP_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ def answered(records: list[dict]) -> bool:
     return all(r["status"] == "done" and r["answer"].startswith(f"In {city} it is") for r, city in zip(records, CITIES))
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, describe=None):
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, describe=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -79,19 +83,35 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, describe=N
     raise AssertionError(f"condition not met within {timeout:.0f}s" + (f": {describe()}" if describe else ""))
 
 
-def wait_until_running(base_url: str, bodies: list[dict]) -> None:
+def snapshot(chaos: Stack, bodies: list[dict], field: str) -> list[str | None]:
+    """One field of every turn's record, read from the broker in one round trip. Waits for a
+    moment to pull a plug read this way: the moment lasts about one tool call, and status
+    requests to the web tier on a loaded machine can take longer than that."""
+    pipe = chaos.client("broker").pipeline(transaction=False)
+    for body in bodies:
+        pipe.hget(keys.turn_status(body["session_id"], body["message_id"]), field)
+    return pipe.execute()
+
+
+def wait_until_executing(chaos: Stack, body: dict) -> None:
+    """Until the turn is calling its tools."""
+    wait_for(lambda: snapshot(chaos, [body], "step") == ["execute"], interval=0.02,
+             describe=lambda: snapshot(chaos, [body], "status"))
+
+
+def wait_until_running(chaos: Stack, bodies: list[dict]) -> None:
     """Until every turn has started and most are still running: the moment to pull a plug."""
     def started_and_running() -> bool:
-        states = [status(base_url, b)["status"] for b in bodies]
+        states = snapshot(chaos, bodies, "status")
         return "queued" not in states and states.count("running") > len(states) // 2
-    wait_for(started_and_running, interval=0.05, describe=lambda: [status(base_url, b)["status"] for b in bodies])
+    wait_for(started_and_running, interval=0.02, describe=lambda: snapshot(chaos, bodies, "status"))
 
 
 def status(base_url: str, body: dict) -> dict:
-    return httpx.get(base_url + body["status_url"], headers=bearer(), timeout=10).json()
+    return httpx.get(base_url + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT).json()
 
 
-def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 60.0) -> list[dict]:
+def wait_until_final(base_url: str, bodies: list[dict], timeout: float = 120.0) -> list[dict]:
     def all_final():
         records = [status(base_url, b) for b in bodies]
         return records if all(r.get("status") in ("done", "failed", "cancelled") for r in records) else None
@@ -110,8 +130,8 @@ def terminal_events(chaos: Stack, body: dict) -> list[str]:
 def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps(chaos):
     base = chaos.base_url
     body = post_prompt(base, "cancel1", SLOW_PROMPT).json()
-    wait_for(lambda: status(base, body).get("step") == "execute")
-    response = httpx.delete(base + body["status_url"], headers=bearer())
+    wait_until_executing(chaos, body)
+    response = httpx.delete(base + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT)
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
 
@@ -122,13 +142,14 @@ def test_cancelling_a_running_turn_ends_its_stream_and_skips_its_remaining_steps
     assert status(base, body)["status"] == "cancelled"
     assert ("synthesize", "started") not in [(d.get("step"), d.get("status")) for k, d in logged_events(chaos, body)]
     assert terminal_events(chaos, body) == ["cancelled"]
-    assert httpx.delete(base + body["status_url"], headers=bearer()).status_code == 200  # idempotent
+    again = httpx.delete(base + body["status_url"], headers=bearer(), timeout=HTTP_TIMEOUT)
+    assert again.status_code == 200  # idempotent
 
 
 def test_progress_down_turns_complete_and_streams_recover(chaos):
     base = chaos.base_url
     bodies = [r.json() for r in post_many(base, "prog")]
-    wait_until_running(base, bodies)
+    wait_until_running(chaos, bodies)
     chaos.redis["progress"].kill(sig=9)
     try:
         late = post_prompt(base, "prog-late", SLOW_PROMPT)
@@ -137,16 +158,16 @@ def test_progress_down_turns_complete_and_streams_recover(chaos):
         records = wait_until_final(base, bodies)
         assert answered(records[:TURNS])
         assert records[-1]["status"] == "done" and records[-1]["answer"].startswith(SLOW_ANSWER_START)
-        polled = httpx.get(base + bodies[0]["status_url"] + "/events", headers=bearer()).json()
+        polled = httpx.get(base + bodies[0]["status_url"] + "/events", headers=bearer(), timeout=HTTP_TIMEOUT).json()
         assert polled["status"] == "done" and polled["progress_unavailable"] is True
         assert "progress Redis failed 3 times in a row: breaker open" in chaos.log("worker")
-        ready = httpx.get(f"{base}/readyz").json()
+        ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
         assert ready["ready"] is True and ready["roles"]["progress"].startswith("unavailable")
     finally:
         chaos.restart_redis("progress")
 
     for body, record in zip(bodies, records):
-        events = wait_for(lambda: read_stream(base, body["stream_url"], timeout=15))
+        events = wait_for(lambda: read_stream(base, body["stream_url"], timeout=HTTP_TIMEOUT))
         assert events[-1].type == "done"
         assert events[-1].data["answer"] == record["answer"]
         assert terminal_events(chaos, body) == ["done"]
@@ -155,14 +176,14 @@ def test_progress_down_turns_complete_and_streams_recover(chaos):
 def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_returns(chaos):
     base = chaos.base_url
     accepted = [r.json() for r in post_many(base, "brok")]
-    wait_until_running(base, accepted)
+    wait_until_running(chaos, accepted)
     chaos.redis["broker"].kill(sig=9)
     try:
         refused = post_prompt(base, "brok-refused", SLOW_PROMPT)
         assert refused.status_code == 503
         assert refused.json()["error"] == "unavailable"
         assert int(refused.headers["Retry-After"]) > 0
-        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).status_code == 503
     finally:
         chaos.restart_redis("broker")
 
@@ -170,7 +191,8 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
     assert answered(records)
     for body in accepted:
         assert terminal_events(chaos, body) == ["done"], "exactly one final answer per turn"
-    assert httpx.get(f"{base}/api/sessions/brok-refused/messages", headers=bearer()).status_code == 404
+    refused_session = httpx.get(f"{base}/api/sessions/brok-refused/messages", headers=bearer(), timeout=HTTP_TIMEOUT)
+    assert refused_session.status_code == 404
     after = post_prompt(base, "brok-after", "calculate 1 + 2")
     assert after.status_code == 202
     assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
@@ -216,7 +238,7 @@ def test_a_dead_cache_role_blocks_no_turn(chaos, role):
             assert {d["cache"] for d in tool_events} == {"bypass"}, "tools run uncached"
         else:
             assert {d["permission"]["memo"] for d in tool_events} == {"bypass"}, "the verifier is asked directly"
-        ready = httpx.get(f"{base}/readyz").json()
+        ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
         assert ready["ready"] is True and ready["roles"][role].startswith("unavailable")
     finally:
         chaos.restart_redis(role)
@@ -225,7 +247,7 @@ def test_a_dead_cache_role_blocks_no_turn(chaos, role):
 def test_a_worker_killed_mid_turn_leaves_exactly_one_answer(chaos):
     base = chaos.base_url
     body = post_prompt(base, "kill9", SLOW_PROMPT).json()
-    wait_for(lambda: status(base, body).get("step") == "execute")
+    wait_until_executing(chaos, body)
     victim = chaos.workers[-1]
     victim.kill(sig=9)
     assert not victim.running()

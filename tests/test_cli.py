@@ -16,6 +16,8 @@ from shared.cli.processes import REPO_ROOT, child_env, free_port, port_in_use
 from shared.identity import verify_user_token
 from tests.sse import read_stream
 
+HTTP_TIMEOUT = 60  # per request: a freshly started system on a loaded 2-core machine answers slowly
+
 
 def test_token_command_prints_a_verifiable_jwt(stack):
     result = subprocess.run([sys.executable, "-m", "shared.cli", "token", "--user", "alice", "--tenant", "acme",
@@ -34,6 +36,23 @@ def test_token_command_explains_a_missing_secret(tmp_path):
     assert result.returncode != 0
     assert "TURNSTREAM_SECRET is not set" in result.stderr and str(tmp_path / "secret") in result.stderr
     assert "turnstream dev" in result.stderr
+
+
+def test_dev_stops_waiting_for_its_workers_when_a_redis_server_exits():
+    """Workers may take minutes to start on a slow machine, so `dev` waits long for them, but
+    not for a system that can no longer work: a Redis server that exits ends the wait at once."""
+    import click
+    from mirakuru import SimpleExecutor
+
+    from shared.cli import cli
+    from shared.cli.supervision import Supervisor
+
+    children = Supervisor(lambda line: None)
+    children.add("broker redis-server", SimpleExecutor([sys.executable, "-c", "import sys; sys.exit(3)"])).start()
+    env = {"BROKER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # no broker: no worker answers
+    with pytest.raises(click.ClickException) as failure:
+        cli._wait_for_workers(env, children, 2, REPO_ROOT / ".run" / "logs")
+    assert failure.value.message == "the broker redis-server exited with code 3 while the workers were starting"
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -80,14 +99,14 @@ class DevRun:
 
     def ask(self, token: str, session_id: str, prompt: str) -> list:
         answer = httpx.post(f"{self.url}api/sessions/{session_id}/messages", json={"prompt": prompt},
-                            headers={"Authorization": f"Bearer {token}"})
+                            headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT)
         assert answer.status_code == 202, answer.text
         return read_stream(self.url.rstrip("/"), answer.json()["stream_url"], timeout=60)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=150)  # it stops its children one by one: about 10 s at load 10
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +120,8 @@ def dev(tmp_path_factory):
 
 @pytest.mark.timeout(180)
 def test_dev_runs_the_system(dev):
-    assert "prompt" in httpx.get(dev.url).text
-    token = httpx.post(dev.url + "api/dev/token").json()["token"]
+    assert "prompt" in httpx.get(dev.url, timeout=HTTP_TIMEOUT).text
+    token = httpx.post(dev.url + "api/dev/token", timeout=HTTP_TIMEOUT).json()["token"]
     # The tools worker runs gevent and reaches the built-in MCP server over stdio.
     events = dev.ask(token, "devcheck", "weather in Rome")
     assert events[-1].type == "done" and events[-1].data["answer"].startswith("In Rome it is 20°C")
@@ -128,16 +147,16 @@ def test_the_token_command_signs_with_the_dev_secret_kept_in_the_data_dir(dev):
 def test_a_worker_killed_by_a_signal_is_started_again(dev):
     victim = dev.worker("llm")
     victim.send_signal(signal.SIGSEGV)
-    victim.wait(10)
+    victim.wait(60)
     dev.wait_for_output("the llm worker was killed by SIGSEGV; starting it again")
-    token = httpx.post(dev.url + "api/dev/token").json()["token"]
+    token = httpx.post(dev.url + "api/dev/token", timeout=HTTP_TIMEOUT).json()["token"]
     events = dev.ask(token, "after-crash", "calculate 1 + 2")  # the llm queue is served again
     assert events[-1].type == "done" and events[-1].data["answer"] == "1 + 2 = 3."
     assert dev.worker("llm").pid != victim.pid
     assert dev.proc.poll() is None, "the rest of the system kept running"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_dev_stops_on_sigterm_and_leaves_no_process(dev):
     children = _descendants(dev.proc.pid)
     dev.stop()

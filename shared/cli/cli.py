@@ -173,7 +173,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
             children.add(f"{spec.name} worker", processes.celery_worker(
                 env, data_dir / "logs", name=spec.name, queues=spec.queues, pool=spec.pool,
                 concurrency=spec.concurrency), restart=True).start()
-        processes.wait_for_worker(env, count=len(specs))
+        _wait_for_workers(env, children, len(specs), data_dir / "logs")
         click.echo(f"reasoner: {env['TURNSTREAM_REASONER']}")
         click.echo("workers ready: " + ", ".join(f"{s.name} ({s.pool} x{s.concurrency}, -Q {s.queues})" for s in specs)
                    + f"; logs in {data_dir / 'logs'}")
@@ -188,6 +188,21 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     finally:
         for executor in reversed(children.executors()):
             _stop_quietly(executor)
+
+
+def _wait_for_workers(env: dict[str, str], children: Supervisor, count: int, log_dir: Path) -> None:
+    """Until `count` workers answer. A slow machine takes a while (imports, the tool server's
+    start), so the wait is long; meanwhile the supervisor restarts a worker that dies, saying
+    so, and a Redis server that exits ends the wait with one sentence."""
+    def check() -> None:
+        if (stopped := children.check()) is not None:
+            raise click.ClickException(f"{stopped} while the workers were starting")
+
+    try:
+        processes.wait_for_worker(env, count=count, check=check)
+    except TimeoutError:
+        raise click.ClickException(f"the workers did not answer within {processes.START_TIMEOUT_S:.0f} s; "
+                                   f"their logs are in {log_dir}") from None
 
 
 def _role_redis(role: str, port: int, data_dir: Path, cluster: bool) -> tuple[object, str]:

@@ -7,6 +7,7 @@ stops it (and any child it forked) on exit."""
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 CONF_FILES = {"broker": "broker.conf", "progress": "progress.conf",
               "exec_cache": "exec-cache.conf", "auth_memo": "auth-memo.conf"}
+
+# How long a Python process (a Celery worker, gunicorn, a tool server, Flower) may take to become
+# ready. Starting one imports Celery or the MCP SDK, and a worker opens its MCP sessions (starting
+# a tool server) before it answers: 15-20 s on a 2-core machine at load 12, and it grows with the
+# load. Every wait also watches the process, so one that dies is reported at once: a long bound
+# costs nothing when start-up fails. Rejected: 60 s, which a loaded machine reached.
+START_TIMEOUT_S = 180.0
 
 
 def free_port() -> int:
@@ -61,7 +69,7 @@ def celery_worker(env: dict[str, str], log_dir: Path, name: str = "worker", queu
     if queues:
         command += ["-Q", queues]
     return SimpleExecutor(command, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=60,
-                          stdout=_log_file(log_dir, name), stderr=-2)
+                          stdout=_log_file(log_dir, name), stderr=-2)  # the time a stop may take
 
 
 @dataclass(frozen=True)
@@ -107,8 +115,8 @@ def dev_workers(reasoner: str, concurrency: int | None = None, llm_concurrency: 
 def tool_server(env: dict[str, str], port: int, log_dir: Path) -> TCPExecutor:
     """The built-in MCP tool server over streamable HTTP, at http://127.0.0.1:`port`/mcp."""
     command = [sys.executable, "-m", "workers.toolserver", "--http", "--port", str(port)]
-    return TCPExecutor(command, host="127.0.0.1", port=port, cwd=str(REPO_ROOT), envvars=child_env(env), timeout=30,
-                       stdout=_log_file(log_dir, f"toolserver-{port}"), stderr=-2)
+    return TCPExecutor(command, host="127.0.0.1", port=port, cwd=str(REPO_ROOT), envvars=child_env(env),
+                       timeout=START_TIMEOUT_S, stdout=_log_file(log_dir, f"toolserver-{port}"), stderr=-2)
 
 
 def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) -> HTTPExecutor:
@@ -116,18 +124,21 @@ def web_server(env: dict[str, str], port: int, log_dir: Path, workers: int = 1) 
     command = [sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py"),
                "-b", f"127.0.0.1:{port}", "-w", str(workers), "web.wsgi:app"]
     return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthz", method="GET", cwd=str(REPO_ROOT),
-                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "web"), stderr=-2)
+                        envvars=child_env(env), timeout=START_TIMEOUT_S, stdout=_log_file(log_dir, "web"), stderr=-2)
 
 
 def flower(env: dict[str, str], port: int, log_dir: Path) -> HTTPExecutor:
     """Flower on 127.0.0.1:`port` through `turnstream flower` (auth from FLOWER_BASIC_AUTH in `env`)."""
     command = [sys.executable, "-m", "shared.cli", "flower", "--port", str(port), "--address", "127.0.0.1"]
     return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthcheck", method="GET", cwd=str(REPO_ROOT),
-                        envvars=child_env(env), timeout=60, stdout=_log_file(log_dir, "flower"), stderr=-2)
+                        envvars=child_env(env), timeout=START_TIMEOUT_S, stdout=_log_file(log_dir, "flower"),
+                        stderr=-2)
 
 
-def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) -> list[str]:
-    """Block until at least `count` Celery workers answer a ping on the broker in `env`."""
+def wait_for_worker(env: dict[str, str], timeout: float = START_TIMEOUT_S, count: int = 1,
+                    check: Callable[[], None] | None = None) -> list[str]:
+    """Block until at least `count` Celery workers answer a ping on the broker in `env`.
+    `check` is called between pings and raises to stop waiting (a worker that died)."""
     import time
 
     from kombu.exceptions import OperationalError
@@ -140,6 +151,8 @@ def wait_for_worker(env: dict[str, str], timeout: float = 60.0, count: int = 1) 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            if check is not None:
+                check()
             try:
                 replies = app.control.ping(timeout=0.5)
             except (ConnectionError, OSError, OperationalError, RedisError):
