@@ -16,6 +16,7 @@ from shared import turns
 from shared.events import DoneEvent, ErrorEvent, StepEvent, ToolEvent
 from shared.identity import Principal, issue_user_token
 from shared.progress import Publisher, read_log
+from shared.vocabulary import EVENT_TYPES, TERMINAL_EVENTS
 from tests.browser import launch, screenshot, watch_errors
 from tests.sse import bearer, post_prompt
 from tests.stack import Stack
@@ -306,19 +307,19 @@ def test_a_plain_eventsource_reconnects_by_itself_and_gets_every_event_once(page
     # Other cities than the test above, so no tool result is already cached (the turn stays slow).
     body = post_prompt(slow_stack.base_url, session_id, "What is the weather in Tokyo, Sydney and Madrid?").json()
     page.goto(slow_stack.base_url + "/healthz")
-    page.evaluate("""(url) => {
+    page.evaluate("""([url, EVENT_TYPES, TERMINAL]) => {
         window.received = []; window.opens = 0; window.drops = 0; window.finished = false;
         const source = new EventSource(url);
         source.onopen = () => { window.opens += 1; };
         source.onerror = () => { if (!window.finished) window.drops += 1; };
-        for (const type of ["step", "tool", "token", "done", "error", "cancelled"]) {
+        for (const type of EVENT_TYPES) {
             source.addEventListener(type, (e) => {
                 if (!(e instanceof MessageEvent)) return;
                 window.received.push({type, id: e.lastEventId, data: e.data});
-                if (["done", "error", "cancelled"].includes(type)) { window.finished = true; source.close(); }
+                if (TERMINAL.includes(type)) { window.finished = true; source.close(); }
             });
         }
-    }""", body["stream_url"])
+    }""", [body["stream_url"], list(EVENT_TYPES), sorted(TERMINAL_EVENTS)])
     page.wait_for_function("window.received.some(e => e.type === 'tool')", timeout=20_000)
     assert not page.evaluate("window.finished")
     assert slow_stack.client("progress").client_kill_filter(_type="pubsub") >= 1
