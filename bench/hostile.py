@@ -31,7 +31,7 @@ from _common import percentile  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
 from shared.identity import Principal, issue_stream_token
-from tests.sse import bearer, post_prompt, read_stream
+from tests.sse import bearer, post_prompt, read_stream, tool_calls
 from tests.stack import Stack
 
 NORMAL_PROMPTS = ("What is the weather in Paris?", "calculate 6 * 7 + 1")
@@ -191,7 +191,7 @@ def runaway(stack: Stack):
                 except (httpx.TimeoutException, TimeoutError):
                     outcomes["no terminal event"] = outcomes.get("no terminal event", 0) + 1
                     continue
-                tool = [e.data for e in events if e.type == "tool"]
+                tool = [e.data for e in tool_calls(events)]  # each call's final event
                 key = tool[0]["status"] if tool else events[-1].type
                 outcomes[key] = outcomes.get(key, 0) + 1
     return work, outcomes
