@@ -1,7 +1,10 @@
 """Helpers shared by the benchmark scripts."""
 
+import asyncio
+import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +37,27 @@ def start_stock_flask_sse(progress_url: str, log_dir: Path):
                           url=f"http://127.0.0.1:{port}/healthz", method="GET", envvars=env, timeout=60,
                           stdout=open(log_dir / "stock.log", "ab"), stderr=-2)
     return server.start(), port
+
+
+class SseClient:
+    """One raw SSE connection on an asyncio socket (thousands fit in one process): it notes when
+    the stream opened and when each numbered event (`{"seq": n}`, bare or inside flask-sse's
+    `text`) arrived. `turn` says which turn's stream it holds, for benches with several."""
+
+    def __init__(self, turn: int = 0) -> None:
+        self.turn = turn
+        self.received: dict[int, float] = {}
+        self.opened = False
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int, path: str) -> None:
+        reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        await self.writer.drain()
+        while line := await reader.readline():
+            if line.startswith(b": stream open"):
+                self.opened = True
+            elif line.startswith(b"data:") and b'"seq' in line:
+                payload = json.loads(line[5:].decode())
+                seq = json.loads(payload["text"])["seq"] if "text" in payload else payload["seq"]
+                self.received[int(seq)] = time.perf_counter()

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import percentile  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, percentile  # noqa: E402  (puts the repo on sys.path)
 
 from flask_sse import Message
 
@@ -87,32 +87,13 @@ def publish_rate(url: str, publishers: int, seconds: float, batch: int, turns: i
 
 
 # --- 2. fan-out ----------------------------------------------------------------------------------
-class Client:
-    def __init__(self, turn: int) -> None:
-        self.turn = turn
-        self.received: dict[int, float] = {}
-        self.opened = False
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def run(self, port: int, path: str) -> None:
-        reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        await self.writer.drain()
-        while line := await reader.readline():
-            if line.startswith(b": stream open"):
-                self.opened = True
-            elif line.startswith(b"data:") and b"seq" in line:
-                seq = json.loads(json.loads(line[5:].decode())["text"])["seq"]
-                self.received[int(seq)] = time.perf_counter()
-
-
 async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, web_pids, role_ports) -> dict:
     r = make_redis(url, Settings(), 8)
     ids = [("fan", f"turn{i}") for i in range(turns)]
     publishers = [Publisher(sid, mid, r=r) for sid, mid in ids]
     paths = [f"/stream/{sid}/{mid}?token={issue_stream_token(Principal('bench', 'bench', ()), sid, mid)}"
              for sid, mid in ids]
-    clients = [Client(i % turns) for i in range(streams)]
+    clients = [SseClient(i % turns) for i in range(streams)]
     for start in range(0, streams, 200):
         for client in clients[start:start + 200]:
             asyncio.ensure_future(client.run(port, paths[client.turn]))

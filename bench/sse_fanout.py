@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
 
 from shared.cli import processes
@@ -25,27 +25,10 @@ from shared.identity import Principal, issue_stream_token
 from shared.progress import Publisher
 from tests.stack import Stack
 
-class Client:
-    def __init__(self) -> None:
-        self.received: dict[int, float] = {}
-        self.opened = False
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def run(self, port: int, path: str) -> None:
-        reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        await self.writer.drain()
-        while line := await reader.readline():
-            if line.startswith(b": stream open"):
-                self.opened = True
-            elif line.startswith(b"data:") and b'"seq' in line:
-                payload = json.loads(line[5:].decode())
-                seq = json.loads(payload["text"])["seq"] if "text" in payload else payload["seq"]
-                self.received[int(seq)] = time.perf_counter()
 
 
-async def hold_clients(port: int, path: str, count: int) -> list[Client]:
-    clients = [Client() for _ in range(count)]
+async def hold_clients(port: int, path: str, count: int) -> list[SseClient]:
+    clients = [SseClient() for _ in range(count)]
     for start in range(0, count, 250):
         for client in clients[start:start + 250]:
             asyncio.ensure_future(client.run(port, path))
