@@ -6,7 +6,6 @@ comes back within seconds instead of ten minutes."""
 
 import json
 import os
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,7 @@ from shared import keys
 from shared.vocabulary import TOOL_FINAL_STATUSES
 from tests.sse import bearer, post_prompt, read_stream
 from tests.stack import Stack
+from tests.waiting import wait_for
 
 SLOW_PROMPT = "What is the weather in Paris, London and Tokyo?"
 SLOW_ANSWER_START = "In Paris it is 14°C"
@@ -73,14 +73,6 @@ def answered(records: list[dict]) -> bool:
     return all(r["status"] == "done" and r["answer"].startswith(f"In {city} it is") for r, city in zip(records, CITIES))
 
 
-def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, describe=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout:.0f}s" + (f": {describe()}" if describe else ""))
 
 
 def snapshot(chaos: Stack, bodies: list[dict], field: str) -> list[str | None]:

@@ -5,7 +5,6 @@ The situation from an operator's walkthrough: turns accepted while no worker tak
 `queued` forever. Here the web tier runs with no worker, so the turn cannot move; once a worker
 starts, it finishes and nothing is stalled any more."""
 
-import time
 import uuid
 
 import httpx
@@ -15,18 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.identity import issue_user_token
 from tests.sse import bearer, post_prompt
 from tests.stack import Stack
+from tests.waiting import wait_for
 
 STALL_S = 3
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
 
 
 def stalled_in_metrics(base_url: str) -> float:
