@@ -5,7 +5,6 @@ The stack here has a 1 s heartbeat (streams re-check their turn at each one) and
 results that are never cached, so every weather turn really reaches the tool server."""
 
 import json
-import os
 import socket
 import time
 import uuid
@@ -32,23 +31,13 @@ RUNAWAY = "calculate (((9**99)**99)**99)**99"
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    saved_env = dict(os.environ)
     base_dir = tmp_path_factory.mktemp("hostile")
     tools_file = base_dir / "tool-cache.toml"
     tools_file.write_text("[global]\nvolatile = []\n")  # no tool is cached
     system = Stack(base_dir, TURNSTREAM_SSE_HEARTBEAT_S="1", TURNSTREAM_EXEC_CACHE_TOOLS_FILE=str(tools_file),
                    TURNSTREAM_BREAKER_RESET_S="1", TURNSTREAM_TOOL_LATENCY_MS="200")
-    try:
-        with system.running(apply_env=True):
-            yield system
-    finally:
-        from shared.redis_roles import reset_clients
-        from shared.settings import reload_settings
-
-        os.environ.clear()
-        os.environ.update(saved_env)
-        reload_settings()
-        reset_clients()
+    with system.running(), system.env_applied():
+        yield system
 
 
 @pytest.fixture
