@@ -35,7 +35,7 @@ from shared.guards.declarations import Declarations, ToolSpec, load_declarations
 from shared.guards.exec_cache import ExecCache  # noqa: E402
 from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
 from shared.identity import Principal  # noqa: E402
-from shared.redis_roles import make_pool  # noqa: E402
+from shared.redis_stores import make_pool  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 TEN_TOOLS = ["weather", "search_kb", "calculator", "my_orders", "create_ticket", "t5", "t6", "t7", "t8", "t9"]
@@ -250,8 +250,8 @@ def main() -> None:
         return stampede_child(args.stampede_child, 50, args.naive)
 
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {role: processes.redis_server(role, processes.free_port(), Path(tmp)).start()
-                   for role in ("exec_cache", "auth_memo")}
+        servers = {store: processes.redis_server(store, processes.free_port(), Path(tmp)).start()
+                   for store in ("exec_cache", "auth_memo")}
         try:
             exec_url = f"redis://127.0.0.1:{servers['exec_cache'].port}/0"
             exec_r, auth_r = pooled(exec_url), pooled(f"redis://127.0.0.1:{servers['auth_memo'].port}/0")

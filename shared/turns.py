@@ -32,7 +32,7 @@ import redis
 
 from shared import defaults, keys, liveness, metrics
 from shared.identity import Principal
-from shared.redis_roles import client, replicated
+from shared.redis_stores import client, replicated
 from shared.settings import get_settings
 from shared.turn_flow import Checkpoint, TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus

@@ -1,4 +1,4 @@
-"""Helpers for the guard tests: redis-servers for the two guard roles, caches and memos on them,
+"""Helpers for the guard tests: redis-servers for the two guard stores, caches and memos on them,
 a tiny identity provider over HTTP, and a process that makes many identical tool calls."""
 
 import json
@@ -12,7 +12,7 @@ import redis
 from shared.cli.processes import free_port
 from shared.guards.declarations import Declarations, ToolSpec
 from shared.guards.exec_cache import ExecCache
-from shared.redis_roles import make_pool
+from shared.redis_stores import make_pool
 from shared.settings import Settings
 
 SLOW = ToolSpec("slow_lookup", cacheable=True, scope="global", ttl_s=60)

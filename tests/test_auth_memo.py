@@ -38,7 +38,7 @@ def write_policy(path: Path, text: str) -> None:
 
 @pytest.fixture(scope="module")
 def guard_redis(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("auth-memo")).start_redis(roles=("auth_memo",))
+    system = Stack(tmp_path_factory.mktemp("auth-memo")).start_redis(stores=("auth_memo",))
     yield system
     system.stop()
 

@@ -1,9 +1,9 @@
-"""The per-role breaker, the settings that keep delivery at least once, and the outcome mapping."""
+"""The per-store breaker, the settings that keep delivery at least once, and the outcome mapping."""
 
 import pytest
 import redis
 
-from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, RoleUnavailable
+from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, StoreUnavailable
 from shared.celery_config import celery_config
 from shared.settings import Settings
 from shared.terminal_event import terminal_event
@@ -30,10 +30,10 @@ def test_breaker_opens_after_consecutive_failures_then_fails_fast():
             breaker.call(refuse)
     assert breaker.state == OPEN
     calls = []
-    with pytest.raises(RoleUnavailable) as caught:
+    with pytest.raises(StoreUnavailable) as caught:
         breaker.call(calls.append, 1)
     assert calls == [], "an open breaker does not even try"
-    assert caught.value.role == "progress"
+    assert caught.value.store == "progress"
     assert isinstance(caught.value, redis.ConnectionError)
 
 
@@ -58,7 +58,7 @@ def test_a_failed_trial_reopens_the_breaker_for_another_period():
         breaker.call(refuse)
     assert breaker.state == OPEN
     clock.now = 4.0
-    with pytest.raises(RoleUnavailable):
+    with pytest.raises(StoreUnavailable):
         breaker.call(lambda: "pong")
 
 
@@ -105,7 +105,7 @@ def test_a_broker_outage_is_not_a_turn_failure():
     from workers.tasks import lost_to_an_outage
 
     assert lost_to_an_outage(redis.ConnectionError("Error 111 connecting"))
-    assert lost_to_an_outage(RoleUnavailable("broker"))
+    assert lost_to_an_outage(StoreUnavailable("broker"))
     assert lost_to_an_outage(ChordError("Dependency 8a2c raised network:ConnectionError"))
     assert not lost_to_an_outage(RuntimeError("discover failed: no MCP server answered"))
     assert not lost_to_an_outage(ChordError("Dependency 8a2c raised ValueError('bad args')"))

@@ -21,7 +21,7 @@ BOB = Principal("bob", "acme", ("analyst",))
 
 @pytest.fixture(scope="module")
 def guard_redis(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("exec-cache")).start_redis(roles=("exec_cache",))
+    system = Stack(tmp_path_factory.mktemp("exec-cache")).start_redis(stores=("exec_cache",))
     yield system
     system.stop()
 

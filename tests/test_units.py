@@ -33,16 +33,16 @@ def test_key_names():
     assert keys.turn_status("s1", "m1") == "agent:turn:s1:m1"
 
 
-def test_single_instance_mode_gives_each_role_a_db():
+def test_single_instance_mode_gives_each_store_a_db():
     settings = Settings(REDIS_URL="redis://example:7000/0")
-    assert [settings.role_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
+    assert [settings.store_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
         "redis://example:7000/0", "redis://example:7000/1", "redis://example:7000/2", "redis://example:7000/3"]
 
 
-def test_role_urls_come_from_the_seed_names(monkeypatch):
+def test_store_urls_come_from_the_seed_names(monkeypatch):
     monkeypatch.setenv("EXEC_CACHE_REDIS_URL", "redis://cache:1/0")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert Settings().role_url("exec_cache") == "redis://cache:1/0"
+    assert Settings().store_url("exec_cache") == "redis://cache:1/0"
 
 
 def test_stream_ids_order_numerically():
