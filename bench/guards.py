@@ -35,16 +35,11 @@ from shared.guards.declarations import Declarations, ToolSpec, load_declarations
 from shared.guards.exec_cache import ExecCache  # noqa: E402
 from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
 from shared.identity import Principal  # noqa: E402
-from shared.redis_stores import make_pool  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from tests.guard_support import pooled, release_together  # noqa: E402
 
 TEN_TOOLS = ["weather", "search_kb", "calculator", "my_orders", "create_ticket", "t5", "t6", "t7", "t8", "t9"]
 ALICE = Principal("alice", "acme", ("analyst",))
 STAMPEDE_SPEC = ToolSpec("slow_lookup", cacheable=True, scope="global", ttl_s=60)
-
-
-def pooled(url: str) -> redis.Redis:
-    return redis.Redis(connection_pool=make_pool(url, Settings(), max_connections=300))
 
 
 def cache_on(r: redis.Redis, declarations: Declarations | None = None) -> ExecCache:
@@ -189,7 +184,6 @@ def bench_saved(exec_r: redis.Redis, conversations: int) -> list[tuple]:
 def stampede_child(url: str, threads: int, naive: bool) -> None:
     r = pooled(url)
     cache = cache_on(r, Declarations(tools={STAMPEDE_SPEC.name: STAMPEDE_SPEC}))
-    go = threading.Event()
 
     def upstream(params: dict) -> dict:
         r.incr("bench:runs")
@@ -202,18 +196,10 @@ def stampede_child(url: str, threads: int, naive: bool) -> None:
             r.set(key, json.dumps(upstream(params)), ex=60)
 
     def call(i: int) -> None:
-        go.wait()
         params = {"city": "Paris", "request_id": f"r{i}"}
         naive_call(params) if naive else cache.run(STAMPEDE_SPEC, params, ALICE, upstream)
 
-    workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    print("ready", flush=True)
-    sys.stdin.readline()
-    go.set()
-    for worker in workers:
-        worker.join()
+    release_together(threads, call)
 
 
 def stampede_runs(r: redis.Redis, url: str, naive: bool) -> int:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SseClient, percentile  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, delivery_latencies, percentile  # noqa: E402  (puts the repo on sys.path)
 
 from flask_sse import Message
 
@@ -105,22 +105,12 @@ async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, we
         await asyncio.sleep(0.2)
     await asyncio.sleep(2.0)  # subscriptions confirmed and log replays done
     held = connections_by_store(web_pids, store_ports)
-    latencies = []
-    for seq in range(rounds):
-        started = time.perf_counter()
+
+    def publish(seq: int) -> None:
         for publisher in publishers:
             publisher.publish(DeltaEvent(text=json.dumps({"seq": seq})))
-        deadline = started + 15
-        while sum(seq in c.received for c in clients) < streams and time.perf_counter() < deadline:
-            await asyncio.sleep(0.002)
-        arrived = [c.received[seq] for c in clients if seq in c.received]
-        latencies.append(((max(arrived) if arrived else deadline) - started) * 1000)
-        if len(arrived) < streams:
-            print(f"  round {seq}: only {len(arrived)}/{streams} clients got their event within 15 s", flush=True)
-        await asyncio.sleep(0.2)
-    for client in clients:
-        if client.writer:
-            client.writer.close()
+
+    latencies = await delivery_latencies(clients, rounds, publish, within_s=15, pause_s=0.2)
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "held": held}
 
 

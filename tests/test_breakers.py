@@ -37,11 +37,17 @@ def test_breaker_opens_after_consecutive_failures_then_fails_fast():
     assert isinstance(caught.value, redis.ConnectionError)
 
 
-def test_breaker_half_opens_and_one_success_closes_it():
-    clock = Clock()
+def tripped(clock: Clock) -> Breaker:
+    """A breaker that opens at its first failure (reset 2 s), after one refused call at `clock`'s time."""
     breaker = Breaker("broker", fail_max=1, reset_s=2.0, clock=clock)
     with pytest.raises(redis.ConnectionError):
         breaker.call(refuse)
+    return breaker
+
+
+def test_breaker_half_opens_and_one_success_closes_it():
+    clock = Clock()
+    breaker = tripped(clock)
     clock.now = 2.5
     assert breaker.state == HALF_OPEN
     assert breaker.call(lambda: "pong") == "pong"
@@ -50,9 +56,7 @@ def test_breaker_half_opens_and_one_success_closes_it():
 
 def test_a_failed_trial_reopens_the_breaker_for_another_period():
     clock = Clock()
-    breaker = Breaker("broker", fail_max=1, reset_s=2.0, clock=clock)
-    with pytest.raises(redis.ConnectionError):
-        breaker.call(refuse)
+    breaker = tripped(clock)
     clock.now = 3.0
     with pytest.raises(redis.ConnectionError):
         breaker.call(refuse)
