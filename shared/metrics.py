@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-TURN_OUTCOMES = tuple(sorted(FINAL_STATUSES))
+TURN_STATUSES = tuple(sorted(FINAL_STATUSES))  # the `outcome` label of turnstream_turns_total
 
 STEP_DURATION = Histogram("turnstream_step_duration_seconds", "Wall time of one step of a turn (a Celery task).",
                           ["step", "outcome"], buckets=STEP_BUCKETS)
@@ -116,10 +116,10 @@ def observe_step(step: str, seconds: float, ok: bool) -> None:
     STEP_DURATION.labels(step=step if step in STEPS else "other", outcome="ok" if ok else "error").observe(seconds)
 
 
-def record_turn(outcome: str) -> None:
-    if outcome not in TURN_OUTCOMES:
-        raise ValueError(f"unknown turn outcome {outcome!r}; expected one of {TURN_OUTCOMES}")
-    TURNS.labels(outcome=outcome).inc()
+def record_turn(status: str) -> None:
+    if status not in TURN_STATUSES:
+        raise ValueError(f"not a final turn status: {status!r}; expected one of {TURN_STATUSES}")
+    TURNS.labels(outcome=status).inc()
 
 
 def record_reasoner_call(reasoner: str, kind: str) -> None:
@@ -135,8 +135,8 @@ def _declare_series() -> None:
     for step in STEPS:
         for outcome in ("ok", "error"):
             STEP_DURATION.labels(step=step, outcome=outcome)
-    for outcome in TURN_OUTCOMES:
-        TURNS.labels(outcome=outcome)
+    for status in TURN_STATUSES:
+        TURNS.labels(outcome=status)
     for cause in RESUME_CAUSES:
         TURNS_RESUMED.labels(cause=cause)
     for reason in OUTBOX_OVERFLOW_REASONS:

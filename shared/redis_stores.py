@@ -79,7 +79,7 @@ def make_redis(url: str, settings: Settings, max_connections: int | None = None)
     return redis.Redis(connection_pool=make_pool(url, settings, max_connections))
 
 
-class GuardedPipeline(Pipeline):
+class BreakerPipeline(Pipeline):
     def __init__(self, store: str, *args: object, **kwargs: object):
         super().__init__(*args, **kwargs)
         self.store = store
@@ -88,7 +88,7 @@ class GuardedPipeline(Pipeline):
         return breaker(self.store).call(super().execute, raise_on_error)
 
 
-class GuardedRedis(redis.Redis):
+class BreakerRedis(redis.Redis):
     """A store's client: each command passes through the store's breaker."""
 
     def __init__(self, store: str, **kwargs: object):
@@ -98,8 +98,8 @@ class GuardedRedis(redis.Redis):
     def execute_command(self, *args: object, **options: object):
         return breaker(self.store).call(super().execute_command, *args, **options)
 
-    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> GuardedPipeline:
-        return GuardedPipeline(self.store, self.connection_pool, self.response_callbacks, transaction, shard_hint)
+    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> BreakerPipeline:
+        return BreakerPipeline(self.store, self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 class Cluster(RedisCluster):
@@ -111,7 +111,7 @@ class Cluster(RedisCluster):
         return _cluster_call(super().execute_command, *args, **options)
 
 
-class GuardedRedisCluster(Cluster):
+class BreakerRedisCluster(Cluster):
     """A store's Cluster client: each command passes through the store's breaker."""
 
     def __init__(self, store: str, **kwargs: object):
@@ -146,8 +146,8 @@ def _new_client(store: str) -> redis.Redis | RedisCluster:
     settings = get_settings()
     target = settings.store_target(store)
     if target.cluster:
-        return GuardedRedisCluster(store, **_cluster_options(target, settings, None))
-    return GuardedRedis(store, connection_pool=make_pool(target.url, settings))
+        return BreakerRedisCluster(store, **_cluster_options(target, settings, None))
+    return BreakerRedis(store, connection_pool=make_pool(target.url, settings))
 
 
 _clients = PerStore(_new_client)
@@ -184,7 +184,7 @@ def replicated(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis
     if not get_settings().store_target(store).sentinel:
         yield r
         return
-    one_connection = breaker(store).call(GuardedRedis, store, connection_pool=r.connection_pool,
+    one_connection = breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool,
                                         single_connection_client=True)
     with one_connection as one:
         yield one
