@@ -155,6 +155,8 @@ DISCARD_WAIT_S = 15.0
 
 # Redis stores, in the order their DB numbers are assigned in single-instance mode.
 STORES = ("broker", "progress", "exec_cache", "auth_memo")
+# Each store's URL variable (no TURNSTREAM_ prefix: the names predate it and deployments set them).
+STORE_URL_ENV = {store: f"{store.upper()}_REDIS_URL" for store in STORES}
 
 # `turnstream dev` ports (its own options, not Settings). They stay clear of 6379, where a
 # machine's own Redis usually listens.

@@ -25,10 +25,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNSTREAM_", extra="ignore", populate_by_name=True)
 
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
-    broker_redis_url: str = Field(_local("broker"), validation_alias=_env("BROKER_REDIS_URL"))
-    progress_redis_url: str = Field(_local("progress"), validation_alias=_env("PROGRESS_REDIS_URL"))
-    exec_cache_redis_url: str = Field(_local("exec_cache"), validation_alias=_env("EXEC_CACHE_REDIS_URL"))
-    auth_memo_redis_url: str = Field(_local("auth_memo"), validation_alias=_env("AUTH_MEMO_REDIS_URL"))
+    broker_redis_url: str = Field(_local("broker"), validation_alias=_env(defaults.STORE_URL_ENV["broker"]))
+    progress_redis_url: str = Field(_local("progress"), validation_alias=_env(defaults.STORE_URL_ENV["progress"]))
+    exec_cache_redis_url: str = Field(_local("exec_cache"), validation_alias=_env(defaults.STORE_URL_ENV["exec_cache"]))
+    auth_memo_redis_url: str = Field(_local("auth_memo"), validation_alias=_env(defaults.STORE_URL_ENV["auth_memo"]))
 
     secret: SecretStr = SecretStr("")
     dev: bool = False

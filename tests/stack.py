@@ -8,10 +8,8 @@ from pathlib import Path
 import redis
 
 from shared.cli import processes
-from shared.defaults import STORES
+from shared.defaults import STORE_URL_ENV as STORE_ENV, STORES
 
-STORE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
-            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
 TEST_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 
 

@@ -13,8 +13,6 @@ from shared import defaults
 from shared.cli import dev_secret, processes
 from shared.cli.supervision import Supervisor
 
-STORE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
-            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
 
 
 @click.group()
@@ -150,7 +148,7 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
         raise click.ClickException(f"ports already in use: {', '.join(busy)}; pick others with --port / --<store>-port")
 
     data_dir = data_dir.resolve()
-    env = {STORE_ENV[store]: f"redis://127.0.0.1:{p}/0" for store, p in ports.items()}
+    env = {defaults.STORE_URL_ENV[store]: f"redis://127.0.0.1:{p}/0" for store, p in ports.items()}
     env["TURNSTREAM_SECRET"] = dev_secret.ensure(data_dir)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
     env["TURNSTREAM_REASONER"] = _usable_reasoner(os.environ.get("TURNSTREAM_REASONER") or _default_reasoner())
@@ -164,9 +162,9 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     _stop_on_signals()
     try:
         for store, p in ports.items():
-            topology, env[STORE_ENV[store]] = _store_redis(store, p, data_dir, cluster)
+            topology, env[defaults.STORE_URL_ENV[store]] = _store_redis(store, p, data_dir, cluster)
             children.add(f"{store} redis-server", topology).start()
-            click.echo(f"redis {store:<10} {env[STORE_ENV[store]]}")
+            click.echo(f"redis {store:<10} {env[defaults.STORE_URL_ENV[store]]}")
         env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
         specs = processes.dev_workers(env["TURNSTREAM_REASONER"], concurrency, llm_concurrency)
         for spec in specs:
