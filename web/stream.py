@@ -28,7 +28,7 @@ from web.sse import sse_response
 log = logging.getLogger(__name__)
 
 
-class StatusUnknown(Exception):
+class OutcomeUnknown(Exception):
     """The turn's record (broker) or its log (progress) could not be read: the stream cannot
     tell whether the turn ended, so it closes and the client reconnects."""
 
@@ -60,7 +60,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
 
     def _ended(self, session_id: str, message_id: str) -> bool:
         """Whether the turn is final; a final turn's terminal event is in the log afterwards (put
-        back from the record if the progress store lost it). Raises StatusUnknown if either
+        back from the record if the progress store lost it). Raises OutcomeUnknown if either
         store cannot say. A turn without a record is not final: its events come from the log
         alone (publishers that keep no record, such as the benchmarks, stream this way)."""
         try:
@@ -72,7 +72,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
             return True
         except redis.RedisError as exc:
-            raise StatusUnknown(str(exc)) from exc
+            raise OutcomeUnknown(str(exc)) from exc
 
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""
@@ -81,7 +81,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         try:
             ended = self._ended(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
-        except (StatusUnknown, SubscribeTimeout, redis.RedisError) as exc:
+        except (OutcomeUnknown, SubscribeTimeout, redis.RedisError) as exc:
             log.warning("stream %s closed at once (the client retries): %s", channel, exc)
             return
         try:
@@ -113,7 +113,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                 last = item.id
                 if item.terminal:
                     return
-        except (StatusUnknown, redis.RedisError) as exc:
+        except (OutcomeUnknown, redis.RedisError) as exc:
             log.warning("stream %s ended (the client retries): %s", channel, exc)
         finally:
             self.dispatcher().unsubscribe(sub)
