@@ -24,7 +24,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts-test.yml"
 DASHBOARD = DEPLOY / "grafana" / "turnstream.json"
 SERIES = re.compile(r"\bturnstream_[a-z0-9_]+")
-ROLES = ("broker", "progress", "exec_cache", "auth_memo")
+STORES = ("broker", "progress", "exec_cache", "auth_memo")
 
 
 def promtool() -> str:
@@ -93,6 +93,6 @@ def test_breaker_and_stall_series_exist_at_zero_before_anything_fails(scraped):
     """An alert on a series that appears only at the first failure cannot tell 'fine' from 'no data'."""
     for name in ("turnstream_redis_breaker_open", "turnstream_redis_failures_total",
                  "turnstream_redis_breaker_trips_total", "turnstream_redis_breaker_rejected_total"):
-        roles = {dict(labels).get("role") for labels in scraped[name]}
-        assert roles >= set(ROLES), f"{name}: only {roles}"
+        stores = {dict(labels).get("store") for labels in scraped[name]}
+        assert stores >= set(STORES), f"{name}: only {stores}"
     assert "turnstream_turns_stalled" in scraped
