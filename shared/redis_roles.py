@@ -188,10 +188,28 @@ def replicated(role: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]
                                         single_connection_client=True)
     with one_connection as one:
         yield one
-        acked = one.wait(1, REPLICA_WAIT_MS)
-        if not acked:
-            log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
-                        role, REPLICA_WAIT_MS)
+        if one.wait(1, REPLICA_WAIT_MS):
+            return
+        _still_the_master(role, one)
+        log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
+                    role, REPLICA_WAIT_MS)
+
+
+def _still_the_master(role: str, one: redis.Redis) -> None:
+    """After a WAIT no replica acknowledged: raise ConnectionError if the sentinels no longer call
+    this connection's server the master. A failover of a live master (SENTINEL FAILOVER, or a
+    partition healing) promotes the replica first and demotes the old master only when Sentinel
+    next looks at it, seconds later; meanwhile the old one accepts writes on the connections it
+    has, and its demotion discards them. Its replica is gone, so WAIT is where that shows. Asking
+    the sentinels also drops the pool's idle connections to the old master (redis-py does when the
+    address it hears changes). Rejected: `min-replicas-to-write 1` on the master, which closes the
+    same window but refuses every write while the one replica is down."""
+    connection = one.connection
+    master = tuple(one.connection_pool.get_master_address())
+    if (connection.host, connection.port) != master:
+        connection.disconnect()
+        raise redis.ConnectionError(f"{role}: {connection.host}:{connection.port} is no longer the master "
+                                    f"(the sentinels name {master[0]}:{master[1]}); its write is not kept")
 
 
 def reset_clients() -> None:
