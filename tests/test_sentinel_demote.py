@@ -122,3 +122,36 @@ def test_a_demoted_master_is_followed_by_workers_and_web_without_a_restart(senti
         assert worker.running(), system.log(name)[-3000:]
     assert system.web.running()
     assert role_of(old) == "slave" and role_of(new) == "master"
+
+
+@pytest.mark.timeout(300)
+def test_workers_outlive_a_master_demoted_by_hand_with_replicaof(sentinel_stack):
+    """An operator's `REPLICAOF` on the master: a switchover by hand, then undone. Nothing kills the
+    clients here, so a worker blocked on `BRPOP` gets Redis's `UNBLOCKED ... (master -> replica?)`
+    error, which Celery used to take as unrecoverable: both workers exited. They must take it as a
+    lost broker connection, reconnect, and run the turns posted once the master is back."""
+    system, sentinels = sentinel_stack
+    master = sentinels.master_port()
+    replica = next(port for port in sentinels.server_ports if port != master)
+    wait_for(lambda: redis.Redis(port=master).info("replication").get("connected_slaves", 0) >= 1, timeout=60)
+    lost = {name: system.log(name).count("Connection to broker lost") for name in ("tools", "llm")}
+
+    redis.Redis(port=replica).replicaof("NO", "ONE")
+    redis.Redis(port=master).replicaof("127.0.0.1", replica)
+    wait_for(lambda: all(system.log(name).count("Connection to broker lost") > count for name, count in lost.items()),
+             timeout=60, describe=lambda: {name: system.log(name)[-2000:] for name in lost})
+    redis.Redis(port=master).replicaof("NO", "ONE")
+    redis.Redis(port=replica).replicaof("127.0.0.1", master)
+    wait_for(lambda: role_of(master) == "master" and role_of(replica) == "slave", timeout=60)
+
+    session_id = f"byhand{uuid.uuid4().hex[:8]}"
+
+    def accepted() -> httpx.Response | None:
+        with httpx.Client(timeout=60) as client:
+            response = post(client, system.base_url, session_id, "calculate 6 * 7")
+        assert response.status_code in (202, 503), response.text
+        return response if response.status_code == 202 else None
+    response = wait_for(accepted, timeout=60, interval=0.5)
+    assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
+    for worker, name in zip(system.workers, ("tools", "llm")):
+        assert worker.running(), system.log(name)[-3000:]
