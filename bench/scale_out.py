@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import SseClient, percentile  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, delivery_latencies, percentile  # noqa: E402  (puts the repo on sys.path)
 
 import redis
 from redis.crc import key_slot
@@ -44,9 +44,9 @@ from shared.cli import processes
 from shared.events import DeltaEvent
 from shared.identity import Principal, issue_stream_token
 from shared.progress import _APPEND_AND_PUBLISH as APPEND_AND_PUBLISH, ENTRY_ID_PATTERN, Publisher, render
-from shared.redis_roles import make_redis
+from shared.redis_stores import make_redis
 from shared.settings import Settings
-from tests.stack import ROLE_ENV, Stack
+from tests.stack import STORE_ENV, Stack
 
 OTHER_STORES = ("broker", "exec_cache", "auth_memo")
 
@@ -217,22 +217,12 @@ async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, we
         await asyncio.sleep(0.2)
     await asyncio.sleep(2.0)  # subscriptions confirmed and log replays done
     held = connections_by_store(web_pids, store_ports)
-    latencies = []
-    for seq in range(rounds):
-        started = time.perf_counter()
+
+    def publish(seq: int) -> None:
         for publisher in publishers:
             publisher.publish(DeltaEvent(text=json.dumps({"seq": seq})))
-        deadline = started + 15
-        while sum(seq in c.received for c in clients) < streams and time.perf_counter() < deadline:
-            await asyncio.sleep(0.002)
-        arrived = [c.received[seq] for c in clients if seq in c.received]
-        latencies.append(((max(arrived) if arrived else deadline) - started) * 1000)
-        if len(arrived) < streams:
-            print(f"  round {seq}: only {len(arrived)}/{streams} clients got their event within 15 s", flush=True)
-        await asyncio.sleep(0.2)
-    for client in clients:
-        if client.writer:
-            client.writer.close()
+
+    latencies = await delivery_latencies(clients, rounds, publish, within_s=15, pause_s=0.2)
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "held": held}
 
 
@@ -289,16 +279,16 @@ def fan_out_phase(name: str, base: Path, args) -> dict:
     stack = Stack(base / name, TURNSTREAM_SSE_HEARTBEAT_S="60", TURNSTREAM_WORKER_CONNECTIONS="12000")
     cluster = None
     try:
-        stack.start_redis(roles=OTHER_STORES)
+        stack.start_redis(stores=OTHER_STORES)
         store_ports = {store: {stack.ports[store]} for store in OTHER_STORES}
         if name == "cluster":
             cluster = processes.RedisCluster("progress", base / name / "progress", replicas=0).start()
-            stack.env[ROLE_ENV["progress"]] = cluster.url
+            stack.env[STORE_ENV["progress"]] = cluster.url
             store_ports["progress"] = set(cluster.ports)
         else:
-            stack.start_redis(roles=("progress",))
+            stack.start_redis(stores=("progress",))
             store_ports["progress"] = {stack.ports["progress"]}
-        url = stack.env[ROLE_ENV["progress"]]
+        url = stack.env[STORE_ENV["progress"]]
         stack.apply_env()
         stack.start_web(workers=args.web)
         time.sleep(2)

@@ -70,8 +70,8 @@ class DevRun:
         self.ports = {name: free_port() for name in ("web", "broker", "progress", "exec-cache", "auth-memo")}
         command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(self.ports["web"]),
                    "--data-dir", str(data_dir)]
-        for role in ("broker", "progress", "exec-cache", "auth-memo"):
-            command += [f"--{role}-port", str(self.ports[role])]
+        for store in ("broker", "progress", "exec-cache", "auth-memo"):
+            command += [f"--{store}-port", str(self.ports[store])]
         env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "rules"})
         env.pop("TURNSTREAM_SECRET", None)
         self.url = f"http://127.0.0.1:{self.ports['web']}/"

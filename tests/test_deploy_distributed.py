@@ -12,7 +12,7 @@ import yaml
 
 from shared import redis_urls
 from shared.cli import processes
-from tests.stack import ROLE_ENV
+from shared.defaults import STORE_URL_ENV
 from tests.test_deploy import REDIS_BASE_MI, maxmemory_mi, memory_mi
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -91,7 +91,7 @@ def test_k8s_cluster_overlay_runs_the_store_on_its_own_cluster_and_points_the_ap
     create = by_kind(cluster_overlay, "Job")[f"{name}-create"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert f"--cluster-replicas {replicas}" in create
     assert f"for i in {' '.join(str(i) for i in range(pods))};" in create  # waits for and joins every pod
-    target = redis_urls.parse(by_kind(cluster_overlay, "ConfigMap")["turnstream-topology"]["data"][ROLE_ENV[store]])
+    target = redis_urls.parse(by_kind(cluster_overlay, "ConfigMap")["turnstream-topology"]["data"][STORE_URL_ENV[store]])
     assert target.cluster
     assert all(re.fullmatch(rf"{name}-[0-{pods - 1}]\.{name}", host) for host, _ in target.hosts), target.hosts
 
@@ -99,7 +99,7 @@ def test_k8s_cluster_overlay_runs_the_store_on_its_own_cluster_and_points_the_ap
 def test_k8s_cluster_overlay_leaves_the_broker_on_one_server(cluster_overlay):
     """kombu has no Cluster transport: the app refuses a cluster:// broker, so the overlay must not set one."""
     topology = by_kind(cluster_overlay, "ConfigMap")["turnstream-topology"]["data"]
-    assert set(topology) == {ROLE_ENV[store] for store in CLUSTER_STORES}
+    assert set(topology) == {STORE_URL_ENV[store] for store in CLUSTER_STORES}
 
 
 def test_the_app_reads_the_topology_config_after_its_own():

@@ -33,19 +33,19 @@ def test_key_names():
     assert keys.turn_status("s1", "m1") == "agent:turn:s1:m1"
 
 
-def test_single_instance_mode_gives_each_role_a_db():
+def test_single_instance_mode_gives_each_store_a_db():
     settings = Settings(REDIS_URL="redis://example:7000/0")
-    assert [settings.role_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
+    assert [settings.store_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
         "redis://example:7000/0", "redis://example:7000/1", "redis://example:7000/2", "redis://example:7000/3"]
 
 
-def test_role_urls_come_from_the_seed_names(monkeypatch):
+def test_store_urls_come_from_the_seed_names(monkeypatch):
     monkeypatch.setenv("EXEC_CACHE_REDIS_URL", "redis://cache:1/0")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert Settings().role_url("exec_cache") == "redis://cache:1/0"
+    assert Settings().store_url("exec_cache") == "redis://cache:1/0"
 
 
-def test_stream_ids_order_numerically():
+def test_entry_ids_order_numerically():
     assert entry_order("10-0") > entry_order("9-5")
     assert entry_order("10-10") > entry_order("10-9")
 
@@ -160,6 +160,26 @@ def test_the_page_reads_its_names_from_the_server():
     assert response.status_code == 200 and response.mimetype == "text/javascript"
     assert f"export const EVENT_TYPES = {json.dumps(list(vocabulary.EVENT_TYPES))};" in response.text
     assert f"export const FINAL_STATUSES = {json.dumps(sorted(vocabulary.FINAL_STATUSES))};" in response.text
+    assert f"export const TOOL_DENIED = {json.dumps(vocabulary.TOOL_DENIED)};" in response.text
+
+
+def test_the_page_scripts_hold_no_copy_of_a_status_or_event_name():
+    """The scripts compare a turn's, step's or tool call's status, and dispatch on an event type,
+    only through the names /vocabulary.js exports."""
+    import re
+    from pathlib import Path
+
+    from shared import vocabulary
+
+    names = {v for v in vocabulary.for_browser().values() if isinstance(v, str)}
+    copies = []
+    for script in sorted((Path(__file__).parent.parent / "web" / "static").glob("*.js")):
+        text = script.read_text()
+        copies += [f"{script.name}: {m.group(0)}" for m in re.finditer(r"\.(status|type)\s*[!=]==\s*\"(\w+)\"", text)
+                   if m.group(2) in names]
+        copies += [f"{script.name}: {m.group(0)}" for m in re.finditer(r"(?:^|[{,])\s*(\w+):\s*(?:this\.\w+|\")", text, re.M)
+                   if m.group(1) in names]
+    assert copies == []
 
 
 def test_every_settable_default_is_a_settings_field_and_no_fixed_one_is():

@@ -50,14 +50,14 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(400, "invalid_body", summary, problems=problems)
 
     def _unavailable(exc: Exception):
-        """A Redis role (or the broker's queue) is down or refuses writes: say so at once, and
+        """A Redis store (or the broker's queue) is down or refuses writes: say so at once, and
         when to come back."""
-        role = getattr(exc, "role", None) or ("broker" if isinstance(exc, OperationalError) else None)
+        store = getattr(exc, "store", None) or ("broker" if isinstance(exc, OperationalError) else None)
         log.warning("%s %s unavailable: %s", request.method, request.path, exc)
         retry_after = str(get_settings().broker_retry_after_s)
-        store = f"the {role} store" if role else "a store"
+        which = f"the {store} store" if store else "a store"
         state = "refuses writes (full or read-only)" if isinstance(exc, REFUSED_WRITES) else "is unavailable"
-        return error_response(503, "unavailable", f"{store} {state}; retry in {retry_after}s",
+        return error_response(503, "unavailable", f"{which} {state}; retry in {retry_after}s",
                               {"Retry-After": retry_after})
 
     for unavailable in (*UNAVAILABLE, OperationalError, *REFUSED_WRITES):
