@@ -52,7 +52,7 @@ OTHER_STORES = ("broker", "exec_cache", "auth_memo")
 
 
 # --- 1. publish capacity ---------------------------------------------------------------------------
-# What is measured is the servers, so the publishers must cost them as little as possible: each
+# What is measured is the servers, so the publishers must cost the machine as little as possible: each
 # process runs the workers' own script (EVALSHA of the exact text in shared/progress.py, the event
 # rendered by shared.progress.render) on turns whose keys shared/keys.py builds, all owned by one
 # master, over a plain single-server connection to that master (the slot map is read once, as a
