@@ -1,6 +1,7 @@
 """Pure functions: key building, settings, the rules reasoner, the built-in tools, tool configs."""
 
 import json
+import re
 
 import pytest
 
@@ -191,3 +192,39 @@ def test_every_settable_default_is_a_settings_field_and_no_fixed_one_is():
         {name: getattr(defaults, name) for name in defaults.SETTABLE}
     assert sorted(name for name in defaults.FIXED if name.lower() in fields) == []
     assert defaults.SETTABLE.isdisjoint(defaults.FIXED) and "REASONER" in defaults.SETTABLE
+
+
+def _readme_settings_rows() -> list[str]:
+    """The rows of the README's two settings tables (Configuration, Operations settings)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = []
+    for heading in ("\n## Configuration\n", "\n### Operations settings\n"):
+        section = readme.split(heading, 1)[1]
+        table = section[section.index("| variable"):].split("\n\n", 1)[0]
+        rows += table.splitlines()[2:]  # past the header and its rule
+    return rows
+
+
+def _names_in_row(row: str) -> set[str]:
+    """The variables a row names, with its shorthand expanded: `TURNSTREAM_OPENAI_BASE_URL`,
+    `_API_KEY` names TURNSTREAM_OPENAI_API_KEY (the first name's head, then the shorthand)."""
+    full = re.findall(r"`([A-Z][A-Z0-9_<>]+)`", row)
+    heads = {full[0][:i] for i, c in enumerate(full[0]) if c == "_"} if full else set()
+    return set(full) | {head + short for short in re.findall(r"`(_[A-Z0-9_]+)`", row) for head in heads}
+
+
+def test_the_readme_settings_tables_name_every_setting_and_nothing_else():
+    """A user reads the settings in the README: every Settings field is a row there (shorthand
+    rows count), and every TURNSTREAM_ variable a row names is a setting or a `turnstream dev` port."""
+    from shared import defaults
+
+    named = set().union(*map(_names_in_row, _readme_settings_rows()))
+    variables = {f"TURNSTREAM_{name}" for name in defaults.SETTABLE} | set(defaults.STORE_URL_ENV.values())
+    assert sorted(variables - named) == []
+
+    fields = {f"TURNSTREAM_{name.upper()}" for name in Settings.model_fields}
+    dev_ports = {"TURNSTREAM_PORT", "TURNSTREAM_<STORE>_PORT"}
+    written = {name for row in _readme_settings_rows() for name in re.findall(r"`(TURNSTREAM_[A-Z0-9_<>]+)`", row.split("|")[1])}
+    assert sorted(written - fields - dev_ports) == []

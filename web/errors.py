@@ -34,6 +34,12 @@ def error_response(status: int, error: str, message: str, headers: dict | None =
     return response
 
 
+def _problem(error: dict) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own words."""
+    message = error["msg"]
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -45,8 +51,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _invalid_body(exc: ValidationError):
-        problems = [{"field": ".".join(map(str, e["loc"])), "problem": e["msg"]} for e in exc.errors()]
-        summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        problems = [{"field": ".".join(map(str, e["loc"])), "problem": _problem(e)} for e in exc.errors()]
+        # A rule about the whole body (a model validator) has no field: say the rule alone.
+        summary = "; ".join(f"{p['field']}: {p['problem']}" if p["field"] else p["problem"] for p in problems)
         return error_response(400, "invalid_body", summary, problems=problems)
 
     def _unavailable(exc: Exception):

@@ -84,7 +84,11 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
     spec = processes.worker_specs(reasoner, concurrency=concurrency if kind == "tools" else None,
                                   llm_concurrency=concurrency if kind == "llm" else None)[kind]
     level = [] if any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in celery_args) else ["-l", "info"]
-    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", *spec.celery_args(), *level, *celery_args]
+    # Celery names every worker celery@host: two on one host would show as one in /ops and Flower.
+    # Named by kind and pid (the pid stays: celery replaces this process), as `turnstream dev` does.
+    named = any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in celery_args)
+    node = [] if named else ["-n", f"{kind}-{os.getpid()}@%h"]
+    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", *spec.celery_args(), *level, *node, *celery_args]
     click.echo(f"{kind} worker: {spec.pool} x{spec.concurrency} on {spec.queues} (reasoner {reasoner})", err=True)
     os.execvp(command[0], command)
 
