@@ -155,3 +155,36 @@ def test_workers_outlive_a_master_demoted_by_hand_with_replicaof(sentinel_stack)
     assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
     for worker, name in zip(system.workers, ("tools", "llm")):
         assert worker.running(), system.log(name)[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_outlives_a_single_broker_demoted_by_hand(tmp_path):
+    """The same `REPLICAOF` on a broker without Sentinel: the worker gets UNBLOCKED, then READONLY on
+    every reconnection while the server is a replica; it waits as for a broker that is down, and
+    runs the next turn once the server is a master again (`REPLICAOF NO ONE`)."""
+    system = Stack(tmp_path, TURNSTREAM_TOOL_LATENCY_MS="0")
+    other = processes.redis_server("broker", processes.free_port(), tmp_path / "other").start()
+    try:
+        system.start_redis()
+        with system.env_applied():
+            system.start_worker()
+            system.start_web()
+            broker = redis.Redis(port=system.ports["broker"])
+            broker.replicaof("127.0.0.1", other.port)
+            # Past the UNBLOCKED, the worker reconnects and meets READONLY, which it takes as no broker yet.
+            wait_for(lambda: "the broker is not a master: You can't write against a read only replica"
+                     in system.log("worker"), timeout=60, describe=lambda: system.log("worker")[-2000:])
+            assert system.workers[0].running(), system.log("worker")[-3000:]
+            broker.replicaof("NO", "ONE")
+
+            def accepted() -> httpx.Response | None:
+                with httpx.Client(timeout=60) as client:
+                    response = post(client, system.base_url, f"single{uuid.uuid4().hex[:8]}", "calculate 6 * 7")
+                assert response.status_code in (202, 503), response.text
+                return response if response.status_code == 202 else None
+            response = wait_for(accepted, timeout=60, interval=0.5)
+            assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
+            assert system.workers[0].running(), system.log("worker")[-3000:]
+    finally:
+        system.stop()
+        other.stop()

@@ -32,16 +32,19 @@ DEMOTED = "UNBLOCKED"  # Redis's error to a client blocked on a server that turn
 
 
 class FollowsDemotion:
-    """A connection on which a demotion of its server is a lost connection, not a channel error."""
+    """A connection on which a demotion of its server is a lost connection, not a channel error:
+    the UNBLOCKED of a BRPOP it was waiting in, and the READONLY a replica answers after that
+    (which redis-py's Sentinel connection already turns into a ConnectionError; a single server's
+    does not), so a worker waits for a master as it waits for a broker that is down."""
 
     def read_response(self, *args, **kwargs):
         try:
             return super().read_response(*args, **kwargs)
         except redis.ResponseError as exc:
-            if not str(exc).startswith(DEMOTED):
+            if not (str(exc).startswith(DEMOTED) or isinstance(exc, redis.exceptions.ReadOnlyError)):
                 raise
             self.disconnect()
-            raise redis.ConnectionError(f"the broker stopped being a master: {exc}") from exc
+            raise redis.ConnectionError(f"the broker is not a master: {exc}") from exc
 
 
 class Connection(FollowsDemotion, redis.Connection):
