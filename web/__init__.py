@@ -22,6 +22,7 @@ from web.openapi import openapi
 from web.ops import ops
 from web.ratelimit import TurnRateLimiter
 from web.stream import stream
+from web.turn_watch import TurnWatch
 from web.ui import ui
 
 
@@ -45,6 +46,7 @@ def create_app(check_redis: bool = True) -> Flask:
     extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
+                       turn_watch=TurnWatch(settings.sse_heartbeat_s),
                        rate_limiter=TurnRateLimiter(settings))
     for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
