@@ -10,7 +10,8 @@ own: in the measuring process its threads would hold the GIL the normal users' c
 its latencies would count the client's own contention instead of the server's.
 
 - flood: 2,000 idle connections held open: half SSE streams of a running turn (heartbeating),
-  half raw TCP connections that sent half a request line and then nothing (slowloris).
+  half raw TCP connections that sent half a request line and then nothing (slowloris), each
+  opened again as soon as the server drops it.
 - exhaustion: 8 threads of one hostile user posting as fast as they can: over the rate limit
   (429), oversized bodies (413), JSON nested 20,000 deep (400), forged tokens (401).
 - runaway: a hostile tenant's users sending `calculate (((9**99)**99)**99)**99` back to back
@@ -42,15 +43,16 @@ NORMAL_PROMPTS = ("What is the weather in Paris?", "calculate 6 * 7 + 1")
 RUNAWAY = "calculate (((9**99)**99)**99)**99"
 
 
-def normal_turns(stack: Stack, users: int, turns: int, tag: str, min_seconds: float = 0) -> tuple[list[float], dict]:
+def normal_turns(stack: Stack, users: int, turns: int, tag: str, min_seconds: float = 0) -> tuple[list[tuple[float, float]], dict]:
     """`users` users, each sending turns back to back, at least `turns` each and for at least
-    `min_seconds`: every accepted turn's POST→done in ms, and the statuses of the posts that were
+    `min_seconds`: each accepted turn's POST→done in ms with when it ended (s into the phase), and the statuses of the posts that were
     refused (a user would retry those later). A user is a new one every 50 turns, below the turn
     rate limit, which is not what is measured here."""
     refused: dict[int | str, int] = {}
-    until = time.monotonic() + min_seconds
+    phase_start = time.monotonic()
+    until = phase_start + min_seconds
 
-    def one_user(i: int) -> list[float]:
+    def one_user(i: int) -> list[tuple[float, float]]:
         timings = []
         with httpx.Client(timeout=60) as client:
             n = 0
@@ -72,7 +74,7 @@ def normal_turns(stack: Stack, users: int, turns: int, tag: str, min_seconds: fl
                 except (httpx.TimeoutException, TimeoutError):
                     refused["stream timeout"] = refused.get("stream timeout", 0) + 1
                     continue
-                timings.append((time.perf_counter() - started) * 1000)
+                timings.append(((time.perf_counter() - started) * 1000, time.monotonic() - phase_start))
         return timings
     with ThreadPoolExecutor(users) as pool:
         return [t for user in pool.map(one_user, range(users)) for t in user], refused
@@ -148,27 +150,34 @@ def flood_path() -> str:
 
 def flood(stop, counts: dict, threads: int, port: int, count_of: int, path: str) -> tuple[str, None]:
     """`count_of` idle connections, opened by an asyncio loop in its own thread: half SSE streams,
-    half half-sent request lines. Counts what the server did to them by the end."""
+    half half-sent request lines (sent again whenever the server drops one). Counts what the
+    server did to them by the end."""
     loop = asyncio.new_event_loop()
     opened = {"sse": 0, "tcp": 0}
-    writers: list[asyncio.StreamWriter] = []
 
     async def hold(kind: str) -> None:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            count(counts, f"{kind} refused")
-            return
-        writers.append(writer)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode() if kind == "sse" else b"GET /api/sessi")
-        await writer.drain()
-        opened[kind] += 1
-        try:
-            while await reader.read(65536):
-                pass
-            count(counts, f"{kind} closed by the server")
-        except OSError:
-            count(counts, f"{kind} reset by the server")
+        """One connection held open; a half-sent request line the server drops is sent again on a
+        new connection at once, as a slowloris does, so the flood keeps its size."""
+        first = True
+        while first or (kind == "tcp" and not stop.is_set()):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                count(counts, f"{kind} refused")
+                await asyncio.sleep(1)
+                continue
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode() if kind == "sse" else b"GET /api/sessi")
+            await writer.drain()
+            if first:
+                opened[kind] += 1
+                first = False
+            try:
+                while await reader.read(65536):
+                    pass
+                count(counts, f"{kind} closed by the server")
+            except OSError:
+                count(counts, f"{kind} reset by the server")
+            writer.close()
 
     async def open_all() -> None:
         for i in range(count_of):
@@ -179,7 +188,7 @@ def flood(stop, counts: dict, threads: int, port: int, count_of: int, path: str)
     threading.Thread(target=loop.run_forever, daemon=True).start()
     asyncio.run_coroutine_threadsafe(open_all(), loop).result()
     deadline = time.monotonic() + 60
-    while sum(opened.values()) + sum(counts.values()) < count_of and time.monotonic() < deadline:
+    while sum(opened.values()) < count_of and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # the streams' opening reads settle before the measured turns start
     return f"flood: {opened['sse']} SSE streams + {opened['tcp']} half-sent request lines opened", None
@@ -234,13 +243,18 @@ def runaway(stop, outcomes: dict, threads: int, base_url: str) -> tuple[str, Thr
     return "", run_threads(work, threads, stop)
 
 
-def report(name: str, measured: tuple[list[float], dict], idle: tuple[float, float] | None) -> tuple[float, float]:
+def report(name: str, measured: tuple[list[tuple[float, float]], dict], idle: tuple[float, float] | None) -> tuple[float, float]:
     """One phase's line: p50/p95/p99/max of the normal turns and p99 (p95) against idle's."""
-    timings, refused = measured
+    turns, refused = measured
+    timings = [ms for ms, _ in turns]
     p50, p95, p99 = (percentile(timings, q) for q in (50, 95, 99))
+    # When the slowest 1% ended, in seconds into the phase: a burst at its start, or spread over it.
+    slowest = sorted(turns, reverse=True)[:max(1, len(turns) // 100)]
+    when = ", ".join(f"{at:.0f}" for _, at in sorted(slowest, key=lambda t: t[1]))
     ratio = f"{p99 / idle[1]:5.2f}x ({p95 / idle[0]:5.2f}x)" if idle else " 1.00x ( 1.00x)"
     print(f"{name:<11} n={len(timings):<4} p50={p50:7.1f}  p95={p95:7.1f}  p99={p99:7.1f}  max={max(timings):7.1f} ms"
-          f"  p99 (p95) vs idle={ratio}  refused posts={refused or 0}", flush=True)
+          f"  p99 (p95) vs idle={ratio}  refused posts={refused or 0}\n"
+          f"{'':<12}slowest 1% ended at {when} s into the phase", flush=True)
     return p95, p99
 
 

@@ -21,6 +21,7 @@ from web.metrics import metrics_bp
 from web.openapi import openapi
 from web.ops import ops
 from web.ratelimit import TurnRateLimiter
+from web.request_limit import install_request_limit
 from web.stream import stream
 from web.turn_watch import TurnWatch
 from web.ui import ui
@@ -51,6 +52,7 @@ def create_app(check_redis: bool = True) -> Flask:
     for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    install_request_limit(app, settings.request_rate_limit)
     allow_cross_origin(app, settings.cors_origin_list())
     telemetry.init_app(app)
     return app
