@@ -9,7 +9,7 @@ one. Each attack runs in a process of its own, as an attacker's client would be 
 own: in the measuring process its threads would hold the GIL the normal users' clients need, and
 its latencies would count the client's own contention instead of the server's.
 
-- flood: 2,000 idle connections held open: half SSE streams of a running turn (heartbeating),
+- flood: 2,000 idle connections held open: half SSE streams of turns that never end (heartbeating),
   half raw TCP connections that sent half a request line and then nothing (slowloris), each
   opened again as soon as the server drops it.
 - exhaustion: 8 threads of one hostile user posting as fast as they can: over the rate limit
@@ -140,22 +140,27 @@ def count(counts: dict, key) -> None:
 
 
 # --- flood ---------------------------------------------------------------------------------
-def flood_path() -> str:
-    """The stream URL the flood's SSE half holds: a turn that never ends."""
-    sid, mid = "flood", uuid.uuid4().hex
+def flood_paths(count_of: int) -> list[str]:
+    """The stream URLs the flood's SSE half holds: turns that never end, each of another user, as
+    1,000 clients' streams would be (one user opening 1,000 streams at once meets the request limit)."""
     from shared import turns
-    turns.create_turn(sid, mid, Principal("flooder", "evilcorp", ()), "never sent")
-    return f"/stream/{sid}/{mid}?token={issue_stream_token(Principal('flooder', 'evilcorp', ()), sid, mid)}"
+    paths = []
+    for i in range(count_of):
+        sid, mid, flooder = f"flood{i}", uuid.uuid4().hex, Principal(f"flooder{i}", "evilcorp", ())
+        turns.create_turn(sid, mid, flooder, "never sent")
+        paths.append(f"/stream/{sid}/{mid}?token={issue_stream_token(flooder, sid, mid)}")
+    return paths
 
 
-def flood(stop, counts: dict, threads: int, port: int, count_of: int, path: str) -> tuple[str, None]:
+def flood(stop, counts: dict, threads: int, port: int, count_of: int, paths: list[str]) -> tuple[str, None]:
     """`count_of` idle connections, opened by an asyncio loop in its own thread: half SSE streams,
     half half-sent request lines (sent again whenever the server drops one). Counts what the
     server did to them by the end."""
     loop = asyncio.new_event_loop()
     opened = {"sse": 0, "tcp": 0}
+    tasks: set[asyncio.Task] = set()  # asyncio keeps only weak references to running tasks
 
-    async def hold(kind: str) -> None:
+    async def hold(kind: str, path: str) -> None:
         """One connection held open; a half-sent request line the server drops is sent again on a
         new connection at once, as a slowloris does, so the flood keeps its size."""
         first = True
@@ -181,7 +186,7 @@ def flood(stop, counts: dict, threads: int, port: int, count_of: int, path: str)
 
     async def open_all() -> None:
         for i in range(count_of):
-            asyncio.ensure_future(hold("sse" if i % 2 == 0 else "tcp"))
+            tasks.add(asyncio.ensure_future(hold("sse" if i % 2 == 0 else "tcp", paths[i // 2 % len(paths)])))
             if i % 200 == 199:
                 await asyncio.sleep(0.05)
 
@@ -282,7 +287,7 @@ def main() -> None:
             normal_turns(stack, args.users, 5, "warm")
             idle = report("idle", normal_turns(stack, args.users, args.turns, "idle", args.min_seconds), None)
             if "flood" in scenarios:
-                with attacking(flood, stack.web_port, args.flood, flood_path()) as counts:
+                with attacking(flood, stack.web_port, args.flood, flood_paths(args.flood // 2)) as counts:
                     report("flood", normal_turns(stack, args.users, args.turns, "flood", args.min_seconds), idle)
                 print(f"  flood connections ended by the server: {counts or 0}")
             if "exhaustion" in scenarios:
