@@ -46,7 +46,7 @@ promtool:
 run: $(STAMP) redis-server
 	$(BIN)/turnstream dev
 
-# The same system on distributed Redis: the broker behind Sentinel, the other roles on Redis Clusters.
+# The same system on distributed Redis: the broker behind Sentinel, the other stores on Redis Clusters.
 run-cluster: $(STAMP) redis-server
 	$(BIN)/turnstream dev --cluster
 

@@ -61,3 +61,26 @@ class SseClient:
                 payload = json.loads(line[5:].decode())
                 seq = json.loads(payload["text"])["seq"] if "text" in payload else payload["seq"]
                 self.received[int(seq)] = time.perf_counter()
+
+
+async def delivery_latencies(clients: list[SseClient], rounds: int, publish, within_s: float,
+                             pause_s: float) -> list[float]:
+    """For each round `seq`: publish(seq), then the milliseconds until every client has event `seq`
+    (`within_s` if some never do, with a line saying how many did). Closes the clients at the end."""
+    latencies = []
+    for seq in range(rounds):
+        started = time.perf_counter()
+        publish(seq)
+        deadline = started + within_s
+        while sum(seq in c.received for c in clients) < len(clients) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.002)
+        arrived = [c.received[seq] for c in clients if seq in c.received]
+        latencies.append(((max(arrived) if arrived else deadline) - started) * 1000)
+        if len(arrived) < len(clients):
+            print(f"  event {seq}: only {len(arrived)}/{len(clients)} clients got it within {within_s:g} s",
+                  file=sys.stderr, flush=True)
+        await asyncio.sleep(pause_s)
+    for client in clients:
+        if client.writer:
+            client.writer.close()
+    return latencies

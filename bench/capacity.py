@@ -10,7 +10,7 @@ Printed, all from this one run:
 - throughput at N callers, turnstream / bare chain;
 - POST -> first SSE event p50/p99, busy and idle; POST -> done;
 - a single idle turn against a single idle bare chain (p50 ratio);
-- the CPU each process spends per turn (from /proc), and each Redis role's commands per turn;
+- the CPU each process spends per turn (from /proc), and each Redis store's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
   ratios of throughput to the 1-process run;
 - with --profile: py-spy (installed on demand) on the busy processes, CPU by component;
@@ -242,19 +242,19 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def redis_pids(stack: Stack) -> dict[str, list[int]]:
-    return {f"redis {role}": [executor.process.pid] for role, executor in stack.redis.items()}
+    return {f"redis {store}": [executor.process.pid] for store, executor in stack.redis.items()}
 
 
 def reset_command_stats(stack: Stack) -> None:
-    for role in stack.redis:
-        stack.client(role).config_resetstat()
+    for store in stack.redis:
+        stack.client(store).config_resetstat()
 
 
 def command_counts(stack: Stack) -> dict[str, int]:
     counts = {}
-    for role in stack.redis:
-        stats = stack.client(role).info("commandstats")
-        counts[role] = sum(v["calls"] for v in stats.values())
+    for store in stack.redis:
+        stats = stack.client(store).info("commandstats")
+        counts[store] = sum(v["calls"] for v in stats.values())
     return counts
 
 
@@ -388,7 +388,7 @@ def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: in
                                   profile_dir) if profile_dir else None
         result = drive_turns(stack.base_url, callers, seconds)
         cpu = meter.per_turn_ms(result.completed)
-        commands = {role: n / max(result.completed, 1) for role, n in command_counts(stack).items()}
+        commands = {store: n / max(result.completed, 1) for store, n in command_counts(stack).items()}
         if profiles:
             print_profile(read_profiles(profiles), cpu)
         return result, cpu, commands
@@ -424,7 +424,7 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int) -> tuple[Loa
         meter = CpuMeter(pids)
         result = drive_bare(app, callers, seconds)
         cpu = meter.per_turn_ms(result.completed)
-        commands = {role: n / max(result.completed, 1) for role, n in command_counts(stack).items()}
+        commands = {store: n / max(result.completed, 1) for store, n in command_counts(stack).items()}
         return result, idle_ms, cpu, commands
     finally:
         for w in workers:

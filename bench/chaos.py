@@ -1,4 +1,4 @@
-"""50 concurrent turns while each Redis role in turn is killed (SIGKILL) and restarted.
+"""50 concurrent turns while each Redis store in turn is killed (SIGKILL) and restarted.
 
 For each scenario it prints turns accepted (202), refused (503), completed, lost (accepted
 but never finished) and duplicated final answers (more than one terminal event in a turn's
@@ -20,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.defaults import ROLES  # noqa: E402
+from shared.defaults import STORES  # noqa: E402
 from tests.sse import bearer, post_prompt  # noqa: E402
 from tests.stack import Stack  # noqa: E402
 
@@ -32,9 +32,9 @@ ENV = {"TURNSTREAM_TOOL_LATENCY_MS": "300", "TURNSTREAM_VISIBILITY_TIMEOUT_S": "
        "TURNSTREAM_TURN_RATE_LIMIT": "100000/minute", "TURNSTREAM_REDELIVERY_SWEEP_S": "1"}
 
 
-def run_scenario(stack: Stack, role: str | None, turns: int, outage_s: float) -> dict:
+def run_scenario(stack: Stack, store: str | None, turns: int, outage_s: float) -> dict:
     base = stack.base_url
-    tag = role.replace("_", "") if role else "none"
+    tag = store.replace("_", "") if store else "none"
 
     def post(i: int) -> httpx.Response | None:
         time.sleep(i * 0.04)  # spread the posts over ~2 s so the outage falls among them
@@ -45,11 +45,11 @@ def run_scenario(stack: Stack, role: str | None, turns: int, outage_s: float) ->
 
     with ThreadPoolExecutor(turns) as pool:
         futures = [pool.submit(post, i) for i in range(turns)]
-        if role:
+        if store:
             time.sleep(turns * 0.02)
-            stack.redis[role].kill(sig=9)
+            stack.redis[store].kill(sig=9)
             time.sleep(outage_s)
-            stack.restart_redis(role)
+            stack.restart_redis(store)
         responses = [f.result() for f in futures]
     accepted = [(i, r.json()) for i, r in enumerate(responses) if r is not None and r.status_code == 202]
     refused = sum(1 for r in responses if r is not None and r.status_code == 503)
@@ -62,7 +62,7 @@ def run_scenario(stack: Stack, role: str | None, turns: int, outage_s: float) ->
         log = progress.xrange(f"agent:progress-log:{{{body['session_id']}:{body['message_id']}}}")
         terminal = sum(1 for _, fields in log if fields["type"] in ("done", "error", "cancelled"))
         duplicates += max(0, terminal - 1)
-    return {"scenario": role or "none (baseline)", "posted": turns, "accepted": len(accepted), "refused": refused,
+    return {"scenario": store or "none (baseline)", "posted": turns, "accepted": len(accepted), "refused": refused,
             "completed": completed, "lost": len(accepted) - completed, "duplicates": duplicates}
 
 
@@ -81,7 +81,7 @@ def wait_final(base: str, accepted: list[tuple[int, dict]], timeout: float = 120
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=50)
-    parser.add_argument("--outage", type=float, default=2.0, help="seconds each role stays down")
+    parser.add_argument("--outage", type=float, default=2.0, help="seconds each store stays down")
     args = parser.parse_args()
     stack = Stack(Path(tempfile.mkdtemp(prefix="turnstream-chaos-")), **ENV)
     results = []
@@ -90,8 +90,8 @@ def main() -> int:
         stack.apply_env()
         stack.start_worker()
         stack.start_web()
-        for role in (None, *ROLES):
-            results.append(run_scenario(stack, role, args.turns, args.outage))
+        for store in (None, *STORES):
+            results.append(run_scenario(stack, store, args.turns, args.outage))
             print(json.dumps(results[-1]), flush=True)
     finally:
         stack.stop()

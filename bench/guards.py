@@ -35,16 +35,11 @@ from shared.guards.declarations import Declarations, ToolSpec, load_declarations
 from shared.guards.exec_cache import ExecCache  # noqa: E402
 from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, shipped_policy_path  # noqa: E402
 from shared.identity import Principal  # noqa: E402
-from shared.redis_roles import make_pool  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from tests.guard_support import pooled, release_together  # noqa: E402
 
 TEN_TOOLS = ["weather", "search_kb", "calculator", "my_orders", "create_ticket", "t5", "t6", "t7", "t8", "t9"]
 ALICE = Principal("alice", "acme", ("analyst",))
 STAMPEDE_SPEC = ToolSpec("slow_lookup", cacheable=True, scope="global", ttl_s=60)
-
-
-def pooled(url: str) -> redis.Redis:
-    return redis.Redis(connection_pool=make_pool(url, Settings(), max_connections=300))
 
 
 def cache_on(r: redis.Redis, declarations: Declarations | None = None) -> ExecCache:
@@ -189,7 +184,6 @@ def bench_saved(exec_r: redis.Redis, conversations: int) -> list[tuple]:
 def stampede_child(url: str, threads: int, naive: bool) -> None:
     r = pooled(url)
     cache = cache_on(r, Declarations(tools={STAMPEDE_SPEC.name: STAMPEDE_SPEC}))
-    go = threading.Event()
 
     def upstream(params: dict) -> dict:
         r.incr("bench:runs")
@@ -202,18 +196,10 @@ def stampede_child(url: str, threads: int, naive: bool) -> None:
             r.set(key, json.dumps(upstream(params)), ex=60)
 
     def call(i: int) -> None:
-        go.wait()
         params = {"city": "Paris", "request_id": f"r{i}"}
         naive_call(params) if naive else cache.run(STAMPEDE_SPEC, params, ALICE, upstream)
 
-    workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    print("ready", flush=True)
-    sys.stdin.readline()
-    go.set()
-    for worker in workers:
-        worker.join()
+    release_together(threads, call)
 
 
 def stampede_runs(r: redis.Redis, url: str, naive: bool) -> int:
@@ -250,8 +236,8 @@ def main() -> None:
         return stampede_child(args.stampede_child, 50, args.naive)
 
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {role: processes.redis_server(role, processes.free_port(), Path(tmp)).start()
-                   for role in ("exec_cache", "auth_memo")}
+        servers = {store: processes.redis_server(store, processes.free_port(), Path(tmp)).start()
+                   for store in ("exec_cache", "auth_memo")}
         try:
             exec_url = f"redis://127.0.0.1:{servers['exec_cache'].port}/0"
             exec_r, auth_r = pooled(exec_url), pooled(f"redis://127.0.0.1:{servers['auth_memo'].port}/0")

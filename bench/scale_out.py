@@ -1,4 +1,4 @@
-"""Scaling the progress role out: one redis-server against a 3-master Redis Cluster, in the same run.
+"""Scaling the progress store out: one redis-server against a 3-master Redis Cluster, in the same run.
 
 1. Publish throughput: N publisher processes append+publish progress events (the workers' Lua
    script: XADD + PUBLISH on one server, XADD + SPUBLISH on the Cluster) to their own turns for a
@@ -7,8 +7,8 @@
    rather than the Python publishers.
 2. Fan-out: W gunicorn gevent web processes hold S streams each, spread over T turns; every round
    publishes one event to each turn and is timed until the last client has its turn's event.
-3. Redis connections each web process holds, by role, while those streams are open (psutil: the
-   process's TCP connections to each role's ports; pub/sub included).
+3. Redis connections each web process holds, by store, while those streams are open (psutil: the
+   process's TCP connections to each store's ports; pub/sub included).
 
 Clients, publishers and every server share the machine's cores, so the figures are bounded by it.
 
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SseClient, percentile  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, delivery_latencies, percentile  # noqa: E402  (puts the repo on sys.path)
 
 from flask_sse import Message
 
@@ -31,12 +31,12 @@ from shared import keys
 from shared.cli import processes
 from shared.events import DeltaEvent
 from shared.progress import _APPEND_AND_PUBLISH as APPEND_AND_PUBLISH, Publisher, publish_command
-from shared.redis_roles import make_redis
+from shared.redis_stores import make_redis
 from shared.settings import Settings
 from shared.identity import Principal, issue_stream_token
-from tests.stack import ROLE_ENV, Stack
+from tests.stack import STORE_ENV, Stack
 
-OTHER_ROLES = ("broker", "exec_cache", "auth_memo")
+OTHER_STORES = ("broker", "exec_cache", "auth_memo")
 
 
 # --- 1. publish throughput ----------------------------------------------------------------------
@@ -87,7 +87,7 @@ def publish_rate(url: str, publishers: int, seconds: float, batch: int, turns: i
 
 
 # --- 2. fan-out ----------------------------------------------------------------------------------
-async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, web_pids, role_ports) -> dict:
+async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, web_pids, store_ports) -> dict:
     r = make_redis(url, Settings(), 8)
     ids = [("fan", f"turn{i}") for i in range(turns)]
     publishers = [Publisher(sid, mid, r=r) for sid, mid in ids]
@@ -104,35 +104,25 @@ async def fan_out(port: int, url: str, streams: int, turns: int, rounds: int, we
             raise TimeoutError(f"{sum(c.opened for c in clients)}/{streams} streams opened")
         await asyncio.sleep(0.2)
     await asyncio.sleep(2.0)  # subscriptions confirmed and log replays done
-    held = connections_by_role(web_pids, role_ports)
-    latencies = []
-    for seq in range(rounds):
-        started = time.perf_counter()
+    held = connections_by_store(web_pids, store_ports)
+
+    def publish(seq: int) -> None:
         for publisher in publishers:
             publisher.publish(DeltaEvent(text=json.dumps({"seq": seq})))
-        deadline = started + 15
-        while sum(seq in c.received for c in clients) < streams and time.perf_counter() < deadline:
-            await asyncio.sleep(0.002)
-        arrived = [c.received[seq] for c in clients if seq in c.received]
-        latencies.append(((max(arrived) if arrived else deadline) - started) * 1000)
-        if len(arrived) < streams:
-            print(f"  round {seq}: only {len(arrived)}/{streams} clients got their event within 15 s", flush=True)
-        await asyncio.sleep(0.2)
-    for client in clients:
-        if client.writer:
-            client.writer.close()
+
+    latencies = await delivery_latencies(clients, rounds, publish, within_s=15, pause_s=0.2)
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "held": held}
 
 
-def connections_by_role(pids: list[int], role_ports: dict[str, set[int]]) -> list[dict[str, int]]:
-    """For each web process: its established TCP connections to each role's servers."""
+def connections_by_store(pids: list[int], store_ports: dict[str, set[int]]) -> list[dict[str, int]]:
+    """For each web process: its established TCP connections to each store's servers."""
     import psutil
 
     held = []
     for pid in pids:
         conns = psutil.Process(pid).net_connections(kind="tcp")
-        held.append({role: sum(1 for c in conns if c.raddr and c.raddr.port in ports and c.status == "ESTABLISHED")
-                     for role, ports in role_ports.items()})
+        held.append({store: sum(1 for c in conns if c.raddr and c.raddr.port in ports and c.status == "ESTABLISHED")
+                     for store, ports in store_ports.items()})
     return held
 
 
@@ -147,16 +137,16 @@ def run_topology(name: str, base: Path, args) -> dict:
     stack = Stack(base / name, TURNSTREAM_SSE_HEARTBEAT_S="60", TURNSTREAM_WORKER_CONNECTIONS="12000")
     cluster = None
     try:
-        stack.start_redis(roles=OTHER_ROLES)
-        role_ports = {role: {stack.ports[role]} for role in OTHER_ROLES}
+        stack.start_redis(stores=OTHER_STORES)
+        store_ports = {store: {stack.ports[store]} for store in OTHER_STORES}
         if name == "cluster":
             cluster = processes.RedisCluster("progress", base / name / "progress", replicas=0).start()
-            stack.env[ROLE_ENV["progress"]] = cluster.url
-            role_ports["progress"] = set(cluster.ports)
+            stack.env[STORE_ENV["progress"]] = cluster.url
+            store_ports["progress"] = set(cluster.ports)
         else:
-            stack.start_redis(roles=("progress",))
-            role_ports["progress"] = {stack.ports["progress"]}
-        url = stack.env[ROLE_ENV["progress"]]
+            stack.start_redis(stores=("progress",))
+            store_ports["progress"] = {stack.ports["progress"]}
+        url = stack.env[STORE_ENV["progress"]]
         stack.apply_env()
         rate = publish_rate(url, args.publishers, args.seconds, 1)
         print(f"{name:<8} publish: {rate:,.0f} events/s, {args.publishers} publisher processes, one call per event",
@@ -167,11 +157,11 @@ def run_topology(name: str, base: Path, args) -> dict:
         stack.start_web(workers=args.web)
         time.sleep(2)
         result = asyncio.run(fan_out(stack.web_port, url, args.web * args.streams, args.turns, args.rounds,
-                                     web_worker_pids(stack), role_ports))
+                                     web_worker_pids(stack), store_ports))
         print(f"{name:<8} fan-out: {args.web} web x {args.streams} streams over {args.turns} turns: "
               f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms", flush=True)
         for i, held in enumerate(result["held"]):
-            print(f"{name:<8} web process {i}: " + ", ".join(f"{role} {n}" for role, n in held.items()), flush=True)
+            print(f"{name:<8} web process {i}: " + ", ".join(f"{store} {n}" for store, n in held.items()), flush=True)
         return {"rate": rate, "batched": batched, **result}
     finally:
         stack.stop()

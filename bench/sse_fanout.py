@@ -11,12 +11,11 @@ are asyncio sockets in this process, so the figures include this client's own ti
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import SseClient, percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
+from _common import SseClient, delivery_latencies, percentile, start_stock_flask_sse  # noqa: E402  (puts the repo on sys.path)
 from flask_sse import Message
 
 from shared.cli import processes
@@ -41,21 +40,7 @@ async def measure(port: int, path: str, count: int, events: int, wait_subscribed
     await wait_subscribed(clients)
     await asyncio.sleep(1.0)  # let the last subscriptions and log replays settle
     held = "/".join(map(str, connections()))
-    latencies = []
-    for seq in range(events):
-        started = time.perf_counter()
-        publish(seq)
-        deadline = started + 10
-        while sum(seq in c.received for c in clients) < count and time.perf_counter() < deadline:
-            await asyncio.sleep(0.002)
-        arrived = [c.received[seq] for c in clients if seq in c.received]
-        latencies.append(((max(arrived) if arrived else deadline) - started) * 1000)
-        if len(arrived) < count:
-            print(f"  event {seq}: only {len(arrived)}/{count} clients got it within 10 s", file=sys.stderr)
-        await asyncio.sleep(0.1)
-    for client in clients:
-        if client.writer:
-            client.writer.close()
+    latencies = await delivery_latencies(clients, events, publish, within_s=10, pause_s=0.1)
     return {"connections": held, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
 
 

@@ -25,6 +25,10 @@ accesslog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("TURNSTREAM_LOG_LEVEL", "info")
+# gunicorn 27's control socket defaults to one fixed path per user (~/.gunicorn/gunicorn.ctl), so
+# every web tier on a host would bind the same socket. turnstream is run by signals and its
+# supervisor, never by gunicornc, so the socket stays off.
+control_socket_disable = True
 
 
 def json_error_pages() -> None:

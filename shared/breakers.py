@@ -1,14 +1,14 @@
-"""One circuit breaker per Redis role, so a dead server costs one fast error instead of a
+"""One circuit breaker per Redis store, so a dead server costs one fast error instead of a
 connect or socket timeout on every call.
 
-A breaker counts consecutive connection failures and timeouts of its role. At
-`breaker_fail_max` it opens: every call fails at once with RoleUnavailable (a
+A breaker counts consecutive connection failures and timeouts of its store. At
+`breaker_fail_max` it opens: every call fails at once with StoreUnavailable (a
 redis.ConnectionError, so existing `except redis.RedisError` handlers keep working).
 After `breaker_reset_s` one trial call is let through (half-open); its success closes
 the breaker, its failure opens it again. Other errors (a ResponseError, say) prove the
 server answered and count as success, except the answers of a failover in progress (READONLY
 from a demoted master, CLUSTERDOWN): under Sentinel or Cluster a failover is a short outage of
-the role, and the breaker treats it like one.
+the store, and the breaker treats it like one.
 
 This is a small breaker of our own rather than pybreaker because pybreaker holds its
 lock for the whole protected call, which would serialize every Redis command of a
@@ -23,15 +23,15 @@ from typing import TypeVar
 import redis
 
 from shared import metrics
-from shared.defaults import ROLES
-from shared.per_role import PerRole
+from shared.defaults import STORES
+from shared.per_store import PerStore
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
-# A failover is an outage of the role too: a demoted master answers READONLY and a Cluster whose
+# A failover is an outage of the store too: a demoted master answers READONLY and a Cluster whose
 # slot lost its master answers CLUSTERDOWN until a replica takes over. Counting them here makes
 # the breaker open for the failover and close at the first call the new master serves.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
@@ -39,17 +39,17 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadO
 
 
 
-class RoleUnavailable(redis.ConnectionError):
-    """The role's breaker is open: the call was not even tried."""
+class StoreUnavailable(redis.ConnectionError):
+    """The store's breaker is open: the call was not even tried."""
 
-    def __init__(self, role: str):
-        super().__init__(f"the {role} Redis is unavailable (circuit open)")
-        self.role = role
+    def __init__(self, store: str):
+        super().__init__(f"the {store} Redis is unavailable (circuit open)")
+        self.store = store
 
 
 class Breaker:
-    def __init__(self, role: str, fail_max: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
-        self.role = role
+    def __init__(self, store: str, fail_max: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
+        self.store = store
         self.fail_max = fail_max
         self.reset_s = reset_s
         self._clock = clock
@@ -69,7 +69,7 @@ class Breaker:
         try:
             result = func(*args, **kwargs)
         except UNAVAILABLE as exc:
-            exc.role = self.role  # so an error handler can name the store that is down
+            exc.store = self.store  # so an error handler can name the store that is down
             self._failure()
             raise
         except redis.RedisError:
@@ -89,19 +89,19 @@ class Breaker:
             if state == HALF_OPEN and not self._trial_running:
                 self._trial_running = True
                 return
-        metrics.BREAKER_REJECTED.labels(self.role).inc()
-        raise RoleUnavailable(self.role)
+        metrics.BREAKER_REJECTED.labels(self.store).inc()
+        raise StoreUnavailable(self.store)
 
     def _success(self) -> None:
         with self._lock:
             was_open = self._opened_at is not None
             self._failures, self._opened_at, self._trial_running = 0, None, False
         if was_open:
-            metrics.BREAKER_OPEN.labels(self.role).set(0)
-            log.warning("%s Redis answers again: breaker closed", self.role)
+            metrics.BREAKER_OPEN.labels(self.store).set(0)
+            log.warning("%s Redis answers again: breaker closed", self.store)
 
     def _failure(self) -> None:
-        metrics.REDIS_FAILURES.labels(self.role).inc()
+        metrics.REDIS_FAILURES.labels(self.store).inc()
         with self._lock:
             self._failures += 1
             was_open = self._opened_at is not None
@@ -110,31 +110,31 @@ class Breaker:
                 self._opened_at = self._clock()
             self._trial_running = False
         if trip and not was_open:
-            metrics.BREAKER_TRIPS.labels(self.role).inc()
-            metrics.BREAKER_OPEN.labels(self.role).set(1)
+            metrics.BREAKER_TRIPS.labels(self.store).inc()
+            metrics.BREAKER_OPEN.labels(self.store).set(1)
             log.warning("%s Redis failed %d times in a row: breaker open, calls fail fast for %.1fs",
-                        self.role, self.fail_max, self.reset_s)
+                        self.store, self.fail_max, self.reset_s)
 
     def _release_trial(self) -> None:
         with self._lock:
             self._trial_running = False
 
 
-def _new_breaker(role: str) -> Breaker:
+def _new_breaker(store: str) -> Breaker:
     settings = get_settings()
-    return Breaker(role, settings.breaker_fail_max, settings.breaker_reset_s)
+    return Breaker(store, settings.breaker_fail_max, settings.breaker_reset_s)
 
 
-_breakers = PerRole(_new_breaker)
+_breakers = PerStore(_new_breaker)
 
 
-def breaker(role: str) -> Breaker:
-    """The process-wide breaker of `role`."""
-    return _breakers.get(role)
+def breaker(store: str) -> Breaker:
+    """The process-wide breaker of `store`."""
+    return _breakers.get(store)
 
 
 def states() -> dict[str, str]:
-    return {role: breaker(role).state for role in ROLES}
+    return {store: breaker(store).state for store in STORES}
 
 
 def reset_breakers() -> None:

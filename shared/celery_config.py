@@ -38,7 +38,7 @@ def transport_options(settings: Settings) -> dict:
     against it: the task time limits stay below it (Settings refuses a config where they do not),
     so a running step is never handed to a second worker; and a turn whose record has not moved
     for this long is resent (workers.redelivery). Every other mention refers here."""
-    target = settings.role_target("broker")
+    target = settings.store_target("broker")
     sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
                                     "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}
     return {**target.celery_transport_options(), **sentinel,
@@ -56,7 +56,7 @@ def transport_options(settings: Settings) -> dict:
 
 def celery_config(settings: Settings) -> dict:
     transport = transport_options(settings)
-    url = settings.role_target("broker").celery_url()
+    url = settings.store_target("broker").celery_url()
     return {
         "broker_url": url,
         "result_backend": url,

@@ -4,7 +4,7 @@ Two kinds, in two sections:
 - SETTABLE: each has a Settings field of the same name in lower case (TURNSTREAM_<NAME> in the
   environment). Code reads these through Settings, never from here; this module only supplies
   their defaults. tests/test_units.py fails when one has no Settings field.
-- FIXED: part of the design, not configuration (role names, queues, protocol constants).
+- FIXED: part of the design, not configuration (store names, queues, protocol constants).
 
 Rejected: defaults written inline in Settings. The README's configuration table and bench/
 refer to one list of values, and FIXED values are no settings at all."""
@@ -44,7 +44,7 @@ REDIS_POOL_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 2.0
 REDIS_CONNECT_TIMEOUT_S = 1.0
 
-# Breakers, one per Redis role: after this many consecutive connection failures the role is
+# Breakers, one per Redis store: after this many consecutive connection failures the store is
 # "open" and every call fails at once; after the reset time one trial call may close it again.
 BREAKER_FAIL_MAX = 3
 BREAKER_RESET_S = 2.0
@@ -156,15 +156,17 @@ REPLICA_WAIT_MS = 1000
 DISCARD_WAIT_S = 15.0
 
 
-# Redis roles, in the order their DB numbers are assigned in single-instance mode.
-ROLES = ("broker", "progress", "exec_cache", "auth_memo")
+# Redis stores, in the order their DB numbers are assigned in single-instance mode.
+STORES = ("broker", "progress", "exec_cache", "auth_memo")
+# Each store's URL variable (no TURNSTREAM_ prefix: the names predate it and deployments set them).
+STORE_URL_ENV = {store: f"{store.upper()}_REDIS_URL" for store in STORES}
 
 # `turnstream dev` ports (its own options, not Settings). They stay clear of 6379, where a
 # machine's own Redis usually listens.
 DEV_WEB_PORT = 8000
 DEV_REDIS_PORTS = {"broker": 6391, "progress": 6392, "exec_cache": 6393, "auth_memo": 6394}
 
-# The eviction policy a role must run with (shared.eviction: an LRU exec cache is only recommended).
+# The eviction policy a store must run with (shared.eviction: an LRU exec cache is only recommended).
 REQUIRED_EVICTION = {"broker": "noeviction", "progress": "noeviction"}
 
 # How long a new stream waits for the dispatcher's SUBSCRIBE to be confirmed.

@@ -17,7 +17,7 @@ looked like to the turn."""
 import redis
 
 from shared import keys
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 
 

@@ -10,7 +10,7 @@ import json
 import redis
 
 from shared import keys
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from shared.turns import session_ttl_s
 

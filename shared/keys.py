@@ -59,7 +59,7 @@ def progress_marker(session_id: str, message_id: str, dedupe: str) -> str:
 
 
 def turn_status(session_id: str, message_id: str) -> str:
-    """Hash with the turn's state; lives on the broker instance (never evicted)."""
+    """Hash holding the turn's record (shared.turns.TurnRecord); lives on the broker instance (never evicted)."""
     return f"{PREFIX}:turn:{_turn(session_id, message_id)}"
 
 
@@ -111,7 +111,7 @@ def valid_tool(value: object) -> str:
 
 # Auth memo slots: a user's memos and their user generation carry the user id as tag, the
 # shared generations (all, per tenant, per tool) the fixed tag {gen}. The batch preflight then
-# reads two slots, with one MGET each (shared.redis_roles.mget), however many tools it asks about.
+# reads two slots, with one MGET each (shared.redis_stores.mget), however many tools it asks about.
 # Rejected: one tag for the whole memo (a single MGET, but every memo of every user on one shard,
 # which defeats a Cluster), and copying the shared generations into each user's slot (bumping
 # "all" would have to touch every user).

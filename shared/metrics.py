@@ -13,14 +13,14 @@ import os
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
-from shared.defaults import ROLES
+from shared.defaults import STORES
 from shared.vocabulary import FINAL_STATUSES, GUARD_RESULTS, STEPS
 
 log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-TURN_OUTCOMES = tuple(sorted(FINAL_STATUSES))
+TURN_STATUSES = tuple(sorted(FINAL_STATUSES))  # the `outcome` label of turnstream_turns_total
 
 STEP_DURATION = Histogram("turnstream_step_duration_seconds", "Wall time of one step of a turn (a Celery task).",
                           ["step", "outcome"], buckets=STEP_BUCKETS)
@@ -35,15 +35,15 @@ SSE_CHANNELS = Gauge("turnstream_sse_channels", "Progress channels web processes
                      multiprocess_mode="livesum")
 SSE_CLIENTS_CUT = Counter("turnstream_sse_clients_cut", "SSE clients cut off for reading too slowly.")
 SSE_EVENTS_SENT = Counter("turnstream_sse_events_sent", "Progress events written to SSE clients.")
-# Redis roles and their circuit breakers (shared.breakers).
+# Redis stores and their circuit breakers (shared.breakers).
 REDIS_FAILURES = Counter("turnstream_redis_failures_total",
-                         "Connection failures and timeouts talking to a Redis role", ["role"])
+                         "Connection failures and timeouts talking to a Redis store", ["store"])
 BREAKER_REJECTED = Counter("turnstream_redis_breaker_rejected_total",
-                           "Calls refused at once because the role's breaker was open", ["role"])
-BREAKER_TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a role's breaker opened", ["role"])
-# livemax: across the processes of a host (multiprocess mode) a role counts as open if any live
+                           "Calls refused at once because the store's breaker was open", ["store"])
+BREAKER_TRIPS = Counter("turnstream_redis_breaker_trips_total", "Times a store's breaker opened", ["store"])
+# livemax: across the processes of a host (multiprocess mode) a store counts as open if any live
 # process has its breaker open; a dead process's last state does not linger.
-BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a role's breaker is open or half-open", ["role"],
+BREAKER_OPEN = Gauge("turnstream_redis_breaker_open", "1 while a store's breaker is open or half-open", ["store"],
                      multiprocess_mode="livemax")
 # Guards that skipped themselves because their Redis failed (shared.guards.degradation).
 GUARD_DEGRADED = Counter("turnstream_guard_degraded", "Calls that skipped a guard because its Redis failed", ["guard"])
@@ -117,10 +117,10 @@ def observe_step(step: str, seconds: float, ok: bool) -> None:
     STEP_DURATION.labels(step=step if step in STEPS else "other", outcome="ok" if ok else "error").observe(seconds)
 
 
-def record_turn(outcome: str) -> None:
-    if outcome not in TURN_OUTCOMES:
-        raise ValueError(f"unknown turn outcome {outcome!r}; expected one of {TURN_OUTCOMES}")
-    TURNS.labels(outcome=outcome).inc()
+def record_turn(status: str) -> None:
+    if status not in TURN_STATUSES:
+        raise ValueError(f"not a final turn status: {status!r}; expected one of {TURN_STATUSES}")
+    TURNS.labels(outcome=status).inc()
 
 
 def record_reasoner_call(reasoner: str, kind: str) -> None:
@@ -136,8 +136,8 @@ def _declare_series() -> None:
     for step in STEPS:
         for outcome in ("ok", "error"):
             STEP_DURATION.labels(step=step, outcome=outcome)
-    for outcome in TURN_OUTCOMES:
-        TURNS.labels(outcome=outcome)
+    for status in TURN_STATUSES:
+        TURNS.labels(outcome=status)
     for cause in RESUME_CAUSES:
         TURNS_RESUMED.labels(cause=cause)
     for reason in OUTBOX_OVERFLOW_REASONS:
@@ -146,10 +146,10 @@ def _declare_series() -> None:
         for result in results:
             GUARD_COUNTERS[guard].labels(result=result)
     # Breakers too: a closed breaker reads 0, not "no data", for dashboards and alerts.
-    for role in ROLES:
+    for store in STORES:
         for counter in (REDIS_FAILURES, BREAKER_REJECTED, BREAKER_TRIPS):
-            counter.labels(role)
-        BREAKER_OPEN.labels(role).set(0)
+            counter.labels(store)
+        BREAKER_OPEN.labels(store).set(0)
 
 
 _declare_series()

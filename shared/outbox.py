@@ -30,7 +30,7 @@ import redis
 
 from shared import keys, liveness, metrics
 from shared.progress import Rendered, append_and_publish
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)

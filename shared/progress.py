@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 
 from shared import keys
 from shared.events import DeltaEvent, ProgressEvent, event_type
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from shared.tracing import current_trace_id
 from shared.vocabulary import TERMINAL_EVENTS, delta_dedupe

@@ -1,7 +1,7 @@
-"""Where a Redis role lives: one server, a master watched by Sentinel, or a Redis Cluster.
+"""Where a Redis store lives: one server, a master watched by Sentinel, or a Redis Cluster.
 
-A role's URL names its topology by its scheme, so the same variable (BROKER_REDIS_URL, ...)
-moves a role from one server to Sentinel or Cluster without another setting:
+A store's URL names its topology by its scheme, so the same variable (BROKER_REDIS_URL, ...)
+moves a store from one server to Sentinel or Cluster without another setting:
 
     redis://[:password@]host:port/db            one server (rediss:// for TLS)
     sentinel://[:password@]h1:26379,h2:26379/db?master=NAME
@@ -14,7 +14,7 @@ Rules: every host is host:port; a sentinel URL must name its master; a cluster U
 DB number. The broker cannot be a Cluster (kombu and Celery's result backend do not speak it).
 
 Rejected: kombu's own sentinel syntax (`sentinel://h1:26379;sentinel://h2:26379` plus a
-separate `master_name` transport option), because it needs a second variable per role and
+separate `master_name` transport option), because it needs a second variable per store and
 redis-py does not read it; and `redis+sentinel://` (the `limits` library's), which is longer
 and reads as if it were a kind of redis:// URL. celery_url() translates to kombu's form."""
 
@@ -26,7 +26,7 @@ _SCHEMES = {"redis": SINGLE, "rediss": SINGLE, "sentinel": SENTINEL, "cluster": 
 
 
 class BadRedisUrl(ValueError):
-    """A role URL this module cannot read; the message names what is wrong."""
+    """A store URL this module cannot read; the message names what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class RedisTarget:
 
     def with_db(self, db: int) -> "RedisTarget":
         if self.cluster:
-            raise BadRedisUrl("a Redis Cluster has DB 0 only, so it cannot hold one DB per role (REDIS_URL)")
+            raise BadRedisUrl("a Redis Cluster has DB 0 only, so it cannot hold one DB per store (REDIS_URL)")
         return RedisTarget(self.kind, self.hosts, db, self.password, self.master, _replace_db(self.url, db))
 
     def celery_url(self) -> str:

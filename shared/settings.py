@@ -13,8 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared import defaults, redis_urls
 
 
-def _local(role: str) -> str:
-    return f"redis://127.0.0.1:{defaults.DEV_REDIS_PORTS[role]}/0"
+def _local(store: str) -> str:
+    return f"redis://127.0.0.1:{defaults.DEV_REDIS_PORTS[store]}/0"
 
 
 def _env(name: str) -> AliasChoices:
@@ -25,10 +25,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNSTREAM_", extra="ignore", populate_by_name=True)
 
     redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
-    broker_redis_url: str = Field(_local("broker"), validation_alias=_env("BROKER_REDIS_URL"))
-    progress_redis_url: str = Field(_local("progress"), validation_alias=_env("PROGRESS_REDIS_URL"))
-    exec_cache_redis_url: str = Field(_local("exec_cache"), validation_alias=_env("EXEC_CACHE_REDIS_URL"))
-    auth_memo_redis_url: str = Field(_local("auth_memo"), validation_alias=_env("AUTH_MEMO_REDIS_URL"))
+    broker_redis_url: str = Field(_local("broker"), validation_alias=_env(defaults.STORE_URL_ENV["broker"]))
+    progress_redis_url: str = Field(_local("progress"), validation_alias=_env(defaults.STORE_URL_ENV["progress"]))
+    exec_cache_redis_url: str = Field(_local("exec_cache"), validation_alias=_env(defaults.STORE_URL_ENV["exec_cache"]))
+    auth_memo_redis_url: str = Field(_local("auth_memo"), validation_alias=_env(defaults.STORE_URL_ENV["auth_memo"]))
 
     secret: SecretStr = SecretStr("")
     dev: bool = False
@@ -124,13 +124,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _readable_redis_urls(self) -> "Settings":
-        """Every role URL must parse, and the broker cannot be a Cluster (Celery cannot use one)."""
+        """Every store URL must parse, and the broker cannot be a Cluster (Celery cannot use one)."""
         if self.redis_url and redis_urls.parse(self.redis_url).cluster:
-            raise ValueError("REDIS_URL cannot be a cluster:// URL: single-instance mode gives each role a DB "
-                             "number, and a Redis Cluster has DB 0 only (set the four role URLs instead)")
-        for role in defaults.ROLES:
-            target = self.role_target(role)
-            if role == "broker" and target.cluster:
+            raise ValueError("REDIS_URL cannot be a cluster:// URL: single-instance mode gives each store a DB "
+                             "number, and a Redis Cluster has DB 0 only (set the four store URLs instead)")
+        for store in defaults.STORES:
+            target = self.store_target(store)
+            if store == "broker" and target.cluster:
                 raise ValueError("BROKER_REDIS_URL cannot be a cluster:// URL: Celery's broker and result "
                                  "backend need one master (use redis:// or sentinel://)")
         return self
@@ -161,18 +161,18 @@ class Settings(BaseSettings):
     def single_instance(self) -> bool:
         return bool(self.redis_url)
 
-    def role_url(self, role: str) -> str:
-        """The URL of a role's server; in single-instance mode, a DB number per role on REDIS_URL."""
-        if role not in defaults.ROLES:
-            raise ValueError(f"unknown Redis role {role!r}")
+    def store_url(self, store: str) -> str:
+        """The URL of a store's server; in single-instance mode, a DB number per store on REDIS_URL."""
+        if store not in defaults.STORES:
+            raise ValueError(f"unknown Redis store {store!r}")
         if self.redis_url:
             parts = urlsplit(self.redis_url)
-            return urlunsplit(parts._replace(path=f"/{defaults.ROLES.index(role)}"))
-        return getattr(self, f"{role}_redis_url")
+            return urlunsplit(parts._replace(path=f"/{defaults.STORES.index(store)}"))
+        return getattr(self, f"{store}_redis_url")
 
-    def role_target(self, role: str) -> redis_urls.RedisTarget:
-        """The role's topology (one server, Sentinel or Cluster), read from its URL."""
-        return redis_urls.parse(self.role_url(role))
+    def store_target(self, store: str) -> redis_urls.RedisTarget:
+        """The store's topology (one server, Sentinel or Cluster), read from its URL."""
+        return redis_urls.parse(self.store_url(store))
 
     def secret_key(self) -> str:
         value = self.secret.get_secret_value()

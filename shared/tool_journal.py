@@ -20,7 +20,7 @@ from typing import Any, Literal
 import redis
 
 from shared import keys, liveness
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 
 # KEYS: journal, heartbeats, this worker's turns set. ARGV: call id, worker, now, dead_before,

@@ -32,7 +32,7 @@ import redis
 
 from shared import defaults, keys, liveness, metrics
 from shared.identity import Principal
-from shared.redis_roles import client, replicated
+from shared.redis_stores import client, replicated
 from shared.settings import get_settings
 from shared.turn_flow import Checkpoint, TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
@@ -215,14 +215,14 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
 
 def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> bool:
     session_id, message_id = record.session_id, record.message_id
-    status_key = keys.turn_status(session_id, message_id)
+    record_key = keys.turn_status(session_id, message_id)
     # Claim the id first (one atomic field write): a client may choose its ids (AG-UI's runId),
     # and a second post of the same id must not overwrite a turn under way.
-    if not r.hsetnx(status_key, "owner", principal.owner):
+    if not r.hsetnx(record_key, "owner", principal.owner):
         return False
     pipe = r.pipeline()
-    pipe.hset(status_key, mapping=record.to_hash())
-    pipe.expire(status_key, ttl)
+    pipe.hset(record_key, mapping=record.to_hash())
+    pipe.expire(record_key, ttl)
     pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
     pipe.rpush(keys.session_turns(session_id), message_id)
     # The owner key's lifetime is renewed in the same transaction as the data it guards.

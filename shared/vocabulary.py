@@ -88,8 +88,17 @@ def delta_dedupe(chunk: int) -> str:
     return f"token-{chunk}"
 
 
-def for_browser() -> dict[str, list[str]]:
-    """The names the page needs, as JSON-ready lists (served as /vocabulary.js)."""
-    return {"STATUSES": list(STATUSES), "FINAL_STATUSES": sorted(FINAL_STATUSES), "STEPS": list(STEPS),
-            "EVENT_TYPES": list(EVENT_TYPES), "TERMINAL_EVENTS": sorted(TERMINAL_EVENTS),
-            "TOOL_PHASES": [TOOL_STARTED, TOOL_RUNNING], "TOOL_FINAL_STATUSES": list(get_args(ToolStatus))}
+def for_browser() -> dict[str, str | list[str]]:
+    """The names the page needs, JSON-ready (served as /vocabulary.js): the groups, and each name
+    the scripts compare with or dispatch on, under the same constant name as here."""
+    groups: dict[str, str | list[str]] = {
+        "STATUSES": list(STATUSES), "FINAL_STATUSES": sorted(FINAL_STATUSES), "STEPS": list(STEPS),
+        "EVENT_TYPES": list(EVENT_TYPES), "TERMINAL_EVENTS": sorted(TERMINAL_EVENTS),
+        "TOOL_PHASES": [TOOL_STARTED, TOOL_RUNNING], "TOOL_FINAL_STATUSES": list(get_args(ToolStatus))}
+    names = {"RUNNING": RUNNING, "DONE": DONE, "FAILED": FAILED, "CANCELLED": CANCELLED,
+             "DISCOVER": DISCOVER, "REASON": REASON, "EXECUTE": EXECUTE, "SYNTHESIZE": SYNTHESIZE,
+             "FINISHED": FINISHED, "TOOL_STARTED": TOOL_STARTED, "TOOL_RUNNING": TOOL_RUNNING,
+             "TOOL_OK": TOOL_OK, "TOOL_ERROR": TOOL_ERROR, "TOOL_DENIED": TOOL_DENIED,
+             "STEP_EVENT": STEP_EVENT, "TOOL_EVENT": TOOL_EVENT, "DELTA_EVENT": DELTA_EVENT,
+             "DONE_EVENT": DONE_EVENT, "ERROR_EVENT": ERROR_EVENT, "CANCELLED_EVENT": CANCELLED_EVENT}
+    return {**groups, **names}

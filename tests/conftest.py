@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from tests.guard_support import emptied_client, one_store
 from tests.stack import TEST_SECRET, Stack
 
 # Every Stack signs with TEST_SECRET; the test process signs its own tokens with it too, whichever
@@ -26,3 +27,18 @@ def base_url(stack) -> str:
 @pytest.fixture
 def session_id() -> str:
     return "s" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="module")
+def guard_redis(request, tmp_path_factory):
+    """A redis-server for the guard store a test module names in GUARD_STORE, with its conf."""
+    store = request.module.GUARD_STORE
+    with one_store(tmp_path_factory.mktemp(store.replace("_", "-")), store) as system:
+        yield system
+
+
+@pytest.fixture
+def r(request, guard_redis):
+    """A client on that store, emptied before each test, its breakers closed."""
+    with emptied_client(guard_redis, request.module.GUARD_STORE) as client:
+        yield client

@@ -1,19 +1,24 @@
-"""Helpers for the guard tests: redis-servers for the two guard roles, caches and memos on them,
+"""Helpers for the guard tests: redis-servers for the two guard stores, caches and memos on them,
 a tiny identity provider over HTTP, and a process that makes many identical tool calls."""
 
 import json
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import redis
 
 from shared.cli.processes import free_port
 from shared.guards.declarations import Declarations, ToolSpec
+from shared.guards.degradation import reset_breakers
 from shared.guards.exec_cache import ExecCache
-from shared.redis_roles import make_pool
+from shared.redis_stores import make_pool
 from shared.settings import Settings
+from tests.stack import STORE_ENV, Stack
 
 SLOW = ToolSpec("slow_lookup", cacheable=True, scope="global", ttl_s=60)
 DECLARATIONS = Declarations(tools={
@@ -26,6 +31,29 @@ DECLARATIONS = Declarations(tools={
 def pooled(url: str) -> redis.Redis:
     """A client with the project's blocking pool (many threads wait instead of erroring)."""
     return redis.Redis(connection_pool=make_pool(url, Settings(), max_connections=300))
+
+
+@contextmanager
+def one_store(base_dir: Path, store: str) -> Iterator[Stack]:
+    """A redis-server for one guard store, with that store's conf."""
+    system = Stack(base_dir).start_redis(stores=(store,))
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+@contextmanager
+def emptied_client(system: Stack, store: str) -> Iterator[redis.Redis]:
+    """A pooled client on `system`'s `store`, emptied (keys and command stats), its breakers closed."""
+    reset_breakers()
+    client = pooled(system.env[STORE_ENV[store]])
+    client.flushdb()
+    client.config_resetstat()
+    try:
+        yield client
+    finally:
+        client.connection_pool.disconnect()
 
 
 def make_cache(r: redis.Redis, **overrides) -> ExecCache:
@@ -117,15 +145,27 @@ def _stampede_process(url: str, threads: int, run_s: float, lease_s: float) -> N
         time.sleep(run_s)
         return {"city": params["city"], "temp_c": 14.5, "tags": ["rain", "wind"], "note": "exact ✓"}
 
-    go = threading.Event()
     outcomes: list = []
 
     def call(i: int) -> None:
-        go.wait()
         outcome = cache.run(SLOW, {"city": "Paris", "request_id": f"r{i}", "timestamp": time.time()}, principal, tool)
         outcomes.append([outcome.cache, outcome.value])
 
-    workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
+    release_together(threads, call)
+    print(json.dumps(outcomes), flush=True)
+
+
+def release_together(threads: int, call: Callable[[int], None]) -> None:
+    """A stampede child's protocol (here and in bench/guards.py): start `threads` threads that will
+    run call(i), print "ready", wait for a line on stdin, then let them all go at once and join them.
+    The parent releases every child with one line each, so all calls of all processes start together."""
+    go = threading.Event()
+
+    def gated(i: int) -> None:
+        go.wait()
+        call(i)
+
+    workers = [threading.Thread(target=gated, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
     print("ready", flush=True)
@@ -133,7 +173,6 @@ def _stampede_process(url: str, threads: int, run_s: float, lease_s: float) -> N
     go.set()
     for worker in workers:
         worker.join()
-    print(json.dumps(outcomes), flush=True)
 
 
 if __name__ == "__main__":

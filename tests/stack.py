@@ -8,10 +8,8 @@ from pathlib import Path
 import redis
 
 from shared.cli import processes
-from shared.defaults import ROLES
+from shared.defaults import STORE_URL_ENV as STORE_ENV, STORES
 
-ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
-            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
 TEST_SECRET = "test-secret-of-at-least-thirty-two-bytes!"
 
 
@@ -31,33 +29,33 @@ class Stack:
         self.web_port: int | None = None
 
     # --- Redis -----------------------------------------------------------------
-    def start_redis(self, roles: tuple[str, ...] = ROLES, confs: dict[str, Path] | None = None) -> "Stack":
-        for role in roles:
-            port = self.ports.get(role) or processes.free_port()
-            conf = (confs or {}).get(role)
-            self.redis[role] = processes.redis_server(role, port, self.base_dir, conf=conf).start()
-            self.ports[role] = port
-            self.env[ROLE_ENV[role]] = f"redis://127.0.0.1:{port}/0"
+    def start_redis(self, stores: tuple[str, ...] = STORES, confs: dict[str, Path] | None = None) -> "Stack":
+        for store in stores:
+            port = self.ports.get(store) or processes.free_port()
+            conf = (confs or {}).get(store)
+            self.redis[store] = processes.redis_server(store, port, self.base_dir, conf=conf).start()
+            self.ports[store] = port
+            self.env[STORE_ENV[store]] = f"redis://127.0.0.1:{port}/0"
         return self
 
     def start_single_redis(self) -> "Stack":
-        """Single-instance mode: one noeviction server, REDIS_URL, a DB per role."""
+        """Single-instance mode: one noeviction server, REDIS_URL, a DB per store."""
         port = processes.free_port()
         self.redis["single"] = processes.redis_server("broker", port, self.base_dir / "single").start()
         self.ports["single"] = port
         self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         return self
 
-    def client(self, role: str) -> redis.Redis:
+    def client(self, store: str) -> redis.Redis:
         if "single" in self.ports:
-            return redis.Redis(port=self.ports["single"], db=ROLES.index(role), decode_responses=True)
-        return redis.Redis(port=self.ports[role], decode_responses=True)
+            return redis.Redis(port=self.ports["single"], db=STORES.index(store), decode_responses=True)
+        return redis.Redis(port=self.ports[store], decode_responses=True)
 
-    def stop_redis(self, role: str) -> None:
-        self.redis[role].stop()
+    def stop_redis(self, store: str) -> None:
+        self.redis[store].stop()
 
-    def restart_redis(self, role: str) -> None:
-        self.redis[role].start()
+    def restart_redis(self, store: str) -> None:
+        self.redis[store].start()
 
     # --- Workers and web -----------------------------------------------------------
     def start_worker(self, name: str = "worker", wait: bool = True, **options) -> object:
@@ -74,7 +72,7 @@ class Stack:
 
     @contextmanager
     def running(self, apply_env: bool = False, single_redis: bool = False, **worker_options):
-        """The whole system: Redis (a server per role, or one in single-instance mode), one worker
+        """The whole system: Redis (a server per store, or one in single-instance mode), one worker
         (`worker_options` go to start_worker) and the web app; everything is stopped on exit."""
         try:
             self.start_single_redis() if single_redis else self.start_redis()
@@ -109,7 +107,7 @@ class Stack:
     def env_applied(self):
         """apply_env() for a module of its own, then point this process back at what it used before
         (the session stack), for the modules after it."""
-        from shared.redis_roles import reset_clients
+        from shared.redis_stores import reset_clients
         from shared.settings import reload_settings
 
         saved = dict(os.environ)
@@ -124,10 +122,10 @@ class Stack:
 
     def apply_env(self) -> None:
         """Point this (test) process at the stack: settings and clients re-read the environment."""
-        from shared.redis_roles import reset_clients
+        from shared.redis_stores import reset_clients
         from shared.settings import reload_settings
 
-        for name in ("REDIS_URL", *ROLE_ENV.values()):
+        for name in ("REDIS_URL", *STORE_ENV.values()):
             os.environ.pop(name, None)
         os.environ.update(self.env)
         reload_settings()

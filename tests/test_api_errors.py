@@ -12,8 +12,8 @@ def test_invalid_session_id_is_a_400_and_builds_no_key(stack, base_url):
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_id"
     assert "session_id" in response.json()["message"]
-    for role in ("broker", "progress", "exec_cache", "auth_memo"):
-        assert not stack.client(role).keys("*bad[*]id*"), f"a key was built on the {role} server"
+    for store in ("broker", "progress", "exec_cache", "auth_memo"):
+        assert not stack.client(store).keys("*bad[*]id*"), f"a key was built on the {store} server"
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-jwt"}, {"Authorization": "Basic abc"}])

@@ -11,8 +11,8 @@ from shared.guards.degradation import reset_breakers
 from shared.guards.verifiers import HttpVerifier, PolicyFileVerifier, parse_policy
 from shared.identity import Principal
 from tests.guard_support import IdentityProvider, pooled
-from tests.stack import Stack
 
+GUARD_STORE = "auth_memo"  # the guard_redis and r fixtures (tests/conftest.py) run this store
 ALICE = Principal("alice", "acme", ("analyst",))
 ALICE_VIEWER = Principal("alice", "acme", ("viewer",))
 ADMIN = Principal("root", "acme", ("admin",))
@@ -34,23 +34,6 @@ def write_policy(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@pytest.fixture(scope="module")
-def guard_redis(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("auth-memo")).start_redis(roles=("auth_memo",))
-    yield system
-    system.stop()
-
-
-@pytest.fixture
-def r(guard_redis):
-    reset_breakers()
-    client = pooled(guard_redis.env["AUTH_MEMO_REDIS_URL"])
-    client.flushdb()
-    client.config_resetstat()
-    yield client
-    client.connection_pool.disconnect()
 
 
 @pytest.fixture

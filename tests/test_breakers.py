@@ -1,9 +1,9 @@
-"""The per-role breaker, the settings that keep delivery at least once, and the outcome mapping."""
+"""The per-store breaker, the settings that keep delivery at least once, and the outcome mapping."""
 
 import pytest
 import redis
 
-from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, RoleUnavailable
+from shared.breakers import CLOSED, HALF_OPEN, OPEN, Breaker, StoreUnavailable
 from shared.celery_config import celery_config
 from shared.settings import Settings
 from shared.terminal_event import terminal_event
@@ -30,18 +30,24 @@ def test_breaker_opens_after_consecutive_failures_then_fails_fast():
             breaker.call(refuse)
     assert breaker.state == OPEN
     calls = []
-    with pytest.raises(RoleUnavailable) as caught:
+    with pytest.raises(StoreUnavailable) as caught:
         breaker.call(calls.append, 1)
     assert calls == [], "an open breaker does not even try"
-    assert caught.value.role == "progress"
+    assert caught.value.store == "progress"
     assert isinstance(caught.value, redis.ConnectionError)
+
+
+def tripped(clock: Clock) -> Breaker:
+    """A breaker that opens at its first failure (reset 2 s), after one refused call at `clock`'s time."""
+    breaker = Breaker("broker", fail_max=1, reset_s=2.0, clock=clock)
+    with pytest.raises(redis.ConnectionError):
+        breaker.call(refuse)
+    return breaker
 
 
 def test_breaker_half_opens_and_one_success_closes_it():
     clock = Clock()
-    breaker = Breaker("broker", fail_max=1, reset_s=2.0, clock=clock)
-    with pytest.raises(redis.ConnectionError):
-        breaker.call(refuse)
+    breaker = tripped(clock)
     clock.now = 2.5
     assert breaker.state == HALF_OPEN
     assert breaker.call(lambda: "pong") == "pong"
@@ -50,15 +56,13 @@ def test_breaker_half_opens_and_one_success_closes_it():
 
 def test_a_failed_trial_reopens_the_breaker_for_another_period():
     clock = Clock()
-    breaker = Breaker("broker", fail_max=1, reset_s=2.0, clock=clock)
-    with pytest.raises(redis.ConnectionError):
-        breaker.call(refuse)
+    breaker = tripped(clock)
     clock.now = 3.0
     with pytest.raises(redis.ConnectionError):
         breaker.call(refuse)
     assert breaker.state == OPEN
     clock.now = 4.0
-    with pytest.raises(RoleUnavailable):
+    with pytest.raises(StoreUnavailable):
         breaker.call(lambda: "pong")
 
 
@@ -105,7 +109,7 @@ def test_a_broker_outage_is_not_a_turn_failure():
     from workers.tasks import lost_to_an_outage
 
     assert lost_to_an_outage(redis.ConnectionError("Error 111 connecting"))
-    assert lost_to_an_outage(RoleUnavailable("broker"))
+    assert lost_to_an_outage(StoreUnavailable("broker"))
     assert lost_to_an_outage(ChordError("Dependency 8a2c raised network:ConnectionError"))
     assert not lost_to_an_outage(RuntimeError("discover failed: no MCP server answered"))
     assert not lost_to_an_outage(ChordError("Dependency 8a2c raised ValueError('bad args')"))

@@ -1,4 +1,4 @@
-"""Faults with real processes: kill a Redis role or a worker during concurrent turns and check
+"""Faults with real processes: kill a Redis store or a worker during concurrent turns and check
 what each domain promises (README, "Delivery and degradation").
 
 The stack here has its own short visibility timeout, so a message stranded by a dead worker
@@ -32,7 +32,7 @@ def chaos(tmp_path_factory):
     saved_env = dict(os.environ)
     base_dir = tmp_path_factory.mktemp("chaos")
     # Weather results live 1 s: each test's burst of turns really calls the tools (and is in
-    # flight when a role dies) instead of reading what the previous test cached.
+    # flight when a store dies) instead of reading what the previous test cached.
     tools_file = base_dir / "tool-cache.toml"
     tools_file.write_text('[global]\nvolatile = []\n\n[tools.weather]\ncacheable = true\nscope = "global"\nttl_s = 1\n')
     system = Stack(base_dir, TURNSTREAM_TOOL_LATENCY_MS="800", TURNSTREAM_EXEC_CACHE_TOOLS_FILE=str(tools_file),
@@ -52,7 +52,7 @@ def chaos(tmp_path_factory):
 
 def restore_env(saved: dict[str, str]) -> None:
     """Point this process back at what it used before (the session stack), for the modules after this one."""
-    from shared.redis_roles import reset_clients
+    from shared.redis_stores import reset_clients
     from shared.settings import reload_settings
 
     os.environ.clear()
@@ -154,7 +154,7 @@ def test_progress_down_turns_complete_and_streams_recover(chaos):
         assert polled["status"] == "done" and polled["progress_unavailable"] is True
         assert "progress Redis failed 3 times in a row: breaker open" in chaos.log("worker")
         ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
-        assert ready["ready"] is True and ready["roles"]["progress"].startswith("unavailable")
+        assert ready["ready"] is True and ready["stores"]["progress"].startswith("unavailable")
     finally:
         chaos.restart_redis("progress")
 
@@ -212,13 +212,13 @@ def test_a_turn_whose_message_was_lost_is_sent_again_and_answered_once(chaos):
     assert not chaos.client("broker").zscore("agent:turns-in-flight", f"{session_id}:{message_id}")
 
 
-@pytest.mark.parametrize("role", ["exec_cache", "auth_memo"])
-def test_a_dead_cache_role_blocks_no_turn(chaos, role):
+@pytest.mark.parametrize("store", ["exec_cache", "auth_memo"])
+def test_a_dead_cache_store_blocks_no_turn(chaos, store):
     """The exec cache and the auth memo only save work: with either down, turns run as usual."""
     base = chaos.base_url
-    chaos.redis[role].kill(sig=9)
+    chaos.redis[store].kill(sig=9)
     try:
-        responses = post_many(base, f"{role.replace('_', '')}-")
+        responses = post_many(base, f"{store.replace('_', '')}-")
         assert [r.status_code for r in responses] == [202] * TURNS
         bodies = [r.json() for r in responses]
         assert answered(wait_until_final(base, bodies))
@@ -226,14 +226,14 @@ def test_a_dead_cache_role_blocks_no_turn(chaos, role):
         tool_events = [d for b in bodies for kind, d in logged_events(chaos, b)
                        if kind == "tool" and d["status"] in TOOL_FINAL_STATUSES]
         assert tool_events and all(d["status"] == "ok" for d in tool_events)
-        if role == "exec_cache":
+        if store == "exec_cache":
             assert {d["cache"] for d in tool_events} == {"bypass"}, "tools run uncached"
         else:
             assert {d["permission"]["memo"] for d in tool_events} == {"bypass"}, "the verifier is asked directly"
         ready = httpx.get(f"{base}/readyz", timeout=HTTP_TIMEOUT).json()
-        assert ready["ready"] is True and ready["roles"][role].startswith("unavailable")
+        assert ready["ready"] is True and ready["stores"][store].startswith("unavailable")
     finally:
-        chaos.restart_redis(role)
+        chaos.restart_redis(store)
 
 
 def test_a_worker_killed_mid_turn_leaves_exactly_one_answer(chaos):

@@ -70,8 +70,8 @@ class DevRun:
         self.ports = {name: free_port() for name in ("web", "broker", "progress", "exec-cache", "auth-memo")}
         command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(self.ports["web"]),
                    "--data-dir", str(data_dir)]
-        for role in ("broker", "progress", "exec-cache", "auth-memo"):
-            command += [f"--{role}-port", str(self.ports[role])]
+        for store in ("broker", "progress", "exec-cache", "auth-memo"):
+            command += [f"--{store}-port", str(self.ports[store])]
         env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "rules"})
         env.pop("TURNSTREAM_SECRET", None)
         self.url = f"http://127.0.0.1:{self.ports['web']}/"
@@ -186,6 +186,31 @@ def test_worker_command_runs_the_llm_worker_on_the_pool_its_reasoner_needs(stack
         assert stats, "the worker never answered"
         assert stats["pool"]["implementation"] == f"celery.concurrency.{pool}:TaskPool"
         assert stats["pool"]["max-concurrency"] == slots
+    finally:
+        app.close()
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.timeout(180)
+def test_worker_command_names_each_worker_by_kind_and_pid(stack):
+    """Two `turnstream worker` commands on one host (README, "Running the parts by hand") show as
+    two workers: without -n each is named `KIND-PID@host`, not Celery's `celery@host` for both."""
+    from shared.celery_config import make_celery
+    from shared.settings import Settings
+
+    command = [sys.executable, "-m", "shared.cli", "worker", "tools", "-Q", "cli-test-names",
+               "--without-mingle", "--without-gossip"]
+    proc = subprocess.Popen(command, env=child_env(stack.env), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    name = f"tools-{proc.pid}@{socket.gethostname()}"  # celery replaces the command's process: same pid
+    app = make_celery("cli-test", Settings(broker_redis_url=stack.env["BROKER_REDIS_URL"]))
+    try:
+        deadline = time.monotonic() + 120
+        answered = None
+        while not answered and time.monotonic() < deadline and proc.poll() is None:
+            answered = app.control.inspect(destination=[name], timeout=1).ping()
+        assert answered, f"no worker named {name} answered"
     finally:
         app.close()
         proc.terminate()

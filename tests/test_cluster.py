@@ -1,7 +1,7 @@
-"""Every role distributed, on real servers started here on free ports: the broker behind Sentinel
+"""Every store distributed, on real servers started here on free ports: the broker behind Sentinel
 (master, replica, 3 sentinels), progress on a 3-master/3-replica Redis Cluster (redis-server
 --cluster-enabled yes, joined with `redis-cli --cluster create`), the exec cache and the auth memo
-on 3-master Clusters of their own (each role keeps its eviction policy); a real worker and
+on 3-master Clusters of their own (each store keeps its eviction policy); a real worker and
 gunicorn+gevent. The topology is started once for the module.
 
 The failover scenario opens 200 streams, kills one progress master with SIGKILL, and publishes
@@ -25,7 +25,7 @@ from shared.cli import processes
 from shared.events import DoneEvent, StepEvent, DeltaEvent
 from shared.identity import Principal, issue_stream_token
 from tests.sse import post_prompt, read_stream, tool_calls
-from tests.stack import ROLE_ENV, Stack
+from tests.stack import STORE_ENV, Stack
 from tests.test_chaos import restore_env, wait_for
 
 STREAMS = 200
@@ -42,9 +42,9 @@ def cluster_stack(tmp_path_factory):
                   "auth_memo": processes.RedisCluster("auth_memo", base_dir / "auth_memo", replicas=0)}
     system = Stack(base_dir, TURNSTREAM_BREAKER_RESET_S="0.5", TURNSTREAM_TURN_RATE_LIMIT="1000/minute")
     try:
-        for role, topology in topologies.items():
+        for store, topology in topologies.items():
             topology.start()
-            system.env[ROLE_ENV[role]] = topology.url
+            system.env[STORE_ENV[store]] = topology.url
         system.apply_env()
         system.start_worker()
         system.start_web()
@@ -64,7 +64,7 @@ def slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-def test_turns_run_end_to_end_with_every_role_on_sentinel_or_cluster(cluster_stack):
+def test_turns_run_end_to_end_with_every_store_on_sentinel_or_cluster(cluster_stack):
     system, progress = cluster_stack
     prompts = [f"What is the weather in {city}?" for city in ("Paris", "London", "Tokyo", "Berlin", "Rome", "Madrid")]
     bodies = [post_prompt(system.base_url, f"cl{i}", prompt).json() for i, prompt in enumerate(prompts)]

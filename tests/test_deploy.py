@@ -21,7 +21,7 @@ from shared.settings import Settings
 from shared.tracing import STANDARD_ENV
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-ROLE_URLS = ("BROKER_REDIS_URL", "PROGRESS_REDIS_URL", "EXEC_CACHE_REDIS_URL", "AUTH_MEMO_REDIS_URL")
+STORE_URLS = ("BROKER_REDIS_URL", "PROGRESS_REDIS_URL", "EXEC_CACHE_REDIS_URL", "AUTH_MEMO_REDIS_URL")
 
 
 def settings_env_names() -> set[str]:
@@ -73,7 +73,7 @@ def test_compose_services_and_references_exist(compose):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
         for variable, value in (service.get("environment") or {}).items():
             assert variable in known_env(), f"{name}: {variable} is not read by the code"
-            if variable in ROLE_URLS:
+            if variable in STORE_URLS:
                 assert urlsplit(value).hostname in services, f"{name}: {variable} points at no service"
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -83,11 +83,11 @@ def test_compose_services_and_references_exist(compose):
     assert interpolated <= known_env()
 
 
-def test_compose_runs_every_role_web_workers_per_queue_and_flower(compose):
+def test_compose_runs_every_store_web_workers_per_queue_and_flower(compose):
     services = compose["services"]
     mounted = {volume.split(":")[0].removeprefix("./redis/")
                for service in services.values() for volume in service.get("volumes", [])}
-    assert set(processes.CONF_FILES.values()) <= mounted, "every Redis role runs with its conf"
+    assert set(processes.CONF_FILES.values()) <= mounted, "every Redis store runs with its conf"
     web = services["web"]["command"]
     assert web[0] == "gunicorn" and "deploy/gunicorn.conf.py" in web
     assert 'worker_class = "gevent"' in (DEPLOY / "gunicorn.conf.py").read_text()
@@ -149,7 +149,7 @@ def test_k8s_config_and_env_reference_only_what_exists(manifests, kustomization)
     for name, doc in by_kind(manifests, "ConfigMap").items():
         for variable, value in doc.get("data", {}).items():
             assert variable in known_env(), f"ConfigMap {name}: {variable} is not read by the code"
-            if variable in ROLE_URLS:
+            if variable in STORE_URLS:
                 assert urlsplit(value).hostname in service_names, f"{variable} points at no Service"
     for name, workload in by_kind(manifests, "Deployment", "StatefulSet").items():
         pod = workload["spec"]["template"]
@@ -184,8 +184,8 @@ def test_k8s_services_select_a_workload_and_its_port(manifests):
         ports = {p["name"] for c in targets[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, f"Service {name}: no container port {port['targetPort']}"
-    for role in ("broker", "progress", "exec-cache", "auth-memo", "web", "flower"):
-        assert role in by_kind(manifests, "Service")
+    for service in ("broker", "progress", "exec-cache", "auth-memo", "web", "flower"):
+        assert service in by_kind(manifests, "Service")
 
 
 def test_k8s_workers_per_queue_outlive_their_longest_task(manifests):
@@ -224,7 +224,7 @@ KUBECTL = Path(sys.executable).parent / "kubectl"
 # Kinds that are not part of Kubernetes itself (KEDA's CRD): checked by the tests above instead.
 CUSTOM_KINDS = {"ScaledObject"}
 # Redis memory beyond maxmemory: allocator fragmentation, client and pub/sub output buffers, the
-# process itself; a role that forks (the broker's AOF rewrite) may also copy its pages once.
+# process itself; a store that forks (the broker's AOF rewrite) may also copy its pages once.
 # README, "Runbook": limit = 1.5 x maxmemory + 64Mi, or 2 x maxmemory + 64Mi when it forks.
 REDIS_BASE_MI = 64
 
@@ -311,8 +311,8 @@ def memory_mi(quantity: str) -> float:
 
 def test_redis_memory_limits_follow_the_rule_from_the_confs(rendered):
     workloads = {**rendered_by_kind(rendered, "Deployment"), **rendered_by_kind(rendered, "StatefulSet")}
-    for role, conf_name in processes.CONF_FILES.items():
-        name = role.replace("_", "-")
+    for store, conf_name in processes.CONF_FILES.items():
+        name = store.replace("_", "-")
         conf = DEPLOY / "redis" / conf_name
         forks = re.search(r"^appendonly yes$", conf.read_text(), re.M) is not None
         needed = maxmemory_mi(conf) * (2 if forks else 1.5) + REDIS_BASE_MI

@@ -10,12 +10,12 @@ from shared.eviction import judge_eviction
 from tests.stack import Stack
 
 
-@pytest.mark.parametrize("role,policy,ok", [
+@pytest.mark.parametrize("store,policy,ok", [
     ("broker", "noeviction", True), ("broker", "allkeys-lru", False), ("progress", "volatile-ttl", False),
     ("exec_cache", "allkeys-lru", True), ("exec_cache", "noeviction", True), ("auth_memo", "volatile-ttl", True),
 ])
-def test_judge(role, policy, ok):
-    assert judge_eviction(role, policy).ok is ok
+def test_judge(store, policy, ok):
+    assert judge_eviction(store, policy).ok is ok
 
 
 def test_exec_cache_without_lru_gets_a_warning():

@@ -6,6 +6,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 
@@ -13,26 +16,17 @@ from shared.cli.processes import REPO_ROOT, child_env
 from shared.guards.degradation import reset_breakers
 from shared.identity import Principal
 from tests.guard_support import SLOW, make_cache, pooled
-from tests.stack import Stack
 
+T = TypeVar("T")
+GUARD_STORE = "exec_cache"  # the guard_redis and r fixtures (tests/conftest.py) run this store
 ALICE = Principal("alice", "acme", ("analyst",))
 BOB = Principal("bob", "acme", ("analyst",))
 
 
-@pytest.fixture(scope="module")
-def guard_redis(tmp_path_factory):
-    system = Stack(tmp_path_factory.mktemp("exec-cache")).start_redis(roles=("exec_cache",))
-    yield system
-    system.stop()
-
-
-@pytest.fixture
-def r(guard_redis):
-    reset_breakers()
-    client = pooled(guard_redis.env["EXEC_CACHE_REDIS_URL"])
-    client.flushdb()
-    yield client
-    client.connection_pool.disconnect()
+def on_threads(count: int, call: Callable[[], T]) -> list[T]:
+    """`call` run on `count` threads at once; what each returned."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: call(), range(count)))
 
 
 class Counting:
@@ -122,13 +116,7 @@ def test_results_over_the_size_limit_or_not_exact_json_are_returned_but_not_cach
 def test_concurrent_callers_in_one_process_share_one_run(r):
     cache = make_cache(r)
     tool = Counting({"v": 1}, delay_s=0.3)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.run(SLOW, {"q": "same"}, ALICE, tool)))
-               for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = on_threads(20, lambda: cache.run(SLOW, {"q": "same"}, ALICE, tool))
     assert tool.runs == 1
     assert sorted(o.cache for o in results).count("miss") == 1
     assert {o.cache for o in results} <= {"miss", "coalesced", "hit"}
@@ -138,13 +126,7 @@ def test_concurrent_callers_in_one_process_share_one_run(r):
 def test_waiters_share_the_owners_error_without_caching_it(r):
     cache = make_cache(r)
     tool = Counting(error="boom", delay_s=0.3)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.run(SLOW, {"q": "err"}, ALICE, tool)))
-               for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = on_threads(5, lambda: cache.run(SLOW, {"q": "err"}, ALICE, tool))
     assert tool.runs == 1 and all(o.error == "boom" for o in results)
     assert cache.run(SLOW, {"q": "err"}, ALICE, tool).cache == "miss" and tool.runs == 2
 

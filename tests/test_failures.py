@@ -145,11 +145,11 @@ def test_the_readme_server_config_runs_python_servers_with_the_workers_interpret
     servers = parse_config(json.dumps({"mcpServers": {"builtin": {"command": "python",
                                                                   "args": ["-m", "workers.toolserver"]}}}), "test")
     assert servers["builtin"].command == sys.executable
-    hub = McpClient(Settings(tool_latency_ms=0), servers=servers)
+    mcp = McpClient(Settings(tool_latency_ms=0), servers=servers)
     try:
-        assert "weather" in {t["name"] for t in hub.list_tools()}
+        assert "weather" in {t["name"] for t in mcp.list_tools()}
     finally:
-        hub.close()
+        mcp.close()
 
 
 def test_a_stdio_server_that_cannot_start_is_named_with_its_command():

@@ -70,16 +70,16 @@ def test_verifier_down_and_no_memo_fails_closed_with_a_clear_error(guarded_syste
     assert "503" in newcomer[-1].data["message"]
 
 
-@pytest.mark.parametrize("role", ["exec_cache", "auth_memo"])
-def test_killing_a_guards_redis_mid_run_still_completes_turns_and_keeps_denies(guarded_system, idp, role):
+@pytest.mark.parametrize("store", ["exec_cache", "auth_memo"])
+def test_killing_a_guards_redis_mid_run_still_completes_turns_and_keeps_denies(guarded_system, idp, store):
     idp.grants[("acme", "ana")] = {"weather"}
     idp.grants[("acme", "dora")] = set()
-    turns = [("ana", f"{role}-a{i}", f"weather in {city}") for i, city in enumerate(CITIES)]
-    turns += [("dora", f"{role}-d", "weather in Paris and Rome")]
+    turns = [("ana", f"{store}-a{i}", f"weather in {city}") for i, city in enumerate(CITIES)]
+    turns += [("dora", f"{store}-d", "weather in Paris and Rome")]
 
     def kill() -> None:
         time.sleep(0.3)
-        guarded_system.stop_redis(role)
+        guarded_system.stop_redis(store)
 
     try:
         streams = run_turns(guarded_system, turns, during=kill)
@@ -89,12 +89,12 @@ def test_killing_a_guards_redis_mid_run_still_completes_turns_and_keeps_denies(g
         assert tools_of(streams[-1]) == [], "dora may call no tool, so none is offered, none runs"
         assert "°C" not in streams[-1][-1].data["answer"]
 
-        after = run_turns(guarded_system, [("ana", f"{role}-a9", "weather in Sydney"),
-                                           ("dora", f"{role}-d9", "weather in Sydney")])
+        after = run_turns(guarded_system, [("ana", f"{store}-a9", "weather in Sydney"),
+                                           ("dora", f"{store}-d9", "weather in Sydney")])
         assert tools_of(after[0])[0]["status"] == "ok"
         assert tools_of(after[1]) == [] and after[1][-1].type == "done"
         degraded = [t for events in after for t in tools_of(events)]
-        if role == "exec_cache":
+        if store == "exec_cache":
             assert tools_of(after[0])[0]["cache"] == "bypass"
         else:
             assert {t["permission"]["memo"] for t in degraded} == {"bypass"}
@@ -102,5 +102,5 @@ def test_killing_a_guards_redis_mid_run_still_completes_turns_and_keeps_denies(g
                                   headers=bearer("root", "acme", ("admin",)), timeout=30)
             assert response.status_code == 503 and response.json()["error"] == "auth_memo_unavailable"
     finally:
-        guarded_system.restart_redis(role)
-    assert f"{role} Redis failed" in guarded_system.log("guards-worker"), "the degradation is logged"
+        guarded_system.restart_redis(store)
+    assert f"{store} Redis failed" in guarded_system.log("guards-worker"), "the degradation is logged"

@@ -158,8 +158,8 @@ def test_dev_falls_back_to_rules_when_the_local_model_crashes(tmp_path):
     ports = {name: free_port() for name in ("web", "broker", "progress", "exec-cache", "auth-memo")}
     command = [sys.executable, "-m", "shared.cli", "dev", "--port", str(ports["web"]),
                "--data-dir", str(tmp_path / "run")]
-    for role in ("broker", "progress", "exec-cache", "auth-memo"):
-        command += [f"--{role}-port", str(ports[role])]
+    for store in ("broker", "progress", "exec-cache", "auth-memo"):
+        command += [f"--{store}-port", str(ports[store])]
     env = child_env({"TURNSTREAM_TOOL_LATENCY_MS": "0", "TURNSTREAM_REASONER": "local"})
     env["PYTHONPATH"] += f":{tmp_path / 'fake'}"
     proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

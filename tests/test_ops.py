@@ -1,4 +1,4 @@
-"""The admin /ops page and /metrics, against the real stack (a redis-server per role, a worker, gunicorn)."""
+"""The admin /ops page and /metrics, against the real stack (a redis-server per store, a worker, gunicorn)."""
 
 import re
 import time
@@ -11,7 +11,7 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import turns
-from shared.defaults import ROLES
+from shared.defaults import STORES
 from shared.guards import stats
 from shared.identity import Principal, issue_stream_token
 from shared.vocabulary import DONE, RUNNING
@@ -48,28 +48,28 @@ def test_ops_refuses_anyone_but_an_admin(base_url):
     assert httpx.get(f"{base_url}/ops/stream", params={"token": token}, timeout=10).status_code == 403
 
 
-def test_ops_page_shows_every_redis_role_workers_and_queues(base_url, stack):
+def test_ops_page_shows_every_redis_store_workers_and_queues(base_url, stack):
     response = httpx.get(f"{base_url}/ops", headers=bearer(roles=ADMIN), timeout=20)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
-    for role, policy in (("broker", "noeviction"), ("progress", "noeviction"), ("exec_cache", "allkeys-lru"),
+    for store, policy in (("broker", "noeviction"), ("progress", "noeviction"), ("exec_cache", "allkeys-lru"),
                          ("auth_memo", "volatile-ttl")):
-        row = re.search(rf'<tr data-role="{role}" class="up">(.*?)</tr>', page, re.S)
-        assert row, f"no live row for {role}"
-        assert f"127.0.0.1:{stack.ports[role]}" in row.group(1)
-        assert f"{policy} — matches the role" in row.group(1)
+        row = re.search(rf'<tr data-store="{store}" class="up">(.*?)</tr>', page, re.S)
+        assert row, f"no live row for {store}"
+        assert f"127.0.0.1:{stack.ports[store]}" in row.group(1)
+        assert f"{policy} — matches the store" in row.group(1)
         assert re.search(r"<td>[\d.]+ ms</td>", row.group(1)), "ping latency shown"
     assert int(re.search(r'<span id="workers-online">(\d+)</span>', page).group(1)) >= 1
     assert '<th scope="row">llm</th>' in page and '<th scope="row">tools</th>' in page
 
 
-def test_ops_snapshot_reports_memory_evictions_and_clients_per_role(base_url, stack):
-    rows = {row["role"]: row for row in ops_snapshot(base_url)["redis"]}
-    assert list(rows) == list(ROLES)
-    for role in ROLES:
-        info = stack.client(role).info()
-        row = rows[role]
+def test_ops_snapshot_reports_memory_evictions_and_clients_per_store(base_url, stack):
+    rows = {row["store"]: row for row in ops_snapshot(base_url)["redis"]}
+    assert list(rows) == list(STORES)
+    for store in STORES:
+        info = stack.client(store).info()
+        row = rows[store]
         assert row["up"] and row["policy_ok"]
         assert row["maxmemory"] == info["maxmemory"] > 0
         assert row["evicted_keys"] == info["evicted_keys"]
@@ -137,7 +137,7 @@ def test_ops_stream_pushes_rendered_panels(base_url):
         with connect_sse(client, "GET", stream_url) as source:
             assert source.response.status_code == 200
             first = next(sse for sse in source.iter_sse() if sse.event == "snapshot")
-    assert '<table id="redis">' in first.data and 'data-role="auth_memo"' in first.data
+    assert '<table id="redis">' in first.data and 'data-store="auth_memo"' in first.data
     bad = httpx.get(f"{base_url}/ops/stream", params={"token": "not-a-token"}, timeout=10)
     assert bad.status_code == 403 and bad.json()["error"] == "forbidden"
 
@@ -173,25 +173,25 @@ def test_metrics_exposes_every_documented_series_after_a_turn(base_url, session_
     done = [s.value for s in families["turnstream_turns"].samples if s.labels.get("outcome") == "done"]
     assert done and done[0] >= 1
     assert families["turnstream_workers_online"].samples[0].value >= 1
-    up = {s.labels["role"]: s.value for s in families["turnstream_redis_up"].samples}
-    assert up == dict.fromkeys(ROLES, 1.0)
+    up = {s.labels["store"]: s.value for s in families["turnstream_redis_up"].samples}
+    assert up == dict.fromkeys(STORES, 1.0)
 
 
 def test_a_dead_redis_shows_as_down_and_the_rest_of_the_page_still_renders(base_url, stack):
     stack.stop_redis("auth_memo")
     try:
         def auth_memo_down():
-            rows = {row["role"]: row for row in ops_snapshot(base_url)["redis"]}
+            rows = {row["store"]: row for row in ops_snapshot(base_url)["redis"]}
             return rows if not rows["auth_memo"]["up"] else None
 
         rows = eventually(auth_memo_down)
         assert rows and "error" in rows["auth_memo"]
-        assert all(rows[role]["up"] for role in ("broker", "progress", "exec_cache"))
+        assert all(rows[store]["up"] for store in ("broker", "progress", "exec_cache"))
         page = httpx.get(f"{base_url}/ops", headers=bearer(roles=ADMIN), timeout=20)
         assert page.status_code == 200
-        assert '<tr data-role="auth_memo" class="down">' in page.text
-        assert '<tr data-role="broker" class="up">' in page.text
+        assert '<tr data-store="auth_memo" class="down">' in page.text
+        assert '<tr data-store="broker" class="up">' in page.text
         metrics_text = httpx.get(f"{base_url}/metrics", timeout=20).text
-        assert 'turnstream_redis_up{role="auth_memo"} 0.0' in metrics_text
+        assert 'turnstream_redis_up{store="auth_memo"} 0.0' in metrics_text
     finally:
         stack.restart_redis("auth_memo")

@@ -28,7 +28,7 @@ def test_ops_page_goes_live_in_a_browser_and_hides_the_token(page, base_url, sta
     assert "token" not in page.url, "the admin token is dropped from the address bar"
     first = page.locator("#live").inner_text()
     expect(page.locator("#live")).not_to_have_text(first, timeout=15_000)  # a later snapshot arrived
-    expect(page.locator('#redis tr[data-role="broker"]')).to_contain_text("noeviction — matches the role")
-    expect(page.locator('#redis tr[data-role="exec_cache"]')).to_contain_text(f"127.0.0.1:{stack.ports['exec_cache']}")
+    expect(page.locator('#redis tr[data-store="broker"]')).to_contain_text("noeviction — matches the store")
+    expect(page.locator('#redis tr[data-store="exec_cache"]')).to_contain_text(f"127.0.0.1:{stack.ports['exec_cache']}")
     screenshot(page, "ops")
     assert page.errors == []

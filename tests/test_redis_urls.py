@@ -1,4 +1,4 @@
-"""Role URLs: one server, Sentinel, Cluster; what Celery gets; what the settings refuse; hash tags."""
+"""Store URLs: one server, Sentinel, Cluster; what Celery gets; what the settings refuse; hash tags."""
 
 import pytest
 from pydantic import ValidationError
@@ -44,7 +44,7 @@ def test_settings_refuse_a_broker_on_a_cluster_and_a_cluster_in_single_instance_
         Settings(broker_redis_url="cluster://n1:7000")
     with pytest.raises(ValidationError, match="REDIS_URL cannot be a cluster"):
         Settings(redis_url="cluster://n1:7000")
-    assert Settings(redis_url="sentinel://h1:26379/0?master=m").role_target("auth_memo").db == 3
+    assert Settings(redis_url="sentinel://h1:26379/0?master=m").store_target("auth_memo").db == 3
 
 
 def test_what_a_script_or_mget_touches_together_shares_a_slot():

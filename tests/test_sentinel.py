@@ -37,7 +37,7 @@ def sentinel_stack(tmp_path_factory):
                    TURNSTREAM_REDELIVERY_SWEEP_S="1", TURNSTREAM_TURN_RATE_LIMIT="1000/minute")
     try:
         sentinels.start()
-        system.start_redis(roles=("progress", "exec_cache", "auth_memo"))
+        system.start_redis(stores=("progress", "exec_cache", "auth_memo"))
         system.env["BROKER_REDIS_URL"] = sentinels.url
         system.apply_env()
         system.start_worker()

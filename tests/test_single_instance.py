@@ -1,4 +1,4 @@
-"""Single-instance mode: one REDIS_URL, a DB number per role, the whole turn still works."""
+"""Single-instance mode: one REDIS_URL, a DB number per store, the whole turn still works."""
 
 import pytest
 
@@ -12,7 +12,7 @@ def single(tmp_path_factory):
         yield system
 
 
-def test_a_turn_completes_on_one_redis_with_a_db_per_role(single):
+def test_a_turn_completes_on_one_redis_with_a_db_per_store(single):
     body = post_prompt(single.base_url, "single1", "What is the weather in Tokyo?").json()
     events = read_stream(single.base_url, body["stream_url"])
     assert events[-1].data["answer"].startswith("In Tokyo it is 21°C")

@@ -282,7 +282,7 @@ def test_the_page_resumes_a_dropped_stream_with_the_full_timeline(page, slow_sta
     expect(turn.locator(".answer .markdown")).to_contain_text("In Berlin", timeout=30_000)
     assert int(turn.get_attribute("data-reconnects")) >= 1
     states = page.evaluate("window.connectionStates")
-    assert states[-1] == "finished"
+    assert states[-1] == "ended"
     assert states.index("connected") < states.index("reconnecting") < states.index("resumed"), states
     expect(turn.locator(".note.resume").first).to_contain_text("Connection dropped; resumed after event")
     expect_finished_steps(turn)

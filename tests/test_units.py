@@ -1,6 +1,7 @@
 """Pure functions: key building, settings, the rules reasoner, the built-in tools, tool configs."""
 
 import json
+import re
 
 import pytest
 
@@ -33,19 +34,19 @@ def test_key_names():
     assert keys.turn_status("s1", "m1") == "agent:turn:s1:m1"
 
 
-def test_single_instance_mode_gives_each_role_a_db():
+def test_single_instance_mode_gives_each_store_a_db():
     settings = Settings(REDIS_URL="redis://example:7000/0")
-    assert [settings.role_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
+    assert [settings.store_url(r) for r in ("broker", "progress", "exec_cache", "auth_memo")] == [
         "redis://example:7000/0", "redis://example:7000/1", "redis://example:7000/2", "redis://example:7000/3"]
 
 
-def test_role_urls_come_from_the_seed_names(monkeypatch):
+def test_store_urls_come_from_the_seed_names(monkeypatch):
     monkeypatch.setenv("EXEC_CACHE_REDIS_URL", "redis://cache:1/0")
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert Settings().role_url("exec_cache") == "redis://cache:1/0"
+    assert Settings().store_url("exec_cache") == "redis://cache:1/0"
 
 
-def test_stream_ids_order_numerically():
+def test_entry_ids_order_numerically():
     assert entry_order("10-0") > entry_order("9-5")
     assert entry_order("10-10") > entry_order("10-9")
 
@@ -160,6 +161,26 @@ def test_the_page_reads_its_names_from_the_server():
     assert response.status_code == 200 and response.mimetype == "text/javascript"
     assert f"export const EVENT_TYPES = {json.dumps(list(vocabulary.EVENT_TYPES))};" in response.text
     assert f"export const FINAL_STATUSES = {json.dumps(sorted(vocabulary.FINAL_STATUSES))};" in response.text
+    assert f"export const TOOL_DENIED = {json.dumps(vocabulary.TOOL_DENIED)};" in response.text
+
+
+def test_the_page_scripts_hold_no_copy_of_a_status_or_event_name():
+    """The scripts compare a turn's, step's or tool call's status, and dispatch on an event type,
+    only through the names /vocabulary.js exports."""
+    import re
+    from pathlib import Path
+
+    from shared import vocabulary
+
+    names = {v for v in vocabulary.for_browser().values() if isinstance(v, str)}
+    copies = []
+    for script in sorted((Path(__file__).parent.parent / "web" / "static").glob("*.js")):
+        text = script.read_text()
+        copies += [f"{script.name}: {m.group(0)}" for m in re.finditer(r"\.(status|type)\s*[!=]==\s*\"(\w+)\"", text)
+                   if m.group(2) in names]
+        copies += [f"{script.name}: {m.group(0)}" for m in re.finditer(r"(?:^|[{,])\s*(\w+):\s*(?:this\.\w+|\")", text, re.M)
+                   if m.group(1) in names]
+    assert copies == []
 
 
 def test_every_settable_default_is_a_settings_field_and_no_fixed_one_is():
@@ -171,3 +192,39 @@ def test_every_settable_default_is_a_settings_field_and_no_fixed_one_is():
         {name: getattr(defaults, name) for name in defaults.SETTABLE}
     assert sorted(name for name in defaults.FIXED if name.lower() in fields) == []
     assert defaults.SETTABLE.isdisjoint(defaults.FIXED) and "REASONER" in defaults.SETTABLE
+
+
+def _readme_settings_rows() -> list[str]:
+    """The rows of the README's two settings tables (Configuration, Operations settings)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = []
+    for heading in ("\n## Configuration\n", "\n### Operations settings\n"):
+        section = readme.split(heading, 1)[1]
+        table = section[section.index("| variable"):].split("\n\n", 1)[0]
+        rows += table.splitlines()[2:]  # past the header and its rule
+    return rows
+
+
+def _names_in_row(row: str) -> set[str]:
+    """The variables a row names, with its shorthand expanded: `TURNSTREAM_OPENAI_BASE_URL`,
+    `_API_KEY` names TURNSTREAM_OPENAI_API_KEY (the first name's head, then the shorthand)."""
+    full = re.findall(r"`([A-Z][A-Z0-9_<>]+)`", row)
+    heads = {full[0][:i] for i, c in enumerate(full[0]) if c == "_"} if full else set()
+    return set(full) | {head + short for short in re.findall(r"`(_[A-Z0-9_]+)`", row) for head in heads}
+
+
+def test_the_readme_settings_tables_name_every_setting_and_nothing_else():
+    """A user reads the settings in the README: every Settings field is a row there (shorthand
+    rows count), and every TURNSTREAM_ variable a row names is a setting or a `turnstream dev` port."""
+    from shared import defaults
+
+    named = set().union(*map(_names_in_row, _readme_settings_rows()))
+    variables = {f"TURNSTREAM_{name}" for name in defaults.SETTABLE} | set(defaults.STORE_URL_ENV.values())
+    assert sorted(variables - named) == []
+
+    fields = {f"TURNSTREAM_{name.upper()}" for name in Settings.model_fields}
+    dev_ports = {"TURNSTREAM_PORT", "TURNSTREAM_<STORE>_PORT"}
+    written = {name for row in _readme_settings_rows() for name in re.findall(r"`(TURNSTREAM_[A-Z0-9_<>]+)`", row.split("|")[1])}
+    assert sorted(written - fields - dev_ports) == []

@@ -9,7 +9,7 @@ from flask_cors import CORS
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
-from shared.redis_roles import make_redis
+from shared.redis_stores import make_redis
 from shared.settings import get_settings
 from web import extensions, telemetry
 from web.admin import admin
@@ -43,7 +43,7 @@ def create_app(check_redis: bool = True) -> Flask:
     app.json.sort_keys = False
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
-    stream_redis = make_redis(settings.role_url("progress"), settings, settings.sse_redis_connections)
+    stream_redis = make_redis(settings.store_url("progress"), settings, settings.sse_redis_connections)
     extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),

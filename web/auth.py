@@ -9,10 +9,15 @@ from web.errors import ApiError
 
 def query_token(what: str) -> str:
     """The `?token=` of a stream or page URL; 401 naming the token that is missing."""
-    token = request.args.get("token")
+    token = _in_query()
     if not token:
         raise ApiError(401, "unauthorized", f"missing {what} token (?token=...)")
     return token
+
+
+def _in_query() -> str | None:
+    """The one place a token is read from the query string."""
+    return request.args.get("token") or None
 
 
 def current_principal(allow_query_token: bool = False) -> Principal:
@@ -20,10 +25,8 @@ def current_principal(allow_query_token: bool = False) -> Principal:
     `allow_query_token`, a request without that header may carry the token as `?token=`."""
     if "principal" in g:
         return g.principal
-    if allow_query_token and "Authorization" not in request.headers and request.args.get("token"):
-        token = request.args["token"]
-    else:
-        token = _bearer_token()
+    in_query = _in_query() if allow_query_token and "Authorization" not in request.headers else None
+    token = in_query or _bearer_token()
     try:
         g.principal = verify_user_token(token)
     except TokenError as exc:

@@ -34,6 +34,12 @@ def error_response(status: int, error: str, message: str, headers: dict | None =
     return response
 
 
+def _problem(error: dict) -> str:
+    """pydantic's message, without the "Value error, " it puts before a validator's own words."""
+    message = error["msg"]
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -45,19 +51,20 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _invalid_body(exc: ValidationError):
-        problems = [{"field": ".".join(map(str, e["loc"])), "problem": e["msg"]} for e in exc.errors()]
-        summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        problems = [{"field": ".".join(map(str, e["loc"])), "problem": _problem(e)} for e in exc.errors()]
+        # A rule about the whole body (a model validator) has no field: say the rule alone.
+        summary = "; ".join(f"{p['field']}: {p['problem']}" if p["field"] else p["problem"] for p in problems)
         return error_response(400, "invalid_body", summary, problems=problems)
 
     def _unavailable(exc: Exception):
-        """A Redis role (or the broker's queue) is down or refuses writes: say so at once, and
+        """A Redis store (or the broker's queue) is down or refuses writes: say so at once, and
         when to come back."""
-        role = getattr(exc, "role", None) or ("broker" if isinstance(exc, OperationalError) else None)
+        store = getattr(exc, "store", None) or ("broker" if isinstance(exc, OperationalError) else None)
         log.warning("%s %s unavailable: %s", request.method, request.path, exc)
         retry_after = str(get_settings().broker_retry_after_s)
-        store = f"the {role} store" if role else "a store"
+        which = f"the {store} store" if store else "a store"
         state = "refuses writes (full or read-only)" if isinstance(exc, REFUSED_WRITES) else "is unavailable"
-        return error_response(503, "unavailable", f"{store} {state}; retry in {retry_after}s",
+        return error_response(503, "unavailable", f"{which} {state}; retry in {retry_after}s",
                               {"Retry-After": retry_after})
 
     for unavailable in (*UNAVAILABLE, OperationalError, *REFUSED_WRITES):

@@ -2,7 +2,7 @@
 
 Two parts make one exposition: the recorded series (counters, histograms, SSE gauges) of every
 process that shares PROMETHEUS_MULTIPROC_DIR, aggregated by prometheus-client, and the live
-figures of /ops (queues, workers, turns in flight, each Redis role, guard ratios, pub/sub),
+figures of /ops (queues, workers, turns in flight, each Redis store, guard ratios, pub/sub),
 read at scrape time from the shared snapshot. The live figures describe the whole system, so
 scrape one web process for them (or take max() over the web targets)."""
 
@@ -81,25 +81,25 @@ class LiveCollector(Collector):
 
     @staticmethod
     def _redis(rows: list[dict]):
-        up = GaugeMetricFamily("turnstream_redis_up", "1 if the role's server answered PING.", labels=["role"])
-        ping = GaugeMetricFamily("turnstream_redis_ping_seconds", "PING round trip.", labels=["role"])
-        used = GaugeMetricFamily("turnstream_redis_used_memory_bytes", "INFO used_memory.", labels=["role"])
-        cap = GaugeMetricFamily("turnstream_redis_maxmemory_bytes", "INFO maxmemory (0: no limit).", labels=["role"])
-        evicted = CounterMetricFamily("turnstream_redis_evicted_keys", "INFO evicted_keys.", labels=["role"])
-        clients = GaugeMetricFamily("turnstream_redis_connected_clients", "INFO connected_clients.", labels=["role"])
-        policy = GaugeMetricFamily("turnstream_redis_policy_ok", "1 if maxmemory-policy suits the role.",
-                                   labels=["role", "policy"])
+        up = GaugeMetricFamily("turnstream_redis_up", "1 if the store's server answered PING.", labels=["store"])
+        ping = GaugeMetricFamily("turnstream_redis_ping_seconds", "PING round trip.", labels=["store"])
+        used = GaugeMetricFamily("turnstream_redis_used_memory_bytes", "INFO used_memory.", labels=["store"])
+        cap = GaugeMetricFamily("turnstream_redis_maxmemory_bytes", "INFO maxmemory (0: no limit).", labels=["store"])
+        evicted = CounterMetricFamily("turnstream_redis_evicted_keys", "INFO evicted_keys.", labels=["store"])
+        clients = GaugeMetricFamily("turnstream_redis_connected_clients", "INFO connected_clients.", labels=["store"])
+        policy = GaugeMetricFamily("turnstream_redis_policy_ok", "1 if maxmemory-policy suits the store.",
+                                   labels=["store", "policy"])
         for row in rows:
-            role = row["role"]
-            up.add_metric([role], 1 if row["up"] else 0)
+            store = row["store"]
+            up.add_metric([store], 1 if row["up"] else 0)
             if not row["up"]:
                 continue
-            ping.add_metric([role], row["ping_ms"] / 1000)
-            used.add_metric([role], row["used_memory"])
-            cap.add_metric([role], row["maxmemory"])
-            evicted.add_metric([role], row["evicted_keys"])
-            clients.add_metric([role], row["connected_clients"])
-            policy.add_metric([role, row["policy"] or "unknown"], 1 if row["policy_ok"] else 0)
+            ping.add_metric([store], row["ping_ms"] / 1000)
+            used.add_metric([store], row["used_memory"])
+            cap.add_metric([store], row["maxmemory"])
+            evicted.add_metric([store], row["evicted_keys"])
+            clients.add_metric([store], row["connected_clients"])
+            policy.add_metric([store, row["policy"] or "unknown"], 1 if row["policy_ok"] else 0)
         yield from (up, ping, used, cap, evicted, clients, policy)
 
     @staticmethod

@@ -13,9 +13,9 @@ from flask import Blueprint, jsonify, render_template
 from flask_sse import Message
 
 from shared import breakers
-from shared.defaults import ROLES
+from shared.defaults import STORES
 from shared.identity import TokenError, issue_ops_token, verify_ops_token
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from web import extensions
 from web.auth import query_token, require_admin
@@ -27,7 +27,7 @@ ops = Blueprint("ops", __name__, template_folder="templates")
 
 @ops.get("/healthz")
 def healthz():
-    """Liveness: the process serves requests. It does not touch Redis, so a dead role cannot fail it."""
+    """Liveness: the process serves requests. It does not touch Redis, so a dead store cannot fail it."""
     return jsonify({"ok": True})
 
 
@@ -71,15 +71,15 @@ def _panels(expires_at: int, interval: float) -> Iterator[str]:
 @ops.get("/readyz")
 def readyz():
     """Readiness: can this process accept turns? Only the broker decides (503 without it); the
-    other roles are reported, since the system degrades rather than stops without them.
-    Each ping goes through its role's breaker, so a dead role answers at once."""
-    roles = {}
-    for role in ROLES:
+    other stores are reported, since the system degrades rather than stops without them.
+    Each ping goes through its store's breaker, so a dead store answers at once."""
+    stores = {}
+    for store in STORES:
         try:
-            client(role).ping()
-            roles[role] = "ok"
+            client(store).ping()
+            stores[store] = "ok"
         except redis.RedisError as exc:
-            roles[role] = f"unavailable: {exc}"
-    response = jsonify({"ready": roles["broker"] == "ok", "roles": roles, "breakers": breakers.states()})
-    response.status_code = 200 if roles["broker"] == "ok" else 503
+            stores[store] = f"unavailable: {exc}"
+    response = jsonify({"ready": stores["broker"] == "ok", "stores": stores, "breakers": breakers.states()})
+    response.status_code = 200 if stores["broker"] == "ok" else 503
     return response

@@ -13,7 +13,7 @@ from limits.strategies import MovingWindowRateLimiter
 from shared import keys
 from shared.breakers import breaker
 from shared.identity import Principal
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import Settings
 from web.errors import ApiError
 
@@ -21,7 +21,7 @@ from web.errors import ApiError
 class TurnRateLimiter:
     def __init__(self, settings: Settings):
         self.limit = limits.parse(settings.turn_rate_limit)
-        storage = RedisStorage(settings.role_url("broker"), connection_pool=client("broker").connection_pool,
+        storage = RedisStorage(settings.store_url("broker"), connection_pool=client("broker").connection_pool,
                                key_prefix=keys.RATE_LIMIT_PREFIX)
         self._limiter = MovingWindowRateLimiter(storage)
 

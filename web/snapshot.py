@@ -1,7 +1,7 @@
 """One picture of the running system, for /ops and the live part of /metrics.
 
 Each section is read independently and a failing one reports its error instead of sinking the
-page: /ops is most needed exactly when a Redis is down. The Redis roles and the Celery inspect
+page: /ops is most needed exactly when a Redis is down. The Redis stores and the Celery inspect
 are read concurrently (greenlets), and a snapshot is shared by every caller in this process for
 `ops_refresh_s`, so many open /ops pages and Prometheus scrapes cost one round of reads."""
 
@@ -22,7 +22,7 @@ from shared.celery_config import queues
 from shared.eviction import judge_eviction, read_eviction
 from shared.guards import stats as guard_stats
 from shared.progress import sharded
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from shared.tracing import suppress_instrumentation
 from shared.turn_flow import step_of, turn_of
@@ -57,15 +57,15 @@ def _ping(r: redis.Redis) -> float:
     return time.perf_counter() - started
 
 
-def redis_role(role: str) -> dict:
-    """Ping latency, memory, evictions, policy (judged for the role) and clients of one role's server."""
-    url = get_settings().role_url(role)
-    stats: dict = {"role": role, "url": redacted(url), "up": False}
-    r = client(role)
+def redis_store(store: str) -> dict:
+    """Ping latency, memory, evictions, policy (judged for the store) and clients of one store's server."""
+    url = get_settings().store_url(store)
+    stats: dict = {"store": store, "url": redacted(url), "up": False}
+    r = client(store)
     try:
         stats["ping_ms"] = round(min(_ping(r) for _ in range(PINGS)) * 1000, 2)
         info = r.info()
-        report = judge_eviction(role, read_eviction(r))
+        report = judge_eviction(store, read_eviction(r))
     except redis.RedisError as exc:
         stats["error"] = f"{type(exc).__name__}: {exc}"
         return stats
@@ -161,20 +161,20 @@ def take_snapshot(app: Celery) -> dict:
         "guards": lambda: _guards(settings.ops_window_s),
         "pubsub": pubsub,
         "sse": web_processes,
-        **{f"redis:{role}": (lambda role=role: redis_role(role)) for role in defaults.ROLES},
+        **{f"redis:{store}": (lambda store=store: redis_store(store)) for store in defaults.STORES},
     }
     greenlets = {name: gevent.spawn(_section, name, read) for name, read in jobs.items()}
     gevent.joinall(list(greenlets.values()), timeout=settings.redis_socket_timeout_s + settings.ops_inspect_timeout_s)
     results = {name: (g.value if g.ready() else {"ok": False, "error": "timed out"}) for name, g in greenlets.items()}
     snapshot = {name: value for name, value in results.items() if not name.startswith("redis:")}
-    snapshot["redis"] = [_role_row(role, results[f"redis:{role}"]) for role in defaults.ROLES]
+    snapshot["redis"] = [_store_row(store, results[f"redis:{store}"]) for store in defaults.STORES]
     snapshot["generated_at"] = time.time()
     snapshot["single_instance"] = settings.single_instance
     return snapshot
 
 
-def _role_row(role: str, section: dict) -> dict:
-    return section["data"] if section["ok"] else {"role": role, "up": False, "error": section["error"]}
+def _store_row(store: str, section: dict) -> dict:
+    return section["data"] if section["ok"] else {"store": store, "up": False, "error": section["error"]}
 
 
 def _turns() -> dict:

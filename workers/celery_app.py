@@ -9,7 +9,7 @@ from celery.signals import (task_received, worker_init, worker_process_init, wor
 
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
-from shared.eviction import EvictingRoleError, check_evictions
+from shared.eviction import EvictingStoreError, check_evictions
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 from workers.redelivery import beat_forever, sweep_forever
@@ -19,7 +19,7 @@ app.conf.include = ["workers.tasks"]
 # The web tier gives up on a dead broker at once (503); a worker sending a turn's next step
 # waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
 app.conf.broker_transport = ("workers.broker_transport:SentinelTransport"
-                             if get_settings().role_target("broker").sentinel else "workers.broker_transport:Transport")
+                             if get_settings().store_target("broker").sentinel else "workers.broker_transport:Transport")
 app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
                                       "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 # The same for the result backend (also the broker): chords keep their counters there.
@@ -37,7 +37,7 @@ def _refuse_evicting_redis(**_: object) -> None:
     # Celery logs and swallows exceptions from signal handlers; SystemExit is what stops the worker.
     try:
         check_evictions()
-    except EvictingRoleError as exc:
+    except EvictingStoreError as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
 
@@ -95,7 +95,7 @@ def _start_beating() -> None:
     """This process runs steps: it beats (shared.liveness), publishes its outbox and watches for
     dead workers (workers.redelivery). The first beat comes before the first step."""
     from shared import liveness
-    from shared.redis_roles import client
+    from shared.redis_stores import client
 
     try:
         liveness.beat(client("broker"))
@@ -114,7 +114,7 @@ def _beat_in_the_main_process(**_: object) -> None:
 def _note_received(request=None, **_: object) -> None:
     """Until its step claims the turn, a received message is this process's to account for."""
     from shared import liveness
-    from shared.redis_roles import client
+    from shared.redis_stores import client
     from shared.turn_flow import turn_of
 
     turn = turn_of(getattr(request, "args", None))

@@ -28,7 +28,7 @@ from celery import Celery
 from shared import keys, liveness, metrics, outbox, tool_journal, turns
 from shared.failures import sentence
 from shared.progress import Publisher
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.turn_flow import resume_turn

@@ -158,7 +158,7 @@ def step_failure(step: Step, turn: TurnRef, exc: Exception) -> StepFailed:
     failure of the turn: the message goes back (Reject) and the step runs again later."""
     if isinstance(exc, StepFailed):
         return exc
-    if isinstance(exc, UNAVAILABLE) and getattr(exc, "role", None) == "broker":
+    if isinstance(exc, UNAVAILABLE) and getattr(exc, "store", None) == "broker":
         # The broker holds the turn (history, status): its outage is no reason to fail the turn.
         # The message goes back (now, or after the visibility timeout: shared.celery_config) and the step runs again.
         log.warning("%s of %s/%s hit a broker outage; handing the step back", step,

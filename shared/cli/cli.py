@@ -13,8 +13,6 @@ from shared import defaults
 from shared.cli import dev_secret, processes
 from shared.cli.supervision import Supervisor
 
-ROLE_ENV = {"broker": "BROKER_REDIS_URL", "progress": "PROGRESS_REDIS_URL",
-            "exec_cache": "EXEC_CACHE_REDIS_URL", "auth_memo": "AUTH_MEMO_REDIS_URL"}
 
 
 @click.group()
@@ -86,7 +84,11 @@ def worker(kind: str, concurrency: int | None, celery_args: tuple[str, ...]) -> 
     spec = processes.worker_specs(reasoner, concurrency=concurrency if kind == "tools" else None,
                                   llm_concurrency=concurrency if kind == "llm" else None)[kind]
     level = [] if any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in celery_args) else ["-l", "info"]
-    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", *spec.celery_args(), *level, *celery_args]
+    # Celery names every worker celery@host: two on one host would show as one in /ops and Flower.
+    # Named by kind and pid (the pid stays: celery replaces this process), as `turnstream dev` does.
+    named = any(a in ("-n", "--hostname") or a.startswith("--hostname=") for a in celery_args)
+    node = [] if named else ["-n", f"{kind}-{os.getpid()}@%h"]
+    command = [sys.executable, "-m", "celery", "-A", "workers", "worker", *spec.celery_args(), *level, *node, *celery_args]
     click.echo(f"{kind} worker: {spec.pool} x{spec.concurrency} on {spec.queues} (reasoner {reasoner})", err=True)
     os.execvp(command[0], command)
 
@@ -116,11 +118,11 @@ def invalidate(user: str | None, tool: str | None, tenant: str | None, everythin
     click.echo(f"invalidated {result['scope']}={result['target']} (generation {result['generation']})")
 
 
-def _port_option(role: str):
-    env = f"TURNSTREAM_{role.upper()}_PORT"
-    return click.option(f"--{role.replace('_', '-')}-port", envvar=env, type=int,
-                        default=defaults.DEV_REDIS_PORTS[role], show_default=True,
-                        help=f"Port of the {role} redis-server (env {env})")
+def _port_option(store: str):
+    env = f"TURNSTREAM_{store.upper()}_PORT"
+    return click.option(f"--{store.replace('_', '-')}-port", envvar=env, type=int,
+                        default=defaults.DEV_REDIS_PORTS[store], show_default=True,
+                        help=f"Port of the {store} redis-server (env {env})")
 
 
 @main.command()
@@ -137,20 +139,20 @@ def _port_option(role: str):
                    f"else {defaults.LLM_THREADS} threads]")
 @click.option("--cluster", is_flag=True, help="Distributed Redis: the broker behind Sentinel (master, replica, "
               "3 sentinels), progress on a 3+3 Redis Cluster, exec cache and auth memo on 3-master Clusters "
-              "(free ports; the --<role>-port options do not apply)")
+              "(free ports; the --<store>-port options do not apply)")
 def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, auth_memo_port: int,
         data_dir: Path, concurrency: int, llm_concurrency: int | None, cluster: bool) -> None:
     """Run four redis-servers, two Celery workers (llm, tools) and the web app; Ctrl-C stops them all."""
     ports = {"broker": broker_port, "progress": progress_port, "exec_cache": exec_cache_port,
              "auth_memo": auth_memo_port}
-    busy = [f"{role}={p}" for role, p in ports.items() if processes.port_in_use(p) and not cluster]
+    busy = [f"{store}={p}" for store, p in ports.items() if processes.port_in_use(p) and not cluster]
     if processes.port_in_use(port):
         busy.append(f"web={port}")
     if busy:
-        raise click.ClickException(f"ports already in use: {', '.join(busy)}; pick others with --port / --<role>-port")
+        raise click.ClickException(f"ports already in use: {', '.join(busy)}; pick others with --port / --<store>-port")
 
     data_dir = data_dir.resolve()
-    env = {ROLE_ENV[role]: f"redis://127.0.0.1:{p}/0" for role, p in ports.items()}
+    env = {defaults.STORE_URL_ENV[store]: f"redis://127.0.0.1:{p}/0" for store, p in ports.items()}
     env["TURNSTREAM_SECRET"] = dev_secret.ensure(data_dir)
     env["TURNSTREAM_DEV"] = os.environ.get("TURNSTREAM_DEV", "1")
     env["TURNSTREAM_REASONER"] = _usable_reasoner(os.environ.get("TURNSTREAM_REASONER") or _default_reasoner())
@@ -163,10 +165,10 @@ def dev(port: int, broker_port: int, progress_port: int, exec_cache_port: int, a
     children = Supervisor(lambda line: click.echo(line, err=True))
     _stop_on_signals()
     try:
-        for role, p in ports.items():
-            topology, env[ROLE_ENV[role]] = _role_redis(role, p, data_dir, cluster)
-            children.add(f"{role} redis-server", topology).start()
-            click.echo(f"redis {role:<10} {env[ROLE_ENV[role]]}")
+        for store, p in ports.items():
+            topology, env[defaults.STORE_URL_ENV[store]] = _store_redis(store, p, data_dir, cluster)
+            children.add(f"{store} redis-server", topology).start()
+            click.echo(f"redis {store:<10} {env[defaults.STORE_URL_ENV[store]]}")
         env["TURNSTREAM_TICKETS_FILE"] = os.environ.get("TURNSTREAM_TICKETS_FILE", str(data_dir / "tickets.jsonl"))
         specs = processes.dev_workers(env["TURNSTREAM_REASONER"], concurrency, llm_concurrency)
         for spec in specs:
@@ -205,17 +207,17 @@ def _wait_for_workers(env: dict[str, str], children: Supervisor, count: int, log
                                    f"their logs are in {log_dir}") from None
 
 
-def _role_redis(role: str, port: int, data_dir: Path, cluster: bool) -> tuple[object, str]:
-    """A role's Redis, not yet started, with its URL: one server, or (--cluster) the broker's
+def _store_redis(store: str, port: int, data_dir: Path, cluster: bool) -> tuple[object, str]:
+    """A store's Redis, not yet started, with its URL: one server, or (--cluster) the broker's
     Sentinel set, the progress Cluster with a replica per master, a cache Cluster without."""
     if not cluster:
-        return processes.redis_server(role, port, data_dir), f"redis://127.0.0.1:{port}/0"
-    role_dir = data_dir / "distributed" / role
-    shutil.rmtree(role_dir, ignore_errors=True)  # fresh ports each run: old cluster configs would not fit
-    if role == "broker":
-        topology = processes.SentinelSet(role, role_dir, down_after_ms=5000)
+        return processes.redis_server(store, port, data_dir), f"redis://127.0.0.1:{port}/0"
+    store_dir = data_dir / "distributed" / store
+    shutil.rmtree(store_dir, ignore_errors=True)  # fresh ports each run: old cluster configs would not fit
+    if store == "broker":
+        topology = processes.SentinelSet(store, store_dir, down_after_ms=5000)
     else:
-        topology = processes.RedisCluster(role, role_dir, replicas=1 if role == "progress" else 0)
+        topology = processes.RedisCluster(store, store_dir, replicas=1 if store == "progress" else 0)
     return topology, topology.url
 
 

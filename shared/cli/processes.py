@@ -43,14 +43,14 @@ def _log_file(log_dir: Path, name: str):
     return open(log_dir / f"{name}.log", "ab")
 
 
-def redis_server(role: str, port: int, data_dir: Path, conf: Path | None = None,
+def redis_server(store: str, port: int, data_dir: Path, conf: Path | None = None,
                  extra: list[str] | None = None) -> TCPExecutor:
-    """A redis-server for `role`, configured by deploy/redis/<role>.conf, on 127.0.0.1:`port`."""
-    role_dir = data_dir / role
-    role_dir.mkdir(parents=True, exist_ok=True)
-    conf = conf or DEPLOY / "redis" / CONF_FILES[role]
+    """A redis-server for `store`, configured by deploy/redis/<store>.conf, on 127.0.0.1:`port`."""
+    store_dir = data_dir / store
+    store_dir.mkdir(parents=True, exist_ok=True)
+    conf = conf or DEPLOY / "redis" / CONF_FILES[store]
     command = ["redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1",
-               "--dir", str(role_dir), "--logfile", str(role_dir / "redis.log"), *(extra or [])]
+               "--dir", str(store_dir), "--logfile", str(store_dir / "redis.log"), *(extra or [])]
     return TCPExecutor(command, host="127.0.0.1", port=port, timeout=20, stdout=None)
 
 
@@ -189,19 +189,19 @@ def sentinel(port: int, master_port: int, data_dir: Path, master: str = SENTINEL
 
 
 class SentinelSet:
-    """A master, its replica and three sentinels for one role; `url` is the role's sentinel:// URL."""
+    """A master, its replica and three sentinels for one store; `url` is the store's sentinel:// URL."""
 
-    def __init__(self, role: str, data_dir: Path, master: str = SENTINEL_MASTER, down_after_ms: int = 1000):
+    def __init__(self, store: str, data_dir: Path, master: str = SENTINEL_MASTER, down_after_ms: int = 1000):
         self.master_name = master
         self.server_ports = [free_port(), free_port()]
         self.sentinel_ports = [free_port() for _ in range(3)]
         master_port, replica_port = self.server_ports
         quick_sync = ["--repl-diskless-sync-delay", "0"]  # so a failover soon after start finds the replica ready
-        self.servers = [redis_server(role, master_port, data_dir / "master", extra=quick_sync,
-                                     conf=_own_conf(role, data_dir / "master")),
-                        redis_server(role, replica_port, data_dir / "replica",
+        self.servers = [redis_server(store, master_port, data_dir / "master", extra=quick_sync,
+                                     conf=_own_conf(store, data_dir / "master")),
+                        redis_server(store, replica_port, data_dir / "replica",
                                      extra=[*quick_sync, "--replicaof", "127.0.0.1", str(master_port)],
-                                     conf=_own_conf(role, data_dir / "replica"))]
+                                     conf=_own_conf(store, data_dir / "replica"))]
         self.sentinels = [sentinel(port, master_port, data_dir, master, down_after_ms) for port in self.sentinel_ports]
 
     @property
@@ -240,10 +240,10 @@ class SentinelSet:
 
 
 class RedisCluster:
-    """A Redis Cluster of `masters` masters with `replicas` replicas each, for one role's config,
-    created with `redis-cli --cluster create`. `url` is the role's cluster:// URL."""
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, for one store's config,
+    created with `redis-cli --cluster create`. `url` is the store's cluster:// URL."""
 
-    def __init__(self, role: str, data_dir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+    def __init__(self, store: str, data_dir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
         self.ports = [free_port() for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
         # A replica syncs at once (no diskless delay) and may always take over: a master killed
@@ -253,7 +253,7 @@ class RedisCluster:
                            "--cluster-require-full-coverage", "no", "--cluster-allow-pubsubshard-when-down", "yes"]
         # Each node's cluster bus gets its own free port too (by default it is port + 10000,
         # which does not exist for a free port above 55535).
-        self.nodes = {port: redis_server(role, port, data_dir / f"node-{port}",
+        self.nodes = {port: redis_server(store, port, data_dir / f"node-{port}",
                                          extra=[*cluster_options, "--cluster-port", str(free_port()),
                                                 "--cluster-config-file", str(data_dir / f"node-{port}" / "nodes.conf")])
                       for port in self.ports}
@@ -300,7 +300,7 @@ class RedisCluster:
             infos = [_node(port).info("replication") for port in self.live_ports()]
         except redis.RedisError:
             return False
-        return all(info.get("master_link_status") == "up" for info in infos if info.get("role") == "slave")
+        return all(info.get("master_link_status") == "up" for info in infos if info.get("role") == "slave")  # INFO replication
 
     def live_ports(self) -> list[int]:
         return [port for port, node in self.nodes.items() if node.running()]
@@ -351,12 +351,12 @@ class RedisCluster:
             node.stop()
 
 
-def _own_conf(role: str, directory: Path) -> Path:
-    """A copy of the role's conf: Sentinel has a server rewrite its conf file (CONFIG REWRITE) when
+def _own_conf(store: str, directory: Path) -> Path:
+    """A copy of the store's conf: Sentinel has a server rewrite its conf file (CONFIG REWRITE) when
     it changes its master, which must not touch the one in deploy/."""
     directory.mkdir(parents=True, exist_ok=True)
-    copy = directory / CONF_FILES[role]
-    copy.write_text((DEPLOY / "redis" / CONF_FILES[role]).read_text())
+    copy = directory / CONF_FILES[store]
+    copy.write_text((DEPLOY / "redis" / CONF_FILES[store]).read_text())
     return copy
 
 

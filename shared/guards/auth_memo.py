@@ -26,7 +26,7 @@ from shared.guards import stats
 from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.guards.verifiers import Verifier, VerifierUnavailable, make_verifier
 from shared.identity import Principal
-from shared.redis_roles import PerClient, client, mget
+from shared.redis_stores import PerClient, client, mget
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """What a guard does when its Redis fails: the call is skipped (tools run uncached, the verifier
 is asked directly), a warning says so, and `turnstream_guard_degraded_total` counts it.
 
-Failing fast is not done here: every command of a role's client already passes through that
-role's circuit breaker (shared.breakers), which after a few failures refuses calls at once
-(RoleUnavailable, a redis.RedisError) until the server answers again."""
+Failing fast is not done here: every command of a store's client already passes through that
+store's circuit breaker (shared.breakers), which after a few failures refuses calls at once
+(StoreUnavailable, a redis.RedisError) until the server answers again."""
 
 import logging
 import threading

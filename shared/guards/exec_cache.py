@@ -31,7 +31,7 @@ from shared import keys
 from shared.guards.declarations import Declarations, Scope, ToolSpec, load_declarations, normalize_name
 from shared.guards.degradation import GuardDown, guard_redis_call
 from shared.identity import Principal
-from shared.redis_roles import PerClient, client
+from shared.redis_stores import PerClient, client
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from collections import Counter
 import redis
 
 from shared import keys, metrics
-from shared.redis_roles import client
+from shared.redis_stores import client
 from shared.settings import get_settings
 from shared.vocabulary import GUARD_RESULTS
 

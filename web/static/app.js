@@ -2,7 +2,7 @@
 // No framework and no build step: ES modules served as they are.
 
 import { STATES, TurnFollower } from "./stream.js";
-import { FINAL_STATUSES } from "../vocabulary.js";
+import { FAILED, FINAL_STATUSES } from "../vocabulary.js";
 import { TurnView, failureText } from "./timeline.js";
 
 const TOKEN_KEY = "turnstream.token";
@@ -61,7 +61,7 @@ function showConnection(name, detail) {
   const node = $("connection");
   node.dataset.state = name;
   node.textContent = name === "resumed" && detail ? `${STATES.resumed} after event ${detail}` : STATES[name] || name;
-  if (name === "failed" && detail) node.textContent += `: ${detail}`;
+  if (name === "lost" && detail) node.textContent += `: ${detail}`;
 }
 
 // --- Sign-in ---------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ function follow(view, sid, mid, streamUrl) {
     onState: (name, detail) => {
       view.element.dataset.connection = name;
       if (name === "resumed") view.resumed(detail);
-      if (name === "finished" || name === "failed") {
+      if (name === "ended" || name === "lost") {
         state.followers.delete(follower);
         view.setCancellable(false);
         if (!view.terminal) refreshRecord(view, sid, mid);
@@ -299,7 +299,7 @@ async function refreshRecord(view, sid, mid) {
   try {
     const record = await api(`${sessionPath(sid)}/${encodeURIComponent(mid)}`);
     if (record.answer) view.showAnswer(record.answer);
-    if (record.status === "failed") view.fail(failureText(record.error));
+    if (record.status === FAILED) view.fail(failureText(record.error));
   } catch {
     // The indicator already says the turn cannot be followed.
   }

@@ -20,8 +20,8 @@ export const STATES = {
   reconnecting: "Connection lost — reconnecting…",
   resumed: "Resumed",
   polling: "Following by polling",
-  finished: "Turn finished",
-  failed: "Cannot follow this turn",
+  ended: "Turn finished",
+  lost: "Cannot follow this turn",
 };
 
 export class TurnFollower {
@@ -90,7 +90,7 @@ export class TurnFollower {
     this.onEvent(type, data, id);
     if (TERMINAL.has(type)) {
       this.stop();
-      this.onState("finished");
+      this.onState("ended");
     }
   }
 
@@ -104,7 +104,7 @@ export class TurnFollower {
       if (response.status === 401 || response.status === 404) {
         const body = await response.json().catch(() => ({}));
         this.stop();
-        this.onState("failed", body.message || response.statusText);
+        this.onState("lost", body.message || response.statusText);
         return;
       }
       if (response.ok) {
@@ -112,7 +112,7 @@ export class TurnFollower {
         for (const event of body.events) this.accept(event.type, event.id, event.data);
         if (!this.done && FINAL.has(body.status)) {
           this.stop();
-          this.onState("finished");
+          this.onState("ended");
           return;
         }
       }

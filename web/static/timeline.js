@@ -9,15 +9,17 @@
 // A turn that ends (failed, cancelled) stops every spinner and timer still running.
 
 import { renderMarkdown } from "./markdown.js";
-import { TOOL_PHASES } from "../vocabulary.js";
-
-const [TOOL_STARTED, TOOL_RUNNING] = TOOL_PHASES;
+import {
+  CANCELLED, CANCELLED_EVENT, DELTA_EVENT, DISCOVER, DONE, DONE_EVENT, ERROR_EVENT, EXECUTE, FAILED, FINISHED,
+  REASON, RUNNING, STEP_EVENT, SYNTHESIZE, TOOL_DENIED, TOOL_ERROR, TOOL_EVENT, TOOL_OK, TOOL_RUNNING,
+  TOOL_STARTED,
+} from "../vocabulary.js";
 
 const STEP_LABELS = {
-  reason: "Reasoning",
-  discover: "Finding tools",
-  execute: "Calling tools",
-  synthesize: "Writing the answer",
+  [REASON]: "Reasoning",
+  [DISCOVER]: "Finding tools",
+  [EXECUTE]: "Calling tools",
+  [SYNTHESIZE]: "Writing the answer",
 };
 
 function el(tag, className, text) {
@@ -151,7 +153,7 @@ export class TurnView {
   fail(message) {
     this.problem.textContent = message;
     this.problem.hidden = false;
-    this.element.dataset.status = "failed";
+    this.element.dataset.status = FAILED;
     this.removeNotes("pending");
   }
 
@@ -189,9 +191,9 @@ export class TurnView {
     this.element.dataset.eventCount = String(this.eventCount);
     this.element.dataset.lastEventId = id;
     this.removeNotes("pending");
-    if (!this.element.dataset.status || this.element.dataset.status === "sending") this.element.dataset.status = "running";
-    const handler = { step: this.step, tool: this.tool, token: this.token, done: this.done,
-                      error: this.error, cancelled: this.cancelled }[type];
+    if (!this.element.dataset.status || this.element.dataset.status === "sending") this.element.dataset.status = RUNNING;
+    const handler = { [STEP_EVENT]: this.step, [TOOL_EVENT]: this.tool, [DELTA_EVENT]: this.token,
+                      [DONE_EVENT]: this.done, [ERROR_EVENT]: this.error, [CANCELLED_EVENT]: this.cancelled }[type];
     if (handler) handler.call(this, data, id);
   }
 
@@ -216,7 +218,7 @@ export class TurnView {
       this.steps.set(key, step);
       this.list.append(step.row);
     }
-    if (data.status === "finished") {
+    if (data.status === FINISHED) {
       step.row.classList.remove("running");
       step.row.classList.add("finished");
       step.stateText.textContent = " finished in";
@@ -249,7 +251,7 @@ export class TurnView {
                    elapsed: el("span", "duration elapsed"), startedAt: loggedAt(id), timer: null };
     card.row.dataset.tool = data.tool;
     card.row.dataset.callId = data.call_id;
-    card.row.dataset.status = "started";
+    card.row.dataset.status = TOOL_STARTED;
     const head = el("div", "tool-head");
     card.elapsed.setAttribute("aria-label", "Elapsed time");
     head.append(card.name, card.elapsed);
@@ -264,7 +266,7 @@ export class TurnView {
   }
 
   showProgress(card, data) {
-    card.row.dataset.status = "running";
+    card.row.dataset.status = TOOL_RUNNING;
     if (!card.progress) {
       card.progress = el("progress", "tool-progress");
       card.progress.setAttribute("aria-label", `${data.tool} progress`);
@@ -288,8 +290,8 @@ export class TurnView {
     const row = card.row;
     row.className = `tool ${data.status}`;
     row.dataset.status = data.status;
-    if (data.status === "denied") card.name.textContent = `You may not use ${data.tool}`;
-    else if (data.status === "error") card.name.textContent = `${data.tool} failed`;
+    if (data.status === TOOL_DENIED) card.name.textContent = `You may not use ${data.tool}`;
+    else if (data.status === TOOL_ERROR) card.name.textContent = `${data.tool} failed`;
     card.elapsed.classList.remove("elapsed");
     card.elapsed.removeAttribute("aria-label");
     card.elapsed.textContent = formatDuration(data.duration_ms);
@@ -303,7 +305,7 @@ export class TurnView {
     if (badges.childElementCount) row.append(badges);
 
     if (data.error) row.append(el("p", "tool-error", data.error));
-    if (data.status === "ok" && data.result_preview && data.result_preview !== '""') {
+    if (data.status === TOOL_OK && data.result_preview && data.result_preview !== '""') {
       const fold = el("details", "result");
       fold.open = true;
       const preview = el("pre", "preview", data.result_preview);
@@ -338,15 +340,15 @@ export class TurnView {
   }
 
   done(data) {
-    this.terminal = "done";
+    this.terminal = DONE_EVENT;
     this.stopSteps("stopped", " stopped");
     this.stopTools("stopped");
-    this.element.dataset.status = "done";
+    this.element.dataset.status = DONE;
     this.showAnswer(data.answer);
   }
 
   error(data) {
-    this.terminal = "error";
+    this.terminal = ERROR_EVENT;
     this.stopSteps("failed", " failed");
     this.stopTools("stopped");
     this.streaming.classList.add("stopped");  // what streamed stays, without its typing cursor
@@ -354,11 +356,11 @@ export class TurnView {
   }
 
   cancelled(data) {
-    this.terminal = "cancelled";
+    this.terminal = CANCELLED_EVENT;
     this.stopSteps("stopped", " stopped");
     this.stopTools("cancelled");
     this.fail(`This turn was cancelled${data.message && data.message !== "cancelled" ? `: ${data.message}` : "."}`);
-    this.element.dataset.status = "cancelled";
+    this.element.dataset.status = CANCELLED;
   }
 
   /** The turn ended: no step is in progress any more, so no spinner keeps spinning. */
@@ -379,8 +381,8 @@ export class TurnView {
   fromRecord(record, loadEvents) {
     this.element.dataset.status = record.status || "";
     if (record.answer) this.showAnswer(record.answer);
-    if (record.status === "failed") this.fail(failureText(record.error));
-    if (record.status === "cancelled") this.fail("This turn was cancelled.");
+    if (record.status === FAILED) this.fail(failureText(record.error));
+    if (record.status === CANCELLED) this.fail("This turn was cancelled.");
     this.summary.textContent = "Steps (open to load)";
     const load = async () => {
       this.details.removeEventListener("toggle", load);

