@@ -81,6 +81,7 @@ def install_request_limit(app: Flask, limit: str) -> Limiter:
     @app.errorhandler(RateLimitExceeded)
     def _over_limit(exc: RateLimitExceeded):
         # _refuse's answer; the generic 429 only if flask-limiter ever raises without calling it.
-        return exc.response or error_response(429, "too_many_requests", f"at most {exc.description} requests per client")
+        return exc.response or error_response(429, "too_many_requests",
+                                              f"this client is over the request limit ({exc.description})")
 
     return limiter

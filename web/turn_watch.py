@@ -4,8 +4,8 @@ its streams, instead of one per stream.
 Every stream must end when its turn does, even when the terminal event never reached the
 progress store (issue 13). Asking the broker at each stream's own heartbeat costs one round trip
 per stream per beat, and streams that opened together ask together: 1,000 streams were 1,000
-reads in a burst every beat, which stalled every other request of the (single-threaded, gevent)
-web process. Here one greenlet per web process reads the status of every watched turn once per
+reads in a burst every beat, and other users' slowest turns landed on those beats
+(bench/README.md, hostile.py). Here one greenlet per web process reads the status of every watched turn once per
 beat, in pipelined batches, and wakes only the streams whose turn is final; if the broker cannot
 say, it wakes them all to close (their clients reconnect, as EventSource does). Streams opening at
 once ask for their turn's status through one shared read per turn (single flight), with at most
@@ -46,10 +46,6 @@ class TurnWatch:
         self._reads: dict[Turn, AsyncResult] = {}
         self._opening = BoundedSemaphore(OPENING_READS)
         self._runner: gevent.Greenlet | None = None
-
-    @property
-    def turn_count(self) -> int:
-        return len(self._watched)
 
     def status(self, session_id: str, message_id: str) -> str | None:
         """The turn's status for a stream that opens, read once for every stream opening on it at
