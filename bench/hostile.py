@@ -35,6 +35,7 @@ from pathlib import Path
 from _common import percentile  # noqa: E402  (puts the repo on sys.path)
 import httpx
 
+from shared import defaults
 from shared.identity import Principal, issue_stream_token
 from tests.sse import bearer, post_prompt, read_stream, tool_calls
 from tests.stack import Stack
@@ -278,7 +279,8 @@ def main() -> None:
         tools_file = Path(tmp) / "tool-cache.toml"
         tools_file.write_text("[global]\nvolatile = []\n")  # nothing cached: every call reaches the tools
         stack = Stack(Path(tmp), TURNSTREAM_EXEC_CACHE_TOOLS_FILE=str(tools_file),
-                      TURNSTREAM_SSE_HEARTBEAT_S="15", TURNSTREAM_WORKER_CONNECTIONS="12000")
+                      TURNSTREAM_SSE_HEARTBEAT_S="15", TURNSTREAM_WORKER_CONNECTIONS="12000",
+                      TURNSTREAM_REQUEST_RATE_LIMIT=defaults.REQUEST_RATE_LIMIT)  # tests' Stack lifts it
         try:
             stack.start_redis()
             stack.apply_env()
