@@ -1,89 +1,201 @@
 """Scaling the progress store out: one redis-server against a 3-master Redis Cluster, in the same run.
 
-1. Publish throughput: N publisher processes append+publish progress events (the workers' Lua
-   script: XADD + PUBLISH on one server, XADD + SPUBLISH on the Cluster) to their own turns for a
-   few seconds; events/s through 1 shard vs 3. Twice: one call per event, as a worker publishes,
-   and pipelined (`--batch` calls of the same script per round trip), which loads the servers
-   rather than the Python publishers.
+1. Publish capacity: N publisher processes run the workers' append+publish script (EVALSHA of the
+   text in shared/progress.py: XADD + PUBLISH on one server, XADD + SPUBLISH on the Cluster) on
+   turns keyed as shared/keys.py keys them, pipelined, each process connected straight to the
+   master that owns its turns; events/s through 1 shard vs 3, the two alternated `--repeats`
+   times (medians compared), with the CPU the servers and the publishers used meanwhile, so a
+   reader can see which of them was the limit.
 2. Fan-out: W gunicorn gevent web processes hold S streams each, spread over T turns; every round
    publishes one event to each turn and is timed until the last client has its turn's event.
 3. Redis connections each web process holds, by store, while those streams are open (psutil: the
    process's TCP connections to each store's ports; pub/sub included).
 
-Clients, publishers and every server share the machine's cores, so the figures are bounded by it.
+A redis-server executes commands on one thread, so one server uses at most one core however many
+the machine has; three masters can use three. Nothing is pinned: on this 2-core machine the three
+masters, the publishers and the benchmark share both cores, so the Cluster's ceiling here is two
+cores minus what the publishers use, not three servers' worth.
 
-    python bench/scale_out.py [--publishers 4] [--seconds 5] [--web 4] [--streams 500] [--turns 100]
+    python bench/scale_out.py [--publishers 6] [--seconds 5] [--batch 100] [--repeats 3]
+                              [--web 4] [--streams 2500] [--turns 100] [--rounds 20]
 """
 
 import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import re
+import shutil
+import statistics
+import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import SseClient, delivery_latencies, percentile  # noqa: E402  (puts the repo on sys.path)
 
-from flask_sse import Message
+import redis
+from redis.crc import key_slot
 
-from shared import keys
+from shared import keys, redis_urls
 from shared.cli import processes
 from shared.events import DeltaEvent
-from shared.progress import _APPEND_AND_PUBLISH as APPEND_AND_PUBLISH, Publisher, publish_command
+from shared.identity import Principal, issue_stream_token
+from shared.progress import _APPEND_AND_PUBLISH as APPEND_AND_PUBLISH, ENTRY_ID_PATTERN, Publisher, render
 from shared.redis_stores import make_redis
 from shared.settings import Settings
-from shared.identity import Principal, issue_stream_token
 from tests.stack import STORE_ENV, Stack
 
 OTHER_STORES = ("broker", "exec_cache", "auth_memo")
 
 
-# --- 1. publish throughput ----------------------------------------------------------------------
-def _publish_for(url: str, index: int, turns: int, seconds: float, batch: int, ready, go, out) -> None:
-    """Publish for `seconds`: one event per call as a worker does (batch 1), or `batch` calls of the
-    same script per pipeline, so the servers rather than this Python process set the pace."""
-    r = make_redis(url, Settings(), 4)
-    publishers = [Publisher(f"bench{index}", f"t{i}", r=r) for i in range(turns)]
-    payload = DeltaEvent(text="x" * 40)
-    publishers[0].publish(payload)  # loads the script on every master
-    calls = [(p, [p.log_key, keys.progress_marker(p.session_id, p.message_id, "none")]) for p in publishers]
+# --- 1. publish capacity ---------------------------------------------------------------------------
+# What is measured is the servers, so the publishers must cost the machine as little as possible: each
+# process runs the workers' own script (EVALSHA of the exact text in shared/progress.py, the event
+# rendered by shared.progress.render) on turns whose keys shared/keys.py builds, all owned by one
+# master, over a plain single-server connection to that master (the slot map is read once, as a
+# Cluster client does), and sends `batch` calls as one pipeline packed once in advance. Rejected:
+# redis-py's RedisCluster client, which the first runs used: its per-command slot lookup and its
+# node-splitting pipeline cost the 2 cores more than the servers did, so they measured the client.
+@dataclass(frozen=True)
+class Shard:
+    """One master and the hash slots it serves (every slot, on one server)."""
+
+    host: str
+    port: int
+    slots: frozenset[int]
+
+
+def shards_of(url: str) -> list[Shard]:
+    """The masters behind a progress URL: the server itself, or each master of a Cluster (CLUSTER SLOTS, once)."""
+    target = redis_urls.parse(url)
+    host, port = target.hosts[0]
+    if not target.cluster:
+        return [Shard(host, port, frozenset(range(16384)))]
+    slots: dict[tuple[str, int], set[int]] = {}
+    for start, end, primary, *_ in redis.Redis(host, port, decode_responses=True).execute_command("CLUSTER", "SLOTS"):
+        slots.setdefault((primary[0], int(primary[1])), set()).update(range(int(start), int(end) + 1))
+    return [Shard(h, p, frozenset(owned)) for (h, p), owned in sorted(slots.items(), key=lambda item: item[0][1])]
+
+
+def turns_on(shard: Shard, publisher: int, count: int) -> list[tuple[str, str]]:
+    """`count` turns whose progress keys (log, marker, channel: one hash tag) the shard owns."""
+    found, i = [], 0
+    while len(found) < count:
+        sid, mid = f"bench{publisher}", f"t{i}"
+        if key_slot(keys.progress_log(sid, mid).encode()) in shard.slots:
+            found.append((sid, mid))
+        i += 1
+    return found
+
+
+def _script_calls(shard: Shard, sha: str, sharded: bool, publisher: int, turns: int, batch: int) -> list[tuple]:
+    """`batch` EVALSHA calls of the append+publish script, one token event each, spread over the turns.
+    Dedupe off ("0"): a marker would make every repeat of a packed call publish nothing."""
     settings = Settings()
-    wire = json.dumps(Message(payload.model_dump_json(), type="token").to_dict())
-    args = [wire, "token", payload.model_dump_json(), settings.progress_log_maxlen, settings.progress_ttl_s * 1000]
+    event = render(DeltaEvent(text="x" * 40))
+    command = "SPUBLISH" if sharded else "PUBLISH"
+    calls = [("EVALSHA", sha, 2, keys.progress_log(sid, mid), keys.progress_marker(sid, mid, "none"),
+              event.wire, event.kind, event.data, settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
+              keys.progress_channel(sid, mid), "0", command)
+             for sid, mid in turns_on(shard, publisher, turns)]
+    return [calls[i % len(calls)] for i in range(batch)]
+
+
+def _publish_on(shard: Shard, sharded: bool, index: int, turns: int, seconds: float, batch: int,
+                ready, go, out) -> None:
+    r = redis.Redis(shard.host, shard.port)
+    sha = r.script_load(APPEND_AND_PUBLISH)
+    calls = _script_calls(shard, sha, sharded, index, turns, batch)
+    first = r.pipeline(transaction=False)
+    for call in calls:
+        first.execute_command(*call)
+    if not all(ENTRY_ID_PATTERN.fullmatch(entry_id.decode()) for entry_id in first.execute()):
+        raise RuntimeError("the append+publish script did not return entry ids")
+    connection = r.connection_pool.get_connection()
+    packed = connection.pack_commands(calls)
     ready.put(index)
     go.wait()
-    count, end = 0, time.monotonic() + seconds
+    count, cpu, end = 0, time.process_time(), time.monotonic() + seconds
     while time.monotonic() < end:
-        if batch == 1:
-            publishers[count % turns].publish(payload)
-            count += 1
-            continue
-        pipe = r.pipeline(transaction=False)
-        for i in range(batch):
-            publisher, script_keys = calls[(count + i) % turns]
-            # EVAL, not EVALSHA: redis-py refuses EVALSHA in a Cluster pipeline (same for both topologies).
-            pipe.execute_command("EVAL", APPEND_AND_PUBLISH, 2, *script_keys,
-                                 *args, publisher.channel, "0", publish_command(r))
-        pipe.execute()
+        connection.send_packed_command(packed, check_health=False)
+        for _ in calls:
+            connection.read_response()  # raises on an error reply (MOVED included)
         count += batch
-    out.put(count)
+    out.put((count, time.process_time() - cpu))
 
 
-def publish_rate(url: str, publishers: int, seconds: float, batch: int, turns: int = 60) -> float:
+@dataclass(frozen=True)
+class PublishRun:
+    events_per_s: float
+    server_cores: float  # CPU the progress servers used, in cores (1.0 = one core busy all the time)
+    publisher_cores: float
+
+
+def publish_capacity(url: str, server_pids: list[int], publishers: int, seconds: float, batch: int,
+                     turns: int = 60) -> PublishRun:
+    """Events/s through the masters behind `url`, publisher i sending to master i mod masters."""
+    import psutil
+
+    masters = shards_of(url)
+    sharded = len(masters) > 1 or redis_urls.parse(url).cluster
     ctx = multiprocessing.get_context("spawn")
     out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_publish_for, args=(url, i, turns, seconds, batch, ready, go, out))
+    procs = [ctx.Process(target=_publish_on,
+                         args=(masters[i % len(masters)], sharded, i, turns, seconds, batch, ready, go, out))
              for i in range(publishers)]
     for p in procs:
         p.start()
     for _ in procs:  # every process imported, connected and loaded the script before the clock starts
         ready.get(timeout=120)
+    servers = [psutil.Process(pid) for pid in server_pids]
+    cpu_before, started = sum(sum(s.cpu_times()[:2]) for s in servers), time.monotonic()
     go.set()
-    total = sum(out.get(timeout=seconds + 60) for _ in procs)
+    results = [out.get(timeout=seconds + 60) for _ in procs]
+    wall = time.monotonic() - started
+    cpu_after = sum(sum(s.cpu_times()[:2]) for s in servers)
     for p in procs:
         p.join()
-    return total / seconds
+    return PublishRun(sum(n for n, _ in results) / seconds, (cpu_after - cpu_before) / wall,
+                      sum(c for _, c in results) / wall)
+
+
+def redis_benchmark_rate(url: str, server_pids: list[int], seconds_hint: float, expected_rate: float,
+                         clients: int, batch: int) -> PublishRun | None:
+    """The same script from redis-benchmark (C, one thread): a check that the Python publishers were not
+    the limit. Its `{tag}` becomes a hash tag of the node it sends to (Cluster mode), so a call's log,
+    marker and channel share a slot as a turn's do; `__rand_int__` spreads the calls over 1,000 logs."""
+    import psutil
+
+    if shutil.which("redis-benchmark") is None:
+        print("redis-benchmark is not installed (apt-get install redis-tools): no C cross-check", flush=True)
+        return None
+    target = redis_urls.parse(url)
+    host, port = target.hosts[0]
+    sha = redis.Redis(host, port).script_load(APPEND_AND_PUBLISH)
+    if target.cluster:
+        for shard in shards_of(url):
+            redis.Redis(shard.host, shard.port).script_load(APPEND_AND_PUBLISH)
+    settings = Settings()
+    event = render(DeltaEvent(text="x" * 40))
+    turn = "{tag}:__rand_int__"  # {tag}: the slot; the rest: which of the 1,000 turns
+    command = ["EVALSHA", sha, "2", f"agent:progress-log:{turn}", f"agent:progress-once:{turn}:none",
+               event.wire, event.kind, event.data, str(settings.progress_log_maxlen), str(settings.progress_ttl_s * 1000),
+               f"agent:progress:{turn}", "0", "SPUBLISH" if target.cluster else "PUBLISH"]
+    requests = max(10_000, int(expected_rate * seconds_hint))
+    servers = [psutil.Process(pid) for pid in server_pids]
+    cpu_before, started = sum(sum(s.cpu_times()[:2]) for s in servers), time.monotonic()
+    result = subprocess.run(["redis-benchmark", "-h", host, "-p", str(port), "-c", str(clients), "-P", str(batch),
+                             "-n", str(requests), "-r", "1000", "-q", *(["--cluster"] if target.cluster else []),
+                             *command], capture_output=True, text=True, timeout=300)
+    wall = time.monotonic() - started
+    cpu_after = sum(sum(s.cpu_times()[:2]) for s in servers)
+    rates = re.findall(r"([0-9.]+) requests per second", result.stdout)
+    if result.returncode != 0 or not rates or "error" in result.stdout.lower():
+        raise RuntimeError(f"redis-benchmark failed: {result.stdout[-500:]} {result.stderr[-500:]}")
+    return PublishRun(float(rates[-1]), (cpu_after - cpu_before) / wall, 0.0)
 
 
 # --- 2. fan-out ----------------------------------------------------------------------------------
@@ -133,7 +245,37 @@ def web_worker_pids(stack: Stack) -> list[int]:
 
 
 # --- the two topologies ----------------------------------------------------------------------------
-def run_topology(name: str, base: Path, args) -> dict:
+def publish_phase(base: Path, args) -> dict[str, list[PublishRun]]:
+    """Both topologies up at once (an idle one costs nothing), measured in turns: single, cluster, single, ..."""
+    port = processes.free_port()
+    single = processes.redis_server("progress", port, base / "publish-single").start()
+    cluster = processes.RedisCluster("progress", base / "publish-cluster", replicas=0).start()
+    topologies = {"single": (f"redis://127.0.0.1:{port}/0", [single.process.pid]),
+                  "cluster": (cluster.url, [node.process.pid for node in cluster.nodes.values()])}
+    runs: dict[str, list[PublishRun]] = {name: [] for name in topologies}
+    runs.update({f"{name} (redis-benchmark)": [] for name in topologies})
+    try:
+        for trial in range(args.repeats):
+            for name, (url, pids) in topologies.items():
+                run = publish_capacity(url, pids, args.publishers, args.seconds, args.batch)
+                runs[name].append(run)
+                print(f"{name:<8} publish #{trial + 1}: {run.events_per_s:,.0f} events/s "
+                      f"({args.publishers} publishers, {args.batch} calls per pipeline); CPU: servers "
+                      f"{run.server_cores:.2f} cores, publishers {run.publisher_cores:.2f} cores", flush=True)
+                if args.c_load:
+                    c_run = redis_benchmark_rate(url, pids, args.seconds, run.events_per_s, 6, args.batch)
+                    if c_run:
+                        runs[f"{name} (redis-benchmark)"].append(c_run)
+                        print(f"{name:<8} redis-benchmark #{trial + 1}: {c_run.events_per_s:,.0f} events/s "
+                              f"(6 connections, {args.batch} per pipeline); CPU: servers {c_run.server_cores:.2f} cores",
+                              flush=True)
+    finally:
+        single.stop()
+        cluster.stop()
+    return runs
+
+
+def fan_out_phase(name: str, base: Path, args) -> dict:
     stack = Stack(base / name, TURNSTREAM_SSE_HEARTBEAT_S="60", TURNSTREAM_WORKER_CONNECTIONS="12000")
     cluster = None
     try:
@@ -148,12 +290,6 @@ def run_topology(name: str, base: Path, args) -> dict:
             store_ports["progress"] = {stack.ports["progress"]}
         url = stack.env[STORE_ENV["progress"]]
         stack.apply_env()
-        rate = publish_rate(url, args.publishers, args.seconds, 1)
-        print(f"{name:<8} publish: {rate:,.0f} events/s, {args.publishers} publisher processes, one call per event",
-              flush=True)
-        batched = publish_rate(url, args.publishers, args.seconds, args.batch)
-        print(f"{name:<8} publish: {batched:,.0f} events/s, {args.publishers} publisher processes, "
-              f"{args.batch} calls per pipeline", flush=True)
         stack.start_web(workers=args.web)
         time.sleep(2)
         result = asyncio.run(fan_out(stack.web_port, url, args.web * args.streams, args.turns, args.rounds,
@@ -162,29 +298,50 @@ def run_topology(name: str, base: Path, args) -> dict:
               f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms", flush=True)
         for i, held in enumerate(result["held"]):
             print(f"{name:<8} web process {i}: " + ", ".join(f"{store} {n}" for store, n in held.items()), flush=True)
-        return {"rate": rate, "batched": batched, **result}
+        return result
     finally:
         stack.stop()
         if cluster:
             cluster.stop()
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--publishers", type=int, default=6, help="publisher processes (a multiple of 3 spreads evenly)")
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--batch", type=int, default=50, help="script calls per pipeline in the batched run")
+    parser.add_argument("--batch", type=int, default=100, help="script calls per pipeline")
+    parser.add_argument("--repeats", type=int, default=3, help="publish runs per topology, alternated")
     parser.add_argument("--web", type=int, default=4)
-    parser.add_argument("--streams", type=int, default=500, help="per web process")
+    parser.add_argument("--streams", type=int, default=2500, help="per web process")
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--no-fan-out", action="store_true", help="publish capacity only")
+    parser.add_argument("--no-c-load", dest="c_load", action="store_false",
+                        help="skip the cross-check with redis-benchmark")
     args = parser.parse_args()
+    print(f"start: {load()}, {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        single = run_topology("single", Path(tmp), args)
-        cluster = run_topology("cluster", Path(tmp), args)
-    print(f"\n3 shards / 1 server: publish events/s {cluster['rate'] / single['rate']:.2f}x (one call per event), "
-          f"{cluster['batched'] / single['batched']:.2f}x (pipelined); "
-          f"fan-out p99 {cluster['p99'] / single['p99']:.2f}x")
+        runs = publish_phase(Path(tmp), args)
+        fanned = {} if args.no_fan_out else {name: fan_out_phase(name, Path(tmp), args)
+                                              for name in ("single", "cluster")}
+    print(f"end: {load()}")
+    rate = {name: statistics.median(run.events_per_s for run in done) for name, done in runs.items() if done}
+    cores = {name: statistics.median(run.server_cores for run in done) for name, done in runs.items() if done}
+    print()
+    for load_kind in ("", " (redis-benchmark)"):
+        if f"single{load_kind}" in rate:
+            one, three = rate[f"single{load_kind}"], rate[f"cluster{load_kind}"]
+            print(f"3 shards / 1 server{load_kind or ' (Python publishers)'}: publish {three:,.0f} / {one:,.0f} events/s = "
+                  f"{three / one:.2f}x (medians of {args.repeats}); server CPU {cores[f'cluster{load_kind}']:.2f} / "
+                  f"{cores[f'single{load_kind}']:.2f} cores; events per server core-second "
+                  f"{three / cores[f'cluster{load_kind}']:,.0f} / {one / cores[f'single{load_kind}']:,.0f}")
+    if fanned:
+        print(f"3 shards / 1 server: fan-out p99 {fanned['cluster']['p99']:.1f} / {fanned['single']['p99']:.1f} ms = "
+              f"{fanned['cluster']['p99'] / fanned['single']['p99']:.2f}x")
 
 
 if __name__ == "__main__":

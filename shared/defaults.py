@@ -56,6 +56,9 @@ WORKER_BROKER_WAIT_S = 60.0
 
 # Per-user turn creation limit (`limits` notation), counted on the broker instance.
 TURN_RATE_LIMIT = "60/minute"
+# Per-client limit on every request (`limits` notation), counted by each web process in memory:
+# far above what a page or a script following its turns sends, far below what one process serves.
+REQUEST_RATE_LIMIT = "50/second"
 
 # Browsers from these origins may call the API (comma-separated; empty: same origin only).
 CORS_ORIGINS = ""

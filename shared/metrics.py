@@ -26,6 +26,7 @@ STEP_DURATION = Histogram("turnstream_step_duration_seconds", "Wall time of one 
                           ["step", "outcome"], buckets=STEP_BUCKETS)
 TURNS = Counter("turnstream_turns", "Turns that reached a final state, by outcome.", ["outcome"])
 TURNS_ACCEPTED = Counter("turnstream_turns_accepted", "Prompts accepted by the API and enqueued.")
+REQUESTS_LIMITED = Counter("turnstream_requests_limited", "Requests refused (429) by the per-client request limit.")
 EXEC_CACHE = Counter("turnstream_exec_cache", "Tool calls by execution-cache result.", ["result"])
 AUTH_MEMO = Counter("turnstream_auth_memo", "Permission checks by memo result.", ["result"])
 SSE_CLIENTS = Gauge("turnstream_sse_clients", "Open SSE streams, summed over live web processes.",

@@ -188,10 +188,47 @@ def replicated(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis
                                         single_connection_client=True)
     with one_connection as one:
         yield one
-        acked = one.wait(1, REPLICA_WAIT_MS)
-        if not acked:
-            log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
-                        store, REPLICA_WAIT_MS)
+        if one.wait(1, REPLICA_WAIT_MS):
+            return
+        _still_the_master(store, one)
+        log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
+                    store, REPLICA_WAIT_MS)
+
+
+def _still_the_master(store: str, one: redis.Redis) -> None:
+    """After a WAIT no replica acknowledged: raise ConnectionError if a sentinel says this
+    connection's server is being replaced as master. A failover of a live master (SENTINEL
+    FAILOVER, a partition healing) promotes the replica first and demotes the old master only when
+    Sentinel next looks at it, seconds later; meanwhile the old one accepts writes on the
+    connections it has, and its demotion discards them. Its replica is gone, so WAIT is where that
+    shows. Every sentinel is asked, not the first that answers: the one leading the failover knows
+    first (its flag `failover_in_progress`, then the new address), the others hear of it up to
+    seconds later. A replica that is merely down starts no failover, so then the write is kept.
+    Rejected: `min-replicas-to-write 1` on the master, which closes the same window but refuses
+    every write while the one replica is down."""
+    connection, pool = one.connection, one.connection_pool
+    here = (connection.host, int(connection.port))
+    replaced = _being_replaced(pool, here)
+    if replaced:
+        pool.get_master_address()  # redis-py drops the idle connections once the address changed
+        connection.disconnect()
+        raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced}); "
+                                    "its write is not kept")
+
+
+def _being_replaced(pool: SentinelConnectionPool, here: tuple[str, int]) -> str | None:
+    """What a sentinel knows that makes `here` no longer the master, or None."""
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            state = sentinel.sentinel_master(pool.service_name)
+        except redis.RedisError:
+            continue  # a sentinel that does not answer knows nothing
+        flags = state["flags"] if isinstance(state["flags"], set) else set(state["flags"].split(","))
+        if (state["ip"], int(state["port"])) != here:
+            return f"a sentinel names {state['ip']}:{state['port']}"
+        if "failover_in_progress" in flags:
+            return "a failover is under way"
+    return None
 
 
 def reset_clients() -> None:

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     broker_retry_after_s: int = defaults.BROKER_RETRY_AFTER_S
     worker_broker_wait_s: float = defaults.WORKER_BROKER_WAIT_S
     turn_rate_limit: str = defaults.TURN_RATE_LIMIT
+    request_rate_limit: str = defaults.REQUEST_RATE_LIMIT
     cors_origins: str = defaults.CORS_ORIGINS
 
     @model_validator(mode="after")

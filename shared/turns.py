@@ -297,6 +297,14 @@ def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) 
     return (r or client("broker")).hget(keys.turn_status(session_id, message_id), "status")
 
 
+def turn_statuses(ids: list[tuple[str, str]], r: redis.Redis | None = None) -> list[str | None]:
+    """The statuses of many turns in one round trip (a web process's streams, at each beat)."""
+    pipe = (r or client("broker")).pipeline(transaction=False)
+    for session_id, message_id in ids:
+        pipe.hget(keys.turn_status(session_id, message_id), "status")
+    return pipe.execute()
+
+
 def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> TurnRecord | None:
     fields = (r or client("broker")).hgetall(keys.turn_status(session_id, message_id))
     return TurnRecord.restore(fields) if fields else None

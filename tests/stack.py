@@ -17,7 +17,11 @@ class Stack:
     def __init__(self, base_dir: Path, **env: str):
         self.base_dir = base_dir
         self.log_dir = base_dir / "logs"
+        # Test clients are scripts that send faster than any person as one user (50 turns at once,
+        # hundreds of stream reconnects a second): the per-client request limit is out of their way
+        # here, and tested on a web process of its own (tests/test_hostile.py).
         self.env: dict[str, str] = {"TURNSTREAM_SECRET": TEST_SECRET, "TURNSTREAM_TOOL_LATENCY_MS": "0",
+                                    "TURNSTREAM_REQUEST_RATE_LIMIT": "100000/second",
                                     "TURNSTREAM_DEV": "1", "TURNSTREAM_REPORT_DURATION_S": "3",
                                     "PROMETHEUS_MULTIPROC_DIR": str(base_dir / "metrics"),
                                     "TURNSTREAM_TICKETS_FILE": str(base_dir / "tickets.jsonl"), **env}

@@ -1,14 +1,19 @@
 """The distributed topologies in deploy/ parse and point where they say: the compose override puts
 the broker behind three sentinels that watch the broker service; the Kubernetes kustomization
-renders objects the Kubernetes schemas accept and points progress at the Cluster pods it runs."""
+renders objects the Kubernetes schemas accept, runs progress, the exec cache and the auth memo each on
+a Cluster of its own (progress with a replica per master) and points the app at those pods."""
 
 import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from shared import redis_urls
+from shared.cli import processes
+from shared.defaults import STORE_URL_ENV
+from tests.test_deploy import REDIS_BASE_MI, maxmemory_mi, memory_mi
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -41,7 +46,12 @@ def test_compose_override_validates_against_the_compose_spec():
     assert errors == []
 
 
-def test_k8s_cluster_kustomization_renders_valid_objects_and_points_progress_at_its_pods():
+# Which store runs on a Cluster in deploy/cluster, with how many replicas per master (README, "Deploying").
+CLUSTER_STORES = {"progress": 1, "exec_cache": 0, "auth_memo": 0}
+
+
+@pytest.fixture(scope="module")
+def cluster_overlay() -> list[dict]:
     import kubernetes_validate
 
     from tests.test_deploy import KUBECTL
@@ -52,15 +62,44 @@ def test_k8s_cluster_kustomization_renders_valid_objects_and_points_progress_at_
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     for doc in docs:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
-    by_kind = {doc["kind"]: doc for doc in docs}
-    statefulset, job = by_kind["StatefulSet"], by_kind["Job"]
-    assert statefulset["spec"]["replicas"] == 6 and statefulset["spec"]["serviceName"] == "progress-cluster"
-    assert "--cluster-replicas 1" in job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    topology = by_kind["ConfigMap"]
-    assert topology["metadata"]["name"] == "turnstream-topology"
-    target = redis_urls.parse(topology["data"]["PROGRESS_REDIS_URL"])
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+@pytest.mark.parametrize("store", CLUSTER_STORES)
+def test_k8s_cluster_overlay_runs_the_store_on_its_own_cluster_and_points_the_app_at_its_pods(cluster_overlay, store):
+    name = store.replace("_", "-") + "-cluster"
+    replicas = CLUSTER_STORES[store]
+    statefulset = by_kind(cluster_overlay, "StatefulSet")[name]
+    assert statefulset["spec"]["serviceName"] == name
+    assert by_kind(cluster_overlay, "Service")[name]["spec"]["clusterIP"] == "None"
+    pods = 3 * (1 + replicas)
+    assert statefulset["spec"]["replicas"] == pods
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert "--cluster-enabled yes" in container["args"][0]
+    conf_mount = next(m for m in container["volumeMounts"] if m["name"] == "conf")
+    assert conf_mount["subPath"] == processes.CONF_FILES[store]  # the store's own eviction and memory rules
+    # Each pod holds its conf's maxmemory, so the base's memory rule holds per pod.
+    conf = DEPLOY / "redis" / processes.CONF_FILES[store]
+    forks = re.search(r"^appendonly yes$", conf.read_text(), re.M) is not None
+    needed = maxmemory_mi(conf) * (2 if forks else 1.5) + REDIS_BASE_MI
+    assert memory_mi(container["resources"]["limits"]["memory"]) >= needed
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"]
+    create = by_kind(cluster_overlay, "Job")[f"{name}-create"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert f"--cluster-replicas {replicas}" in create
+    assert f"for i in {' '.join(str(i) for i in range(pods))};" in create  # waits for and joins every pod
+    target = redis_urls.parse(by_kind(cluster_overlay, "ConfigMap")["turnstream-topology"]["data"][STORE_URL_ENV[store]])
     assert target.cluster
-    assert all(re.fullmatch(r"progress-cluster-[0-5]\.progress-cluster", host) for host, _ in target.hosts)
+    assert all(re.fullmatch(rf"{name}-[0-{pods - 1}]\.{name}", host) for host, _ in target.hosts), target.hosts
+
+
+def test_k8s_cluster_overlay_leaves_the_broker_on_one_server(cluster_overlay):
+    """kombu has no Cluster transport: the app refuses a cluster:// broker, so the overlay must not set one."""
+    topology = by_kind(cluster_overlay, "ConfigMap")["turnstream-topology"]["data"]
+    assert set(topology) == {STORE_URL_ENV[store] for store in CLUSTER_STORES}
 
 
 def test_the_app_reads_the_topology_config_after_its_own():

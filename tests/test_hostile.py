@@ -208,6 +208,40 @@ def test_workers_publish_again_a_terminal_event_the_progress_store_dropped(hosti
         time.sleep(1)
 
 
+def test_every_stream_of_turns_that_end_without_a_terminal_event_ends_with_its_own_answer(hostile, sid):
+    """Many streams on a few turns (a process reads each turn's status once per beat for all of
+    them): each stream, followed as EventSource does, ends with its own turn's outcome, and only
+    when that turn ends."""
+    alice = Principal("alice", "acme", ("analyst",))
+    first, second = unsent_turn(sid, alice), unsent_turn(sid, alice)
+    with ThreadPoolExecutor(10) as pool:
+        readers = {turn: [pool.submit(follow, hostile.base_url, turn[1], 60) for _ in range(5)]
+                   for turn in (first, second)}
+        time.sleep(2)  # every stream is open and heartbeating
+        turns.update_turn(sid, first[0], status=DONE, answer="first answer")
+        ended = [reader.result(timeout=60) for reader in readers[first]]
+        assert not any(reader.done() for reader in readers[second]), "a stream of a running turn ended"
+        turns.update_turn(sid, second[0], status=DONE, answer="second answer")
+        ended_later = [reader.result(timeout=60) for reader in readers[second]]
+    assert [[(e.type, e.data.get("answer")) for e in events] for events in ended] == [[("done", "first answer")]] * 5
+    assert [[(e.type, e.data.get("answer")) for e in events] for events in ended_later] == [[("done", "second answer")]] * 5
+
+
+def test_open_streams_close_when_the_broker_can_no_longer_say_whether_their_turn_ended(hostile, sid):
+    """The broker goes down under open streams: they close (EventSource then retries) instead of
+    heartbeating on without ever learning the outcome."""
+    alice = Principal("alice", "acme", ("analyst",))
+    _, url = unsent_turn(sid, alice)
+    with ThreadPoolExecutor(3) as pool:
+        readers = [pool.submit(stream_until_closed, hostile.base_url + url, None, 30) for _ in range(3)]
+        time.sleep(2)  # open and heartbeating
+        hostile.stop_redis("broker")
+        try:
+            assert [reader.result(timeout=60) for reader in readers] == [[], [], []]
+        finally:
+            hostile.restart_redis("broker")
+
+
 # --- 3. statuses and input ----------------------------------------------------------------------
 def signed(claims: dict) -> dict:
     token = jwt.encode({"aud": API_AUDIENCE, "exp": int(time.time()) + 600, "sub": "alice", "tenant": "acme",
@@ -331,6 +365,51 @@ def test_the_dev_token_is_the_demo_analyst_and_not_an_admin(hostile):
     auth = {"Authorization": f"Bearer {minted['token']}"}
     assert httpx.get(f"{hostile.base_url}/ops/snapshot", headers=auth, timeout=10).status_code == 403
     assert httpx.get(f"{hostile.base_url}/api/sessions", headers=auth, timeout=10).status_code == 200
+
+
+# --- floods: one client cannot take the web process ------------------------------------------------
+@pytest.fixture(scope="module")
+def limited_web(hostile):
+    """A second web process on the same stores whose request limit is 5 a minute per client."""
+    port = processes.free_port()
+    env = {**hostile.env, "TURNSTREAM_REQUEST_RATE_LIMIT": "5/minute"}
+    server = processes.web_server(env, port, hostile.log_dir / "limited").start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_a_client_over_its_request_limit_gets_a_429_while_other_clients_get_through(limited_web):
+    mallory, alice = bearer("mallory", "evilcorp"), bearer("alice", "acme")
+    answers = [httpx.get(f"{limited_web}/api/sessions", headers=mallory, timeout=10) for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    refused = answers[-1]
+    assert refused.json()["error"] == "too_many_requests"
+    assert "5 requests per 1 minute" in refused.json()["message"]
+    assert "TURNSTREAM_REQUEST_RATE_LIMIT" in refused.json()["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Over the limit, even a body the parser would choke on is refused before it is read.
+    body = httpx.post(f"{limited_web}/api/sessions/x1/messages", content=b"[" * 20000, timeout=10,
+                      headers={**mallory, "Content-Type": "application/json"})
+    assert body.status_code == 429
+    # Another user from the same address still gets through; so do probes.
+    assert httpx.get(f"{limited_web}/api/sessions", headers=alice, timeout=10).status_code == 200
+    assert all(httpx.get(f"{limited_web}/healthz", timeout=10).status_code == 200 for _ in range(7))
+
+
+def test_requests_without_a_valid_token_count_against_their_address(limited_web):
+    forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.forged"}
+    statuses = [httpx.get(f"{limited_web}/api/sessions", headers=forged, timeout=10).status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]
+    # A valid user from that address is another client.
+    assert httpx.get(f"{limited_web}/api/sessions", headers=bearer("bob", "acme"), timeout=10).status_code == 200
+
+
+def test_a_connection_that_never_finishes_its_request_line_is_dropped(hostile):
+    """Slowloris: half a request line, then silence. gunicorn's keepalive (5 s) bounds how long
+    the head of a request may take; the connection does not stay open for good."""
+    with socket.create_connection(("127.0.0.1", hostile.web_port), timeout=30) as conn:
+        conn.sendall(b"GET /api/sessi")
+        assert conn.recv(65536) == b""  # closed by the server (a timeout here raises and fails)
 
 
 # --- a broker that refuses writes -----------------------------------------------------------------

@@ -21,7 +21,9 @@ from web.metrics import metrics_bp
 from web.openapi import openapi
 from web.ops import ops
 from web.ratelimit import TurnRateLimiter
+from web.request_limit import install_request_limit
 from web.stream import stream
+from web.turn_watch import TurnWatch
 from web.ui import ui
 
 
@@ -45,10 +47,12 @@ def create_app(check_redis: bool = True) -> Flask:
     extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
+                       turn_watch=TurnWatch(settings.sse_heartbeat_s),
                        rate_limiter=TurnRateLimiter(settings))
     for blueprint in (api, ag_ui, openapi, stream, ops, metrics_bp, admin, ui):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    install_request_limit(app, settings.request_rate_limit)
     allow_cross_origin(app, settings.cors_origin_list())
     telemetry.init_app(app)
     return app

@@ -67,6 +67,11 @@ class Subscription:
             self.close("slow")
             return False
 
+    def wake(self, signal: object) -> None:
+        """Hand the stream a signal from outside its channel (web.turn_watch: its turn ended); a
+        client whose queue is full is cut off as for an event, and resumes from the log."""
+        self.deliver(signal)
+
     def close(self, reason: str) -> None:
         self.closed_reason = self.closed_reason or reason
         try:

@@ -16,18 +16,20 @@ if TYPE_CHECKING:
     from web.dispatcher import Dispatcher
     from web.ratelimit import TurnRateLimiter
     from web.snapshot import Snapshotter
+    from web.turn_watch import TurnWatch
 
 _CELERY = "turnstream.celery"
 _STREAM_REDIS = "turnstream.stream_redis"
 _DISPATCHER = "turnstream.dispatcher"
 _RATE_LIMITER = "turnstream.rate_limiter"
 _SNAPSHOTTER = "turnstream.snapshotter"
+_TURN_WATCH = "turnstream.turn_watch"
 
 
 def install(app: Flask, *, celery: Celery, stream_redis: redis.Redis, dispatcher: Dispatcher,
-            rate_limiter: TurnRateLimiter) -> None:
+            turn_watch: TurnWatch, rate_limiter: TurnRateLimiter) -> None:
     app.extensions.update({_CELERY: celery, _STREAM_REDIS: stream_redis, _DISPATCHER: dispatcher,
-                           _RATE_LIMITER: rate_limiter})
+                           _TURN_WATCH: turn_watch, _RATE_LIMITER: rate_limiter})
 
 
 def install_snapshotter(app: Flask, snapshotter: Snapshotter) -> None:
@@ -51,6 +53,11 @@ def stream_redis(app: Flask | None = None) -> redis.Redis:
 def dispatcher(app: Flask | None = None) -> Dispatcher:
     """This process's one pub/sub connection and its subscribers."""
     return _get(_DISPATCHER, app)
+
+
+def turn_watch(app: Flask | None = None) -> TurnWatch:
+    """Whether the turns of this process's open streams have ended (one read per turn per beat)."""
+    return _get(_TURN_WATCH, app)
 
 
 def rate_limiter(app: Flask | None = None) -> TurnRateLimiter:

@@ -21,7 +21,8 @@ MODELS: tuple[type[BaseModel], ...] = (
 ERRORS = {
     400: "invalid id, body or parameter", 401: "missing or invalid bearer token",
     404: "no such session or turn (also: someone else's)", 409: "the turn already finished",
-    413: "prompt over the length limit", 415: "body is not JSON", 429: "too many new turns; see Retry-After",
+    413: "prompt over the length limit", 415: "body is not JSON",
+    429: "this client is over its request limit (or, posting, its user over the new-turn limit); see Retry-After",
     503: "a store is down; see Retry-After",
 }
 
@@ -41,6 +42,7 @@ def _id(name: str, where: str = "path") -> dict:
 
 def _operation(summary: str, ok: int, model: type[BaseModel], errors: tuple[int, ...], params: list[dict],
                body: type[BaseModel] | None = None, secured: bool = True) -> dict:
+    errors = tuple(sorted({*errors, 429}))  # every request counts against its client (web.request_limit)
     op: dict = {"summary": summary, "parameters": params,
                 "responses": {str(ok): _json(model, "OK"), **{str(c): _json(schemas.Error, ERRORS[c]) for c in errors}}}
     if body is not None:

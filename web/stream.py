@@ -6,6 +6,7 @@ A stream subscribes first, then replays the log after Last-Event-ID, then drops 
 events it already sent, so a reconnecting client sees every event exactly once."""
 
 import logging
+import random
 from collections.abc import Iterator
 
 import redis
@@ -23,9 +24,12 @@ from web.api import event_id_param
 from web.auth import query_token
 from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
+from web.turn_watch import OUTCOME_UNKNOWN, TURN_FINAL
 from web.sse import sse_response
 
 log = logging.getLogger(__name__)
+# A stream's heartbeat comes after this share of TURNSTREAM_SSE_HEARTBEAT_S or more, at random.
+HEARTBEAT_SPREAD = 0.8
 
 
 class OutcomeUnknown(Exception):
@@ -36,10 +40,11 @@ class OutcomeUnknown(Exception):
 class TurnStreamBlueprint(ServerSentEventsBlueprint):
     """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens.
 
-    Every stream ends. Before subscribing and at each heartbeat it reads the turn's record: a
-    final turn gets its terminal event (put back into the log if the log lacks it) and the
-    stream closes. If that check fails, the stream closes at once and EventSource reconnects
-    after the `retry:` hint. A Last-Event-ID beyond the log counts as the end of the log."""
+    Every stream ends. Before subscribing it reads the turn's record, and while it is open the
+    process's turn watch reads it once per heartbeat period (web.turn_watch): a final turn gets
+    its terminal event (put back into the log if the log lacks it) and the stream closes. If
+    that check fails, the stream closes at once and EventSource reconnects after the `retry:`
+    hint. A Last-Event-ID beyond the log counts as the end of the log."""
 
     def dispatcher(self) -> Dispatcher:
         return extensions.dispatcher()
@@ -58,17 +63,26 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
-    def _ended(self, session_id: str, message_id: str) -> bool:
-        """Whether the turn is final; a final turn's terminal event is in the log afterwards (put
-        back from the record if the progress store lost it). Raises OutcomeUnknown if either
-        store cannot say. A turn without a record is not final: its events come from the log
-        alone (publishers that keep no record, such as the benchmarks, stream this way)."""
+    def _ended_at_open(self, session_id: str, message_id: str) -> bool:
+        """Whether the turn is final when its stream opens (one read shared by every stream
+        opening on it at that moment: web.turn_watch). A turn without a record is not final: its
+        events come from the log alone (publishers that keep no record, such as the benchmarks,
+        stream this way). Raises OutcomeUnknown if the broker cannot say."""
         try:
-            status = turns.turn_status(session_id, message_id)
-            if status is None or status not in FINAL_STATUSES:
-                return False
+            status = extensions.turn_watch().status(session_id, message_id)
+        except redis.RedisError as exc:
+            raise OutcomeUnknown(str(exc)) from exc
+        return status in FINAL_STATUSES and self._terminal_logged(session_id, message_id)
+
+    @staticmethod
+    def _terminal_logged(session_id: str, message_id: str) -> bool:
+        """For a final turn: True once its terminal event is in the log (put back from the record
+        if the progress store lost it); False while the outbox still holds its last events, the
+        terminal one among them, which reach the log from there. Raises OutcomeUnknown if either
+        store cannot say."""
+        try:
             if outbox.waiting(session_id, message_id):
-                return False  # its last events, the terminal one among them, come from the outbox
+                return False
             publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
             return True
         except redis.RedisError as exc:
@@ -78,12 +92,14 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         """Logged then live events after `after`; None means "send a heartbeat"."""
         heartbeat = get_settings().sse_heartbeat_s
         log_redis = extensions.stream_redis()
+        watch = extensions.turn_watch()
         try:
-            ended = self._ended(session_id, message_id)
+            ended = self._ended_at_open(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
         except (OutcomeUnknown, SubscribeTimeout, redis.RedisError) as exc:
             log.warning("stream %s closed at once (the client retries): %s", channel, exc)
             return
+        watch.watch(sub, session_id, message_id)
         try:
             after = self._within_log(session_id, message_id, after, log_redis)
             last = after
@@ -95,17 +111,24 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             if ended:
                 return
             while True:
-                item = sub.get(timeout=heartbeat)
+                # Each beat a little early, at random: streams opened together do not beat together.
+                item = sub.get(timeout=heartbeat * random.uniform(HEARTBEAT_SPREAD, 1.0))
                 if item is CLOSE:
                     log.info("stream %s closed: %s", channel, sub.closed_reason)
                     return
                 if item is None:
-                    if self._ended(session_id, message_id):
+                    yield None
+                    continue
+                if item is OUTCOME_UNKNOWN:
+                    log.warning("stream %s ended (the client retries): the broker cannot say whether "
+                                "its turn ended", channel)
+                    return
+                if item is TURN_FINAL:
+                    if self._terminal_logged(session_id, message_id):
                         # The terminal event was dropped on its way here (a progress outage, a
                         # breaker open in the worker): it is in the log now; send what is left.
                         yield from read_log(session_id, message_id, after=last, r=log_redis)
                         return
-                    yield None
                     continue
                 if last and entry_order(item.id) <= entry_order(last):
                     continue
@@ -116,6 +139,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except (OutcomeUnknown, redis.RedisError) as exc:
             log.warning("stream %s ended (the client retries): %s", channel, exc)
         finally:
+            watch.unwatch(sub, session_id, message_id)
             self.dispatcher().unsubscribe(sub)
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""kombu's Redis transport, with one fix so a worker survives its broker dying mid-step.
+"""kombu's Redis transport, with two fixes so a worker survives its broker dying mid-step or
+being demoted to a replica.
 
 With kombu 5.7 and Celery 5.7, when the broker connection drops while late-ack messages
 are unacknowledged, the worker closes the channel and tries to hand those messages back
@@ -9,15 +10,49 @@ takes as unrecoverable: the worker process exits and takes every running step wi
 Here both failures are logged instead. The messages stay in the broker's unacked set, and
 its visibility-timeout sweep puts them back on the queue: the at-least-once path that a
 crashed worker takes anyway. Steps are idempotent, so a step that did finish but could not
-ack runs again harmlessly."""
+ack runs again harmlessly.
+
+A broker demoted while a worker waits on it (`REPLICAOF` on the master) answers the waiting BRPOP
+with `-UNBLOCKED ... (master -> replica?)`. redis-py raises that as a plain ResponseError, which
+kombu counts as a channel error and Celery as unrecoverable: the worker exits. The connections
+here raise it as what it is, a lost master (ConnectionError, the connection dropped), so the
+worker reconnects, under Sentinel to whichever server the sentinels name, as after a crash.
+(`SENTINEL FAILOVER` also kills the old master's clients, so a worker sees a closed connection
+there; redis-py's Sentinel connection already turns a write's READONLY into a ConnectionError.)"""
 
 import logging
 
 import redis
 from kombu.transport import redis as kombu_redis
+from redis.sentinel import SentinelManagedConnection
 
 log = logging.getLogger(__name__)
 LOST_CONNECTION = (AttributeError, redis.RedisError, OSError)
+DEMOTED = "UNBLOCKED"  # Redis's error to a client blocked on a server that turns replica
+
+
+class FollowsDemotion:
+    """A connection on which a demotion of its server is a lost connection, not a channel error:
+    the UNBLOCKED of a BRPOP it was waiting in, and the READONLY a replica answers after that
+    (which redis-py's Sentinel connection already turns into a ConnectionError; a single server's
+    does not), so a worker waits for a master as it waits for a broker that is down."""
+
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not (str(exc).startswith(DEMOTED) or isinstance(exc, redis.exceptions.ReadOnlyError)):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(f"the broker is not a master: {exc}") from exc
+
+
+class Connection(FollowsDemotion, redis.Connection):
+    pass
+
+
+class SentinelConnection(FollowsDemotion, SentinelManagedConnection):
+    pass
 
 
 class QoS(kombu_redis.QoS):
@@ -51,6 +86,7 @@ class QoS(kombu_redis.QoS):
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    connection_class = Connection
 
 
 class Transport(kombu_redis.Transport):
@@ -59,6 +95,7 @@ class Transport(kombu_redis.Transport):
 
 class SentinelChannel(kombu_redis.SentinelChannel):
     QoS = QoS
+    connection_class = SentinelConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
