@@ -190,8 +190,9 @@ PUBLISH_RETRIES_WEB = 1
 LLM_QUEUE = "llm"
 TOOLS_QUEUE = "tools"
 DISCOVER_QUEUE = "discover"
+# `collect` runs the next reason step in its own task (workers.tasks), so it goes to the llm queue.
 STEP_QUEUES = {DISCOVER: DISCOVER_QUEUE, REASON: LLM_QUEUE, SYNTHESIZE: LLM_QUEUE, EXECUTE: TOOLS_QUEUE,
-               CALL_TOOL: TOOLS_QUEUE, COLLECT: TOOLS_QUEUE}
+               CALL_TOOL: TOOLS_QUEUE, COLLECT: LLM_QUEUE}
 # Worker concurrency by kind (shared.cli.processes.worker_specs): tool calls and `openai` model
 # calls are I/O (greenlets); the local model is CPU (a few threads).
 TOOLS_GREENLETS = 50

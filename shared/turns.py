@@ -61,8 +61,8 @@ return ARGV[1]
 # KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set.
 # ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member.
 # Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
-# runner follows when that runner is dead, so the caller can send the turn on), or 'held' (a
-# live worker runs this step).
+# runner follows when that runner is dead and held this step or a later one its task ran,
+# workers.steps.step_here, so the caller can send the turn on), or 'held' (a live worker runs this step).
 _CLAIM_STEP = f"""
 local final = {_FINAL_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos')
@@ -75,7 +75,7 @@ if runner and runner ~= ARGV[3] and runner ~= ARGV[7] then
   live = last and tonumber(last) >= tonumber(ARGV[6])
 end
 if next_pos and next_pos > tonumber(ARGV[2]) then
-  if runner and not live and runner_pos == tonumber(ARGV[1]) then return {{'stale', runner}} end
+  if runner and not live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return {{'stale', runner}} end
   return 'stale'
 end
 if live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return 'held' end

@@ -29,6 +29,52 @@ def test_prompt_streams_every_step_in_order_then_the_answer(base_url, session_id
     assert len(set(ids)) == len(ids), "every event has its own id"
 
 
+def shape(events) -> list[tuple]:
+    """The stream as a user reads it: each step phase, each call's phase, the answer's deltas as one
+    entry, the terminal event."""
+    seen: list[tuple] = []
+    for e in events:
+        if e.type == "step":
+            seen.append(("step", e.data["step"], e.data.get("round"), e.data["status"]))
+        elif e.type == "tool":
+            seen.append(("tool", e.data["call_id"], e.data["status"]))
+        elif e.type == "token":
+            if seen[-1] != ("token",):
+                seen.append(("token",))
+        else:
+            seen.append((e.type,))
+    return seen
+
+
+def test_a_turn_with_calls_in_parallel_streams_every_step_and_call_in_order(base_url, session_id):
+    """Fewer tasks per turn (workers.tasks: steps that share a task) change nothing a stream shows:
+    every step's started/finished, each call's started before any call ends, the round's end after
+    both calls, then the next round and the answer."""
+    body = post_prompt(base_url, session_id, "What is the weather in Paris? Also 6 * 7 + 1").json()
+    events = read_stream(base_url, body["stream_url"])
+    seen = shape(events)
+    assert seen[:7] == [("accepted",), ("step", "discover", None, "started"), ("step", "discover", None, "finished"),
+                        ("step", "reason", 1, "started"), ("step", "reason", 1, "finished"),
+                        ("step", "execute", 1, "started"), ("tool", "r1c0", "started")]
+    assert seen[7] == ("tool", "r1c1", "started")
+    assert sorted(seen[8:10]) == [("tool", "r1c0", "ok"), ("tool", "r1c1", "ok")]
+    assert seen[10:] == [("step", "execute", 1, "finished"), ("step", "reason", 2, "started"),
+                         ("step", "reason", 2, "finished"), ("step", "synthesize", None, "started"), ("token",),
+                         ("step", "synthesize", None, "finished"), ("done",)]
+    assert "43" in events[-1].data["answer"] and "Paris" in events[-1].data["answer"]
+
+
+def test_a_turn_with_one_call_streams_the_same_phases(base_url, session_id):
+    body = post_prompt(base_url, session_id, "calculate 6 * 7 + 1").json()
+    seen = shape(read_stream(base_url, body["stream_url"]))
+    assert seen == [("accepted",), ("step", "discover", None, "started"), ("step", "discover", None, "finished"),
+                    ("step", "reason", 1, "started"), ("step", "reason", 1, "finished"),
+                    ("step", "execute", 1, "started"), ("tool", "r1c0", "started"), ("tool", "r1c0", "ok"),
+                    ("step", "execute", 1, "finished"), ("step", "reason", 2, "started"),
+                    ("step", "reason", 2, "finished"), ("step", "synthesize", None, "started"), ("token",),
+                    ("step", "synthesize", None, "finished"), ("done",)]
+
+
 def test_status_url_reports_the_finished_turn(base_url, session_id):
     body = post_prompt(base_url, session_id, "calculate 6 * 7 + 1").json()
     events = read_stream(base_url, body["stream_url"])

@@ -3,9 +3,9 @@ web tier's /metrics (shared.metrics_dir: one multiprocess directory per host, by
 `.run/metrics` under the directory a process starts in, the one `make run` uses).
 
 The web process here reads `<project>/.run/metrics`, as `make run` started from <project> does. The
-hand-started worker takes the tools queue (discover, execute, the tool calls); the llm steps run on
-a worker of the test's own that writes elsewhere, so every tools-step sample in /metrics can only
-come from the hand-started worker."""
+hand-started worker takes the discover and tools queues (discover, the tool calls); the llm steps
+(reason, with execute's fan-out, collect, synthesize) run on a worker of the test's own that writes
+elsewhere, so every discover sample in /metrics can only come from the hand-started worker."""
 
 import os
 import re
@@ -74,7 +74,6 @@ def test_a_worker_started_with_the_readme_command_shows_in_metrics(project):
         body = post_prompt(stack.base_url, "s" + uuid.uuid4().hex[:12], "What is the weather in Paris?").json()
         assert read_stream(stack.base_url, body["stream_url"])[-1].type == "done"
         assert step_count(stack.base_url, "discover") >= 1
-        assert step_count(stack.base_url, "execute") >= 1
         assert step_count(stack.base_url, "reason") == 0, "the llm worker writes elsewhere"
         assert any((directory / ".run" / "metrics").glob("histogram_*.db"))
     finally:

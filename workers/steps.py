@@ -15,6 +15,10 @@
 - `forward`: send the next step with this task's errbacks, like Task.replace, but under a task
   id of its own, so Flower, metrics and traces see every step as the task it is; then let go
   of the turn (its runner is this process until the next step is sent).
+- `step_here`: run the turn's next step in this task instead (workers.tasks says which ones):
+  it still claims its place and saves its checkpoint, and it gets its own duration metric, log
+  name, trace span and, where the watchdog holds the limits, time limit; what it saves is a
+  message through the broker (publish, deliver, acknowledge, task events) and a worker's turn.
 - `with_broker`: a turn-record operation that waits out a broker outage
   (TURNSTREAM_WORKER_BROKER_WAIT_S) before handing the message back.
 - `fail_turn`: end a turn with one sentence (shared.failures): status `failed` and its `error`
@@ -26,10 +30,12 @@
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from opentelemetry import trace
 
 from shared import deliveries, turns
 from shared.breakers import UNAVAILABLE
@@ -39,10 +45,10 @@ from shared.progress import Publisher
 from shared.redaction import RedactingTask
 from shared.settings import get_settings
 from shared.terminal_event import terminal_event
-from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn
+from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn, task_name
 from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, TERMINAL_DEDUPE,
                                Step, StepPhase, step_dedupe)
-from workers import guarding, time_limits
+from workers import guarding, telemetry, time_limits
 from workers.celery_app import app
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
@@ -241,6 +247,20 @@ def forward(task, signature, turn: TurnRef, here: int) -> None:
         signature.link_error(errback)
     signature.apply_async()
     release(turn, here)
+
+
+@contextmanager
+def step_here(task, turn: TurnRef, step: Step) -> Iterator[None]:
+    """Run the turn's next step, `step`, in `task`: what follows in the block is that step.
+    Flower sees one task; the metrics, logs and traces see the step it is."""
+    task_id = task.request.id
+    telemetry.switch_step(task_id, step)
+    time_limits.watch(task_id, turn["session_id"], turn["message_id"], step)  # a deadline of its own
+    with _tracer.start_as_current_span(f"run/{task_name(step)}"):
+        yield
+
+
+_tracer = trace.get_tracer(__name__)
 
 
 def release(turn: TurnRef, here: int) -> None:

@@ -1,12 +1,22 @@
 """The steps of a turn: discover -> reason -> [execute -> reason]* -> synthesize.
 
 The web tier sends discover | reason. `reason` asks the reasoner for tool calls and hands over
-to `execute` (a chord: one `call_tool` per call, in parallel on the tools queue, then `collect`),
+to `execute` (one `call_tool` task per call, in parallel on the tools queue, then `collect`),
 which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS is
 reached; then `synthesize` streams the answer. A step hands over by sending the next one
 itself; how a step runs, reports and hands over is workers.steps. Every step publishes
 `started` and `finished` (reason and execute with their round) and keeps the turn's status
 record current.
+
+Tasks are where a turn changes worker, not one per step. A step whose next step would only go
+back to the same queue runs it in its own task (workers.steps.step_here), claim and checkpoint
+included: `reason` runs execute's fan-out; `collect` (on the llm queue) runs the next `reason`;
+`reason` runs `synthesize` where the watchdog holds the time limits (so each model call keeps a
+limit of its own). A one-call turn is four tasks, discover, reason, call_tool, collect, like a
+bare four-task chain; each task saved is a message published, delivered and acknowledged, its
+task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
+made a turn seven tasks for the same work; and running the tool calls in the reason task, which
+would put them on the llm worker and serialise them.
 
 Delivery is at least once, so every step is safe to run twice:
 - events carry dedupe names, so a redelivered step re-publishes nothing the browser has;
@@ -30,8 +40,9 @@ one sentence (workers.steps.fail_turn) and raises StepFailed; the chain's errbac
 what a step cannot report itself (a hard time limit). Every task runs as a TurnTask: its
 deliveries are counted and, in the threads pool, its time limit watched (workers.steps).
 
-Only `call_tool` stores its result (its chord reads it); every other step hands its state on in
-the next step's message and its record is the turn's, so it stores none (ignore_result)."""
+Only `call_tool` stores its result, and only in a chord (which reads it); every other step hands
+its state on in the next step's message and its record is the turn's, so it stores none
+(ignore_result)."""
 
 import functools
 import json
@@ -56,12 +67,12 @@ from shared.turn_flow import (Checkpoint, FinishedTurn, ToolCall, ToolOutcome, T
 from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, STARTED, SYNTHESIZE,
                                TOOL_ERROR, TOOL_OK, TOOL_RUNNING, TOOL_STARTED, TURN_FAILED, tool_dedupe,
                                tool_running_dedupe, tool_started_dedupe)
-from workers import guarding
+from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase, release,
-                           run_step, settle_terminal_event, start_step, step_failure, with_broker)
+                           run_step, settle_terminal_event, start_step, step_failure, step_here, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -111,12 +122,22 @@ def _reason(turn: TurnState, publisher: Publisher) -> TurnState:
 
 @app.task(name=task_name(REASON), bind=True, base=TurnTask, ignore_result=True)
 def reason(self, turn: TurnState) -> None:
+    reason_and_on(self, turn)
+
+
+def reason_and_on(task, turn: TurnState) -> None:
+    """The reason step, then in the same task the step it leads to: execute's fan-out (a few
+    milliseconds of bookkeeping), or synthesize where this pool lets it keep a time limit of its own."""
     round_ = _round(turn)
     turn = run_step(REASON, turn, _reason, round_=round_)
     # The decision is saved before anything else happens: a redelivery never asks the reasoner again.
-    following = Checkpoint(EXECUTE, round_, turn) if turn["pending"] else Checkpoint(SYNTHESIZE, None, turn)
-    advance(turn, position(REASON, round_), following)
-    forward(self, execute.si(turn) if turn["pending"] else synthesize.si(turn), turn, position(REASON, round_))
+    if turn["pending"]:
+        advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn))
+        with step_here(task, turn, EXECUTE):
+            fan_out(task, turn)
+    else:
+        advance(turn, position(REASON, round_), Checkpoint(SYNTHESIZE, None, turn))
+        synthesize_next(task, turn, position(REASON, round_))
 
 
 # --- execute -------------------------------------------------------------------------------
@@ -236,10 +257,15 @@ def _noting_time_limit(late: list, fn: Callable[..., T], *args: object, **kwargs
 
 @app.task(name=task_name(EXECUTE), bind=True, base=TurnTask, ignore_result=True)
 def execute(self, turn: TurnState) -> None:
-    """Fan the pending calls out as a chord: each on its own task (and tools worker), then collect.
+    """The execute step as a task of its own: sent only to resume a turn from a checkpoint that
+    waits for its round's calls (a call's worker died), it fans out the same calls again and the
+    journal answers those that finished. In a turn's normal flow `reason` runs it (fan_out)."""
+    fan_out(self, turn)
 
-    Sent again from a checkpoint that waits for `collect` (a call's worker died), it fans out
-    the same calls again: the journal answers those that finished."""
+
+def fan_out(task, turn: TurnState) -> None:
+    """Send the pending calls, each as its own task (on any tools worker), and `collect` after them:
+    one call as a chain (its outcome rides in collect's message), several as a chord."""
     round_ = _round(turn)
     publisher = start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_))
     publish_phase(publisher, EXECUTE, STARTED, round_)
@@ -250,26 +276,38 @@ def execute(self, turn: TurnState) -> None:
     for call in calls:  # shown at once, before the guards and however long the tools queue is
         publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=TOOL_STARTED),
                           dedupe=tool_started_dedupe(call["call_id"]))
-    # Each call carries the turn's errbacks too: a call killed by its time limit ends the turn
-    # itself (Celery links a chord's errbacks to its body only, which hears of it as a ChordError).
     header = [call_tool.si(ref, c) for c in calls]
-    for signature in header:
-        for errback in self.request.errbacks or []:
-            signature.link_error(errback)
-    forward(self, chord(group(header), collect.s(state)), turn, position(EXECUTE, round_))
+    if len(header) == 1:
+        # No chord for one call: no stored result, no counter, no fetch of the results; forward
+        # gives the chain's tasks the turn's errbacks.
+        flow = header[0].set(ignore_result=True) | collect.s(state)
+    else:
+        # Each call carries the turn's errbacks too: a call killed by its time limit ends the turn
+        # itself (Celery links a chord's errbacks to its body only, which hears of it as a ChordError).
+        for signature in header:
+            for errback in task.request.errbacks or []:
+                signature.link_error(errback)
+        flow = chord(group(header), collect.s(state))
+    forward(task, flow, turn, position(EXECUTE, round_))
 
 
 @app.task(name=task_name(COLLECT), bind=True, base=TurnTask, ignore_result=True)
-def collect(self, results: list[ToolOutcome], turn: TurnState) -> None:
+def collect(self, results: list[ToolOutcome] | ToolOutcome, turn: TurnState) -> None:
+    """The end of a round's calls (a chord's body, or the call's chain), then in the same task the
+    next reason step (or synthesize): collecting is bookkeeping, so it runs on the llm queue."""
+    results = results if isinstance(results, list) else [results]  # one call comes through a chain
     round_ = _round(turn)
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
     publisher = start_step(turn, EXECUTE, task=COLLECT, round_=round_)
     publish_phase(publisher, EXECUTE, FINISHED, round_, duration_ms)
     turn = {**turn, "rounds": [*turn["rounds"], {"results": results}]}
-    done = len(turn["rounds"]) >= get_settings().max_tool_rounds
-    advance(turn, position(COLLECT, round_), Checkpoint(SYNTHESIZE, None, turn) if done
-            else Checkpoint(REASON, round_ + 1, turn))
-    forward(self, synthesize.si(turn) if done else reason.si(turn), turn, position(COLLECT, round_))
+    if len(turn["rounds"]) >= get_settings().max_tool_rounds:
+        advance(turn, position(COLLECT, round_), Checkpoint(SYNTHESIZE, None, turn))
+        synthesize_next(self, turn, position(COLLECT, round_))
+        return
+    advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn))
+    with step_here(self, turn, REASON):
+        reason_and_on(self, turn)
 
 
 # --- synthesize ----------------------------------------------------------------------------
@@ -307,6 +345,18 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
 def synthesize(turn: TurnState) -> None:
     # Nothing reads a task's return value here, and Celery reprs it for its log line and event.
     finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+
+
+def synthesize_next(task, turn: TurnState, here: int) -> None:
+    """Synthesize after the step at `here` (its checkpoint saved): in this task where the watchdog
+    holds the time limits, so the answer gets a deadline of its own (threads: the `rules` and
+    `local` reasoners' pool); elsewhere as a task of its own, since prefork and gevent enforce one
+    limit per task and the model's two calls must not share it."""
+    if time_limits.holds_limits():
+        with step_here(task, turn, SYNTHESIZE):
+            finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+    else:
+        forward(task, synthesize.si(turn), turn, here)
 
 
 # --- the chain's errback ---------------------------------------------------------------------

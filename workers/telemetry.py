@@ -3,7 +3,8 @@
 - `setup_logging`: JSON logs (connecting to it stops Celery from installing its own handlers).
 - `worker_init`: OpenTelemetry when OTEL_* asks for it, and a /metrics port when configured.
 - `task_prerun` / `task_postrun`: the log context (session, message, task ids) and each step's
-  duration in `turnstream_step_duration_seconds`. Turn outcomes are counted where the status
+  duration in `turnstream_step_duration_seconds`; a step a task runs after its own
+  (workers.steps.step_here) is timed and named on its own (`switch_step`). Turn outcomes are counted where the status
   becomes final (shared.turns), so a cancel from the web tier counts too."""
 
 import logging
@@ -15,11 +16,11 @@ from prometheus_client import start_http_server
 
 from shared import logs, metrics, tracing
 from shared.settings import get_settings
-from shared.turn_flow import step_of, turn_of
+from shared.turn_flow import step_of, task_name, turn_of
 
 log = logging.getLogger(__name__)
 
-_started: dict[str, tuple[float, list]] = {}
+_started: dict[str, tuple[float, str, list]] = {}
 _lock = threading.Lock()
 
 
@@ -64,7 +65,20 @@ def _step_started(task_id: str | None = None, task=None, args=None, **_: object)
         return
     tokens = logs.bind(task_id=task_id, task_name=task.name, **turn_ids(args))
     with _lock:
-        _started[task_id] = (time.perf_counter(), tokens)
+        _started[task_id] = (time.perf_counter(), step_of(task.name), tokens)
+
+
+def switch_step(task_id: str | None, step: str) -> None:
+    """The task goes on with the turn's next step (workers.steps.step_here): the step it ran so far
+    ends now (it handed over, so ok), and the log context names the step it runs from now on."""
+    with _lock:
+        started = _started.get(task_id)
+        if started is None:
+            return
+        began, previous, tokens = started
+        now = time.perf_counter()
+        _started[task_id] = (now, step, tokens + logs.bind(task_name=task_name(step)))
+    metrics.observe_step(previous, now - began, ok=True)
 
 
 @task_postrun.connect
@@ -73,6 +87,6 @@ def _step_finished(task_id: str | None = None, task=None, state: str | None = No
         started = _started.pop(task_id, None)
     if started is None or task is None:
         return
-    began, tokens = started
-    metrics.observe_step(step_of(task.name), time.perf_counter() - began, ok=state == "SUCCESS")
+    began, step, tokens = started
+    metrics.observe_step(step, time.perf_counter() - began, ok=state == "SUCCESS")
     logs.unbind(tokens)

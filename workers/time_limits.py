@@ -98,7 +98,15 @@ def start(limit_s: float, on_expiry: Callable[[Watched, float], None]) -> Watchd
     return _watchdog
 
 
+def holds_limits() -> bool:
+    """Does the watchdog hold this process's step time limits (a pool that cannot interrupt)? Then
+    each step run in a task gets a deadline of its own (`watch` again), wherever in the task it starts."""
+    return _watchdog is not None
+
+
 def watch(task_id: str, session_id: str, message_id: str, step: str) -> None:
+    """Watch the step `task_id` runs now, from now: called again for a later step of the same task,
+    it gives that step a full limit of its own."""
     if _watchdog is not None:
         _watchdog.add(task_id, session_id, message_id, step)
 
