@@ -50,7 +50,7 @@ def sentinel_stack(tmp_path_factory):
         sentinels.stop()
 
 
-def role_of(port: int) -> str | None:
+def replication_of(port: int) -> str | None:
     try:
         return redis.Redis(port=port, socket_timeout=1, decode_responses=True).info("replication")["role"]
     except redis.RedisError:
@@ -65,7 +65,7 @@ def demote(sentinels: processes.SentinelSet) -> tuple[int, int]:
     sentinel = redis.Redis(port=sentinels.sentinel_ports[0], socket_timeout=5)
     wait_for(lambda: _failover(sentinel, sentinels.master_name), timeout=60, interval=1.0)
     new = wait_for(lambda: (port := sentinels.master_port()) != old and port, timeout=60)
-    wait_for(lambda: role_of(old) == "slave" and role_of(new) == "master", timeout=60)
+    wait_for(lambda: replication_of(old) == "slave" and replication_of(new) == "master", timeout=60)
     return old, new
 
 
@@ -121,7 +121,7 @@ def test_a_demoted_master_is_followed_by_workers_and_web_without_a_restart(senti
     for worker, name in zip(system.workers, ("tools", "llm")):
         assert worker.running(), system.log(name)[-3000:]
     assert system.web.running()
-    assert role_of(old) == "slave" and role_of(new) == "master"
+    assert replication_of(old) == "slave" and replication_of(new) == "master"
 
 
 @pytest.mark.timeout(300)
@@ -142,7 +142,7 @@ def test_workers_outlive_a_master_demoted_by_hand_with_replicaof(sentinel_stack)
              timeout=60, describe=lambda: {name: system.log(name)[-2000:] for name in lost})
     redis.Redis(port=master).replicaof("NO", "ONE")
     redis.Redis(port=replica).replicaof("127.0.0.1", master)
-    wait_for(lambda: role_of(master) == "master" and role_of(replica) == "slave", timeout=60)
+    wait_for(lambda: replication_of(master) == "master" and replication_of(replica) == "slave", timeout=60)
 
     session_id = f"byhand{uuid.uuid4().hex[:8]}"
 

@@ -31,7 +31,7 @@ def test_keys_refuse_bad_ids(bad):
 def test_key_names():
     assert keys.progress_channel("s1", "m1") == "agent:progress:{s1:m1}"
     assert keys.progress_log("s1", "m1") == "agent:progress-log:{s1:m1}"
-    assert keys.turn_status("s1", "m1") == "agent:turn:s1:m1"
+    assert keys.turn_record("s1", "m1") == "agent:turn:s1:m1"
 
 
 def test_single_instance_mode_gives_each_store_a_db():
