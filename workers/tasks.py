@@ -13,7 +13,8 @@ back to the same queue runs it in its own task (workers.steps.step_here), claim 
 included: `reason` runs execute's fan-out; `collect` (on the llm queue) runs the next `reason`;
 `reason` runs `synthesize` where the watchdog holds the time limits (so each model call keeps a
 limit of its own). A one-call turn is four tasks, discover, reason, call_tool, collect, like a
-bare four-task chain; each task saved is a message published, delivered and acknowledged, its
+bare four-task chain, on the threads pool (the rules and local reasoners); under prefork or
+gevent (openai) synthesize is a task of its own, so five; each task saved is a message published, delivered and acknowledged, its
 task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
 made a turn seven tasks for the same work; and running the tool calls in the reason task, which
 would put them on the llm worker and serialise them.
