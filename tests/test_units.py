@@ -228,3 +228,18 @@ def test_the_readme_settings_tables_name_every_setting_and_nothing_else():
     dev_ports = {"TURNSTREAM_PORT", "TURNSTREAM_<STORE>_PORT"}
     written = {name for row in _readme_settings_rows() for name in re.findall(r"`(TURNSTREAM_[A-Z0-9_<>]+)`", row.split("|")[1])}
     assert sorted(written - fields - dev_ports) == []
+
+
+@pytest.mark.parametrize("transport", ["Transport", "SentinelTransport"])
+def test_a_broker_over_tls_follows_a_demotion_too(transport):
+    # kombu connects with connection_class_ssl for rediss:// (or broker_use_ssl): that class must
+    # turn a demotion into a lost connection like the plain one, or the worker exits on it
+    import redis
+    from workers import broker_transport
+    channel = getattr(broker_transport, transport).Channel
+    assert issubclass(channel.connection_class, broker_transport.FollowsDemotion)
+    assert issubclass(channel.connection_class_ssl, broker_transport.FollowsDemotion)
+    assert issubclass(channel.connection_class_ssl, redis.SSLConnection)
+    if transport == "SentinelTransport":
+        from redis.sentinel import SentinelManagedConnection
+        assert issubclass(channel.connection_class_ssl, SentinelManagedConnection)
