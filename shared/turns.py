@@ -297,6 +297,12 @@ def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) 
     return (r or client("broker")).hget(keys.turn_record(session_id, message_id), "status")
 
 
+def turn_step(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """The step the turn runs or last ran (claim_step writes it), whichever task runs it; None if
+    there is no such turn or it has not started."""
+    return (r or client("broker")).hget(keys.turn_record(session_id, message_id), "step") or None
+
+
 def turn_statuses(ids: list[tuple[str, str]], r: redis.Redis | None = None) -> list[str | None]:
     """The statuses of many turns in one round trip (a web process's streams, at each beat)."""
     pipe = (r or client("broker")).pipeline(transaction=False)

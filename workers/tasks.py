@@ -72,8 +72,8 @@ from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase, release,
-                           run_step, settle_terminal_event, start_step, step_failure, step_here, with_broker)
+from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase,
+                           recorded_step, release, run_step, settle_terminal_event, start_step, step_failure, step_here, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -386,7 +386,10 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
         # exception, which says more than the chord's summary of it.
         log.info("turn %s/%s: %s; the call reports it", session_id, message_id, exc)
         return
-    step = step_of(getattr(exc, "step", None) or getattr(request, "task", None))
+    # The step is the record's (claim_step writes it), not the task's: `collect` runs round 2's
+    # reason, `reason` runs execute's fan-out and at times synthesize (see above).
+    step = step_of(getattr(exc, "step", None) or recorded_step(session_id, message_id)
+                   or getattr(request, "task", None))
     fail_turn(session_id, message_id, step, errback_sentence(step, exc))
 
 
