@@ -209,8 +209,14 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     now = time.time()
     record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
                         prompt=prompt, created_at=now, updated_at=now, payload=payload)
-    with replicated("broker", r) as one:
-        return _record(one, record, principal, now, ttl)
+    recorded = False
+
+    def take_back(one: redis.Redis) -> None:  # refused (the broker is being replaced): leave nothing
+        if recorded:
+            _forget(one, session_id, message_id)
+    with replicated("broker", r, undo=take_back) as one:
+        recorded = _record(one, record, principal, now, ttl)
+    return recorded
 
 
 def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> bool:

@@ -243,3 +243,26 @@ def test_a_broker_over_tls_follows_a_demotion_too(transport):
     if transport == "SentinelTransport":
         from redis.sentinel import SentinelManagedConnection
         assert issubclass(channel.connection_class_ssl, SentinelManagedConnection)
+
+
+def _view(port: int, epoch: int, flags: str = "master") -> dict:
+    """A SENTINEL MASTER reply as redis-py parses it."""
+    return {"ip": "127.0.0.1", "port": port, "config-epoch": epoch, "flags": set(flags.split(","))}
+
+
+def test_a_write_on_the_new_master_is_kept_while_other_sentinels_still_name_the_old():
+    from shared.redis_stores import replaced_by
+    here = ("127.0.0.1", 7001)
+    # the leader switched to 7001 (epoch 3); two sentinels have not heard of it yet
+    assert replaced_by([_view(7000, 2), _view(7001, 3), _view(7000, 2)], here) is None
+    assert replaced_by([_view(7001, 3)] * 3, here) is None
+    assert replaced_by([], here) is None  # no sentinel answers: nothing known against it
+
+
+def test_a_write_on_a_master_being_replaced_is_refused():
+    from shared.redis_stores import replaced_by
+    old = ("127.0.0.1", 7000)
+    # before the switch only the leader knows, by its flag
+    assert replaced_by([_view(7000, 2), _view(7000, 2, "master,failover_in_progress"), _view(7000, 2)], old)
+    # after it the leader's newer configuration names the new master, the others lagging behind
+    assert "7001" in replaced_by([_view(7000, 2), _view(7001, 3), _view(7000, 2)], old)
