@@ -14,8 +14,8 @@ included: `reason` runs execute's fan-out; `collect` (on the llm queue) runs the
 `reason` runs `synthesize` where the watchdog holds the time limits (so each model call keeps a
 limit of its own). A one-call turn is four tasks, discover, reason, call_tool, collect, like a
 bare four-task chain, on the threads pool (the rules and local reasoners); under prefork or
-gevent (openai) synthesize is a task of its own, so five; each task saved is a message published, delivered and acknowledged, its
-task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
+gevent (openai) synthesize is a task of its own, so five. Each task saved is a message
+published, delivered and acknowledged, its task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
 made a turn seven tasks for the same work; and running the tool calls in the reason task, which
 would put them on the llm worker and serialise them.
 
@@ -73,7 +73,8 @@ from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase,
-                           recorded_step, release, run_step, settle_terminal_event, start_step, step_failure, step_here, with_broker)
+                           recorded_step, release, run_step, settle_terminal_event, start_step, step_failure,
+                           step_here, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
