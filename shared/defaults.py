@@ -59,6 +59,9 @@ TURN_RATE_LIMIT = "60/minute"
 # Per-client limit on every request (`limits` notation), counted by each web process in memory:
 # far above what a page or a script following its turns sends, far below what one process serves.
 REQUEST_RATE_LIMIT = "50/second"
+# Proxy hops in front of the web tier whose X-Forwarded-For is trusted (0: none; the connection's
+# address is the client's). Trusting a hop that is not there lets a client pick its own address.
+TRUSTED_PROXIES = 0
 
 # Browsers from these origins may call the API (comma-separated; empty: same origin only).
 CORS_ORIGINS = ""

@@ -407,8 +407,53 @@ def test_requests_without_a_valid_token_count_against_their_address(limited_web)
     forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.forged"}
     statuses = [httpx.get(f"{limited_web}/api/sessions", headers=forged, timeout=10).status_code for _ in range(6)]
     assert statuses == [401] * 5 + [429]
+    # No proxy is trusted by default: an X-Forwarded-For the client writes itself changes nothing.
+    spoofed = httpx.get(f"{limited_web}/api/sessions", headers={**forged, "X-Forwarded-For": "10.9.9.9"}, timeout=10)
+    assert spoofed.status_code == 429
     # A valid user from that address is another client.
     assert httpx.get(f"{limited_web}/api/sessions", headers=bearer("bob", "acme"), timeout=10).status_code == 200
+
+
+APP_ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def proxied_web(hostile):
+    """A web process behind one trusted proxy hop, limited to 5 requests a minute per client,
+    serving the API cross-origin to APP_ORIGIN."""
+    port = processes.free_port()
+    env = {**hostile.env, "TURNSTREAM_REQUEST_RATE_LIMIT": "5/minute", "TURNSTREAM_TRUSTED_PROXIES": "1",
+           "TURNSTREAM_CORS_ORIGINS": APP_ORIGIN}
+    server = processes.web_server(env, port, hostile.log_dir / "proxied").start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def tokenless_statuses(base_url: str, address: str, count: int) -> list[int]:
+    """`count` requests without a token from `address` (as the trusted proxy forwards it)."""
+    return [httpx.get(f"{base_url}/api/sessions", headers={"X-Forwarded-For": address}, timeout=10).status_code
+            for _ in range(count)]
+
+
+def test_preflights_and_the_page_do_not_spend_the_request_limit(proxied_web):
+    """A cross-origin client polling its turns sends a preflight before each poll; a user reloads
+    the page. Neither is refused, and neither spends what the address may send to the API."""
+    client = {"X-Forwarded-For": "10.0.0.1"}
+    preflight = {**client, "Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}
+    preflights = [httpx.options(f"{proxied_web}/api/sessions/s1/messages", headers=preflight, timeout=10)
+                  for _ in range(10)]
+    assert [p.status_code for p in preflights] == [200] * 10
+    assert all(p.headers["Access-Control-Allow-Origin"] == APP_ORIGIN for p in preflights)
+    for path in ["/", "/static/app.js", "/static/app.css", "/vocabulary.js"] * 3:
+        assert httpx.get(proxied_web + path, headers=client, timeout=10).status_code == 200, path
+    assert tokenless_statuses(proxied_web, "10.0.0.1", 6) == [401] * 5 + [429]
+
+
+def test_behind_a_trusted_proxy_each_forwarded_address_is_its_own_client(proxied_web):
+    """Users behind one ingress: one address over its limit leaves the others their own."""
+    assert tokenless_statuses(proxied_web, "10.0.0.2", 6) == [401] * 5 + [429]
+    assert tokenless_statuses(proxied_web, "10.0.0.3", 1) == [401]
 
 
 def test_a_connection_that_never_finishes_its_request_line_is_dropped(hostile):
