@@ -17,7 +17,7 @@ import jwt
 import pytest
 import redis
 
-from shared import keys, turns
+from shared import defaults, keys, turns
 from shared.cli import processes
 
 from shared.identity import API_AUDIENCE, Principal, issue_stream_token
@@ -454,6 +454,48 @@ def test_behind_a_trusted_proxy_each_forwarded_address_is_its_own_client(proxied
     """Users behind one ingress: one address over its limit leaves the others their own."""
     assert tokenless_statuses(proxied_web, "10.0.0.2", 6) == [401] * 5 + [429]
     assert tokenless_statuses(proxied_web, "10.0.0.3", 1) == [401]
+
+
+@pytest.fixture(scope="module")
+def default_limited_web(hostile):
+    """A web process with the default request limit (every other test stack lifts it)."""
+    port = processes.free_port()
+    env = {**hostile.env, "TURNSTREAM_REQUEST_RATE_LIMIT": defaults.REQUEST_RATE_LIMIT}
+    server = processes.web_server(env, port, hostile.log_dir / "default-limit").start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def load_page(client: httpx.Client, headers: dict, opened: str, pool: ThreadPoolExecutor) -> list[httpx.Response]:
+    """What a page load sends, as web/static/app.js does, at once: the page and its files, the
+    session list at sign-in and again to draw it, up to 30 sessions read at once for their titles,
+    then the session in the address bar."""
+    def get(path: str, auth: bool = True) -> httpx.Response:
+        return client.get(path, headers=headers if auth else {})
+
+    answers = [get(path, auth=False) for path in ("/", "/static/app.css", "/static/app.js", "/vocabulary.js",
+                                                  "/static/timeline.js", "/static/stream.js", "/static/markdown.js")]
+    answers += [get("/api/sessions"), get("/api/sessions")]
+    sessions = answers[-1].json()["sessions"]
+    answers += list(pool.map(get, [f"/api/sessions/{s}/messages" for s in sessions[:30]]))
+    return answers + [get(f"/api/sessions/{opened}/messages")]
+
+
+def test_a_user_reloading_the_page_stays_within_the_default_request_limit(default_limited_web):
+    """A user with many sessions loads the page and reloads it at once: nothing is refused. The
+    client keeps its connections open and uses 6 at a time, as a browser does over HTTP/1.1."""
+    carol = Principal("carol", "acme", ("analyst",))
+    sessions = ["h" + uuid.uuid4().hex[:12] for _ in range(31)]
+    for session_id in sessions:
+        message_id = uuid.uuid4().hex
+        assert turns.claim_session(session_id, carol)
+        turns.create_turn(session_id, message_id, carol, "a prompt")
+        turns.update_turn(session_id, message_id, status=DONE, answer="an answer")
+    browser = httpx.Client(base_url=default_limited_web, timeout=30, limits=httpx.Limits(max_connections=6))
+    with browser, ThreadPoolExecutor(30) as pool:
+        answers = [answer for _ in range(2) for answer in load_page(browser, bearer("carol", "acme"), sessions[0], pool)]
+    assert len(answers) == 2 * (7 + 2 + 30 + 1)
+    assert [(a.request.url.path, a.status_code) for a in answers if a.status_code != 200] == []
 
 
 def test_a_connection_that_never_finishes_its_request_line_is_dropped(hostile):
