@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     worker_broker_wait_s: float = defaults.WORKER_BROKER_WAIT_S
     turn_rate_limit: str = defaults.TURN_RATE_LIMIT
     request_rate_limit: str = defaults.REQUEST_RATE_LIMIT
+    trusted_proxies: int = Field(defaults.TRUSTED_PROXIES, ge=0)
     cors_origins: str = defaults.CORS_ORIGINS
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ import jwt
 import pytest
 import redis
 
-from shared import keys, turns
+from shared import defaults, keys, turns
 from shared.cli import processes
 
 from shared.identity import API_AUDIENCE, Principal, issue_stream_token
@@ -45,12 +45,15 @@ def sid() -> str:
     return "h" + uuid.uuid4().hex[:12]
 
 
-def follow(base_url: str, stream_url: str, deadline_s: float = 120) -> list[Event]:
+def follow(base_url: str, stream_url: str, deadline_s: float = 120, opened: list | None = None) -> list[Event]:
     """The turn's events as EventSource gets them: a stream the server closes before the terminal
-    event (it could not check the turn, the machine is overloaded) is reopened with Last-Event-ID."""
+    event (it could not check the turn, the machine is overloaded) is reopened with Last-Event-ID.
+    Each opening appends to `opened`, so a test can count reopens."""
     events: list[Event] = []
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
+        if opened is not None:
+            opened.append(stream_url)
         events += read_stream(base_url, stream_url, last_event_id=events[-1].id if events else None, timeout=60)
         if events and events[-1].type in TERMINAL_EVENTS:
             break
@@ -214,15 +217,19 @@ def test_every_stream_of_turns_that_end_without_a_terminal_event_ends_with_its_o
     when that turn ends."""
     alice = Principal("alice", "acme", ("analyst",))
     first, second = unsent_turn(sid, alice), unsent_turn(sid, alice)
+    # Every opening of the second turn's streams: `follow` reopens a stream the server closed, so
+    # a stream of the running turn closed early shows here as a second opening, not as an end.
+    second_openings: list[str] = []
     with ThreadPoolExecutor(10) as pool:
-        readers = {turn: [pool.submit(follow, hostile.base_url, turn[1], 60) for _ in range(5)]
-                   for turn in (first, second)}
+        readers = {first: [pool.submit(follow, hostile.base_url, first[1], 60) for _ in range(5)],
+                   second: [pool.submit(follow, hostile.base_url, second[1], 60, second_openings) for _ in range(5)]}
         time.sleep(2)  # every stream is open and heartbeating
         turns.update_turn(sid, first[0], status=DONE, answer="first answer")
         ended = [reader.result(timeout=60) for reader in readers[first]]
-        assert not any(reader.done() for reader in readers[second]), "a stream of a running turn ended"
+        time.sleep(2)  # a beat or more in which the second turn's streams could be closed wrongly
         turns.update_turn(sid, second[0], status=DONE, answer="second answer")
         ended_later = [reader.result(timeout=60) for reader in readers[second]]
+    assert len(second_openings) == 5, f"streams of a running turn were closed and reopened: {len(second_openings) - 5}"
     assert [[(e.type, e.data.get("answer")) for e in events] for events in ended] == [[("done", "first answer")]] * 5
     assert [[(e.type, e.data.get("answer")) for e in events] for events in ended_later] == [[("done", "second answer")]] * 5
 
@@ -400,8 +407,95 @@ def test_requests_without_a_valid_token_count_against_their_address(limited_web)
     forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.forged"}
     statuses = [httpx.get(f"{limited_web}/api/sessions", headers=forged, timeout=10).status_code for _ in range(6)]
     assert statuses == [401] * 5 + [429]
+    # No proxy is trusted by default: an X-Forwarded-For the client writes itself changes nothing.
+    spoofed = httpx.get(f"{limited_web}/api/sessions", headers={**forged, "X-Forwarded-For": "10.9.9.9"}, timeout=10)
+    assert spoofed.status_code == 429
     # A valid user from that address is another client.
     assert httpx.get(f"{limited_web}/api/sessions", headers=bearer("bob", "acme"), timeout=10).status_code == 200
+
+
+APP_ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def proxied_web(hostile):
+    """A web process behind one trusted proxy hop, limited to 5 requests a minute per client,
+    serving the API cross-origin to APP_ORIGIN."""
+    port = processes.free_port()
+    env = {**hostile.env, "TURNSTREAM_REQUEST_RATE_LIMIT": "5/minute", "TURNSTREAM_TRUSTED_PROXIES": "1",
+           "TURNSTREAM_CORS_ORIGINS": APP_ORIGIN}
+    server = processes.web_server(env, port, hostile.log_dir / "proxied").start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def tokenless_statuses(base_url: str, address: str, count: int) -> list[int]:
+    """`count` requests without a token from `address` (as the trusted proxy forwards it)."""
+    return [httpx.get(f"{base_url}/api/sessions", headers={"X-Forwarded-For": address}, timeout=10).status_code
+            for _ in range(count)]
+
+
+def test_preflights_and_the_page_do_not_spend_the_request_limit(proxied_web):
+    """A cross-origin client polling its turns sends a preflight before each poll; a user reloads
+    the page. Neither is refused, and neither spends what the address may send to the API."""
+    client = {"X-Forwarded-For": "10.0.0.1"}
+    preflight = {**client, "Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}
+    preflights = [httpx.options(f"{proxied_web}/api/sessions/s1/messages", headers=preflight, timeout=10)
+                  for _ in range(10)]
+    assert [p.status_code for p in preflights] == [200] * 10
+    assert all(p.headers["Access-Control-Allow-Origin"] == APP_ORIGIN for p in preflights)
+    for path in ["/", "/static/app.js", "/static/app.css", "/vocabulary.js"] * 3:
+        assert httpx.get(proxied_web + path, headers=client, timeout=10).status_code == 200, path
+    assert tokenless_statuses(proxied_web, "10.0.0.1", 6) == [401] * 5 + [429]
+
+
+def test_behind_a_trusted_proxy_each_forwarded_address_is_its_own_client(proxied_web):
+    """Users behind one ingress: one address over its limit leaves the others their own."""
+    assert tokenless_statuses(proxied_web, "10.0.0.2", 6) == [401] * 5 + [429]
+    assert tokenless_statuses(proxied_web, "10.0.0.3", 1) == [401]
+
+
+@pytest.fixture(scope="module")
+def default_limited_web(hostile):
+    """A web process with the default request limit (every other test stack lifts it)."""
+    port = processes.free_port()
+    env = {**hostile.env, "TURNSTREAM_REQUEST_RATE_LIMIT": defaults.REQUEST_RATE_LIMIT}
+    server = processes.web_server(env, port, hostile.log_dir / "default-limit").start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def load_page(client: httpx.Client, headers: dict, opened: str, pool: ThreadPoolExecutor) -> list[httpx.Response]:
+    """What a page load sends, as web/static/app.js does, at once: the page and its files, the
+    session list at sign-in and again to draw it, up to 30 sessions read at once for their titles,
+    then the session in the address bar."""
+    def get(path: str, auth: bool = True) -> httpx.Response:
+        return client.get(path, headers=headers if auth else {})
+
+    answers = [get(path, auth=False) for path in ("/", "/static/app.css", "/static/app.js", "/vocabulary.js",
+                                                  "/static/timeline.js", "/static/stream.js", "/static/markdown.js")]
+    answers += [get("/api/sessions"), get("/api/sessions")]
+    sessions = answers[-1].json()["sessions"]
+    answers += list(pool.map(get, [f"/api/sessions/{s}/messages" for s in sessions[:30]]))
+    return answers + [get(f"/api/sessions/{opened}/messages")]
+
+
+def test_a_user_reloading_the_page_stays_within_the_default_request_limit(default_limited_web):
+    """A user with many sessions loads the page and reloads it at once: nothing is refused. The
+    client keeps its connections open and uses 6 at a time, as a browser does over HTTP/1.1."""
+    carol = Principal("carol", "acme", ("analyst",))
+    sessions = ["h" + uuid.uuid4().hex[:12] for _ in range(31)]
+    for session_id in sessions:
+        message_id = uuid.uuid4().hex
+        assert turns.claim_session(session_id, carol)
+        turns.create_turn(session_id, message_id, carol, "a prompt")
+        turns.update_turn(session_id, message_id, status=DONE, answer="an answer")
+    browser = httpx.Client(base_url=default_limited_web, timeout=30, limits=httpx.Limits(max_connections=6))
+    with browser, ThreadPoolExecutor(30) as pool:
+        answers = [answer for _ in range(2) for answer in load_page(browser, bearer("carol", "acme"), sessions[0], pool)]
+    assert len(answers) == 2 * (7 + 2 + 30 + 1)
+    assert [(a.request.url.path, a.status_code) for a in answers if a.status_code != 200] == []
 
 
 def test_a_connection_that_never_finishes_its_request_line_is_dropped(hostile):

@@ -5,6 +5,7 @@ It sends turns by task name (shared.turn_flow) and never imports `workers`."""
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared import defaults
 from shared.celery_config import make_celery
@@ -55,7 +56,17 @@ def create_app(check_redis: bool = True) -> Flask:
     install_request_limit(app, settings.request_rate_limit)
     allow_cross_origin(app, settings.cors_origin_list())
     telemetry.init_app(app)
+    trust_proxies(app, settings.trusted_proxies)
     return app
+
+
+def trust_proxies(app: Flask, hops: int) -> None:
+    """Behind `hops` proxies (TURNSTREAM_TRUSTED_PROXIES), the client's address is the one the
+    outermost of them put in X-Forwarded-For: the request limit counts tokenless requests by it,
+    logs and traces show it. Outermost, so every layer of the app sees that address. With 0 the
+    header is ignored: a client cannot choose the address it is counted by."""
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)
 
 
 def allow_cross_origin(app: Flask, origins: list[str]) -> None:

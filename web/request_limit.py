@@ -7,7 +7,12 @@ moving window, in the process's memory), before authorization of the view, body 
 Redis call; over it the answer is a JSON 429 with Retry-After naming the limit, sent after a
 pause of up to a second, so a client that asks again at once is slowed down. The client is
 the user of a valid bearer token, or of a valid stream token for this very stream, else the
-address the connection comes from. Probes (/healthz, /readyz) and /metrics are not counted.
+address the connection comes from (or, behind `TURNSTREAM_TRUSTED_PROXIES` proxy hops, the
+address they forwarded: web.trust_proxies). Not counted: probes (/healthz, /readyz), /metrics,
+the page and its static files (they touch no store, and a reload must not spend the API's
+budget), and CORS preflights (OPTIONS: they never carry a token, so every cross-origin client
+behind one address would share one budget, and a refused preflight makes the browser drop the
+request it announced).
 
 The turn limit (web.ratelimit) is another concept: new turns per user across every process,
 on the broker. Rejected: counting requests on the broker too, as the turn limit does: a round
@@ -29,8 +34,10 @@ from shared.identity import TokenError, verify_stream_token
 from web.auth import current_principal
 from web.errors import ApiError, error_response
 
-# Endpoints that probes and scrapers call: never limited (a refused probe restarts a healthy pod).
-UNLIMITED_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "metrics.expose"})
+# Endpoints that probes and scrapers call: never limited (a refused probe restarts a healthy pod);
+# the page and its files: no store behind them.
+UNLIMITED_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "metrics.expose",
+                                 "ui.index", "ui.static", "ui.vocabulary_js"})
 # A refused request's answer waits this long (at most its Retry-After).
 REFUSAL_PAUSE_S = 1.0
 
@@ -55,6 +62,11 @@ def client_key() -> str:
     return f"addr:{request.remote_addr}"
 
 
+def exempt() -> bool:
+    """Requests the limit does not count (module docstring)."""
+    return request.method == "OPTIONS" or request.endpoint in UNLIMITED_ENDPOINTS
+
+
 def _refuse(limit: RequestLimit):
     """The 429: which limit, and when the client's window frees a request again. It leaves after
     a pause: a client that sends its next request as soon as the last one is answered would
@@ -76,7 +88,7 @@ def install_request_limit(app: Flask, limit: str) -> Limiter:
     # Application limits: one count per client across every endpoint (default limits count per endpoint).
     limiter = Limiter(client_key, app=app, application_limits=[limit], storage_uri="memory://",
                       strategy="moving-window", on_breach=_refuse,
-                      application_limits_exempt_when=lambda: request.endpoint in UNLIMITED_ENDPOINTS)
+                      application_limits_exempt_when=exempt)
 
     @app.errorhandler(RateLimitExceeded)
     def _over_limit(exc: RateLimitExceeded):

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SPREAD = 0.8
 
 
-class OutcomeUnknown(Exception):
+class StatusUnknown(Exception):
     """The turn's record (broker) or its log (progress) could not be read: the stream cannot
     tell whether the turn ended, so it closes and the client reconnects."""
 
@@ -67,18 +67,18 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         """Whether the turn is final when its stream opens (one read shared by every stream
         opening on it at that moment: web.turn_watch). A turn without a record is not final: its
         events come from the log alone (publishers that keep no record, such as the benchmarks,
-        stream this way). Raises OutcomeUnknown if the broker cannot say."""
+        stream this way). Raises StatusUnknown if the broker cannot say."""
         try:
             status = extensions.turn_watch().status(session_id, message_id)
         except redis.RedisError as exc:
-            raise OutcomeUnknown(str(exc)) from exc
+            raise StatusUnknown(str(exc)) from exc
         return status in FINAL_STATUSES and self._terminal_logged(session_id, message_id)
 
     @staticmethod
     def _terminal_logged(session_id: str, message_id: str) -> bool:
         """For a final turn: True once its terminal event is in the log (put back from the record
         if the progress store lost it); False while the outbox still holds its last events, the
-        terminal one among them, which reach the log from there. Raises OutcomeUnknown if either
+        terminal one among them, which reach the log from there. Raises StatusUnknown if either
         store cannot say."""
         try:
             if outbox.waiting(session_id, message_id):
@@ -86,7 +86,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             publish_terminal_event(session_id, message_id, turns.get_turn(session_id, message_id))
             return True
         except redis.RedisError as exc:
-            raise OutcomeUnknown(str(exc)) from exc
+            raise StatusUnknown(str(exc)) from exc
 
     def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
         """Logged then live events after `after`; None means "send a heartbeat"."""
@@ -96,7 +96,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         try:
             ended = self._ended_at_open(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
-        except (OutcomeUnknown, SubscribeTimeout, redis.RedisError) as exc:
+        except (StatusUnknown, SubscribeTimeout, redis.RedisError) as exc:
             log.warning("stream %s closed at once (the client retries): %s", channel, exc)
             return
         watch.watch(sub, session_id, message_id)
@@ -136,7 +136,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                 last = item.id
                 if item.terminal:
                     return
-        except (OutcomeUnknown, redis.RedisError) as exc:
+        except (StatusUnknown, redis.RedisError) as exc:
             log.warning("stream %s ended (the client retries): %s", channel, exc)
         finally:
             watch.unwatch(sub, session_id, message_id)
