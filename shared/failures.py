@@ -16,7 +16,7 @@ and wording them there. Celery serializes a task's exception into its base class
 (a StepFailed arrives as a RuntimeError, its step lost), so the errback can only prefix what
 it gets, which is how messages read "reason failed: RuntimeError: reason failed: …"."""
 
-from shared.defaults import STEP_QUEUES
+from shared.defaults import LLM_QUEUE, STEP_QUEUES
 from shared.vocabulary import CALL_TOOL, COLLECT, DISCOVER, EXECUTE, REASON, SYNTHESIZE
 
 # The words the page shows for each step (web/static/timeline.js STEP_LABELS); a tool call
@@ -51,9 +51,13 @@ def label(step: str | None) -> str:
     return STEP_LABELS.get(step or "", "A step")
 
 
-def worker_kind(step: str | None) -> str:
-    """Which kind of worker runs a step ("llm" or "tools"), as operators start them."""
-    return STEP_QUEUES.get(step or "", "tools")
+def worker_kind(task: str | None) -> str:
+    """Which kind of worker ("llm" or "tools", as operators start them) runs a task, by the queue
+    the task is routed to (STEP_QUEUES, celery_config's task_routes): a task, not a step, because
+    a step may run inside another step's task (`collect`, a part of execute, runs on the llm
+    queue). The tools worker serves the discover and tools queues (shared.cli.processes)."""
+    queue = STEP_QUEUES.get(str(task or "").rpartition(".")[2])
+    return "llm" if queue == LLM_QUEUE else "tools"
 
 
 def sentence(step: str | None, cause: str) -> str:
@@ -68,9 +72,10 @@ def time_limit_cause(seconds: float, variable: str = "TURNSTREAM_TASK_TIME_LIMIT
     return f"the step ran past its time limit of {seconds:g} s ({variable})"
 
 
-def crash_cause(step: str | None, crashes: int, doing: str | None = None) -> str:
+def crash_cause(task: str | None, crashes: int, doing: str | None = None) -> str:
+    """The cause for a `task` whose deliveries crashed their worker `crashes` times."""
     times = "once" if crashes == 1 else f"{crashes} times"
-    return f"the {worker_kind(step)} worker crashed {times} {doing or 'in this step'}"
+    return f"the {worker_kind(task)} worker crashed {times} {doing or 'in this step'}"
 
 
 def unexpected_cause(exc: BaseException) -> str:

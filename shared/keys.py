@@ -58,7 +58,7 @@ def progress_marker(session_id: str, message_id: str, dedupe: str) -> str:
     return f"{PREFIX}:progress-once:{_turn_slot(session_id, message_id)}:{dedupe}"
 
 
-def turn_status(session_id: str, message_id: str) -> str:
+def turn_record(session_id: str, message_id: str) -> str:
     """Hash holding the turn's record (shared.turns.TurnRecord); lives on the broker instance (never evicted)."""
     return f"{PREFIX}:turn:{_turn(session_id, message_id)}"
 

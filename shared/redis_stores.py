@@ -175,11 +175,17 @@ class PerClient(Generic[T]):
 
 
 @contextmanager
-def replicated(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]:
+def replicated(store: str, r: redis.Redis | None = None,
+               undo: Callable[[redis.Redis], object] | None = None) -> Iterator[redis.Redis]:
     """A client on one connection of `store`'s pool. Under Sentinel, leaving the block waits
     (up to REPLICA_WAIT_MS) until a replica has every write made so far, so what the block
     wrote survives a failover that follows: WAIT counts the writes of its own connection,
-    hence the single connection. Elsewhere it is the store's client, and leaving costs nothing."""
+    hence the single connection. Elsewhere it is the store's client, and leaving costs nothing.
+
+    When no replica acknowledged and the sentinels say this server is being replaced, leaving
+    raises ConnectionError (the caller refuses what it was doing); `undo(client)` first takes back
+    the block's writes on the same connection, so a refused write does not stay behind on a server
+    that turns out to remain the master (where the redelivery sweeper would act on it)."""
     r = r or client(store)
     if not get_settings().store_target(store).sentinel:
         yield r
@@ -190,45 +196,71 @@ def replicated(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis
         yield one
         if one.wait(1, REPLICA_WAIT_MS):
             return
-        _still_the_master(store, one)
+        _still_the_master(store, one, undo)
         log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
                     store, REPLICA_WAIT_MS)
 
 
-def _still_the_master(store: str, one: redis.Redis) -> None:
-    """After a WAIT no replica acknowledged: raise ConnectionError if a sentinel says this
-    connection's server is being replaced as master. A failover of a live master (SENTINEL
-    FAILOVER, a partition healing) promotes the replica first and demotes the old master only when
-    Sentinel next looks at it, seconds later; meanwhile the old one accepts writes on the
-    connections it has, and its demotion discards them. Its replica is gone, so WAIT is where that
-    shows. Every sentinel is asked, not the first that answers: the one leading the failover knows
-    first (its flag `failover_in_progress`, then the new address), the others hear of it up to
-    seconds later. A replica that is merely down starts no failover, so then the write is kept.
+def _still_the_master(store: str, one: redis.Redis, undo: Callable[[redis.Redis], object] | None) -> None:
+    """After a WAIT no replica acknowledged: raise ConnectionError if the sentinels say this
+    connection's server is being replaced as master, after `undo` took back its writes there. A
+    failover of a live master (SENTINEL FAILOVER, a partition healing) promotes the replica first
+    and demotes the old master only when Sentinel next looks at it, seconds later; meanwhile the
+    old one accepts writes on the connections it has, and its demotion discards them. Its replica
+    is gone, so WAIT is where that shows. Every sentinel is asked (see `replaced_by`). A replica
+    that is merely down starts no failover, so then the write is kept.
     Rejected: `min-replicas-to-write 1` on the master, which closes the same window but refuses
     every write while the one replica is down."""
     connection, pool = one.connection, one.connection_pool
     here = (connection.host, int(connection.port))
-    replaced = _being_replaced(pool, here)
-    if replaced:
-        pool.get_master_address()  # redis-py drops the idle connections once the address changed
-        connection.disconnect()
-        raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced}); "
-                                    "its write is not kept")
+    replaced = replaced_by(_sentinel_views(pool), here)
+    if not replaced:
+        return
+    if undo is not None:
+        try:
+            undo(one)  # before the disconnect: on this server, where the write was made
+        except redis.RedisError as exc:  # a demoted server discards the write anyway
+            log.warning("%s: could not take back a refused write on %s:%d: %r", store, *here, exc)
+    pool.get_master_address()  # redis-py drops the idle connections once the address changed
+    connection.disconnect()
+    raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced}); "
+                                "its write is not kept")
 
 
-def _being_replaced(pool: SentinelConnectionPool, here: tuple[str, int]) -> str | None:
-    """What a sentinel knows that makes `here` no longer the master, or None."""
+def _sentinel_views(pool: SentinelConnectionPool) -> list[dict]:
+    """SENTINEL MASTER as every sentinel that answers sees it (one that does not knows nothing)."""
+    views = []
     for sentinel in pool.sentinel_manager.sentinels:
         try:
-            state = sentinel.sentinel_master(pool.service_name)
+            views.append(sentinel.sentinel_master(pool.service_name))
         except redis.RedisError:
-            continue  # a sentinel that does not answer knows nothing
-        flags = state["flags"] if isinstance(state["flags"], set) else set(state["flags"].split(","))
-        if (state["ip"], int(state["port"])) != here:
-            return f"a sentinel names {state['ip']}:{state['port']}"
-        if "failover_in_progress" in flags:
+            continue
+    return views
+
+
+def replaced_by(views: list[dict], here: tuple[str, int]) -> str | None:
+    """What the sentinels' views (SENTINEL MASTER replies) say makes `here` no longer the master,
+    or None. A failover in progress (flagged only by the sentinel leading it) refuses; otherwise
+    the view of the newest configuration (highest config-epoch: the leader's, once it switched)
+    decides. Sentinels that did not lead a failover name the old address for up to seconds after
+    it, with the older epoch, so they must not refuse a write on the new master.
+    Rejected: refusing as soon as any sentinel names another address (refused writes kept on the
+    real master after every failover), and a majority vote (right after a failover the laggards
+    are the majority, and during one only the leader knows)."""
+    for view in views:
+        if "failover_in_progress" in _flags(view):
             return "a failover is under way"
+    if not views:
+        return None
+    newest = max(views, key=lambda view: int(view.get("config-epoch", 0)))
+    if (newest["ip"], int(newest["port"])) != here:
+        return f"the sentinels' newest configuration (epoch {newest.get('config-epoch', 0)}) names " \
+               f"{newest['ip']}:{newest['port']}"
     return None
+
+
+def _flags(view: dict) -> set[str]:
+    return view["flags"] if isinstance(view["flags"], set) else set(view["flags"].split(","))
 
 
 def reset_clients() -> None:

@@ -209,13 +209,19 @@ def create_turn(session_id: str, message_id: str, principal: Principal, prompt: 
     now = time.time()
     record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
                         prompt=prompt, created_at=now, updated_at=now, payload=payload)
-    with replicated("broker", r) as one:
-        return _record(one, record, principal, now, ttl)
+    recorded = False
+
+    def take_back(one: redis.Redis) -> None:  # refused (the broker is being replaced): leave nothing
+        if recorded:
+            _forget(one, session_id, message_id)
+    with replicated("broker", r, undo=take_back) as one:
+        recorded = _record(one, record, principal, now, ttl)
+    return recorded
 
 
 def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> bool:
     session_id, message_id = record.session_id, record.message_id
-    record_key = keys.turn_status(session_id, message_id)
+    record_key = keys.turn_record(session_id, message_id)
     # Claim the id first (one atomic field write): a client may choose its ids (AG-UI's runId),
     # and a second post of the same id must not overwrite a turn under way.
     if not r.hsetnx(record_key, "owner", principal.owner):
@@ -258,7 +264,7 @@ def _discard(session_id: str, message_id: str, r: redis.Redis | None) -> None:
 
 def _forget(r: redis.Redis, session_id: str, message_id: str) -> None:
     pipe = r.pipeline()
-    pipe.delete(keys.turn_status(session_id, message_id))
+    pipe.delete(keys.turn_record(session_id, message_id))
     pipe.lrem(keys.session_turns(session_id), 0, message_id)
     pipe.zrem(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id))
     pipe.execute()
@@ -275,12 +281,12 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
     values = {**fields, "updated_at": now}
     flat = [str(item) for pair in values.items() for item in pair]
     if not status:
-        current = r.hget(keys.turn_status(session_id, message_id), "status")
+        current = r.hget(keys.turn_record(session_id, message_id), "status")
         if current is None or current in FINAL_STATUSES:
             return current
         status = current
     result = r.register_script(_TRANSITION)(
-        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
+        keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight()],
         args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
     if result == status and status in FINAL_STATUSES:
         metrics.record_turn(status)
@@ -294,19 +300,25 @@ def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) 
 
 def turn_status(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
     """The turn's status alone (one HGET: streams ask at every heartbeat); None if there is no such turn."""
-    return (r or client("broker")).hget(keys.turn_status(session_id, message_id), "status")
+    return (r or client("broker")).hget(keys.turn_record(session_id, message_id), "status")
+
+
+def turn_step(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
+    """The step the turn runs or last ran (claim_step writes it), whichever task runs it; None if
+    there is no such turn or it has not started."""
+    return (r or client("broker")).hget(keys.turn_record(session_id, message_id), "step") or None
 
 
 def turn_statuses(ids: list[tuple[str, str]], r: redis.Redis | None = None) -> list[str | None]:
     """The statuses of many turns in one round trip (a web process's streams, at each beat)."""
     pipe = (r or client("broker")).pipeline(transaction=False)
     for session_id, message_id in ids:
-        pipe.hget(keys.turn_status(session_id, message_id), "status")
+        pipe.hget(keys.turn_record(session_id, message_id), "status")
     return pipe.execute()
 
 
 def get_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> TurnRecord | None:
-    fields = (r or client("broker")).hgetall(keys.turn_status(session_id, message_id))
+    fields = (r or client("broker")).hgetall(keys.turn_record(session_id, message_id))
     return TurnRecord.restore(fields) if fields else None
 
 
@@ -345,7 +357,7 @@ def turns_in_flight(limit: int = 100, r: redis.Redis | None = None, stall_s: flo
     ids = in_flight_ids(r, limit=limit)
     pipe = r.pipeline(transaction=False)
     for session_id, message_id in ids:
-        pipe.hmget(keys.turn_status(session_id, message_id), "status", "step", "created_at", "updated_at")
+        pipe.hmget(keys.turn_record(session_id, message_id), "status", "step", "created_at", "updated_at")
     in_flight, stale = [], []
     now = time.time()
     for (session_id, message_id), (status, step, created_at, updated_at) in zip(ids, pipe.execute()):
@@ -384,11 +396,11 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
     stale delivery whose runner died after finishing the step, that runner."""
     r = r or client("broker")
     worker = liveness.worker_id()
-    runner = r.hget(keys.turn_status(session_id, message_id), "runner")
+    runner = r.hget(keys.turn_record(session_id, message_id), "runner")
     known_dead = runner if runner and liveness.gone_from_this_host(runner) else ""
     member = keys.in_flight_member(session_id, message_id)
     result = r.register_script(_CLAIM_STEP)(
-        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
+        keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
               keys.worker_turns(worker)],
         args=[position, position if latest is None else latest, worker, step, time.time(), liveness.dead_before(),
               known_dead, member])
@@ -403,7 +415,7 @@ def save_checkpoint(session_id: str, message_id: str, position: int, checkpoint:
     one, if this process still runs it."""
     r = r or client("broker")
     return r.register_script(_ADVANCE)(
-        keys=[keys.turn_status(session_id, message_id), keys.turns_in_flight()],
+        keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight()],
         args=[position, liveness.worker_id(), json.dumps(checkpoint.state), checkpoint.task, checkpoint.round or "",
               checkpoint.position, time.time(), keys.in_flight_member(session_id, message_id)])
 
@@ -412,5 +424,5 @@ def release_step(session_id: str, message_id: str, position: int, r: redis.Redis
     """This process no longer runs the turn's step at `position`."""
     r = r or client("broker")
     worker = liveness.worker_id()
-    r.register_script(_RELEASE)(keys=[keys.turn_status(session_id, message_id), keys.worker_turns(worker)],
+    r.register_script(_RELEASE)(keys=[keys.turn_record(session_id, message_id), keys.worker_turns(worker)],
                                 args=[worker, keys.in_flight_member(session_id, message_id), position])

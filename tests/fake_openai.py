@@ -9,7 +9,7 @@ It plays a scripted model: offered tools and no tool results yet -> it calls wea
 and calculator(6*7+1) in one message; tool results present -> it calls nothing
 (finish_reason "stop"); no tools offered -> it writes an answer built from ANSWER_PIECES.
 Words in the user's prompt inject failures:
-- "silent": it never sends a byte (until the fake stops).
+- "silent": it never sends a byte (until the fake stops); "silent later": likewise once tool results are in.
 - "fail now": HTTP 500 to every request; "fail later": HTTP 500 once tool results are in.
 - "again and again": it calls tools in every round, to hit the round limit.
 Streamed requests only (the answer):
@@ -87,7 +87,7 @@ class FakeOpenAI:
     def reply(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
         prompt = " ".join(str(m.get("content")) for m in body["messages"] if m["role"] == "user")
         has_results = any(m["role"] == "tool" for m in body["messages"])
-        if "silent" in prompt:
+        if "silent" in prompt and ("silent later" not in prompt or has_results):
             self.stopping.wait()
             return
         if "fail now" in prompt or ("fail later" in prompt and has_results):

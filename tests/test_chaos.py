@@ -81,7 +81,7 @@ def snapshot(chaos: Stack, bodies: list[dict], field: str) -> list[str | None]:
     requests to the web tier on a loaded machine can take longer than that."""
     pipe = chaos.client("broker").pipeline(transaction=False)
     for body in bodies:
-        pipe.hget(keys.turn_status(body["session_id"], body["message_id"]), field)
+        pipe.hget(keys.turn_record(body["session_id"], body["message_id"]), field)
     return pipe.execute()
 
 

@@ -82,6 +82,30 @@ def test_a_model_server_error_reads_as_one_sentence(system):
     assert record["status"] == "failed" and record["error"] == event["message"]
 
 
+@pytest.mark.parametrize("pool", ["gevent", "prefork"])  # the pools whose limit Celery enforces (the chain's errback)
+@pytest.mark.timeout(180)
+def test_a_step_run_inside_another_task_is_named_for_itself(system, pool):
+    """Round 2's reason runs inside the `collect` task (workers.tasks). The model hangs there past
+    the task's time limit: what failed is reasoning, not calling tools."""
+    with FakeOpenAI() as fake, worker(system, f"hang-{pool}", pool=pool, TURNSTREAM_REASONER="openai",
+                                      TURNSTREAM_OPENAI_BASE_URL=fake.base_url, TURNSTREAM_REASONER_TIMEOUT_S="60"):
+        event, record = failed_turn(system, f"hang-round-2-{pool}", "weather in Paris, silent later")
+    limit = f"{HARD_LIMIT_S} s (TURNSTREAM_TASK_TIME_LIMIT_S)" if pool == "gevent" else \
+        f"{SOFT_LIMIT_S} s (TURNSTREAM_TASK_SOFT_TIME_LIMIT_S)"
+    assert event == {"type": "error", "step": "reason",
+                     "message": f"Reasoning failed: the step ran past its time limit of {limit}."}
+    assert record["status"] == "failed" and record["error"] == event["message"]
+
+
+def test_a_crash_names_the_worker_its_task_runs_on():
+    """`collect` is a part of execute but runs on the llm queue: its crashes are the llm worker's."""
+    from shared.failures import crash_cause
+    assert crash_cause("turnstream.collect", 3) == "the llm worker crashed 3 times in this step"
+    assert crash_cause("turnstream.call_tool", 1, "while calling weather") == \
+        "the tools worker crashed once while calling weather"
+    assert crash_cause("turnstream.discover", 2) == "the tools worker crashed 2 times in this step"
+
+
 def test_dead_mcp_servers_are_named_with_their_first_real_error(system):
     nobody = processes.free_port()
     exits_at_once = ("import sys; sys.stderr.write('starting the tools server\\n'); "

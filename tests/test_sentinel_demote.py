@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from shared import keys
 from shared.cli import processes
 from tests.sse import read_stream
 from tests.stack import Stack
@@ -50,11 +51,23 @@ def sentinel_stack(tmp_path_factory):
         sentinels.stop()
 
 
-def role_of(port: int) -> str | None:
+def replication_of(port: int) -> str | None:
     try:
         return redis.Redis(port=port, socket_timeout=1, decode_responses=True).info("replication")["role"]
     except redis.RedisError:
         return None
+
+
+def assert_left_nothing(system: Stack, refused: list[str], broker: redis.Redis | None = None) -> None:
+    """Every refused post (a 503) left no turn: none in its session as its owner sees it and, when
+    `broker` is given, no turn record and no in-flight entry the redelivery sweeper could run."""
+    for sid in refused:
+        assert turns_of(system.base_url, sid) in (None, []), f"refused post left a turn in {sid}"
+    if broker is not None and refused:
+        left = [key for sid in refused for key in broker.scan_iter(match=f"{keys.PREFIX}:turn:{sid}:*", count=1000)]
+        assert not left, f"refused posts left turn records: {left}"
+        in_flight = [m.decode() for m in broker.zrange(keys.turns_in_flight(), 0, -1)]
+        assert not [m for m in in_flight if m.split(":")[0] in refused], in_flight
 
 
 def demote(sentinels: processes.SentinelSet) -> tuple[int, int]:
@@ -65,7 +78,7 @@ def demote(sentinels: processes.SentinelSet) -> tuple[int, int]:
     sentinel = redis.Redis(port=sentinels.sentinel_ports[0], socket_timeout=5)
     wait_for(lambda: _failover(sentinel, sentinels.master_name), timeout=60, interval=1.0)
     new = wait_for(lambda: (port := sentinels.master_port()) != old and port, timeout=60)
-    wait_for(lambda: role_of(old) == "slave" and role_of(new) == "master", timeout=60)
+    wait_for(lambda: replication_of(old) == "slave" and replication_of(new) == "master", timeout=60)
     return old, new
 
 
@@ -114,14 +127,13 @@ def test_a_demoted_master_is_followed_by_workers_and_web_without_a_restart(senti
         events = read_stream(system.base_url, body["stream_url"])  # the whole log, replayed
         assert [e.type for e in events].count("done") == 1, [e.type for e in events]
         assert events[-1].type == "done"
-    for sid, code in codes.items():
-        if code == 503:
-            assert turns_of(system.base_url, sid) in (None, []), f"refused post left a turn in {sid}"
+    refused = [sid for sid, code in codes.items() if code == 503]
+    assert_left_nothing(system, refused, redis.Redis(port=sentinels.master_port()))
     # Followed, not restarted: the workers and gunicorn that started with the fixture still run.
     for worker, name in zip(system.workers, ("tools", "llm")):
         assert worker.running(), system.log(name)[-3000:]
     assert system.web.running()
-    assert role_of(old) == "slave" and role_of(new) == "master"
+    assert replication_of(old) == "slave" and replication_of(new) == "master"
 
 
 @pytest.mark.timeout(300)
@@ -142,17 +154,22 @@ def test_workers_outlive_a_master_demoted_by_hand_with_replicaof(sentinel_stack)
              timeout=60, describe=lambda: {name: system.log(name)[-2000:] for name in lost})
     redis.Redis(port=master).replicaof("NO", "ONE")
     redis.Redis(port=replica).replicaof("127.0.0.1", master)
-    wait_for(lambda: role_of(master) == "master" and role_of(replica) == "slave", timeout=60)
+    wait_for(lambda: replication_of(master) == "master" and replication_of(replica) == "slave", timeout=60)
 
-    session_id = f"byhand{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:8]
+    refused: list[str] = []
 
     def accepted() -> httpx.Response | None:
+        session_id = f"byhand{run}n{len(refused)}"
         with httpx.Client(timeout=60) as client:
             response = post(client, system.base_url, session_id, "calculate 6 * 7")
         assert response.status_code in (202, 503), response.text
+        if response.status_code == 503:
+            refused.append(session_id)
         return response if response.status_code == 202 else None
     response = wait_for(accepted, timeout=60, interval=0.5)
     assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
+    assert_left_nothing(system, refused, redis.Redis(port=sentinels.master_port()))
     for worker, name in zip(system.workers, ("tools", "llm")):
         assert worker.running(), system.log(name)[-3000:]
 
@@ -177,13 +194,19 @@ def test_a_worker_outlives_a_single_broker_demoted_by_hand(tmp_path):
             assert system.workers[0].running(), system.log("worker")[-3000:]
             broker.replicaof("NO", "ONE")
 
+            refused: list[str] = []
+
             def accepted() -> httpx.Response | None:
+                session_id = f"single{uuid.uuid4().hex[:8]}"
                 with httpx.Client(timeout=60) as client:
-                    response = post(client, system.base_url, f"single{uuid.uuid4().hex[:8]}", "calculate 6 * 7")
+                    response = post(client, system.base_url, session_id, "calculate 6 * 7")
                 assert response.status_code in (202, 503), response.text
+                if response.status_code == 503:
+                    refused.append(session_id)
                 return response if response.status_code == 202 else None
             response = wait_for(accepted, timeout=60, interval=0.5)
             assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
+            assert_left_nothing(system, refused, broker)
             assert system.workers[0].running(), system.log("worker")[-3000:]
     finally:
         system.stop()

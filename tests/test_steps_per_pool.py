@@ -11,6 +11,7 @@ from shared import keys
 from tests.sse import post_prompt, read_stream
 from tests.stack import Stack
 from tests.test_turn_e2e import shape
+from tests.waiting import wait_for
 
 ONE_CALL = [("accepted",), ("step", "discover", None, "started"), ("step", "discover", None, "finished"),
             ("step", "reason", 1, "started"), ("step", "reason", 1, "finished"),
@@ -34,6 +35,9 @@ def test_a_turn_reads_the_same_whichever_tasks_its_steps_share(tmp_path, stack, 
         events = read_stream(system.base_url, body["stream_url"], timeout=60)
         assert shape(events) == ONE_CALL
         assert events[-1].data["answer"] == "6 * 7 + 1 = 43."
-        counted = system.client("broker").hgetall(keys.turn_deliveries(body["session_id"], body["message_id"]))
+        broker = system.client("broker")
+        deliveries = keys.turn_deliveries(body["session_id"], body["message_id"])
+        # the worker ends a delivery after it has published `done`: wait for the counts to return
+        counted = wait_for(lambda: (c := broker.hgetall(deliveries)) and set(c.values()) == {"0"} and c,
+                           timeout=30, describe=lambda: f"deliveries still open: {broker.hgetall(deliveries)}")
         assert set(counted) == tasks
-        assert set(counted.values()) == {"0"}, "every delivery returned"

@@ -31,7 +31,7 @@ def test_keys_refuse_bad_ids(bad):
 def test_key_names():
     assert keys.progress_channel("s1", "m1") == "agent:progress:{s1:m1}"
     assert keys.progress_log("s1", "m1") == "agent:progress-log:{s1:m1}"
-    assert keys.turn_status("s1", "m1") == "agent:turn:s1:m1"
+    assert keys.turn_record("s1", "m1") == "agent:turn:s1:m1"
 
 
 def test_single_instance_mode_gives_each_store_a_db():
@@ -228,3 +228,41 @@ def test_the_readme_settings_tables_name_every_setting_and_nothing_else():
     dev_ports = {"TURNSTREAM_PORT", "TURNSTREAM_<STORE>_PORT"}
     written = {name for row in _readme_settings_rows() for name in re.findall(r"`(TURNSTREAM_[A-Z0-9_<>]+)`", row.split("|")[1])}
     assert sorted(written - fields - dev_ports) == []
+
+
+@pytest.mark.parametrize("transport", ["Transport", "SentinelTransport"])
+def test_a_broker_over_tls_follows_a_demotion_too(transport):
+    # kombu connects with connection_class_ssl for rediss:// (or broker_use_ssl): that class must
+    # turn a demotion into a lost connection like the plain one, or the worker exits on it
+    import redis
+    from workers import broker_transport
+    channel = getattr(broker_transport, transport).Channel
+    assert issubclass(channel.connection_class, broker_transport.FollowsDemotion)
+    assert issubclass(channel.connection_class_ssl, broker_transport.FollowsDemotion)
+    assert issubclass(channel.connection_class_ssl, redis.SSLConnection)
+    if transport == "SentinelTransport":
+        from redis.sentinel import SentinelManagedConnection
+        assert issubclass(channel.connection_class_ssl, SentinelManagedConnection)
+
+
+def _view(port: int, epoch: int, flags: str = "master") -> dict:
+    """A SENTINEL MASTER reply as redis-py parses it."""
+    return {"ip": "127.0.0.1", "port": port, "config-epoch": epoch, "flags": set(flags.split(","))}
+
+
+def test_a_write_on_the_new_master_is_kept_while_other_sentinels_still_name_the_old():
+    from shared.redis_stores import replaced_by
+    here = ("127.0.0.1", 7001)
+    # the leader switched to 7001 (epoch 3); two sentinels have not heard of it yet
+    assert replaced_by([_view(7000, 2), _view(7001, 3), _view(7000, 2)], here) is None
+    assert replaced_by([_view(7001, 3)] * 3, here) is None
+    assert replaced_by([], here) is None  # no sentinel answers: nothing known against it
+
+
+def test_a_write_on_a_master_being_replaced_is_refused():
+    from shared.redis_stores import replaced_by
+    old = ("127.0.0.1", 7000)
+    # before the switch only the leader knows, by its flag
+    assert replaced_by([_view(7000, 2), _view(7000, 2, "master,failover_in_progress"), _view(7000, 2)], old)
+    # after it the leader's newer configuration names the new master, the others lagging behind
+    assert "7001" in replaced_by([_view(7000, 2), _view(7001, 3), _view(7000, 2)], old)

@@ -24,7 +24,7 @@ import logging
 
 import redis
 from kombu.transport import redis as kombu_redis
-from redis.sentinel import SentinelManagedConnection
+from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
 log = logging.getLogger(__name__)
 LOST_CONNECTION = (AttributeError, redis.RedisError, OSError)
@@ -52,6 +52,16 @@ class Connection(FollowsDemotion, redis.Connection):
 
 
 class SentinelConnection(FollowsDemotion, SentinelManagedConnection):
+    pass
+
+
+# kombu connects with `connection_class_ssl` instead when the broker URL is rediss:// (or
+# broker_use_ssl is set): the same demotion-following for a broker reached over TLS.
+class SSLConnection(FollowsDemotion, redis.SSLConnection):
+    pass
+
+
+class SentinelSSLConnection(FollowsDemotion, SentinelManagedSSLConnection):
     pass
 
 
@@ -87,6 +97,7 @@ class QoS(kombu_redis.QoS):
 class Channel(kombu_redis.Channel):
     QoS = QoS
     connection_class = Connection
+    connection_class_ssl = SSLConnection
 
 
 class Transport(kombu_redis.Transport):
@@ -96,6 +107,7 @@ class Transport(kombu_redis.Transport):
 class SentinelChannel(kombu_redis.SentinelChannel):
     QoS = QoS
     connection_class = SentinelConnection
+    connection_class_ssl = SentinelSSLConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):

@@ -64,7 +64,7 @@ def resend(app: Celery, record: turns.TurnRecord, cause: str, now: float, r: red
     TURNSTREAM_TURN_MAX_REDELIVERIES re-sends; one whose worker died is not: a dead worker is no
     fault of the turn (a step that keeps killing its worker is the delivery counter's to stop)."""
     session_id, message_id = record.session_id, record.message_id
-    attempts = r.hincrby(keys.turn_status(session_id, message_id), "redeliveries" if cause == "no_progress"
+    attempts = r.hincrby(keys.turn_record(session_id, message_id), "redeliveries" if cause == "no_progress"
                          else "worker_losses", 1)
     if cause == "no_progress" and attempts > get_settings().turn_max_redeliveries:
         give_up(session_id, message_id, attempts - 1, r)

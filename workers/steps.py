@@ -34,6 +34,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
+import redis
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from opentelemetry import trace
 
@@ -204,7 +205,8 @@ class TurnTask(RedactingTask):
         step, tag, doing = step_tag(self.name, args)
         crashes = with_broker(deliveries.begin, session_id, message_id, tag)
         if deliveries.exhausted(crashes):
-            fail_turn(session_id, message_id, step, sentence(step, crash_cause(step, crashes, doing)))
+            step = recorded_step(session_id, message_id) or step  # the step it crashed in may be a later one
+            fail_turn(session_id, message_id, step, sentence(step, crash_cause(self.name, crashes, doing)))
             raise Ignore()
         task_id = self.request.id or tag
         time_limits.watch(task_id, session_id, message_id, step)
@@ -213,6 +215,16 @@ class TurnTask(RedactingTask):
         finally:
             time_limits.unwatch(task_id)
             _end_delivery(session_id, message_id, tag)
+
+
+def recorded_step(session_id: str, message_id: str) -> str | None:
+    """The step the turn's record says runs (claim_step writes it): a task may run several steps
+    (workers.tasks), so its name does not say which one failed. None if the broker cannot say."""
+    try:
+        return turns.turn_step(session_id, message_id)
+    except (redis.RedisError, *UNAVAILABLE) as exc:
+        log.warning("turn %s/%s: could not read its step (%r); naming it by its task", session_id, message_id, exc)
+        return None
 
 
 def step_tag(task: str, args: tuple) -> tuple[Step, str, str | None]:

@@ -13,8 +13,9 @@ back to the same queue runs it in its own task (workers.steps.step_here), claim 
 included: `reason` runs execute's fan-out; `collect` (on the llm queue) runs the next `reason`;
 `reason` runs `synthesize` where the watchdog holds the time limits (so each model call keeps a
 limit of its own). A one-call turn is four tasks, discover, reason, call_tool, collect, like a
-bare four-task chain; each task saved is a message published, delivered and acknowledged, its
-task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
+bare four-task chain, on the threads pool (the rules and local reasoners); under prefork or
+gevent (openai) synthesize is a task of its own, so five. Each task saved is a message
+published, delivered and acknowledged, its task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
 made a turn seven tasks for the same work; and running the tool calls in the reason task, which
 would put them on the llm worker and serialise them.
 
@@ -71,8 +72,9 @@ from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase, release,
-                           run_step, settle_terminal_event, start_step, step_failure, step_here, with_broker)
+from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase,
+                           recorded_step, release, run_step, settle_terminal_event, start_step, step_failure,
+                           step_here, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -385,7 +387,10 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
         # exception, which says more than the chord's summary of it.
         log.info("turn %s/%s: %s; the call reports it", session_id, message_id, exc)
         return
-    step = step_of(getattr(exc, "step", None) or getattr(request, "task", None))
+    # The step is the record's (claim_step writes it), not the task's: `collect` runs round 2's
+    # reason, `reason` runs execute's fan-out and at times synthesize (see above).
+    step = step_of(getattr(exc, "step", None) or recorded_step(session_id, message_id)
+                   or getattr(request, "task", None))
     fail_turn(session_id, message_id, step, errback_sentence(step, exc))
 
 
