@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,12 +26,11 @@ KILL_AFTER = 15  # posts answered before the master dies
 PACE_S = 0.8  # per posting thread, between posts
 
 
-@pytest.fixture(scope="module")
-def sentinel_stack(tmp_path_factory):
-    saved_env = dict(os.environ)
-    base_dir = tmp_path_factory.mktemp("sentinel")
+def broker_behind_sentinel(base_dir: Path) -> tuple[Stack, processes.SentinelSet]:
+    """A stack whose broker is a Sentinel set (not started yet) and whose other stores are single
+    servers (started), with the settings the failover tests need: a short visibility timeout, so
+    a message the dead master took with it comes back within seconds, and short limits and sweeps."""
     sentinels = processes.SentinelSet("broker", base_dir / "broker")
-    # A short visibility timeout: a message the dead master took with it comes back within seconds.
     system = Stack(base_dir, TURNSTREAM_TOOL_LATENCY_MS="200", TURNSTREAM_VISIBILITY_TIMEOUT_S="12",
                    TURNSTREAM_TASK_SOFT_TIME_LIMIT_S="6", TURNSTREAM_TASK_TIME_LIMIT_S="8",
                    TURNSTREAM_UNACKED_RESTORE_INTERVAL_S="1", TURNSTREAM_BREAKER_RESET_S="1",
@@ -38,7 +38,19 @@ def sentinel_stack(tmp_path_factory):
     try:
         sentinels.start()
         system.start_redis(stores=("progress", "exec_cache", "auth_memo"))
-        system.env["BROKER_REDIS_URL"] = sentinels.url
+    except BaseException:
+        system.stop()
+        sentinels.stop()
+        raise
+    system.env["BROKER_REDIS_URL"] = sentinels.url
+    return system, sentinels
+
+
+@pytest.fixture(scope="module")
+def sentinel_stack(tmp_path_factory):
+    saved_env = dict(os.environ)
+    system, sentinels = broker_behind_sentinel(tmp_path_factory.mktemp("sentinel"))
+    try:
         system.apply_env()
         system.start_worker()
         system.start_web()

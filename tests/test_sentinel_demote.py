@@ -13,6 +13,7 @@ exits. Twice, so the second failover demotes a master the processes reconnected 
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -22,24 +23,30 @@ from shared import keys
 from shared.cli import processes
 from tests.sse import read_stream
 from tests.stack import Stack
-from tests.test_sentinel import post, turns_of
+from tests.test_sentinel import broker_behind_sentinel, post, turns_of
 from tests.waiting import wait_for
 
 PACE_S = 0.3  # between posts of the burst that spans the failover
 
 
+
+def post_until_accepted(base_url: str, new_session: Callable[[], str], refused: list[str]) -> httpx.Response:
+    """Posts a turn, each to a new session, until one is accepted (202); a refused post (503, the
+    broker not a master yet) adds its session id to `refused`, and nothing else is allowed."""
+    def accepted() -> httpx.Response | None:
+        session_id = new_session()
+        with httpx.Client(timeout=60) as client:
+            response = post(client, base_url, session_id, "calculate 6 * 7")
+        assert response.status_code in (202, 503), response.text
+        if response.status_code == 503:
+            refused.append(session_id)
+        return response if response.status_code == 202 else None
+    return wait_for(accepted, timeout=60, interval=0.5)
+
 @pytest.fixture(scope="module")
 def sentinel_stack(tmp_path_factory):
-    base_dir = tmp_path_factory.mktemp("sentinel-demote")
-    sentinels = processes.SentinelSet("broker", base_dir / "broker")
-    system = Stack(base_dir, TURNSTREAM_TOOL_LATENCY_MS="200", TURNSTREAM_VISIBILITY_TIMEOUT_S="12",
-                   TURNSTREAM_TASK_SOFT_TIME_LIMIT_S="6", TURNSTREAM_TASK_TIME_LIMIT_S="8",
-                   TURNSTREAM_UNACKED_RESTORE_INTERVAL_S="1", TURNSTREAM_BREAKER_RESET_S="1",
-                   TURNSTREAM_REDELIVERY_SWEEP_S="1", TURNSTREAM_TURN_RATE_LIMIT="1000/minute")
+    system, sentinels = broker_behind_sentinel(tmp_path_factory.mktemp("sentinel-demote"))
     try:
-        sentinels.start()
-        system.start_redis(stores=("progress", "exec_cache", "auth_memo"))
-        system.env["BROKER_REDIS_URL"] = sentinels.url
         with system.env_applied():
             # The two kinds `turnstream worker` runs (shared.cli.processes.worker_specs).
             system.start_worker("tools", queues="discover,tools", pool="gevent", concurrency=50)
@@ -158,16 +165,7 @@ def test_workers_outlive_a_master_demoted_by_hand_with_replicaof(sentinel_stack)
 
     run = uuid.uuid4().hex[:8]
     refused: list[str] = []
-
-    def accepted() -> httpx.Response | None:
-        session_id = f"byhand{run}n{len(refused)}"
-        with httpx.Client(timeout=60) as client:
-            response = post(client, system.base_url, session_id, "calculate 6 * 7")
-        assert response.status_code in (202, 503), response.text
-        if response.status_code == 503:
-            refused.append(session_id)
-        return response if response.status_code == 202 else None
-    response = wait_for(accepted, timeout=60, interval=0.5)
+    response = post_until_accepted(system.base_url, lambda: f"byhand{run}n{len(refused)}", refused)
     assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
     assert_left_nothing(system, refused, redis.Redis(port=sentinels.master_port()))
     for worker, name in zip(system.workers, ("tools", "llm")):
@@ -195,16 +193,7 @@ def test_a_worker_outlives_a_single_broker_demoted_by_hand(tmp_path):
             broker.replicaof("NO", "ONE")
 
             refused: list[str] = []
-
-            def accepted() -> httpx.Response | None:
-                session_id = f"single{uuid.uuid4().hex[:8]}"
-                with httpx.Client(timeout=60) as client:
-                    response = post(client, system.base_url, session_id, "calculate 6 * 7")
-                assert response.status_code in (202, 503), response.text
-                if response.status_code == 503:
-                    refused.append(session_id)
-                return response if response.status_code == 202 else None
-            response = wait_for(accepted, timeout=60, interval=0.5)
+            response = post_until_accepted(system.base_url, lambda: f"single{uuid.uuid4().hex[:8]}", refused)
             assert read_stream(system.base_url, response.json()["stream_url"])[-1].type == "done"
             assert_left_nothing(system, refused, broker)
             assert system.workers[0].running(), system.log("worker")[-3000:]
