@@ -3,7 +3,7 @@ browser cannot send headers (EventSource, opening a page)."""
 
 from flask import g, request
 
-from shared.identity import Principal, TokenError, verify_user_token
+from shared.identity import Principal, TokenError, verify_stream_token, verify_user_token
 from web.errors import ApiError
 
 
@@ -13,6 +13,15 @@ def query_token(what: str) -> str:
     if not token:
         raise ApiError(401, "unauthorized", f"missing {what} token (?token=...)")
     return token
+
+
+def stream_principal(session_id: str, message_id: str) -> Principal:
+    """The caller of a stream URL, from its `?token=` scoped to this one turn; 401 if missing,
+    TokenError if it does not grant the turn. Verified once per request (the request limit asks
+    first, then the stream view), and kept in `g` like current_principal's."""
+    if "stream_principal" not in g:
+        g.stream_principal = verify_stream_token(query_token("stream"), session_id, message_id)
+    return g.stream_principal
 
 
 def _in_query() -> str | None:

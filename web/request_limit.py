@@ -30,8 +30,8 @@ from flask import Flask, request
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 
 from shared import metrics
-from shared.identity import TokenError, verify_stream_token
-from web.auth import current_principal
+from shared.identity import TokenError
+from web.auth import current_principal, stream_principal
 from web.errors import ApiError, error_response
 
 # Endpoints that probes and scrapers call: never limited (a refused probe restarts a healthy pod);
@@ -43,8 +43,8 @@ REFUSAL_PAUSE_S = 1.0
 
 
 def client_key() -> str:
-    """Whom this request counts against. A valid bearer token also stays known to the view
-    (current_principal keeps it), so the token is verified once per request."""
+    """Whom this request counts against. A valid bearer or stream token also stays known to the
+    view (current_principal and stream_principal keep it), so a token is verified once per request."""
     if "Authorization" in request.headers:
         try:
             principal = current_principal()
@@ -54,11 +54,9 @@ def client_key() -> str:
     args = request.view_args or {}
     if request.endpoint == "stream.stream" and "token" in request.args:
         try:
-            principal = verify_stream_token(request.args["token"], args.get("session_id", ""),
-                                            args.get("message_id", ""))
-            return f"user:{principal.owner}"
-        except TokenError:
-            pass
+            return f"user:{stream_principal(args.get('session_id', ''), args.get('message_id', '')).owner}"
+        except (ApiError, TokenError):
+            pass  # a missing or forged stream token counts against its address
     return f"addr:{request.remote_addr}"
 
 

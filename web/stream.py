@@ -14,14 +14,14 @@ from flask import request
 from flask_sse import ServerSentEventsBlueprint
 
 from shared import keys, metrics, outbox, turns
-from shared.identity import TokenError, verify_stream_token
+from shared.identity import TokenError
 from shared.progress import LoggedEvent, entry_order, last_entry_id, read_log
 from shared.settings import get_settings
 from shared.terminal_event import publish_terminal_event
 from shared.vocabulary import FINAL_STATUSES
 from web import extensions
 from web.api import event_id_param
-from web.auth import query_token
+from web.auth import stream_principal
 from web.dispatcher import CLOSE, Dispatcher, SubscribeTimeout
 from web.errors import ApiError
 from web.turn_watch import OUTCOME_UNKNOWN, TURN_FINAL
@@ -59,7 +59,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
 
     def _authorize(self, session_id: str, message_id: str) -> None:
         try:
-            verify_stream_token(query_token("stream"), session_id, message_id)
+            stream_principal(session_id, message_id)
         except TokenError as exc:
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
