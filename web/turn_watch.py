@@ -2,7 +2,7 @@
 its streams, instead of one per stream.
 
 Every stream must end when its turn does, even when the terminal event never reached the
-progress store (issue 13). Asking the broker at each stream's own heartbeat costs one round trip
+progress store. Asking the broker at each stream's own heartbeat costs one round trip
 per stream per beat, and streams that opened together ask together: 1,000 streams were 1,000
 reads in a burst every beat, and other users' slowest turns landed on those beats
 (bench/README.md, hostile.py). Here one greenlet per web process reads the status of every watched turn once per
