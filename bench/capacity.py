@@ -71,6 +71,7 @@ class LoadResult:
     completed: int = 0  # every turn that finished, warm-up and drain included (the CPU meter's span)
     start: float = 0.0  # the measured window's start (perf_counter)
     loop_lag_ms: list[float] = field(default_factory=list)  # the client's own event-loop delays
+    healthz_ms: list[float] = field(default_factory=list)  # the web tier's cheapest request, same load
 
     @property
     def throughput(self) -> float:
@@ -125,6 +126,18 @@ async def _loop_lag(start: float, stop: float, lags: list[float], tick: float = 
             lags.append((time.perf_counter() - before - tick) * 1000)
 
 
+async def _healthz(base_url: str, start: float, stop: float, latencies: list[float], every: float = 0.05) -> None:
+    """GET /healthz (no auth, no Redis, no body) every 50 ms during the load: the latency of the
+    web process's cheapest request, i.e. of its scheduling alone, next to the POST's."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        while time.perf_counter() < stop:
+            before = time.perf_counter()
+            response = await client.get(f"{base_url}/healthz")
+            if before >= start and response.status_code == 200:
+                latencies.append((time.perf_counter() - before) * 1000)
+            await asyncio.sleep(every)
+
+
 def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0) -> LoadResult:
     """`callers` loops for warmup + seconds; the turns that end inside the measured window count."""
     headers = bearer()
@@ -132,9 +145,10 @@ def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0
     async def run() -> LoadResult:
         start = time.perf_counter() + warmup
         result = LoadResult(seconds=seconds, start=start)
-        probe = asyncio.ensure_future(_loop_lag(start, start + seconds, result.loop_lag_ms))
+        probes = [asyncio.ensure_future(_loop_lag(start, start + seconds, result.loop_lag_ms)),
+                  asyncio.ensure_future(_healthz(base_url, start, start + seconds, result.healthz_ms))]
         await asyncio.gather(*(_caller(base_url, headers, start, start + seconds, result) for _ in range(callers)))
-        await probe
+        await asyncio.gather(*probes)
         return result
 
     return asyncio.run(run())
@@ -179,15 +193,16 @@ def drive_bare(app, callers: int, seconds: float, warmup: float = 3.0) -> LoadRe
     def caller(n: int) -> None:
         i = 0
         while time.perf_counter() < stop:
-            posted = time.perf_counter()
-            bare_chain(app, n * 1_000_000 + i).get(timeout=60)
+            posted, posted_wall = time.perf_counter(), time.time()
+            payload = bare_chain(app, n * 1_000_000 + i).get(timeout=60)
             done = time.perf_counter()
+            first = posted + (payload["first_started"] - posted_wall)  # its first task began
             i += 1
             with lock:
                 result.completed += 1
             if start <= done <= stop:
                 with lock:
-                    result.turns.append(Turn(posted, done, done))
+                    result.turns.append(Turn(posted, first, done))
 
     threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
     for t in threads:
@@ -500,10 +515,16 @@ def main() -> None:
     opened = [f - a for f, a in zip(first, answered)]
     print(f"  of which POST -> 202: p50 {p(answered, 50):.1f} ms, p99 {p(answered, 99):.1f} ms; "
           f"202 -> first event (the stream's open): p50 {p(opened, 50):.1f} ms, p99 {p(opened, 99):.1f} ms")
+    bare_first = bare.ms("first_event")
+    print(f"  bare chain under its own load, apply_async -> its first task running: p50 {p(bare_first, 50):.1f} ms, "
+          f"p99 {p(bare_first, 99):.1f} ms")
     idle_first = idle.ms("first_event")
     lag = busy.loop_lag_ms
     print(f"  the callers' own event loop woke late by p50 {p(lag, 50):.1f} ms, p99 {p(lag, 99):.1f} ms "
           f"(included in every busy latency above)")
+    health = busy.healthz_ms
+    print(f"  GET /healthz (no Redis, no auth) on the same web process, same load: p50 {p(health, 50):.1f} ms, "
+          f"p99 {p(health, 99):.1f} ms (its scheduling alone)")
     print(f"POST -> first SSE event, idle: p50 {p(idle_first, 50):.1f} ms, p99 {p(idle_first, 99):.1f} ms "
           f"(target <= 20)")
     print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")

@@ -30,7 +30,7 @@ import redis
 
 from shared import keys, liveness, metrics
 from shared.progress import Rendered, append_and_publish
-from shared.redis_stores import client
+from shared.redis_stores import client, master_only
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -39,25 +39,25 @@ LOCK_MS = 2000  # renewed after each event: a publisher killed mid-flush holds t
 IN_USE_S = 10.0  # after its last sight of a non-empty outbox, a process checks each turn for waiting events
 
 # KEYS: outbox, per-worker counts, the turn's pending counter. ARGV: entry, max, worker, ttl s.
-_KEEP = """
+_KEEP = master_only("""
 if tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0') >= tonumber(ARGV[2]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call('INCR', KEYS[3])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 1
-"""
+""")
 
 # KEYS: outbox, per-worker counts, the turn's pending counter. ARGV: the entry just published
 # (the list's head), its worker. Returns how many events the outbox still holds.
-_DONE = """
+_DONE = master_only("""
 if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
   redis.call('LPOP', KEYS[1])
   if tonumber(redis.call('HINCRBY', KEYS[2], ARGV[2], -1)) <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
   if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
 end
 return redis.call('LLEN', KEYS[1])
-"""
+""")
 
 _seen_in_use = 0.0  # monotonic time this process last knew the outbox to hold events
 _lock = threading.Lock()

@@ -174,6 +174,17 @@ class PerClient(Generic[T]):
         return self._held[1]
 
 
+def master_only(script: str) -> str:
+    """A Lua script that writes, declared so: with a Redis 7 shebang and no `no-writes` flag, a
+    replica refuses it (READONLY, which redis-py's Sentinel connection turns into a reconnect)
+    before it runs. Undeclared, a replica runs it until its first write, so a script that reads
+    first answers from stale data: after a failover, a worker reconnected to the demoted master
+    (a sentinel that has not heard of the failover yet still names it), now a replica resyncing,
+    would see a new turn as gone and drop its step. (Before the demotion the old master is still
+    a master, and a read there can be stale all the same: see `on_the_master`.)"""
+    return "#!lua\n" + script.lstrip("\n")
+
+
 @contextmanager
 def replicated(store: str, r: redis.Redis | None = None,
                undo: Callable[[redis.Redis], object] | None = None) -> Iterator[redis.Redis]:
@@ -199,6 +210,30 @@ def replicated(store: str, r: redis.Redis | None = None,
         _still_the_master(store, one, undo)
         log.warning("%s: no replica acknowledged a write within %d ms; a failover now could lose it",
                     store, REPLICA_WAIT_MS)
+
+
+@contextmanager
+def on_the_master(store: str, r: redis.Redis | None = None) -> Iterator[redis.Redis]:
+    """A client on one connection of `store`'s pool whose server the sentinels still name as the
+    master; ConnectionError if they name another (the caller waits that out as an outage).
+    Elsewhere it is the store's client. For an answer a server being replaced could give wrongly:
+    for seconds after a failover's promotion the old master still serves the connections it has,
+    without the writes made on the new one since, so "no such turn" there is no answer at all."""
+    r = r or client(store)
+    if not get_settings().store_target(store).sentinel:
+        yield r
+        return
+    one_connection = breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool,
+                                        single_connection_client=True)
+    with one_connection as one:
+        connection = one.connection
+        here = (connection.host, int(connection.port))
+        replaced = replaced_by(_sentinel_views(one.connection_pool), here)
+        if replaced:
+            one.connection_pool.get_master_address()  # redis-py drops the idle connections once it changed
+            connection.disconnect()
+            raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced})")
+        yield one
 
 
 def _still_the_master(store: str, one: redis.Redis, undo: Callable[[redis.Redis], object] | None) -> None:

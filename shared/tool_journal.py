@@ -20,12 +20,12 @@ from typing import Any, Literal
 import redis
 
 from shared import keys, liveness
-from shared.redis_stores import client
+from shared.redis_stores import client, master_only
 from shared.settings import get_settings
 
 # KEYS: journal, heartbeats, this worker's turns set. ARGV: call id, worker, now, dead_before,
 # known-dead worker, ttl s, member. Returns {'done', outcome} | {'wait', holder} | {'run', previous holder or ''}.
-_BEGIN = """
+_BEGIN = master_only("""
 local outcome = redis.call('HGET', KEYS[1], ARGV[1] .. ':outcome')
 if outcome then return {'done', outcome} end
 local started = redis.call('HGET', KEYS[1], ARGV[1] .. ':started')
@@ -37,10 +37,10 @@ redis.call('HSET', KEYS[1], ARGV[1] .. ':started', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[7])
 return {'run', started or ''}
-"""
+""")
 
 # KEYS: journal, this worker's turns set. ARGV: call id, outcome JSON, member. Returns the outcome recorded.
-_FINISH = """
+_FINISH = master_only("""
 local recorded = redis.call('HGET', KEYS[1], ARGV[1] .. ':outcome')
 if not recorded then
   redis.call('HSET', KEYS[1], ARGV[1] .. ':outcome', ARGV[2])
@@ -48,7 +48,7 @@ if not recorded then
 end
 redis.call('SREM', KEYS[2], ARGV[3])
 return recorded
-"""
+""")
 
 
 @dataclass(frozen=True)

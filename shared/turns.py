@@ -32,16 +32,17 @@ import redis
 
 from shared import defaults, keys, liveness, metrics
 from shared.identity import Principal
-from shared.redis_stores import client, replicated
+from shared.redis_stores import client, master_only, replicated
 from shared.settings import get_settings
 from shared.turn_flow import Checkpoint, TurnPayload
 from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
 
+CLOCK_SKEW_S = 2.0  # between worker hosts' clocks, on top of a step's time limit (claim_step)
 _FINAL_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(FINAL_STATUSES)) + "}"
 
 # KEYS: record hash, in-flight index. ARGV: new status, member, now, then field/value pairs.
 # Returns the status after the call. A final status leaves the index; any other refreshes its score.
-_TRANSITION = f"""
+_TRANSITION = master_only(f"""
 local final = {_FINAL_LUA}
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
@@ -55,22 +56,26 @@ else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 end
 return ARGV[1]
-"""
+""")
 
 
 # KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set.
-# ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member.
-# Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
+# ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member,
+# held_since. Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
 # runner follows when that runner is dead and held this step or a later one its task ran,
 # workers.steps.step_here, so the caller can send the turn on), or 'held' (a live worker runs this step).
-_CLAIM_STEP = f"""
+# A runner holds a step only while it is alive and its claim (or the turn's last change) is newer than
+# `held_since`, one step time limit ago: past that its step cannot still be running (the limit ends
+# it), yet a live runner can be left in the record by writes a failover lost (the demoted master took
+# the turn's later progress with it), and honouring it would strand the turn.
+_CLAIM_STEP = master_only(f"""
 local final = {_FINAL_LUA}
-local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos')
+local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos', 'updated_at')
 local status, next_pos, runner, runner_pos = f[1], tonumber(f[2] or ''), f[3], tonumber(f[4] or '')
 if not status then return false end
 if final[status] then return status end
 local live = false
-if runner and runner ~= ARGV[3] and runner ~= ARGV[7] then
+if runner and runner ~= ARGV[3] and runner ~= ARGV[7] and tonumber(f[5] or '0') >= tonumber(ARGV[9]) then
   local last = redis.call('ZSCORE', KEYS[3], runner)
   live = last and tonumber(last) >= tonumber(ARGV[6])
 end
@@ -84,12 +89,12 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[4], 'runner', ARGV
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
 redis.call('SADD', KEYS[4], ARGV[8])
 return 'running'
-"""
+""")
 
 # KEYS: record hash, in-flight index. ARGV: position, worker, checkpoint JSON, next task, next round,
 # next position, now, member. 'saved', or 'lost' when another worker took the step over (this
 # one was taken for dead): its result is then dropped.
-_ADVANCE = f"""
+_ADVANCE = master_only(f"""
 local final = {_FINAL_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'runner', 'next_pos')
 if not f[1] then return false end
@@ -99,18 +104,18 @@ redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3], 'next_task', ARGV[4], 'next_r
            'next_pos', ARGV[6], 'updated_at', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
 return 'saved'
-"""
+""")
 
 # KEYS: record hash, the worker's turns set. ARGV: worker, member, position. The runner lets go of
 # the turn (once the next step is sent); nothing changes if another step (of any process) runs it by now.
-_RELEASE = """
+_RELEASE = master_only("""
 local f = redis.call('HMGET', KEYS[1], 'runner', 'runner_pos')
 if f[1] == ARGV[1] and f[2] == ARGV[3] then
   redis.call('HDEL', KEYS[1], 'runner', 'runner_pos')
   redis.call('SREM', KEYS[2], ARGV[2])
 end
 return 1
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -169,13 +174,13 @@ class TurnRecord:
         return {name: value for name, value in shown.items() if value is not None}
 # KEYS: owner, turns list, history. ARGV: owner, ttl. Returns the session's owner after the call
 # (false for an orphan: data without an owner key, which nobody may claim while it lives).
-_CLAIM = """
+_CLAIM = master_only("""
 local current = redis.call('GET', KEYS[1])
 if current then return current end
 if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return false end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return ARGV[1]
-"""
+""")
 
 
 def session_ttl_s() -> int:
@@ -399,11 +404,12 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
     runner = r.hget(keys.turn_record(session_id, message_id), "runner")
     known_dead = runner if runner and liveness.gone_from_this_host(runner) else ""
     member = keys.in_flight_member(session_id, message_id)
+    now = time.time()
     result = r.register_script(_CLAIM_STEP)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
               keys.worker_turns(worker)],
-        args=[position, position if latest is None else latest, worker, step, time.time(), liveness.dead_before(),
-              known_dead, member])
+        args=[position, position if latest is None else latest, worker, step, now, liveness.dead_before(now),
+              known_dead, member, now - get_settings().task_time_limit_s - CLOCK_SKEW_S])
     if isinstance(result, list):
         return result[0], result[1]
     return result, None

@@ -6,6 +6,7 @@ comes back within seconds instead of ten minutes."""
 
 import json
 import os
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -188,6 +189,25 @@ def test_broker_down_new_turns_get_503_and_accepted_ones_complete_after_it_retur
     after = post_prompt(base, "brok-after", "calculate 1 + 2")
     assert after.status_code == 202
     assert read_stream(base, after.json()["stream_url"])[-1].data["answer"] == "1 + 2 = 3."
+
+
+def test_a_broker_outage_longer_than_a_step_may_run_fails_no_turn(chaos):
+    """Steps that wait out a broker outage are not running past their time limit: when the
+    outage outlasts the limit (6 s here), each hands its message back instead of failing its
+    turn, and every accepted turn is answered once after the broker returns."""
+    base = chaos.base_url
+    accepted = [r.json() for r in post_many(base, "brlong")]
+    wait_until_running(chaos, accepted)
+    chaos.redis["broker"].kill(sig=9)
+    try:
+        time.sleep(9)
+    finally:
+        chaos.restart_redis("broker")
+
+    records = wait_until_final(base, accepted, timeout=90)
+    assert answered(records), [(r["status"], r.get("error")) for r in records]
+    for body in accepted:
+        assert terminal_events(chaos, body) == ["done"], "exactly one final answer per turn"
 
 
 def test_a_turn_whose_message_was_lost_is_sent_again_and_answered_once(chaos):

@@ -4,6 +4,7 @@ and opens its MCP sessions after fork, never before (a loop thread and pipes do 
 import logging
 import threading
 
+from celery._state import _set_task_join_will_block
 from celery.signals import (task_received, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
                             worker_shutdown)
 
@@ -71,6 +72,17 @@ def _open_mcp_sessions() -> None:
 def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
     if not _forks(sender):
         _open_mcp_sessions()
+
+
+@worker_init.connect
+def _never_wait_on_results(sender=None, **_: object) -> None:
+    """No step waits on another's result, so a worker never subscribes to the results of what it
+    sends, as Celery already has it in prefork children. Otherwise every call_tool a threads or
+    gevent worker sends subscribes to its result channel on the broker: a wasted round trip each,
+    and during a broker outage a wait of up to the result backend's retries (not bounded by the
+    step's time limit) inside the send."""
+    if not _forks(sender):
+        _set_task_join_will_block(True)
 
 
 @worker_init.connect

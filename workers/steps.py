@@ -36,6 +36,7 @@ from typing import Callable, TypeVar
 
 import redis
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 from opentelemetry import trace
 
 from shared import deliveries, turns
@@ -43,6 +44,7 @@ from shared.breakers import UNAVAILABLE
 from shared.events import ProgressEvent, StepEvent
 from shared.failures import StepFailed, crash_cause, sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import Publisher
+from shared.redis_stores import on_the_master
 from shared.redaction import RedactingTask
 from shared.settings import get_settings
 from shared.terminal_event import terminal_event
@@ -55,6 +57,7 @@ from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
 
 BROKER_POLL_S = 0.5
+HAND_BACK_MARGIN_S = 1.0  # a last failing call and the hand-back, before the step's limit acts
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=Mapping)
@@ -62,9 +65,14 @@ R = TypeVar("R")
 
 
 def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Call `func` (a turn-record operation), waiting out a broker outage; past the wait,
-    hand the message back (Reject with requeue) so the step runs again later."""
+    """Call `func` (a turn-record operation), waiting out a broker outage; past the wait, or
+    HAND_BACK_MARGIN_S before the running step's time limit, hand the message back (Reject with
+    requeue) so the step runs again later: a step that outlived its limit waiting for the broker
+    would otherwise fail its turn for the outage."""
     deadline = time.monotonic() + get_settings().worker_broker_wait_s
+    left = time_limits.time_left()
+    if left is not None:
+        deadline = min(deadline, time.monotonic() + left - HAND_BACK_MARGIN_S)
     while True:
         try:
             return func(*args, **kwargs)
@@ -83,12 +91,20 @@ def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int |
     publisher = Publisher(session_id, message_id, fail_soft=True)
     here = position(task or step, round_)
     status, orphaned_by = with_broker(turns.claim_step, session_id, message_id, step, here, latest)
+    if status is None:  # no such turn: believe it only from the master (redis_stores.on_the_master)
+        status, orphaned_by = with_broker(_claim_on_the_master, session_id, message_id, step, here, latest)
     if status == RUNNING:
         return publisher
     if status in ("stale", "held"):
         skip_delivery(session_id, message_id, task or step, round_, status, orphaned_by)
     stop_ended_turn(publisher, step, status)
     return publisher
+
+
+def _claim_on_the_master(session_id: str, message_id: str, step: Step, here: int,
+                         latest: int | None) -> tuple[str | None, str | None]:
+    with on_the_master("broker") as broker:
+        return turns.claim_step(session_id, message_id, step, here, latest, r=broker)
 
 
 def skip_delivery(session_id: str, message_id: str, task: str, round_: int | None, status: str,
@@ -203,6 +219,14 @@ class TurnTask(RedactingTask):
             return super().__call__(*args, **kwargs)
         session_id, message_id = ref["session_id"], ref["message_id"]
         step, tag, doing = step_tag(self.name, args)
+        time_limits.started(task_start=True)  # Celery's limits count from here too
+        try:
+            return self._run_counted(session_id, message_id, step, tag, doing, args, kwargs)
+        finally:
+            time_limits.ended()
+
+    def _run_counted(self, session_id: str, message_id: str, step: Step, tag: str, doing: str | None,
+                     args: tuple, kwargs: dict):
         crashes = with_broker(deliveries.begin, session_id, message_id, tag)
         if deliveries.exhausted(crashes):
             step = recorded_step(session_id, message_id) or step  # the step it crashed in may be a later one
@@ -254,11 +278,29 @@ def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
 
 def forward(task, signature, turn: TurnRef, here: int) -> None:
     """Send the turn's next step (or chord), carrying this task's errbacks to it, then let go of
-    the turn's step at `here`."""
+    the turn's step at `here`. While the broker is down the send waits for it like `with_broker`
+    (never into the step's time limit); past that the message goes back (Reject), and since
+    this process still holds the step, its next delivery sends the turn on from the checkpoint
+    `advance` saved (shared.turns.claim_step)."""
     for errback in task.request.errbacks or []:
         signature.link_error(errback)
-    signature.apply_async()
+    try:
+        signature.apply_async(retry_policy=publish_retry_policy())
+    except (OperationalError, *UNAVAILABLE) as exc:
+        log.warning("turn %s/%s: could not send its next step (%r); handing the step back", turn["session_id"],
+                    turn["message_id"], exc)
+        raise Reject(exc, requeue=True) from exc
     release(turn, here)
+
+
+def publish_retry_policy() -> dict:
+    """Retry a send about once a second for TURNSTREAM_WORKER_BROKER_WAIT_S, or until
+    HAND_BACK_MARGIN_S before the running step's time limit if that comes first."""
+    wait = get_settings().worker_broker_wait_s
+    left = time_limits.time_left()
+    if left is not None:
+        wait = max(0.0, min(wait, left - HAND_BACK_MARGIN_S))
+    return {"max_retries": int(wait), "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 
 
 @contextmanager
@@ -268,6 +310,7 @@ def step_here(task, turn: TurnRef, step: Step) -> Iterator[None]:
     task_id = task.request.id
     telemetry.switch_step(task_id, step)
     time_limits.watch(task_id, turn["session_id"], turn["message_id"], step)  # a deadline of its own
+    time_limits.started(task_start=False)
     with _tracer.start_as_current_span(f"run/{task_name(step)}"):
         yield
 

@@ -18,13 +18,19 @@ Rejected: raising an exception in the stuck thread (PyThreadState_SetAsyncExc). 
 seen between bytecodes, so it cannot interrupt what steps get stuck in (a socket read, a
 llama.cpp call), and when it does land it can do so inside a lock or a `finally`.
 Rejected: running every step in prefork. The llm worker would load its model once per child,
-and the tools worker would need one MCP session per child instead of one per process."""
+and the tools worker would need one MCP session per child instead of one per process.
+
+Each running step also keeps its own clock (`started`, `time_left`): a step that waits out a
+broker outage (workers.steps.with_broker) hands its message back before its limit instead of
+being failed by it, since an outage is no fault of the turn."""
 
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
@@ -114,3 +120,29 @@ def watch(task_id: str, session_id: str, message_id: str, step: str) -> None:
 def unwatch(task_id: str) -> None:
     if _watchdog is not None:
         _watchdog.discard(task_id)
+
+
+# The running step's start, per thread (per greenlet under gevent, whose monkey patching makes
+# threading.local greenlet-local).
+_clock = threading.local()
+
+
+def started(task_start: bool) -> None:
+    """The running step's limit counts from now: at a task's start, and at a step run inside the
+    task (workers.steps.step_here) only where the watchdog gives such a step a limit of its own."""
+    if task_start or holds_limits():
+        _clock.started = time.monotonic()
+
+
+def ended() -> None:
+    _clock.started = None
+
+
+def time_left() -> float | None:
+    """Seconds until the first limit that acts on the running step (the soft one where it is the
+    shorter), or None outside a step."""
+    begun = getattr(_clock, "started", None)
+    if begun is None:
+        return None
+    settings = get_settings()
+    return begun + min(settings.task_soft_time_limit_s, settings.task_time_limit_s) - time.monotonic()

@@ -1,0 +1,67 @@
+"""What a failover can leave on the broker, checked on real redis-servers: a connection still on
+the demoted master (now a replica) and a turn record whose later progress the demoted master took
+with it. Either used to strand a turn: a replica answered the step's claim from stale data ("the
+turn is gone"), and a record naming a live worker as the runner of a step it no longer ran made
+every later delivery of that step stand aside ("run by a live worker") until the turn failed."""
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from shared import keys, turns
+from shared.cli import processes
+from shared.identity import Principal
+from shared.settings import get_settings
+from shared.turn_flow import position
+from shared.vocabulary import EXECUTE
+
+ALICE = Principal(user="alice", tenant="acme", roles=("analyst",))
+
+
+@pytest.fixture
+def turn(stack) -> tuple[str, str]:
+    session_id, message_id = f"fo{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    payload = {"session_id": session_id, "message_id": message_id, "prompt": "calculate 1 + 1",
+               "user": "alice", "tenant": "acme", "roles": ["analyst"]}
+    turns.claim_session(session_id, ALICE)
+    assert turns.create_turn(session_id, message_id, ALICE, payload["prompt"], payload=payload)
+    return session_id, message_id
+
+
+def left_running_by(broker: redis.Redis, session_id: str, message_id: str, worker: str, claimed_at: float) -> None:
+    """The record as a lost write leaves it: `worker`, alive (it beats), runs execute since `claimed_at`."""
+    broker.hset(keys.turn_record(session_id, message_id),
+                mapping={"status": "running", "step": EXECUTE, "runner": worker,
+                         "runner_pos": position(EXECUTE, 1), "updated_at": claimed_at})
+    broker.zadd(keys.worker_heartbeats(), {worker: time.time()})
+
+
+def test_a_live_runner_holds_its_step_only_for_as_long_as_a_step_may_run(stack, turn):
+    session_id, message_id = turn
+    broker = stack.client("broker")
+    here = position(EXECUTE, 1)
+
+    left_running_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
+    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
+
+    long_ago = time.time() - get_settings().task_time_limit_s - turns.CLOCK_SKEW_S - 1
+    left_running_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=long_ago)
+    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("running", None)
+    assert broker.hget(keys.turn_record(session_id, message_id), "runner") != "other-host-1@vm"
+
+
+def test_a_replica_refuses_a_step_claim_instead_of_answering_from_stale_data(tmp_path, stack, turn):
+    session_id, message_id = turn
+    port = processes.free_port()
+    master_port = stack.client("broker").connection_pool.connection_kwargs["port"]
+    replica = processes.redis_server("broker", port, tmp_path, extra=["--replicaof", "127.0.0.1", str(master_port)]).start()
+    try:
+        on_replica = redis.Redis(port=port, decode_responses=True)
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            turns.claim_step(session_id, message_id, EXECUTE, position(EXECUTE, 1), r=on_replica)
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            turns.claim_step("never-written", uuid.uuid4().hex, EXECUTE, position(EXECUTE, 1), r=on_replica)
+    finally:
+        replica.stop()
