@@ -9,7 +9,9 @@ two workers' queues as a turn's steps do), driven by the same number of callers.
 Printed, all from this one run:
 - throughput at N callers, turnstream / bare chain;
 - POST -> first SSE event p50/p99, busy (split into POST -> 202 and the stream's open, with the
-  callers' own event-loop lag) and idle; POST -> done;
+  callers' own event-loop lag) and idle; POST -> done; two baselines for it under the same
+  kinds of load: the bare chain's apply_async -> its first task running, and GET /healthz on the
+  busy web process (a request that does nothing);
 - a single idle turn against a single idle bare chain (p50 ratio);
 - the CPU each process spends per turn (from /proc), and each Redis store's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
