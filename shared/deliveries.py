@@ -14,11 +14,19 @@ so it cannot tell a crash from a hand-back; a count that only a finished run tak
 A step cut short by a SIGTERM past the soft shutdown counts as a crash too, which is what it
 looked like to the turn."""
 
+import logging
+import threading
+
 import redis
 
 from shared import keys
+from shared.breakers import UNAVAILABLE
 from shared.redis_stores import client
 from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+_owed: list[tuple[str, str, str]] = []  # ends this process could not count yet (end_or_owe)
+_owed_lock = threading.Lock()
 
 
 def begin(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> int:
@@ -35,6 +43,34 @@ def begin(session_id: str, message_id: str, tag: str, r: redis.Redis | None = No
 def end(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> None:
     """The delivery returned (its worker survived it): it no longer counts."""
     (r or client("broker")).hincrby(keys.turn_deliveries(session_id, message_id), keys.valid_step_tag(tag), -1)
+
+
+def end_or_owe(session_id: str, message_id: str, tag: str) -> None:
+    """`end`, without waiting for the broker: while it is down the end is owed and counted later
+    (settle_owed, from the worker's liveness thread). A step must not wait past its time limit to
+    count itself, and a delivery that handed its message back during an outage is no crash."""
+    try:
+        end(session_id, message_id, tag)
+    except UNAVAILABLE as exc:
+        log.info("end of %s for %s/%s owed until the broker answers (%r)", tag, session_id, message_id, exc)
+        with _owed_lock:
+            _owed.append((session_id, message_id, tag))
+
+
+def settle_owed(r: redis.Redis | None = None) -> int:
+    """Count the ends owed; returns how many were counted (the rest stay owed)."""
+    with _owed_lock:
+        owed, _owed[:] = list(_owed), []
+    counted = 0
+    for i, (session_id, message_id, tag) in enumerate(owed):
+        try:
+            end(session_id, message_id, tag, r)
+        except UNAVAILABLE:
+            with _owed_lock:
+                _owed.extend(owed[i:])
+            break
+        counted += 1
+    return counted
 
 
 def exhausted(crashes: int) -> bool:

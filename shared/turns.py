@@ -61,21 +61,22 @@ return ARGV[1]
 
 # KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set.
 # ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member,
-# held_since. Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
+# held_until. Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
 # runner follows when that runner is dead and held this step or a later one its task ran,
 # workers.steps.step_here, so the caller can send the turn on), or 'held' (a live worker runs this step).
-# A runner holds a step only while it is alive and its claim (or the turn's last change) is newer than
-# `held_since`, one step time limit ago: past that its step cannot still be running (the limit ends
-# it), yet a live runner can be left in the record by writes a failover lost (the demoted master took
-# the turn's later progress with it), and honouring it would strand the turn.
+# A runner holds a step only while it is alive and until `held_until`, which its claim set to one step
+# time limit (its own) from then: past that its step cannot still be running (the limit ends it), yet
+# a live runner can be left in the record by writes a failover lost (the demoted master took the
+# turn's later progress with it), and honouring it would strand the turn. A step that hands its
+# message back lets go at once (let_go).
 _CLAIM_STEP = master_only(f"""
 local final = {_FINAL_LUA}
-local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos', 'updated_at')
+local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos', 'held_until')
 local status, next_pos, runner, runner_pos = f[1], tonumber(f[2] or ''), f[3], tonumber(f[4] or '')
 if not status then return false end
 if final[status] then return status end
 local live = false
-if runner and runner ~= ARGV[3] and runner ~= ARGV[7] and tonumber(f[5] or '0') >= tonumber(ARGV[9]) then
+if runner and runner ~= ARGV[3] and runner ~= ARGV[7] and tonumber(f[5] or '0') >= tonumber(ARGV[5]) then
   local last = redis.call('ZSCORE', KEYS[3], runner)
   live = last and tonumber(last) >= tonumber(ARGV[6])
 end
@@ -85,7 +86,7 @@ if next_pos and next_pos > tonumber(ARGV[2]) then
 end
 if live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return 'held' end
 redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[4], 'runner', ARGV[3], 'runner_pos', ARGV[1],
-           'updated_at', ARGV[5])
+           'updated_at', ARGV[5], 'held_until', ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
 redis.call('SADD', KEYS[4], ARGV[8])
 return 'running'
@@ -104,6 +105,13 @@ redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3], 'next_task', ARGV[4], 'next_r
            'next_pos', ARGV[6], 'updated_at', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
 return 'saved'
+""")
+
+# KEYS: record hash. ARGV: worker. The runner's hold ends now (its runner stays named, so a delivery
+# that finds the turn past its step sends it on from the checkpoint: 'stale' with the runner).
+_LET_GO = master_only("""
+if redis.call('HGET', KEYS[1], 'runner') == ARGV[1] then redis.call('HSET', KEYS[1], 'held_until', 0) end
+return 0
 """)
 
 # KEYS: record hash, the worker's turns set. ARGV: worker, member, position. The runner lets go of
@@ -405,14 +413,22 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
     known_dead = runner if runner and liveness.gone_from_this_host(runner) else ""
     member = keys.in_flight_member(session_id, message_id)
     now = time.time()
+    held_until = now + get_settings().task_time_limit_s + CLOCK_SKEW_S  # this worker's hard limit
     result = r.register_script(_CLAIM_STEP)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
               keys.worker_turns(worker)],
         args=[position, position if latest is None else latest, worker, step, now, liveness.dead_before(now),
-              known_dead, member, now - get_settings().task_time_limit_s - CLOCK_SKEW_S])
+              known_dead, member, held_until])
     if isinstance(result, list):
         return result[0], result[1]
     return result, None
+
+
+def let_go(session_id: str, message_id: str, r: redis.Redis | None = None, worker: str | None = None) -> None:
+    """`worker` (this process) handed its step's message back: it no longer holds the step, so the
+    next delivery takes it over at once, in whichever process, and follows a checkpoint it saved."""
+    (r or client("broker")).register_script(_LET_GO)(keys=[keys.turn_record(session_id, message_id)],
+                                                     args=[worker or liveness.worker_id()])
 
 
 def save_checkpoint(session_id: str, message_id: str, position: int, checkpoint: Checkpoint,

@@ -6,6 +6,7 @@ every later delivery of that step stand aside ("run by a live worker") until the
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,25 +17,29 @@ from shared.identity import Principal
 from shared.settings import get_settings
 from shared.turn_flow import position
 from shared.vocabulary import EXECUTE
+from tests.waiting import wait_for
 
 ALICE = Principal(user="alice", tenant="acme", roles=("analyst",))
 
 
 @pytest.fixture
-def turn(stack) -> tuple[str, str]:
+def turn(stack) -> Iterator[tuple[str, str]]:
     session_id, message_id = f"fo{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
     payload = {"session_id": session_id, "message_id": message_id, "prompt": "calculate 1 + 1",
                "user": "alice", "tenant": "acme", "roles": ["analyst"]}
     turns.claim_session(session_id, ALICE)
     assert turns.create_turn(session_id, message_id, ALICE, payload["prompt"], payload=payload)
-    return session_id, message_id
+    yield session_id, message_id
+    # Ended, so the session stack's redelivery sweeper has nothing of it to send.
+    turns.update_turn(session_id, message_id, stack.client("broker"), status="cancelled")
 
 
-def left_running_by(broker: redis.Redis, session_id: str, message_id: str, worker: str, claimed_at: float) -> None:
-    """The record as a lost write leaves it: `worker`, alive (it beats), runs execute since `claimed_at`."""
+def claimed_by(broker: redis.Redis, session_id: str, message_id: str, worker: str, claimed_at: float) -> None:
+    """The record as `worker`'s claim of execute at `claimed_at` leaves it (a claim by hand, not
+    through claim_step, so it can be dated), with `worker` alive (it beats)."""
     broker.hset(keys.turn_record(session_id, message_id),
-                mapping={"status": "running", "step": EXECUTE, "runner": worker,
-                         "runner_pos": position(EXECUTE, 1), "updated_at": claimed_at})
+                mapping={"status": "running", "step": EXECUTE, "runner": worker, "runner_pos": position(EXECUTE, 1),
+                         "held_until": claimed_at + get_settings().task_time_limit_s + turns.CLOCK_SKEW_S})
     broker.zadd(keys.worker_heartbeats(), {worker: time.time()})
 
 
@@ -43,13 +48,24 @@ def test_a_live_runner_holds_its_step_only_for_as_long_as_a_step_may_run(stack, 
     broker = stack.client("broker")
     here = position(EXECUTE, 1)
 
-    left_running_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
+    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
     assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
 
     long_ago = time.time() - get_settings().task_time_limit_s - turns.CLOCK_SKEW_S - 1
-    left_running_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=long_ago)
+    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=long_ago)
     assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("running", None)
     assert broker.hget(keys.turn_record(session_id, message_id), "runner") != "other-host-1@vm"
+
+
+def test_a_step_handed_back_is_taken_over_at_once_by_another_process(stack, turn):
+    session_id, message_id = turn
+    broker = stack.client("broker")
+    here = position(EXECUTE, 1)
+    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
+    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
+
+    turns.let_go(session_id, message_id, worker="other-host-1@vm")  # it handed its message back
+    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("running", None)
 
 
 def test_a_replica_refuses_a_step_claim_instead_of_answering_from_stale_data(tmp_path, stack, turn):
@@ -59,9 +75,10 @@ def test_a_replica_refuses_a_step_claim_instead_of_answering_from_stale_data(tmp
     replica = processes.redis_server("broker", port, tmp_path, extra=["--replicaof", "127.0.0.1", str(master_port)]).start()
     try:
         on_replica = redis.Redis(port=port, decode_responses=True)
+        wait_for(lambda: on_replica.info("replication").get("master_link_status") == "up", timeout=30)
+        # A turn the replica does not hold (as a resyncing demoted master does not hold the turns
+        # posted on the new one): the claim's first read would find nothing and write nothing.
         with pytest.raises(redis.exceptions.ReadOnlyError):
-            turns.claim_step(session_id, message_id, EXECUTE, position(EXECUTE, 1), r=on_replica)
-        with pytest.raises(redis.exceptions.ReadOnlyError):
-            turns.claim_step("never-written", uuid.uuid4().hex, EXECUTE, position(EXECUTE, 1), r=on_replica)
+            turns.claim_step(session_id, uuid.uuid4().hex, EXECUTE, position(EXECUTE, 1), r=on_replica)
     finally:
         replica.stop()

@@ -144,7 +144,7 @@ def test_a_demoted_master_is_followed_by_workers_and_web_without_a_restart(senti
         assert events[-1].type == "done"
     # No step of an accepted turn was dropped for a turn "gone" on a server being replaced (it
     # would have waited a visibility timeout for the sweeper to send it again).
-    dropped = [line for line in logs_about(system, f"demote{run}") if "is gone: skipping" in line]
+    dropped = [line for sid in accepted for line in logs_about(system, sid) if "is gone: skipping" in line]
     assert not dropped, dropped
     refused = [sid for sid, code in codes.items() if code == 503]
     assert_left_nothing(system, refused, redis.Redis(port=sentinels.master_port()))

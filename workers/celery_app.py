@@ -5,7 +5,7 @@ import logging
 import threading
 
 from celery._state import _set_task_join_will_block
-from celery.signals import (task_received, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
+from celery.signals import (task_postrun, task_received, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
                             worker_shutdown)
 
 from shared.celery_config import make_celery
@@ -13,6 +13,7 @@ from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
 from shared.eviction import EvictingStoreError, check_evictions
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
+from workers import time_limits
 from workers.redelivery import beat_forever, sweep_forever
 
 app = make_celery("turnstream")
@@ -21,8 +22,12 @@ app.conf.include = ["workers.tasks"]
 # waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
 app.conf.broker_transport = ("workers.broker_transport:SentinelTransport"
                              if get_settings().store_target("broker").sentinel else "workers.broker_transport:Transport")
+# Never into the sending step's time limit, though (workers.time_limits): there the step hands
+# its message back instead (workers.steps.forward), or the chain's errback leaves the turn to
+# the redelivery sweeper, rather than the limit failing the turn for the outage.
 app.conf.task_publish_retry_policy = {"max_retries": int(get_settings().worker_broker_wait_s),
-                                      "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
+                                      "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0,
+                                      "errback": time_limits.stop_sending_near_the_limit}
 # The same for the result backend (also the broker): chords keep their counters there.
 app.conf.result_backend_always_retry = True
 app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
@@ -74,23 +79,28 @@ def _mcp_for_pools_without_fork(sender=None, **_: object) -> None:
         _open_mcp_sessions()
 
 
-@worker_init.connect
-def _never_wait_on_results(sender=None, **_: object) -> None:
+@worker_ready.connect
+def _never_wait_on_results(**_: object) -> None:
     """No step waits on another's result, so a worker never subscribes to the results of what it
-    sends, as Celery already has it in prefork children. Otherwise every call_tool a threads or
-    gevent worker sends subscribes to its result channel on the broker: a wasted round trip each,
-    and during a broker outage a wait of up to the result backend's retries (not bounded by the
-    step's time limit) inside the send."""
-    if not _forks(sender):
-        _set_task_join_will_block(True)
+    sends, as Celery already has it in prefork children and the threads pool. The gevent pool
+    says otherwise when it starts (Celery sets the flag from the pool after worker_init, hence
+    worker_ready), and then every call_tool it sends subscribes to its result channel on the
+    broker: a wasted round trip each, and during a broker outage a wait of up to the result
+    backend's retries inside the send, which the step's time limit does not bound."""
+    _set_task_join_will_block(True)
+
+
+@task_postrun.connect
+def _step_clock_stops(**_: object) -> None:
+    """The task is over, chain callbacks sent: its step clock (workers.time_limits) stops."""
+    time_limits.ended()
 
 
 @worker_init.connect
 def _watch_time_limits_where_the_pool_cannot(sender=None, **_: object) -> None:
     """Threads cannot be interrupted: a watchdog fails their steps' turns at the hard limit
     (workers.time_limits); prefork and gevent enforce Celery's limits themselves."""
-    from workers import time_limits
-
+    time_limits.enforced_by(pool_forks=_forks(sender))
     if time_limits.pool_interrupts(getattr(sender, "pool_cls", None)):
         return
     from workers.steps import fail_past_time_limit

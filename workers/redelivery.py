@@ -25,7 +25,7 @@ import uuid
 import redis
 from celery import Celery
 
-from shared import keys, liveness, metrics, outbox, tool_journal, turns
+from shared import deliveries, keys, liveness, metrics, outbox, tool_journal, turns
 from shared.failures import sentence
 from shared.progress import Publisher
 from shared.redis_stores import client
@@ -136,6 +136,7 @@ def beat_forever(app: Celery) -> None:
                 liveness.beat(r)
                 resend_from_dead_workers(app)
                 let_go_of_moved_turns(r)
+                deliveries.settle_owed(r)
             held = outbox.holding()
             if held:
                 outbox.flush()

@@ -56,8 +56,7 @@ from workers.celery_app import app
 from workers.mcp.client import ToolCallError
 from workers.reasoners import ReasonerError
 
-BROKER_POLL_S = 0.5
-HAND_BACK_MARGIN_S = 1.0  # a last failing call and the hand-back, before the step's limit acts
+BROKER_POLL_S = time_limits.BROKER_POLL_S
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=Mapping)
@@ -65,19 +64,15 @@ R = TypeVar("R")
 
 
 def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Call `func` (a turn-record operation), waiting out a broker outage; past the wait, or
-    HAND_BACK_MARGIN_S before the running step's time limit, hand the message back (Reject with
-    requeue) so the step runs again later: a step that outlived its limit waiting for the broker
-    would otherwise fail its turn for the outage."""
-    deadline = time.monotonic() + get_settings().worker_broker_wait_s
-    left = time_limits.time_left()
-    if left is not None:
-        deadline = min(deadline, time.monotonic() + left - HAND_BACK_MARGIN_S)
+    """Call `func` (a turn-record operation), waiting out a broker outage until broker_deadline,
+    then hand the message back (Reject with requeue) so the step runs again later: a step that
+    outlived its limit waiting for the broker would otherwise fail its turn for the outage."""
+    deadline = time_limits.broker_deadline()
     while True:
         try:
             return func(*args, **kwargs)
         except UNAVAILABLE as exc:
-            if time.monotonic() >= deadline:
+            if time.monotonic() + BROKER_POLL_S >= deadline:
                 raise Reject(exc, requeue=True) from exc
             time.sleep(BROKER_POLL_S)
 
@@ -219,14 +214,10 @@ class TurnTask(RedactingTask):
             return super().__call__(*args, **kwargs)
         session_id, message_id = ref["session_id"], ref["message_id"]
         step, tag, doing = step_tag(self.name, args)
-        time_limits.started(task_start=True)  # Celery's limits count from here too
-        try:
-            return self._run_counted(session_id, message_id, step, tag, doing, args, kwargs)
-        finally:
-            time_limits.ended()
-
-    def _run_counted(self, session_id: str, message_id: str, step: Step, tag: str, doing: str | None,
-                     args: tuple, kwargs: dict):
+        # Celery's limits count from here too. The clock runs on until the task is over (celery_app,
+        # task_postrun): Celery sends a chain's next task after this returns, and that send must
+        # not wait into the limit either. An errback run in between stops it first (turn_failed).
+        time_limits.started(task_start=True)
         crashes = with_broker(deliveries.begin, session_id, message_id, tag)
         if deliveries.exhausted(crashes):
             step = recorded_step(session_id, message_id) or step  # the step it crashed in may be a later one
@@ -236,9 +227,12 @@ class TurnTask(RedactingTask):
         time_limits.watch(task_id, session_id, message_id, step)
         try:
             return super().__call__(*args, **kwargs)
+        except Reject:
+            let_go_on_hand_back(session_id, message_id)
+            raise
         finally:
             time_limits.unwatch(task_id)
-            _end_delivery(session_id, message_id, tag)
+            deliveries.end_or_owe(session_id, message_id, tag)
 
 
 def recorded_step(session_id: str, message_id: str) -> str | None:
@@ -263,11 +257,14 @@ def step_tag(task: str, args: tuple) -> tuple[Step, str, str | None]:
     return step_of(name), name, None
 
 
-def _end_delivery(session_id: str, message_id: str, tag: str) -> None:
+def let_go_on_hand_back(session_id: str, message_id: str) -> None:
+    """A step handed back (Reject) no longer holds its turn: its next delivery, in whichever
+    process, takes it over at once (shared.turns.let_go). Best effort: the broker is usually
+    still down then, and the hold lapses by itself a step time limit after the claim."""
     try:
-        with_broker(deliveries.end, session_id, message_id, tag)
-    except Exception as exc:  # noqa: BLE001 - the step's own outcome matters more than its count
-        log.warning("could not count the end of %s for %s/%s: %r", tag, session_id, message_id, exc)
+        turns.let_go(session_id, message_id)
+    except (redis.RedisError, *UNAVAILABLE) as exc:
+        log.info("turn %s/%s: could not let go of it on hand-back (%r)", session_id, message_id, exc)
 
 
 def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
@@ -285,22 +282,14 @@ def forward(task, signature, turn: TurnRef, here: int) -> None:
     for errback in task.request.errbacks or []:
         signature.link_error(errback)
     try:
-        signature.apply_async(retry_policy=publish_retry_policy())
+        # The app's publish retry policy (workers.celery_app) waits for the broker, never into
+        # the step's time limit. (Not passed here: a chord would carry it in its message.)
+        signature.apply_async()
     except (OperationalError, *UNAVAILABLE) as exc:
         log.warning("turn %s/%s: could not send its next step (%r); handing the step back", turn["session_id"],
                     turn["message_id"], exc)
         raise Reject(exc, requeue=True) from exc
     release(turn, here)
-
-
-def publish_retry_policy() -> dict:
-    """Retry a send about once a second for TURNSTREAM_WORKER_BROKER_WAIT_S, or until
-    HAND_BACK_MARGIN_S before the running step's time limit if that comes first."""
-    wait = get_settings().worker_broker_wait_s
-    left = time_limits.time_left()
-    if left is not None:
-        wait = max(0.0, min(wait, left - HAND_BACK_MARGIN_S))
-    return {"max_retries": int(wait), "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
 
 
 @contextmanager

@@ -375,6 +375,7 @@ def turn_failed(request, exc, traceback, session_id: str, message_id: str) -> No
     """Ends a turn whose task failed: status `failed` and one `error` event, whatever failed.
     Celery runs it in the worker where the task failed (for a hard time limit, in the process
     that enforced it), with the exception as the result backend would store it."""
+    time_limits.ended()  # run inline after the failed task, whose clock must not bound this
     if lost_to_an_outage(exc):
         # Not the turn's fault: a broker outage broke its flow (a chord counter, a send). The
         # turn stays running; with no progress for a visibility timeout, it is sent again

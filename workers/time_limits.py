@@ -138,11 +138,61 @@ def ended() -> None:
     _clock.started = None
 
 
+_soft_limit_acts = True  # until the worker says which pool it runs (enforced_by)
+
+
+def enforced_by(pool_forks: bool) -> None:
+    """Which limit stops a step in this worker: prefork raises the soft one inside the step; gevent
+    and the watchdog act only at the hard one (see above), so a step may run on past the soft one."""
+    global _soft_limit_acts
+    _soft_limit_acts = pool_forks
+
+
+def limit_s() -> float:
+    """The limit that stops a running step in this worker."""
+    settings = get_settings()
+    if _soft_limit_acts:
+        return min(settings.task_soft_time_limit_s, settings.task_time_limit_s)
+    return settings.task_time_limit_s
+
+
 def time_left() -> float | None:
-    """Seconds until the first limit that acts on the running step (the soft one where it is the
-    shorter), or None outside a step."""
+    """Seconds until the limit that stops the running step (limit_s), or None outside a step."""
     begun = getattr(_clock, "started", None)
     if begun is None:
         return None
+    return begun + limit_s() - time.monotonic()
+
+
+# --- waiting for the broker inside a step ---------------------------------------------------
+BROKER_POLL_S = 0.5
+
+
+def hand_back_margin_s() -> float:
+    """How long one more try against a broker that hangs can take (a connect, then a script and
+    its fallback read, each up to the socket timeout), plus a poll: a step stops trying this
+    long before its time limit."""
     settings = get_settings()
-    return begun + min(settings.task_soft_time_limit_s, settings.task_time_limit_s) - time.monotonic()
+    return settings.redis_connect_timeout_s + 2 * settings.redis_socket_timeout_s + BROKER_POLL_S
+
+
+def broker_deadline() -> float:
+    """Until when (time.monotonic) a step may wait for the broker: TURNSTREAM_WORKER_BROKER_WAIT_S
+    from now, or a hand-back margin before the running step's time limit if that comes first."""
+    deadline = time.monotonic() + get_settings().worker_broker_wait_s
+    left = time_left()
+    if left is not None:
+        deadline = min(deadline, time.monotonic() + left - hand_back_margin_s())
+    return deadline
+
+
+def stop_sending_near_the_limit(exc: Exception, interval: float) -> None:
+    """kombu's errback for a send that failed (the workers' publish retry policy): give up once
+    the next try could run into the sending step's time limit. kombu counts retries, not time,
+    and each may first wait out a connect and a socket timeout. Outside a step it never gives up
+    early. Raises kombu's OperationalError, which the step's caller takes as an outage."""
+    from kombu.exceptions import OperationalError
+
+    left = time_left()
+    if left is not None and left - interval <= 2 * hand_back_margin_s():
+        raise OperationalError(f"the broker is still unreachable near the step's time limit: {exc}") from exc
