@@ -174,6 +174,31 @@ class PerClient(Generic[T]):
         return self._held[1]
 
 
+MIN_BROKER_VERSION = (7, 0)  # master_only's shebang
+
+
+class StoreTooOld(RuntimeError):
+    """The broker runs a Redis older than the scripts need."""
+
+
+def version_ok(version: str) -> bool:
+    """Pure rule: can a broker on Redis `version` (INFO's redis_version) run our scripts?"""
+    return tuple(int(part) for part in version.split(".")[:2]) >= MIN_BROKER_VERSION
+
+
+def check_broker_version() -> None:
+    """Refuse to start on a broker older than Redis 7 (StoreTooOld), where every write script
+    would fail to compile (a syntax error at its shebang) on the first turn instead."""
+    try:
+        version = client("broker").info("server").get("redis_version", "0")
+    except redis.ResponseError:  # INFO disabled (some managed Redis): we cannot tell
+        log.warning("broker: cannot read its Redis version; turnstream needs Redis 7 or newer")
+        return
+    if not version_ok(str(version)):
+        raise StoreTooOld(f"broker: Redis {version}; turnstream needs Redis "
+                          f"{'.'.join(map(str, MIN_BROKER_VERSION))} or newer (its scripts declare their writes)")
+
+
 def master_only(script: str) -> str:
     """A Lua script that writes, declared so: with a Redis 7 shebang and no `no-writes` flag, a
     replica refuses it (READONLY, which redis-py's Sentinel connection turns into a reconnect)

@@ -68,17 +68,29 @@ def test_a_step_handed_back_is_taken_over_at_once_by_another_process(stack, turn
     assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("running", None)
 
 
-def test_a_replica_refuses_a_step_claim_instead_of_answering_from_stale_data(tmp_path, stack, turn):
-    session_id, message_id = turn
-    port = processes.free_port()
-    master_port = stack.client("broker").connection_pool.connection_kwargs["port"]
-    replica = processes.redis_server("broker", port, tmp_path, extra=["--replicaof", "127.0.0.1", str(master_port)]).start()
+def test_a_replica_refuses_a_step_claim_instead_of_answering_from_stale_data(tmp_path):
+    """A replica (as a resyncing demoted master) holds none of the turns posted on the new master:
+    the claim's first read would find nothing there and write nothing, so only the declared
+    script makes the replica refuse it."""
+    master_port, replica_port = processes.free_port(), processes.free_port()
+    master = processes.redis_server("broker", master_port, tmp_path / "master",
+                                    extra=["--repl-diskless-sync-delay", "0"]).start()
     try:
-        on_replica = redis.Redis(port=port, decode_responses=True)
-        wait_for(lambda: on_replica.info("replication").get("master_link_status") == "up", timeout=30)
-        # A turn the replica does not hold (as a resyncing demoted master does not hold the turns
-        # posted on the new one): the claim's first read would find nothing and write nothing.
-        with pytest.raises(redis.exceptions.ReadOnlyError):
-            turns.claim_step(session_id, uuid.uuid4().hex, EXECUTE, position(EXECUTE, 1), r=on_replica)
+        replica = processes.redis_server("broker", replica_port, tmp_path / "replica",
+                                         extra=["--replicaof", "127.0.0.1", str(master_port)]).start()
+        try:
+            on_replica = redis.Redis(port=replica_port, decode_responses=True)
+            wait_for(lambda: on_replica.info("replication").get("master_link_status") == "up", timeout=30)
+            with pytest.raises(redis.exceptions.ReadOnlyError):
+                turns.claim_step("posted-elsewhere", uuid.uuid4().hex, EXECUTE, position(EXECUTE, 1), r=on_replica)
+        finally:
+            replica.kill()  # SIGTERM: a replica with an AOF takes mirakuru's whole timeout (20 s) to stop
     finally:
-        replica.stop()
+        master.stop()
+
+
+def test_a_broker_older_than_redis_7_is_named_at_start_up():
+    from shared.redis_stores import version_ok
+
+    assert version_ok("7.0.15") and version_ok("7.2.4") and version_ok("8.0.0")
+    assert not version_ok("6.2.14") and not version_ok("5.0.7")

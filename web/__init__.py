@@ -10,7 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from shared import defaults
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
-from shared.redis_stores import make_redis
+from shared.redis_stores import check_broker_version, make_redis
 from shared.settings import get_settings
 from web import extensions, telemetry
 from web.admin import admin
@@ -29,12 +29,14 @@ from web.ui import ui
 
 
 def create_app(check_redis: bool = True) -> Flask:
-    """Build the app. Refuses to start if the broker or progress Redis evicts keys."""
+    """Build the app. Refuses to start if the broker or progress Redis evicts keys, or the
+    broker is older than Redis 7."""
     telemetry.configure_process()
     settings = get_settings()
     settings.secret_key()
     if check_redis:
         check_evictions()
+        check_broker_version()
 
     app = Flask(__name__)
     # The byte cap follows JSON's worst case for a prompt within the character limit: a character

@@ -11,6 +11,7 @@ from celery.signals import (task_postrun, task_received, worker_init, worker_pro
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
 from shared.eviction import EvictingStoreError, check_evictions
+from shared.redis_stores import StoreTooOld, check_broker_version
 from shared.settings import get_settings
 from workers import telemetry  # noqa: F401  (connects the logging, metrics and tracing signals)
 from workers import time_limits
@@ -43,7 +44,8 @@ def _refuse_evicting_redis(**_: object) -> None:
     # Celery logs and swallows exceptions from signal handlers; SystemExit is what stops the worker.
     try:
         check_evictions()
-    except EvictingStoreError as exc:
+        check_broker_version()
+    except (EvictingStoreError, StoreTooOld) as exc:
         log.critical("refusing to start: %s", exc)
         raise SystemExit(f"refusing to start: {exc}") from exc
 
