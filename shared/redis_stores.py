@@ -226,9 +226,7 @@ def replicated(store: str, r: redis.Redis | None = None,
     if not get_settings().store_target(store).sentinel:
         yield r
         return
-    one_connection = breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool,
-                                        single_connection_client=True)
-    with one_connection as one:
+    with _one_connection(store, r) as one:
         yield one
         if one.wait(1, REPLICA_WAIT_MS):
             return
@@ -248,22 +246,21 @@ def on_the_master(store: str, r: redis.Redis | None = None) -> Iterator[redis.Re
     if not get_settings().store_target(store).sentinel:
         yield r
         return
-    one_connection = breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool,
-                                        single_connection_client=True)
-    with one_connection as one:
-        connection = one.connection
-        here = (connection.host, int(connection.port))
-        replaced = replaced_by(_sentinel_views(one.connection_pool), here)
-        if replaced:
-            one.connection_pool.get_master_address()  # redis-py drops the idle connections once it changed
-            connection.disconnect()
-            raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced})")
+    with _one_connection(store, r) as one:
+        _still_the_master(store, one, wrote=False)
         yield one
 
 
-def _still_the_master(store: str, one: redis.Redis, undo: Callable[[redis.Redis], object] | None) -> None:
-    """After a WAIT no replica acknowledged: raise ConnectionError if the sentinels say this
-    connection's server is being replaced as master, after `undo` took back its writes there. A
+def _one_connection(store: str, r: redis.Redis) -> redis.Redis:
+    """A breaker-wrapped client on one connection of `r`'s pool (a context manager that returns it)."""
+    return breaker(store).call(BreakerRedis, store, connection_pool=r.connection_pool, single_connection_client=True)
+
+
+def _still_the_master(store: str, one: redis.Redis, undo: Callable[[redis.Redis], object] | None = None,
+                      wrote: bool = True) -> None:
+    """Before a read (on_the_master), or after a WAIT no replica acknowledged (replicated): raise
+    ConnectionError if the sentinels say this connection's server is being replaced as master,
+    after `undo` took back the writes made there. A
     failover of a live master (SENTINEL FAILOVER, a partition healing) promotes the replica first
     and demotes the old master only when Sentinel next looks at it, seconds later; meanwhile the
     old one accepts writes on the connections it has, and its demotion discards them. Its replica
@@ -283,8 +280,8 @@ def _still_the_master(store: str, one: redis.Redis, undo: Callable[[redis.Redis]
             log.warning("%s: could not take back a refused write on %s:%d: %r", store, *here, exc)
     pool.get_master_address()  # redis-py drops the idle connections once the address changed
     connection.disconnect()
-    raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced}); "
-                                "its write is not kept")
+    raise redis.ConnectionError(f"{store}: {here[0]}:{here[1]} is being replaced as master ({replaced})"
+                                + ("; its write is not kept" if wrote else ""))
 
 
 def _sentinel_views(pool: SentinelConnectionPool) -> list[dict]:
