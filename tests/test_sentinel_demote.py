@@ -60,7 +60,8 @@ def sentinel_stack(tmp_path_factory):
 
 def logs_about(system: Stack, session_id: str) -> list[str]:
     """What the processes logged about a session, for a failure's message."""
-    return [line[:600] for name in ("tools", "llm", "web") for line in system.log(name).splitlines() if session_id in line]
+    return [line[:600] for name in ("tools", "llm", "web")
+            for line in system.log(name).splitlines() if session_id in line]
 
 
 def replication_of(port: int) -> str | None:

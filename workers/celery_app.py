@@ -5,8 +5,8 @@ import logging
 import threading
 
 from celery._state import _set_task_join_will_block
-from celery.signals import (task_postrun, task_received, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
-                            worker_shutdown)
+from celery.signals import (task_postrun, task_received, worker_init, worker_process_init, worker_process_shutdown,
+                            worker_ready, worker_shutdown)
 
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE

@@ -276,9 +276,10 @@ def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
 def forward(task, signature, turn: TurnRef, here: int) -> None:
     """Send the turn's next step (or chord), carrying this task's errbacks to it, then let go of
     the turn's step at `here`. While the broker is down the send waits for it like `with_broker`
-    (never into the step's time limit); past that the message goes back (Reject), and since
-    this process still holds the step, its next delivery sends the turn on from the checkpoint
-    `advance` saved (shared.turns.claim_step)."""
+    (never into the step's time limit); past that the message goes back (Reject), the step lets
+    go of the turn (TurnTask) with this process still named its runner, and its next delivery,
+    finding the turn past its step, sends it on from the checkpoint `advance` saved
+    (shared.turns.claim_step: 'stale' with the runner)."""
     for errback in task.request.errbacks or []:
         signature.link_error(errback)
     try:
