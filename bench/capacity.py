@@ -7,7 +7,11 @@ same broker with the same worker processes (the same pools, its steps alternatin
 two workers' queues as a turn's steps do), driven by the same number of callers.
 
 Printed, all from this one run:
-- throughput at N callers, turnstream / bare chain;
+- throughput at N callers, turnstream / bare chain, and the median ratio over --rounds pairs of
+  busy runs alternated between the two (the host's noise moves single runs by +-20 %);
+- the same contract's floor, bench/bare_web.py (the bare chain behind a minimal Flask POST, an
+  event log and an SSE stream, same gunicorn config): its idle turn, first event and throughput,
+  so turnstream's own cost and the cost of HTTP + SSE are told apart;
 - POST -> first SSE event p50/p99, busy (split into POST -> 202 and the stream's open, with the
   callers' own event-loop lag) and idle; POST -> done; two baselines for it under the same
   kinds of load: the bare chain's apply_async -> its first task running, and GET /healthz on the
@@ -15,7 +19,8 @@ Printed, all from this one run:
 - a single idle turn against a single idle bare chain (p50 ratio);
 - the CPU each process spends per turn (from /proc), and each Redis store's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
-  ratios of throughput to the 1-process run;
+  ratios of throughput to the 1-process run, and the same sweeps of the baselines (gevent worker
+  processes under the bare chain, gunicorn workers under bare_web.py): what the box allows;
 - with --profile: py-spy (installed on demand) on the busy processes, CPU by component;
 - with --events-cost: one more busy run with Flower's task events off, against the run with them on.
 
@@ -24,12 +29,13 @@ commands per turn are over everything the busy run did (warm-up and drain includ
 every turn it finished. CPU time per turn is the figure least disturbed by other load on the
 machine; wall-clock latencies are not.
 
-    python bench/capacity.py [--callers 32] [--seconds 20] [--no-sweep] [--profile] [--events-cost]
+    python bench/capacity.py [--callers 32] [--seconds 20] [--rounds 3] [--no-sweep] [--profile] [--events-cost]
 """
 
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +51,7 @@ from _common import REPO_ROOT, percentile  # noqa: E402  (puts the repo on sys.p
 import httpx
 import psutil
 from httpx_sse import aconnect_sse
-from mirakuru import SimpleExecutor
+from mirakuru import HTTPExecutor, SimpleExecutor
 
 from shared.cli import processes
 from tests.sse import bearer
@@ -84,9 +90,17 @@ class LoadResult:
         return [(getattr(t, attr) - t.posted) * 1000 for t in self.turns if t.posted >= self.start]
 
 
-async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str) -> Turn:
+def turn_path(session_id: str) -> str:
+    return f"/api/sessions/{session_id}/messages"
+
+
+def bare_web_path(session_id: str) -> str:  # bench/bare_web.py has no sessions
+    return "/turns"
+
+
+async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str, path_of=turn_path) -> Turn:
     posted = time.perf_counter()
-    response = await client.post(f"{base_url}/api/sessions/{session_id}/messages", json={"prompt": PROMPT})
+    response = await client.post(base_url + path_of(session_id), json={"prompt": PROMPT})
     response.raise_for_status()
     answered = time.perf_counter()
     first = None
@@ -102,12 +116,13 @@ async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str) -
     raise RuntimeError("stream closed before done")
 
 
-async def _caller(base_url: str, headers: dict, start: float, stop: float, result: LoadResult) -> None:
+async def _caller(base_url: str, headers: dict, start: float, stop: float, result: LoadResult,
+                  path_of=turn_path) -> None:
     session_id = f"cap-{uuid.uuid4().hex[:12]}"
     async with httpx.AsyncClient(headers=headers, timeout=60) as client:  # keep-alive, as a browser
         while time.perf_counter() < stop:
             try:
-                turn = await _one_turn(client, base_url, session_id)
+                turn = await _one_turn(client, base_url, session_id, path_of)
             except (httpx.HTTPError, RuntimeError) as exc:
                 result.errors += 1
                 print(f"  caller error: {exc}", file=sys.stderr)
@@ -140,16 +155,17 @@ async def _healthz(base_url: str, start: float, stop: float, latencies: list[flo
             await asyncio.sleep(every)
 
 
-def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0) -> LoadResult:
+def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0, path_of=turn_path) -> LoadResult:
     """`callers` loops for warmup + seconds; the turns that end inside the measured window count."""
-    headers = bearer()
+    headers = bearer() if path_of is turn_path else {}
 
     async def run() -> LoadResult:
         start = time.perf_counter() + warmup
         result = LoadResult(seconds=seconds, start=start)
         probes = [asyncio.ensure_future(_loop_lag(start, start + seconds, result.loop_lag_ms)),
                   asyncio.ensure_future(_healthz(base_url, start, start + seconds, result.healthz_ms))]
-        await asyncio.gather(*(_caller(base_url, headers, start, start + seconds, result) for _ in range(callers)))
+        await asyncio.gather(*(_caller(base_url, headers, start, start + seconds, result, path_of)
+                               for _ in range(callers)))
         await asyncio.gather(*probes)
         return result
 
@@ -157,19 +173,34 @@ def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0
 
 
 # --- the bare chain -----------------------------------------------------------------------------
-def bare_workers(stack: Stack) -> list[SimpleExecutor]:
-    """The baseline's workers: the same pools as `turnstream dev`'s two (gevent x50, threads x2)."""
+def bare_workers(stack: Stack, tools: int = 1) -> list[SimpleExecutor]:
+    """The baseline's workers: the same pools as `turnstream dev`'s two (gevent x50, threads x2);
+    `tools` gevent processes on the first queue, as the tools-worker sweep starts for turnstream."""
     env = processes.child_env({**stack.env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{Path(__file__).parent}"})
     stack.log_dir.mkdir(parents=True, exist_ok=True)
-    specs = [(BARE_QUEUES[0], "gevent", 50), (BARE_QUEUES[1], "threads", 2)]
+    specs = [(BARE_QUEUES[0], "gevent", 50, i) for i in range(tools)] + [(BARE_QUEUES[1], "threads", 2, 0)]
     started = []
-    for queue, pool, concurrency in specs:
+    for queue, pool, concurrency, i in specs:
         command = [sys.executable, "-m", "celery", "-A", "noop_app", "worker", "-P", pool, "-c", str(concurrency),
-                   "-n", f"{queue}@%h", "-Q", queue, "--without-mingle", "--without-gossip", "-l", "warning"]
+                   "-n", f"{queue}{i}@%h", "-Q", queue, "--without-mingle", "--without-gossip", "-l", "warning"]
         started.append(SimpleExecutor(command, cwd=str(Path(__file__).parent), envvars=env,
                                       stdout=open(stack.log_dir / f"{queue}.log", "ab"), stderr=-2).start())
-    processes.wait_for_worker(stack.env, count=2)
+    processes.wait_for_worker(stack.env, count=len(specs))
     return started
+
+
+def bare_web_server(stack: Stack, workers: int = 1) -> HTTPExecutor:
+    """bench/bare_web.py under turnstream's own gunicorn config, on a free port."""
+    port = processes.free_port()
+    env = processes.child_env({**stack.env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{Path(__file__).parent}"})
+    command = [sys.executable, "-m", "gunicorn", "-c", str(REPO_ROOT / "deploy" / "gunicorn.conf.py"),
+               "-b", f"127.0.0.1:{port}", "-w", str(workers), "bare_web:app"]
+    return HTTPExecutor(command, url=f"http://127.0.0.1:{port}/healthz", method="GET", cwd=str(Path(__file__).parent),
+                        envvars=env, timeout=60, stdout=open(stack.log_dir / "bare_web.log", "ab"), stderr=-2).start()
+
+
+def gunicorn_workers(server: HTTPExecutor) -> list[int]:
+    return [c.pid for c in psutil.Process(server.process.pid).children()]
 
 
 def bare_app(stack: Stack):
@@ -429,24 +460,41 @@ def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: in
         system.stop()
 
 
+def idle_loop(base_url: str, n: int, path_of=turn_path) -> LoadResult:
+    """n turns, one at a time, on one keep-alive client."""
+    result = LoadResult(seconds=1)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(headers=bearer() if path_of is turn_path else {}, timeout=60) as client:
+            for _ in range(n):
+                result.turns.append(await _one_turn(client, base_url, "cap-idle", path_of))
+
+    asyncio.run(run())
+    return result
+
+
 def idle_turns(stack: Stack, n: int) -> LoadResult:
-    """n turns, one at a time."""
     system = start_system(stack)
     try:
-        result = LoadResult(seconds=1)
-
-        async def run() -> None:
-            async with httpx.AsyncClient(headers=bearer(), timeout=60) as client:
-                for _ in range(n):
-                    result.turns.append(await _one_turn(client, stack.base_url, "cap-idle"))
-
-        asyncio.run(run())
-        return result
+        return idle_loop(stack.base_url, n)
     finally:
         system.stop()
 
 
-def bare_run(stack: Stack, callers: int, seconds: float, idle: int) -> tuple[LoadResult, list[float], dict, dict]:
+@dataclass
+class Baselines:
+    """Everything measured on the bare chain and on bench/bare_web.py, same run, same Redis servers."""
+    chain: LoadResult
+    chain_idle_ms: list[float]
+    chain_cpu: dict
+    chain_commands: dict
+    web: LoadResult  # bare_web.py, busy
+    web_idle: LoadResult
+    web_cpu: dict
+    sweeps: dict = field(default_factory=dict)  # ("tools" | "web", n) -> throughput
+
+
+def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool) -> Baselines:
     workers = bare_workers(stack)
     try:
         app = bare_app(stack)
@@ -458,10 +506,62 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int) -> tuple[Loa
         result = drive_bare(app, callers, seconds)
         cpu = meter.per_turn_ms(result.completed)
         commands = {store: n / max(result.completed, 1) for store, n in command_counts(stack).items()}
-        return result, idle_ms, cpu, commands
+        web = bare_web_server(stack)
+        try:
+            idle_loop(base_url(web), 10, bare_web_path)
+            web_idle = idle_loop(base_url(web), idle, bare_web_path)
+            meter = CpuMeter({"bare web": gunicorn_workers(web), "bare workers": [w.process.pid for w in workers],
+                              **redis_pids(stack)})
+            web_busy = drive_turns(base_url(web), callers, seconds, path_of=bare_web_path)
+            web_cpu = meter.per_turn_ms(web_busy.completed)
+        finally:
+            web.stop()
     finally:
         for w in workers:
             w.stop()
+    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu)
+    if sweep:
+        bare_sweeps(stack, callers, seconds, baselines.sweeps)
+    return baselines
+
+
+def throughput_pair(stack: Stack, callers: int, seconds: float) -> float:
+    """One more busy run of the bare chain, then one of turnstream: their throughput ratio."""
+    workers = bare_workers(stack)
+    try:
+        bare = drive_bare(bare_app(stack), callers, seconds)
+    finally:
+        for w in workers:
+            w.stop()
+    turn, _, _ = busy_run(stack, callers, seconds)
+    return turn.throughput / bare.throughput
+
+
+def base_url(server: HTTPExecutor) -> str:
+    return f"http://{server.url.netloc}"
+
+
+def bare_sweeps(stack: Stack, callers: int, seconds: float, sweeps: dict) -> None:
+    """The same 1 -> 2 -> 4 sweeps on the baselines: gevent worker processes under the bare chain,
+    gunicorn workers under bare_web.py (with 2 gevent workers, as turnstream's web sweep has)."""
+    app = bare_app(stack)
+    for kind in ("tools", "web"):
+        for n in (1, 2, 4):
+            workers = bare_workers(stack, tools=n if kind == "tools" else 2)
+            try:
+                if kind == "tools":
+                    sweeps[(kind, n)] = drive_bare(app, callers, seconds).throughput
+                else:
+                    web = bare_web_server(stack, workers=n)
+                    try:
+                        sweeps[(kind, n)] = drive_turns(base_url(web), callers, seconds,
+                                                        path_of=bare_web_path).throughput
+                    finally:
+                        web.stop()
+            finally:
+                for w in workers:
+                    w.stop()
+            print(f"  baseline sweep {kind} x{n}: {sweeps[(kind, n)]:.1f} per s", flush=True)
 
 
 def main() -> None:
@@ -470,6 +570,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each busy run")
     parser.add_argument("--idle", type=int, default=50, help="sequential turns for the idle figures")
     parser.add_argument("--no-sweep", action="store_true", help="skip the 1 -> 2 -> 4 process sweeps")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="busy runs of each, alternated (bare chain, turnstream, ...): the throughput ratio "
+                             "is their median, so a noisy minute on a shared host moves one round, not the claim")
     parser.add_argument("--profile", action="store_true", help="py-spy the busy processes (installs py-spy)")
     parser.add_argument("--events-cost", action="store_true",
                         help="one more busy run with Flower's task events off (TURNSTREAM_TASK_EVENTS=0)")
@@ -483,8 +586,10 @@ def main() -> None:
         try:
             stack.start_redis()
             stack.apply_env()
-            bare, bare_idle, bare_cpu, bare_cmds = bare_run(stack, args.callers, args.seconds, args.idle)
-            print(f"bare chain: {bare.throughput:.1f} chains/s busy; idle p50 {p(bare_idle, 50):.1f} ms", flush=True)
+            base = bare_run(stack, args.callers, args.seconds, args.idle, sweep=not args.no_sweep)
+            bare, bare_idle, bare_cpu, bare_cmds = base.chain, base.chain_idle_ms, base.chain_cpu, base.chain_commands
+            print(f"bare chain: {bare.throughput:.1f} chains/s busy; idle p50 {p(bare_idle, 50):.1f} ms; "
+                  f"bare web: {base.web.throughput:.1f} turns/s busy ({base.web.errors} errors)", flush=True)
             idle = idle_turns(stack, args.idle)
             busy, cpu, cmds = busy_run(stack, args.callers, args.seconds,
                                        profile_dir=Path(tmp) if args.profile else None)
@@ -495,6 +600,10 @@ def main() -> None:
                 events_off, off_cpu, off_cmds = busy_run(stack, args.callers, args.seconds)
                 stack.env.pop("TURNSTREAM_TASK_EVENTS")
                 print(f"task events off: {events_off.throughput:.1f} turns/s", flush=True)
+            ratios = [busy.throughput / bare.throughput]
+            for _ in range(args.rounds - 1):
+                ratios.append(throughput_pair(stack, args.callers, args.seconds))
+                print(f"  round {len(ratios)}: ratio {ratios[-1]:.2f}", flush=True)
             sweeps = {}
             if not args.no_sweep:
                 for kind in ("tools", "web"):
@@ -509,8 +618,9 @@ def main() -> None:
     idle_done = idle.ms("done")
     print("\n=== capacity (same run, same broker, same worker processes)")
     print(f"throughput at {args.callers} callers: turnstream {busy.throughput:.1f} turns/s, "
-          f"bare chain {bare.throughput:.1f} chains/s -> ratio {busy.throughput / bare.throughput:.2f} "
-          f"(target >= 0.60)")
+          f"bare chain {bare.throughput:.1f} chains/s -> ratio {busy.throughput / bare.throughput:.2f}; "
+          f"over {len(ratios)} alternated rounds {', '.join(f'{r:.2f}' for r in ratios)}: median "
+          f"{statistics.median(ratios):.2f} (target >= 0.60)")
     first, done = busy.ms("first_event"), busy.ms("done")
     print(f"POST -> first SSE event, busy: p50 {p(first, 50):.1f} ms, p99 {p(first, 99):.1f} ms (target p99 <= 50)")
     answered = busy.ms("answered")
@@ -527,13 +637,24 @@ def main() -> None:
     health = busy.healthz_ms
     print(f"  GET /healthz (no Redis, no auth) on the same web process, same load: p50 {p(health, 50):.1f} ms, "
           f"p99 {p(health, 99):.1f} ms (its scheduling alone)")
+    web_first, web_answered = base.web.ms("first_event"), base.web.ms("answered")
+    print(f"  bare web (bench/bare_web.py) under its own load: POST -> first SSE event p50 {p(web_first, 50):.1f} ms, "
+          f"p99 {p(web_first, 99):.1f} ms (POST -> 202 p99 {p(web_answered, 99):.1f} ms), "
+          f"at {base.web.throughput:.1f} turns/s")
     print(f"POST -> first SSE event, idle: p50 {p(idle_first, 50):.1f} ms, p99 {p(idle_first, 99):.1f} ms "
           f"(target <= 20)")
     print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")
     print(f"single idle turn: p50 {p(idle_done, 50):.1f} ms vs bare chain {p(bare_idle, 50):.1f} ms -> "
           f"{p(idle_done, 50) / p(bare_idle, 50):.2f}x (target <= 1.5x)")
+    web_done, web_idle_first = base.web_idle.ms("done"), base.web_idle.ms("first_event")
+    print(f"  bare web idle turn: p50 {p(web_done, 50):.1f} ms -> {p(web_done, 50) / p(bare_idle, 50):.2f}x the bare "
+          f"chain (HTTP + event log + SSE alone); turnstream / bare web {p(idle_done, 50) / p(web_done, 50):.2f}x; "
+          f"its first event idle p50 {p(web_idle_first, 50):.1f} ms, p99 {p(web_idle_first, 99):.1f} ms")
+    print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = {base.web.throughput / bare.throughput:.2f} of the "
+          f"bare chain; turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")
     print("CPU per turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     print("CPU per bare chain (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bare_cpu.items()))
+    print("CPU per bare web turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in base.web_cpu.items()))
     print("Redis commands per turn: " + ", ".join(f"{k} {v:.0f}" for k, v in cmds.items()))
     print("Redis commands per bare chain: " + ", ".join(f"{k} {v:.0f}" for k, v in bare_cmds.items()))
     if events_off is not None:
@@ -542,9 +663,13 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1f}" for k, v in off_cpu.items()))
     for kind in ("tools", "web"):
         if (kind, 1) in sweeps:
-            base = sweeps[(kind, 1)] or 1
+            one = sweeps[(kind, 1)] or 1
             label = "tools-worker processes" if kind == "tools" else "gunicorn workers (2 tools workers)"
-            print(f"scaling, {label}: " + ", ".join(f"x{n} {sweeps[(kind, n)] / base:.2f}" for n in (1, 2, 4)))
+            print(f"scaling, {label}: " + ", ".join(f"x{n} {sweeps[(kind, n)] / one:.2f}" for n in (1, 2, 4)))
+            bare_one = base.sweeps[(kind, 1)] or 1
+            label = "the bare chain's gevent workers" if kind == "tools" else "bare web's gunicorn workers"
+            print(f"  baseline, {label}: " + ", ".join(f"x{n} {base.sweeps[(kind, n)] / bare_one:.2f}"
+                                                     for n in (1, 2, 4)))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

@@ -93,8 +93,11 @@ return 'running'
 """)
 
 # KEYS: record hash, in-flight index. ARGV: position, worker, checkpoint JSON, next task, next round,
-# next position, now, member. 'saved', or 'lost' when another worker took the step over (this
-# one was taken for dead): its result is then dropped.
+# next position, now, member, and optionally the next step and its held_until. 'saved', or 'lost'
+# when another worker took the step over (this one was taken for dead): its result is then dropped.
+# With a next step, the same worker also claims the checkpoint's position for it, which is what
+# _CLAIM_STEP would do there and then: the turn is not final, its runner is this worker and
+# nothing is past the position just saved (a step run next in the same task: one round trip).
 _ADVANCE = master_only(f"""
 local final = {_FINAL_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'runner', 'next_pos')
@@ -103,6 +106,9 @@ if final[f[1]] then return f[1] end
 if f[2] ~= ARGV[2] or tonumber(f[3] or '-1') > tonumber(ARGV[1]) then return 'lost' end
 redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3], 'next_task', ARGV[4], 'next_round', ARGV[5],
            'next_pos', ARGV[6], 'updated_at', ARGV[7])
+if ARGV[9] then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[9], 'runner_pos', ARGV[6], 'held_until', ARGV[10])
+end
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
 return 'saved'
 """)
@@ -124,6 +130,27 @@ if f[1] == ARGV[1] and f[2] == ARGV[3] then
 end
 return 1
 """)
+
+
+# KEYS: the worker's turns set, then one record hash per member. ARGV: worker, then per member the
+# member and 1 if it marks a received message (0 for a step). Removes, in one go, every member
+# whose turn moved on: gone or final; a step whose runner is another worker now; a received
+# message whose step claimed the turn here. Returns how many it removed. Atomic, so a step this
+# worker claims again meanwhile (the same member) is not dropped between a read and a write.
+_FORGET_MOVED = master_only(f"""
+local final = {_FINAL_LUA}
+local removed = 0
+for i = 2, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], 'status', 'runner')
+  local received = ARGV[2 * i - 1] == '1'
+  local here = f[2] == ARGV[1]
+  if not f[1] or final[f[1]] or (received and here) or (not received and not here) then
+    removed = removed + redis.call('SREM', KEYS[1], ARGV[2 * i - 2])
+  end
+end
+return removed
+""")
+FORGET_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -213,44 +240,67 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
     return (r or client("broker")).get(keys.session_owner(session_id)) == principal.owner
 
 
+# KEYS: owner, turns list, history, record hash, in-flight index, the user's sessions.
+# ARGV: claim the session first (1/0), owner, session ttl, turn ttl, now, in-flight member, message
+# id, session id, then the record's fields and values. Returns 'created', 'exists' (a turn with this
+# id: nothing written) or 'not_owner' (claiming, the session is someone else's or an orphan, as
+# _CLAIM). One round trip for what a POST records: the session's owner, the turn, the indexes.
+_CREATE = master_only("""
+if ARGV[1] == '1' then
+  local current = redis.call('GET', KEYS[1])
+  if not current then
+    if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 'not_owner' end
+    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  elseif current ~= ARGV[2] then
+    return 'not_owner'
+  end
+end
+-- Claim the id first: a client may choose its ids (AG-UI's runId), and a second post of the
+-- same id must not overwrite a turn under way.
+if redis.call('HSETNX', KEYS[4], 'owner', ARGV[2]) == 0 then return 'exists' end
+redis.call('HSET', KEYS[4], unpack(ARGV, 9))
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[6])
+redis.call('RPUSH', KEYS[2], ARGV[7])
+-- The owner key's lifetime is renewed with the data it guards.
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[8])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+return 'created'
+""")
+CREATED, EXISTS, NOT_OWNER = "created", "exists", "not_owner"
+
+
 def create_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
                 r: redis.Redis | None = None, payload: TurnPayload | None = None) -> bool:
     """Record a new turn as queued and in flight; False (and nothing written) if a turn with this
     id exists. `payload` is what its chain is sent with, kept so that a turn whose messages were
     lost can be sent again (workers.redelivery)."""
-    ttl = get_settings().turn_status_ttl_s
+    return start_turn(session_id, message_id, principal, prompt, payload, claim=False, r=r) == CREATED
+
+
+def start_turn(session_id: str, message_id: str, principal: Principal, prompt: str,
+               payload: TurnPayload | None = None, claim: bool = True, r: redis.Redis | None = None) -> str:
+    """claim_session and create_turn in one round trip: CREATED, EXISTS (nothing written) or
+    NOT_OWNER (the session is someone else's: nothing written)."""
     now = time.time()
     record = TurnRecord(status=QUEUED, session_id=session_id, message_id=message_id, owner=principal.owner,
                         prompt=prompt, created_at=now, updated_at=now, payload=payload)
-    recorded = False
+    fields = [item for pair in record.to_hash().items() for item in pair]
+    outcome = ""
 
     def take_back(one: redis.Redis) -> None:  # refused (the broker is being replaced): leave nothing
-        if recorded:
+        if outcome == CREATED:
             _forget(one, session_id, message_id)
     with replicated("broker", r, undo=take_back) as one:
-        recorded = _record(one, record, principal, now, ttl)
-    return recorded
-
-
-def _record(r: redis.Redis, record: "TurnRecord", principal: Principal, now: float, ttl: int) -> bool:
-    session_id, message_id = record.session_id, record.message_id
-    record_key = keys.turn_record(session_id, message_id)
-    # Claim the id first (one atomic field write): a client may choose its ids (AG-UI's runId),
-    # and a second post of the same id must not overwrite a turn under way.
-    if not r.hsetnx(record_key, "owner", principal.owner):
-        return False
-    pipe = r.pipeline()
-    pipe.hset(record_key, mapping=record.to_hash())
-    pipe.expire(record_key, ttl)
-    pipe.zadd(keys.turns_in_flight(), {keys.in_flight_member(session_id, message_id): now})
-    pipe.rpush(keys.session_turns(session_id), message_id)
-    # The owner key's lifetime is renewed in the same transaction as the data it guards.
-    pipe.expire(keys.session_turns(session_id), session_ttl_s())
-    pipe.expire(keys.session_owner(session_id), session_ttl_s())
-    pipe.zadd(keys.user_sessions(principal.tenant, principal.user), {session_id: now})
-    pipe.expire(keys.user_sessions(principal.tenant, principal.user), session_ttl_s())
-    pipe.execute()
-    return True
+        outcome = one.register_script(_CREATE)(
+            keys=[keys.session_owner(session_id), *session_data_keys(session_id),
+                  keys.turn_record(session_id, message_id), keys.turns_in_flight(),
+                  keys.user_sessions(principal.tenant, principal.user)],
+            args=[int(claim), principal.owner, session_ttl_s(), get_settings().turn_status_ttl_s, now,
+                  keys.in_flight_member(session_id, message_id), message_id, session_id, *fields])
+    return outcome
 
 
 def discard_turn(session_id: str, message_id: str, r: redis.Redis | None = None,
@@ -408,17 +458,28 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
     ('running' when claimed, a final status, 'stale', 'held' or None for no such turn) and, for a
     stale delivery whose runner died after finishing the step, that runner."""
     r = r or client("broker")
+    status, orphaned_by = _claim_step(r, session_id, message_id, step, position, latest, known_dead="")
+    if status in ("held", "stale") and orphaned_by is None:
+        # A live-looking runner stood in the way. One that ran on this host and whose process is
+        # gone is dead whatever its heartbeat says (a restarted worker beats under a new id before
+        # the sweep notices the old one): ask again naming it. Only this rare path reads the
+        # runner first; the script answers 'running' the same either way.
+        runner = r.hget(keys.turn_record(session_id, message_id), "runner")
+        if runner and liveness.gone_from_this_host(runner):
+            return _claim_step(r, session_id, message_id, step, position, latest, known_dead=runner)
+    return status, orphaned_by
+
+
+def _claim_step(r: redis.Redis, session_id: str, message_id: str, step: str, position: int, latest: int | None,
+                known_dead: str) -> tuple[str | None, str | None]:
     worker = liveness.worker_id()
-    runner = r.hget(keys.turn_record(session_id, message_id), "runner")
-    known_dead = runner if runner and liveness.gone_from_this_host(runner) else ""
-    member = keys.in_flight_member(session_id, message_id)
     now = time.time()
     held_until = now + get_settings().task_time_limit_s + CLOCK_SKEW_S  # this worker's hard limit
     result = r.register_script(_CLAIM_STEP)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
               keys.worker_turns(worker)],
         args=[position, position if latest is None else latest, worker, step, now, liveness.dead_before(now),
-              known_dead, member, held_until])
+              known_dead, keys.in_flight_member(session_id, message_id), held_until])
     if isinstance(result, list):
         return result[0], result[1]
     return result, None
@@ -432,14 +493,17 @@ def let_go(session_id: str, message_id: str, r: redis.Redis | None = None, worke
 
 
 def save_checkpoint(session_id: str, message_id: str, position: int, checkpoint: Checkpoint,
-                    r: redis.Redis | None = None) -> str | None:
+                    r: redis.Redis | None = None, claim_next: str | None = None) -> str | None:
     """Record what the step at `position` (the latest position it may run at) left for the next
-    one, if this process still runs it."""
+    one, if this process still runs it. `claim_next`: the step this process runs next, at the
+    checkpoint's position, claimed in the same script (as claim_step would, with 'running')."""
     r = r or client("broker")
+    now = time.time()
+    claim = [claim_next, now + get_settings().task_time_limit_s + CLOCK_SKEW_S] if claim_next else []
     return r.register_script(_ADVANCE)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight()],
         args=[position, liveness.worker_id(), json.dumps(checkpoint.state), checkpoint.task, checkpoint.round or "",
-              checkpoint.position, time.time(), keys.in_flight_member(session_id, message_id)])
+              checkpoint.position, now, keys.in_flight_member(session_id, message_id), *claim])
 
 
 def release_step(session_id: str, message_id: str, position: int, r: redis.Redis | None = None) -> None:
@@ -448,3 +512,16 @@ def release_step(session_id: str, message_id: str, position: int, r: redis.Redis
     worker = liveness.worker_id()
     r.register_script(_RELEASE)(keys=[keys.turn_record(session_id, message_id), keys.worker_turns(worker)],
                                 args=[worker, keys.in_flight_member(session_id, message_id), position])
+
+
+def forget_moved(worker: str, members: list[tuple[str, str, str, bool]], r: redis.Redis | None = None) -> int:
+    """Drop from `worker`'s turns set the members (member, session id, message id, received?)
+    whose turn moved on (_FORGET_MOVED), FORGET_BATCH per round trip; returns how many."""
+    r = r or client("broker")
+    removed = 0
+    for start in range(0, len(members), FORGET_BATCH):
+        batch = members[start:start + FORGET_BATCH]
+        removed += r.register_script(_FORGET_MOVED)(
+            keys=[keys.worker_turns(worker), *(keys.turn_record(sid, mid) for _, sid, mid, _ in batch)],
+            args=[worker, *(item for member, _, _, received in batch for item in (member, int(received)))])
+    return removed

@@ -68,16 +68,23 @@ def run_stream(thread_id: str, run_id: str, after: str | None):
     return sse_response(body, get_settings().sse_retry_ms, "run open")
 
 
-def _render(events: Iterator[LoggedEvent | None], translator: RunTranslator, after: str | None) -> Iterator[str]:
+def _render(batches: Iterator[list[LoggedEvent] | None], translator: RunTranslator,
+            after: str | None) -> Iterator[str]:
+    """AG-UI events, one chunk per batch of the turn stream (web.stream: the replay, then what
+    arrives together)."""
     if after is None:
         yield encode([translator.run_started()])
-    for event in events:
-        if event is None:
+    for batch in batches:
+        if batch is None:
             yield ": heartbeat\n\n"
             continue
-        translated = translator.translate(event)
-        if after and entry_order(event.id) <= entry_order(after):
-            continue
-        if translated:
-            yield encode(translated, event.id)
-            metrics.SSE_EVENTS_SENT.inc()
+        chunk = []
+        for event in batch:
+            translated = translator.translate(event)
+            if after and entry_order(event.id) <= entry_order(after):
+                continue
+            if translated:
+                chunk.append(encode(translated, event.id))
+        if chunk:
+            yield "".join(chunk)
+            metrics.SSE_EVENTS_SENT.inc(len(chunk))

@@ -97,13 +97,13 @@ def accept_turn(session_id: str, principal: Principal, prompt: str, message_id: 
     if len(prompt) > limit:
         raise ApiError(413, "prompt_too_long", f"prompt is {len(prompt)} characters; the limit is {limit}")
     extensions.rate_limiter().hit(principal)
-    if not turns.claim_session(session_id, principal):
-        raise ApiError(404, "not_found", "no such session")
-
     message_id = message_id or uuid.uuid4().hex
     turn: TurnPayload = {"session_id": session_id, "message_id": message_id, "prompt": prompt,
                          "user": principal.user, "tenant": principal.tenant, "roles": list(principal.roles)}
-    if not turns.create_turn(session_id, message_id, principal, prompt, payload=turn):
+    outcome = turns.start_turn(session_id, message_id, principal, prompt, payload=turn)
+    if outcome == turns.NOT_OWNER:
+        raise ApiError(404, "not_found", "no such session")
+    if outcome == turns.EXISTS:
         raise ApiError(409, "already_exists", f"message {message_id} already exists in session {session_id}")
     announce(session_id, message_id)
     enqueue(session_id, message_id, turn)

@@ -89,6 +89,16 @@ class Subscription:
             return None
         return CLOSE if self.closed_reason else item
 
+    def ready(self) -> list[LoggedEvent | object]:
+        """What is queued already, without waiting (the stream writes it in one go)."""
+        items = []
+        while not self.closed_reason:
+            try:
+                items.append(self.queue.get_nowait())
+            except Empty:
+                break
+        return [CLOSE] if self.closed_reason else items
+
 
 class Shard:
     """One pub/sub connection: to the single server, or to one Cluster master (shard channels)."""

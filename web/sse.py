@@ -8,11 +8,19 @@ from collections.abc import Iterable
 from flask import Response, current_app, stream_with_context
 
 
-def sse_response(events: Iterable[str], retry_ms: int, opened: str) -> Response:
-    """`events` (rendered SSE text) after the opening line; `opened` is the opening comment."""
+def sse_response(events: Iterable[str], retry_ms: int, opened: str, with_first: bool = False) -> Response:
+    """`events` (rendered SSE text) after the opening line; `opened` is the opening comment.
+    `with_first`: the first chunk of `events` is ready at once (a turn stream's replay), so the
+    opening goes out with it, in one write."""
     def body():
-        yield f"retry: {retry_ms}\n: {opened}\n\n"
-        yield from events
+        opening = f"retry: {retry_ms}\n: {opened}\n\n"
+        if not with_first:
+            yield opening
+            yield from events
+            return
+        chunks = iter(events)
+        yield opening + next(chunks, "")
+        yield from chunks
 
     response = current_app.response_class(stream_with_context(body()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

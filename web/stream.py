@@ -7,7 +7,7 @@ events it already sent, so a reconnecting client sees every event exactly once."
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import redis
 from flask import request
@@ -55,7 +55,7 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         after = event_id_param(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"),
                                "Last-Event-ID")
         events = self.events(channel, session_id, message_id, after)
-        return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open")
+        return sse_response(self._render(events), get_settings().sse_retry_ms, "stream open", with_first=True)
 
     def _authorize(self, session_id: str, message_id: str) -> None:
         try:
@@ -88,8 +88,11 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         except redis.RedisError as exc:
             raise StatusUnknown(str(exc)) from exc
 
-    def events(self, channel: str, session_id: str, message_id: str, after: str | None) -> Iterator[LoggedEvent | None]:
-        """Logged then live events after `after`; None means "send a heartbeat"."""
+    def events(self, channel: str, session_id: str, message_id: str,
+               after: str | None) -> Iterator[list[LoggedEvent] | None]:
+        """Logged then live events after `after`, in batches: the replay first (at once, even
+        empty), then each event with those queued behind it, which the stream writes in one go
+        (one send instead of one per event). None means "send a heartbeat"."""
         heartbeat = get_settings().sse_heartbeat_s
         log_redis = extensions.stream_redis()
         watch = extensions.turn_watch()
@@ -102,40 +105,44 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         watch.watch(sub, session_id, message_id)
         try:
             after = self._within_log(session_id, message_id, after, log_redis)
-            last = after
-            for event in read_log(session_id, message_id, after=after, r=log_redis):
-                yield event
-                last = event.id
-                if event.terminal:
-                    return
-            if ended:
+            replay = _until_terminal(read_log(session_id, message_id, after=after, r=log_redis))
+            yield replay
+            if ended or (replay and replay[-1].terminal):
                 return
+            last = replay[-1].id if replay else after
             while True:
                 # Each beat a little early, at random: streams opened together do not beat together.
-                item = sub.get(timeout=heartbeat * random.uniform(HEARTBEAT_SPREAD, 1.0))
-                if item is CLOSE:
-                    log.info("stream %s closed: %s", channel, sub.closed_reason)
-                    return
-                if item is None:
+                first = sub.get(timeout=heartbeat * random.uniform(HEARTBEAT_SPREAD, 1.0))
+                if first is None:
                     yield None
                     continue
-                if item is OUTCOME_UNKNOWN:
-                    log.warning("stream %s ended (the client retries): the broker cannot say whether "
-                                "its turn ended", channel)
-                    return
-                if item is TURN_FINAL:
-                    if self._terminal_logged(session_id, message_id):
-                        # The terminal event was dropped on its way here (a progress outage, a
-                        # breaker open in the worker): it is in the log now; send what is left.
-                        yield from read_log(session_id, message_id, after=last, r=log_redis)
+                batch: list[LoggedEvent] = []
+                for item in [first, *sub.ready()]:
+                    if item is CLOSE:
+                        log.info("stream %s closed: %s", channel, sub.closed_reason)
+                        yield batch
                         return
-                    continue
-                if last and entry_order(item.id) <= entry_order(last):
-                    continue
-                yield item
-                last = item.id
-                if item.terminal:
-                    return
+                    if item is OUTCOME_UNKNOWN:
+                        log.warning("stream %s ended (the client retries): the broker cannot say whether "
+                                    "its turn ended", channel)
+                        yield batch
+                        return
+                    if item is TURN_FINAL:
+                        if self._terminal_logged(session_id, message_id):
+                            # The terminal event was dropped on its way here (a progress outage, a
+                            # breaker open in the worker): it is in the log now; send what is left.
+                            yield batch + list(read_log(session_id, message_id, after=last, r=log_redis))
+                            return
+                        continue
+                    if last and entry_order(item.id) <= entry_order(last):
+                        continue
+                    batch.append(item)
+                    last = item.id
+                    if item.terminal:
+                        yield batch
+                        return
+                if batch:
+                    yield batch
         except (StatusUnknown, redis.RedisError) as exc:
             log.warning("stream %s ended (the client retries): %s", channel, exc)
         finally:
@@ -153,13 +160,27 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             return newest
         return after
 
-    def _render(self, events: Iterator[LoggedEvent | None]) -> Iterator[str]:
-        for event in events:
-            if event is None:
+    def _render(self, batches: Iterator[list[LoggedEvent] | None]) -> Iterator[str]:
+        """SSE text: a heartbeat comment for None, else the batch's events in one chunk. The
+        first (the replay) is yielded even when empty: sse_response sends it with its opening."""
+        first = True
+        for batch in batches:
+            if batch is None:
                 yield ": heartbeat\n\n"
-            else:
-                yield event.sse
-                metrics.SSE_EVENTS_SENT.inc()
+            elif batch or first:
+                yield "".join(event.sse for event in batch)
+                metrics.SSE_EVENTS_SENT.inc(len(batch))
+            first = False
+
+
+def _until_terminal(events: Iterable[LoggedEvent]) -> list[LoggedEvent]:
+    """The events up to the first terminal one, which ends a stream (later ones are not sent)."""
+    kept = []
+    for event in events:
+        kept.append(event)
+        if event.terminal:
+            break
+    return kept
 
 
 stream = TurnStreamBlueprint("stream", __name__)

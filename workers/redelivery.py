@@ -99,16 +99,18 @@ def resend_from_dead_workers(app: Celery, now: float | None = None) -> int:
 
 
 def let_go_of_moved_turns(r: redis.Redis) -> None:
-    """Forget the turns this process no longer runs (a step it ran handed over without a release)."""
+    """Forget the turns this process no longer runs (a step it ran handed over without a release)
+    and the received messages whose step claimed the turn here: one script per batch, not two
+    round trips per turn (under load a beat finds every turn this process worked on since)."""
     worker = liveness.worker_id()
+    members = []
     for member in r.smembers(keys.worker_turns(worker)):
         session_id, message_id, *rest = member.split(":")
         if rest and rest[0] != liveness.RECEIVED:
             continue  # a tool call: the journal lets go of it when it ends
-        record = turns.get_turn(session_id, message_id, r)
-        # A received message is accounted for once its step claimed the turn here.
-        if record is None or record.final or (record.runner != worker if not rest else record.runner == worker):
-            r.srem(keys.worker_turns(worker), member)
+        members.append((member, session_id, message_id, bool(rest)))
+    if members:
+        turns.forget_moved(worker, members, r)
 
 
 def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> None:

@@ -78,12 +78,15 @@ def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
 
 
 def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int | None = None,
-               latest: int | None = None) -> Publisher:
+               latest: int | None = None, claimed: bool = False) -> Publisher:
     """Claim the turn's `task` (default: the step itself) of round `round_` for this process and
     move the turn to `running` this step; stop here (Ignore) if it ended, moved past this task,
-    or a live worker runs it. `latest`: the furthest checkpoint this task may still run at."""
+    or a live worker runs it. `latest`: the furthest checkpoint this task may still run at.
+    `claimed`: the step before, in this task, claimed it with its checkpoint (advance's `then`)."""
     session_id, message_id = turn["session_id"], turn["message_id"]
     publisher = Publisher(session_id, message_id, fail_soft=True)
+    if claimed:
+        return publisher
     here = position(task or step, round_)
     status, orphaned_by = with_broker(turns.claim_step, session_id, message_id, step, here, latest)
     if status is None:  # no such turn: believe it only from the master (redis_stores.on_the_master)
@@ -117,10 +120,12 @@ def skip_delivery(session_id: str, message_id: str, task: str, round_: int | Non
     raise Ignore()
 
 
-def advance(turn: TurnRef, here: int, checkpoint: Checkpoint) -> None:
-    """Save what the step at `here` left for the next one; drop it if another worker took over."""
+def advance(turn: TurnRef, here: int, checkpoint: Checkpoint, then: Step | None = None) -> None:
+    """Save what the step at `here` left for the next one; drop it if another worker took over.
+    `then`: the step this task runs next (the checkpoint's), claimed in the same round trip; its
+    start_step is then given `claimed=True`."""
     session_id, message_id = turn["session_id"], turn["message_id"]
-    result = with_broker(turns.save_checkpoint, session_id, message_id, here, checkpoint)
+    result = with_broker(turns.save_checkpoint, session_id, message_id, here, checkpoint, claim_next=then)
     if result == "saved":
         return
     log.warning("turn %s/%s: checkpoint for %s not saved (%s); this delivery stops here", session_id, message_id,
@@ -155,8 +160,9 @@ def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: in
                       dedupe=step_dedupe(step, phase, round_))
 
 
-def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None) -> R:
-    publisher = start_step(turn, step, round_=round_)
+def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,
+             claimed: bool = False) -> R:
+    publisher = start_step(turn, step, round_=round_, claimed=claimed)
     publish_phase(publisher, step, STARTED, round_)
     started = time.perf_counter()
     try:

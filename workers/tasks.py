@@ -127,18 +127,19 @@ def reason(self, turn: TurnState) -> None:
     reason_and_on(self, turn)
 
 
-def reason_and_on(task, turn: TurnState) -> None:
+def reason_and_on(task, turn: TurnState, claimed: bool = False) -> None:
     """The reason step, then in the same task the step it leads to: execute's fan-out (a few
-    milliseconds of bookkeeping), or synthesize where this pool lets it keep a time limit of its own."""
+    milliseconds of bookkeeping), or synthesize where this pool lets it keep a time limit of its own.
+    A step run next in the same task is claimed with the checkpoint that leads to it (advance's
+    `then`); `claimed`: so was this reason step, by collect."""
     round_ = _round(turn)
-    turn = run_step(REASON, turn, _reason, round_=round_)
+    turn = run_step(REASON, turn, _reason, round_=round_, claimed=claimed)
     # The decision is saved before anything else happens: a redelivery never asks the reasoner again.
     if turn["pending"]:
-        advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn))
+        advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn), then=EXECUTE)
         with step_here(task, turn, EXECUTE):
-            fan_out(task, turn)
+            fan_out(task, turn, claimed=True)
     else:
-        advance(turn, position(REASON, round_), Checkpoint(SYNTHESIZE, None, turn))
         synthesize_next(task, turn, position(REASON, round_))
 
 
@@ -265,11 +266,11 @@ def execute(self, turn: TurnState) -> None:
     fan_out(self, turn)
 
 
-def fan_out(task, turn: TurnState) -> None:
+def fan_out(task, turn: TurnState, claimed: bool = False) -> None:
     """Send the pending calls, each as its own task (on any tools worker), and `collect` after them:
     one call as a chain (its outcome rides in collect's message), several as a chord."""
     round_ = _round(turn)
-    publisher = start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_))
+    publisher = start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_), claimed=claimed)
     publish_phase(publisher, EXECUTE, STARTED, round_)
     advance(turn, position(COLLECT, round_), Checkpoint(COLLECT, round_, turn))
     ref: TurnRef = {k: turn[k] for k in TurnRef.__annotations__}
@@ -304,12 +305,11 @@ def collect(self, results: list[ToolOutcome] | ToolOutcome, turn: TurnState) -> 
     publish_phase(publisher, EXECUTE, FINISHED, round_, duration_ms)
     turn = {**turn, "rounds": [*turn["rounds"], {"results": results}]}
     if len(turn["rounds"]) >= get_settings().max_tool_rounds:
-        advance(turn, position(COLLECT, round_), Checkpoint(SYNTHESIZE, None, turn))
         synthesize_next(self, turn, position(COLLECT, round_))
         return
-    advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn))
+    advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn), then=REASON)
     with step_here(self, turn, REASON):
-        reason_and_on(self, turn)
+        reason_and_on(self, turn, claimed=True)
 
 
 # --- synthesize ----------------------------------------------------------------------------
@@ -350,13 +350,15 @@ def synthesize(turn: TurnState) -> None:
 
 
 def synthesize_next(task, turn: TurnState, here: int) -> None:
-    """Synthesize after the step at `here` (its checkpoint saved): in this task where the watchdog
+    """Save the step at `here`'s checkpoint, then synthesize: in this task where the watchdog
     holds the time limits, so the answer gets a deadline of its own (threads: the `rules` and
     `local` reasoners' pool); elsewhere as a task of its own, since prefork and gevent enforce one
     limit per task and the model's two calls must not share it."""
-    if time_limits.holds_limits():
+    inline = time_limits.holds_limits()
+    advance(turn, here, Checkpoint(SYNTHESIZE, None, turn), then=SYNTHESIZE if inline else None)
+    if inline:
         with step_here(task, turn, SYNTHESIZE):
-            finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+            finish_turn(run_step(SYNTHESIZE, turn, _synthesize, claimed=True))
     else:
         forward(task, synthesize.si(turn), turn, here)
 
