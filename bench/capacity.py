@@ -650,8 +650,9 @@ def main() -> None:
     print(f"  bare web idle turn: p50 {p(web_done, 50):.1f} ms -> {p(web_done, 50) / p(bare_idle, 50):.2f}x the bare "
           f"chain (HTTP + event log + SSE alone); turnstream / bare web {p(idle_done, 50) / p(web_done, 50):.2f}x; "
           f"its first event idle p50 {p(web_idle_first, 50):.1f} ms, p99 {p(web_idle_first, 99):.1f} ms")
-    print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = {base.web.throughput / bare.throughput:.2f} of the "
-          f"bare chain; turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")
+    print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = "
+          f"{base.web.throughput / bare.throughput:.2f} of the bare chain; "
+          f"turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")
     print("CPU per turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     print("CPU per bare chain (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bare_cpu.items()))
     print("CPU per bare web turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in base.web_cpu.items()))

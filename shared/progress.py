@@ -42,6 +42,28 @@ redis.call(ARGV[8], ARGV[6], cjson.encode(message))
 return id
 """
 
+# The same for several events of one turn in one round trip (Publisher.publish_all). KEYS: log,
+# then each event's marker. ARGV: maxlen, ttl ms, channel, publish command, then per event its
+# message json, type, data and dedupe flag. Returns the events' ids.
+_APPEND_AND_PUBLISH_ALL = """
+local ids = {}
+for i = 2, #KEYS do
+  local at = 4 * (i - 2) + 4
+  local id = false
+  if ARGV[at + 4] == '1' then id = redis.call('GET', KEYS[i]) end
+  if not id then
+    id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'type', ARGV[at + 2], 'data', ARGV[at + 3])
+    if ARGV[at + 4] == '1' then redis.call('SET', KEYS[i], id, 'PX', ARGV[2]) end
+    local message = cjson.decode(ARGV[at + 1])
+    message['id'] = id
+    redis.call(ARGV[4], ARGV[3], cjson.encode(message))
+  end
+  ids[#ids + 1] = id
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return ids
+"""
+
 
 @dataclass(frozen=True)
 class LoggedEvent:
@@ -127,6 +149,19 @@ def append_and_publish(session_id: str, message_id: str, rendered: Rendered, ded
               keys.progress_channel(session_id, message_id), "1" if dedupe else "0", publish_command(r)])
 
 
+def append_and_publish_all(session_id: str, message_id: str, events: list[tuple[Rendered, str | None]],
+                           r: redis.Redis | None = None) -> list[str]:
+    """Log and publish several rendered events of one turn, in order, in one round trip."""
+    settings = get_settings()
+    r = r or client("progress")
+    return r.register_script(_APPEND_AND_PUBLISH_ALL)(
+        keys=[keys.progress_log(session_id, message_id),
+              *(keys.progress_marker(session_id, message_id, dedupe or "none") for _, dedupe in events)],
+        args=[settings.progress_log_maxlen, settings.progress_ttl_s * 1000,
+              keys.progress_channel(session_id, message_id), publish_command(r), *(item for rendered, dedupe in events
+                                    for item in (rendered.wire, rendered.kind, rendered.data, "1" if dedupe else "0"))])
+
+
 class Publisher:
     """Publishes one turn's events. `dedupe` names make a redelivered step publish nothing new.
 
@@ -162,6 +197,29 @@ class Publisher:
                             self.session_id, self.message_id, exc)
             outbox.keep(self.session_id, self.message_id, rendered, dedupe)
             return None
+
+
+    def publish_all(self, events: list[tuple[ProgressEvent, str | None]]) -> None:
+        """`publish` for several events (event, dedupe name), in order, in one round trip (one
+        script: the store takes all of them or none). The fail-soft publisher keeps all of them
+        in the outbox when the store does not answer."""
+        rendered = [(render(event), dedupe) for event, dedupe in events]
+        if not self.fail_soft:
+            append_and_publish_all(self.session_id, self.message_id, rendered, self._redis)
+            return
+        from shared import outbox
+
+        if not outbox.must_queue(self.session_id, self.message_id):
+            try:
+                append_and_publish_all(self.session_id, self.message_id, rendered, self._redis)
+                return
+            except redis.RedisError as exc:
+                self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("progress of %s/%s not published (%s); kept in the outbox",
+                                self.session_id, self.message_id, exc)
+        for event, dedupe in rendered:
+            outbox.keep(self.session_id, self.message_id, event, dedupe)
 
 
 class DeltaCoalescer:

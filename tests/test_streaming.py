@@ -66,6 +66,29 @@ def test_published_payload_is_flask_sse_wire_format_with_the_log_id(stack):
     pubsub.close()
 
 
+def test_several_events_go_out_in_one_call_in_order_once_per_dedupe_name(stack):
+    """Publisher.publish_all (a step's start with its tool calls): each event is logged and
+    published in order, as `publish` would; a second call with the same dedupe names adds nothing."""
+    sid, mid = new_turn()
+    pubsub = stack.client("progress").pubsub()
+    pubsub.subscribe(f"agent:progress:{{{sid}:{mid}}}")
+    pubsub.get_message(timeout=1)
+    events = [(StepEvent(step="execute", status="started"), "execute:started"),
+              (DeltaEvent(text="no dedupe name"), None),
+              (StepEvent(step="execute", status="finished"), "execute:finished")]
+    publisher = Publisher(sid, mid, fail_soft=True)
+    publisher.publish_all(events)
+    logged = read_log(sid, mid)
+    assert [(e.type, json.loads(e.data)) for e in logged] == [
+        ("step", {"step": "execute", "status": "started"}), ("token", {"text": "no dedupe name"}),
+        ("step", {"step": "execute", "status": "finished"})]
+    wire = [Message(**json.loads(pubsub.get_message(timeout=2)["data"])) for _ in events]
+    assert [m.id for m in wire] == [e.id for e in logged]
+    publisher.publish_all([events[0], events[2]])
+    assert [e.id for e in read_log(sid, mid)] == [e.id for e in logged]
+    pubsub.close()
+
+
 def test_random_cuts_and_reconnects_deliver_every_event_exactly_once_in_order(base_url):
     sid, mid = new_turn()
     count = 500

@@ -153,11 +153,17 @@ def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None) -> 
         publisher.publish(event, dedupe=TERMINAL_DEDUPE)
 
 
+def phase_event(step: Step, phase: StepPhase, round_: int | None = None,
+                duration_ms: float | None = None) -> tuple[StepEvent, str]:
+    """A step's `started` or `finished` event and its dedupe name."""
+    return StepEvent(step=step, status=phase, round=round_, duration_ms=duration_ms), step_dedupe(step, phase, round_)
+
+
 def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
                   duration_ms: float | None = None) -> None:
-    """A step's `started` or `finished` event, under its dedupe name."""
-    publisher.publish(StepEvent(step=step, status=phase, round=round_, duration_ms=duration_ms),
-                      dedupe=step_dedupe(step, phase, round_))
+    """Publish a step's `started` or `finished` event, under its dedupe name."""
+    event, dedupe = phase_event(step, phase, round_, duration_ms)
+    publisher.publish(event, dedupe=dedupe)
 
 
 def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,

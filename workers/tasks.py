@@ -72,7 +72,7 @@ from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, publish_phase,
+from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, phase_event, publish_phase,
                            recorded_step, release, run_step, settle_terminal_event, start_step, step_failure,
                            step_here, with_broker)
 
@@ -271,14 +271,16 @@ def fan_out(task, turn: TurnState, claimed: bool = False) -> None:
     one call as a chain (its outcome rides in collect's message), several as a chord."""
     round_ = _round(turn)
     publisher = start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_), claimed=claimed)
-    publish_phase(publisher, EXECUTE, STARTED, round_)
+    calls = [{k: c[k] for k in ToolCall.__annotations__ if k in c} for c in turn["pending"]]
+    # The step's start and its calls are shown at once (before the guards, however long the tools
+    # queue is), in one round trip, before the checkpoint: a redelivery publishes none of them twice.
+    publisher.publish_all([
+        phase_event(EXECUTE, STARTED, round_),
+        *((ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=TOOL_STARTED),
+           tool_started_dedupe(call["call_id"])) for call in calls)])
     advance(turn, position(COLLECT, round_), Checkpoint(COLLECT, round_, turn))
     ref: TurnRef = {k: turn[k] for k in TurnRef.__annotations__}
-    calls = [{k: c[k] for k in ToolCall.__annotations__ if k in c} for c in turn["pending"]]
     state: TurnState = {**turn, "pending": [], "execute_started_at": time.time()}
-    for call in calls:  # shown at once, before the guards and however long the tools queue is
-        publisher.publish(ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=TOOL_STARTED),
-                          dedupe=tool_started_dedupe(call["call_id"]))
     header = [call_tool.si(ref, c) for c in calls]
     if len(header) == 1:
         # No chord for one call: no stored result, no counter, no fetch of the results; forward
