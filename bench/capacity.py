@@ -525,16 +525,27 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
     return baselines
 
 
-def throughput_pair(stack: Stack, callers: int, seconds: float) -> float:
-    """One more busy run of the bare chain, then one of turnstream: their throughput ratio."""
-    workers = bare_workers(stack)
-    try:
-        bare = drive_bare(bare_app(stack), callers, seconds)
-    finally:
-        for w in workers:
-            w.stop()
-    turn, _, _ = busy_run(stack, callers, seconds)
-    return turn.throughput / bare.throughput
+def throughput_pair(stack: Stack, callers: int, seconds: float, turnstream_first: bool) -> float:
+    """One more busy run of each, in the order given (alternate it: a host that drifts over the
+    run then favours neither): turnstream's throughput over the bare chain's."""
+    def bare() -> float:
+        workers = bare_workers(stack)
+        try:
+            return drive_bare(bare_app(stack), callers, seconds).throughput
+        finally:
+            for w in workers:
+                w.stop()
+
+    def turnstream() -> float:
+        return busy_run(stack, callers, seconds)[0].throughput
+
+    if turnstream_first:
+        turns = turnstream()
+        chains = bare()
+    else:
+        chains = bare()
+        turns = turnstream()
+    return turns / max(chains, 1e-9)
 
 
 def base_url(server: HTTPExecutor) -> str:
@@ -602,7 +613,7 @@ def main() -> None:
                 print(f"task events off: {events_off.throughput:.1f} turns/s", flush=True)
             ratios = [busy.throughput / bare.throughput]
             for _ in range(args.rounds - 1):
-                ratios.append(throughput_pair(stack, args.callers, args.seconds))
+                ratios.append(throughput_pair(stack, args.callers, args.seconds, turnstream_first=len(ratios) % 2 == 1))
                 print(f"  round {len(ratios)}: ratio {ratios[-1]:.2f}", flush=True)
             sweeps = {}
             if not args.no_sweep:

@@ -22,7 +22,7 @@ def event_log() -> redis.Redis:
     global _log
     if _log is None:
         _log = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            os.environ["PROGRESS_REDIS_URL"], max_connections=64))
+            os.environ["PROGRESS_REDIS_URL"], max_connections=10_000))  # bare_web: one per open stream
     return _log
 
 

@@ -19,8 +19,11 @@ def sse_response(events: Iterable[str], retry_ms: int, opened: str, with_first: 
             yield from events
             return
         chunks = iter(events)
-        yield opening + next(chunks, "")
-        yield from chunks
+        try:
+            yield opening + next(chunks, "")
+            yield from chunks
+        finally:  # a client gone at the first write: the stream's clean-up runs now, not at collection
+            getattr(chunks, "close", lambda: None)()
 
     response = current_app.response_class(stream_with_context(body()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

@@ -128,10 +128,13 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
                         yield batch
                         return
                     if item is TURN_FINAL:
+                        if batch:  # sent before the reads below, which may fail and end the stream
+                            yield batch
+                            batch = []
                         if self._terminal_logged(session_id, message_id):
                             # The terminal event was dropped on its way here (a progress outage, a
                             # breaker open in the worker): it is in the log now; send what is left.
-                            yield batch + list(read_log(session_id, message_id, after=last, r=log_redis))
+                            yield _until_terminal(read_log(session_id, message_id, after=last, r=log_redis))
                             return
                         continue
                     if last and entry_order(item.id) <= entry_order(last):
