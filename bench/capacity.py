@@ -665,6 +665,10 @@ def main() -> None:
           f"{base.web.throughput / bare.throughput:.2f} of the bare chain; "
           f"turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")
     print("CPU per turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    turn_cpu, chain_cpu = sum(cpu.values()), sum(bare_cpu.values())
+    print(f"  every process, client included: {turn_cpu:.1f} ms per turn, {chain_cpu:.1f} ms per bare chain -> "
+          f"{chain_cpu / turn_cpu:.2f} (both loops keep the cores busy: {turn_cpu * busy.throughput / 1000:.2f} and "
+          f"{chain_cpu * bare.throughput / 1000:.2f} cores), so this is the throughput ratio the cores allow")
     print("CPU per bare chain (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in bare_cpu.items()))
     print("CPU per bare web turn (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in base.web_cpu.items()))
     print("Redis commands per turn: " + ", ".join(f"{k} {v:.0f}" for k, v in cmds.items()))
