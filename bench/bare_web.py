@@ -9,12 +9,13 @@ it (XREAD BLOCK) as Server-Sent Events until `done`. Same gunicorn config as tur
 What it leaves out is what turnstream adds: auth (JWT), sessions and their owners, the rate
 limit, the turn record and checkpoints, step claims, tool guards, cancellation, metrics, the
 shared subscription. So `turnstream / bare web` is turnstream's own cost, and `bare web / bare
-chain` is the cost of HTTP + an event log + SSE that any implementation of the contract pays."""
+chain` is the cost of HTTP + an event log + SSE that any implementation of the contract pays.
+`POST /turns?durable=1` adds the round trips of the guarantees (noop_app.durable_step)."""
 
 import uuid
 
 from celery import chain
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 import noop_app
 
@@ -29,10 +30,18 @@ def healthz():
 
 @app.post("/turns")
 def post_turn():
+    """`?durable=1`: the turn is also recorded and each step makes a durable step's round trips
+    (noop_app.durable_step): the floor of the contract with its guarantees; `?durable=fewest`:
+    the same writes in the fewest round trips."""
     turn_id = uuid.uuid4().hex
     key = f"bare:{turn_id}"
+    payload = {"log": key}
+    if request.args.get("durable"):
+        payload["record"] = f"bare-record:{turn_id}"
+        payload["fewest"] = request.args["durable"] == "fewest"
+        noop_app.broker().hset(payload["record"], mapping={"status": "queued"})
     noop_app.event_log().xadd(key, {"event": "accepted"})
-    chain(*(noop_app.app.signature("noop.step", queue=QUEUES[n % 2]) for n in range(noop_app.STEPS)))({"log": key})
+    chain(*(noop_app.app.signature("noop.step", queue=QUEUES[n % 2]) for n in range(noop_app.STEPS)))(payload)
     return jsonify(message_id=turn_id, stream_url=f"/turns/{turn_id}/events"), 202
 
 

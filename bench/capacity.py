@@ -11,7 +11,8 @@ Printed, all from this one run:
   busy runs alternated between the two (the host's noise moves single runs by +-20 %);
 - the same contract's floor, bench/bare_web.py (the bare chain behind a minimal Flask POST, an
   event log and an SSE stream, same gunicorn config): its idle turn, first event and throughput,
-  so turnstream's own cost and the cost of HTTP + SSE are told apart;
+  so turnstream's own cost and the cost of HTTP + SSE are told apart; and its idle turn with the
+  round trips turnstream's guarantees need per step (`?durable=1`, noop_app.durable_step);
 - POST -> first SSE event p50/p99, busy (split into POST -> 202 and the stream's open, with the
   callers' own event-loop lag) and idle; POST -> done; two baselines for it under the same
   kinds of load: the bare chain's apply_async -> its first task running, and GET /healthz on the
@@ -96,6 +97,14 @@ def turn_path(session_id: str) -> str:
 
 def bare_web_path(session_id: str) -> str:  # bench/bare_web.py has no sessions
     return "/turns"
+
+
+def durable_web_path(session_id: str) -> str:  # ... and with the guarantees' round trips
+    return "/turns?durable=1"
+
+
+def fewest_web_path(session_id: str) -> str:  # ... the same writes in the fewest round trips
+    return "/turns?durable=fewest"
 
 
 async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str, path_of=turn_path) -> Turn:
@@ -491,6 +500,8 @@ class Baselines:
     web: LoadResult  # bare_web.py, busy
     web_idle: LoadResult
     web_cpu: dict
+    durable_idle: LoadResult  # bare_web.py?durable=1, idle
+    fewest_idle: LoadResult  # bare_web.py?durable=fewest, idle
     sweeps: dict = field(default_factory=dict)  # ("tools" | "web", n) -> throughput
 
 
@@ -510,6 +521,8 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
         try:
             idle_loop(base_url(web), 10, bare_web_path)
             web_idle = idle_loop(base_url(web), idle, bare_web_path)
+            durable_idle = idle_loop(base_url(web), idle, durable_web_path)
+            fewest_idle = idle_loop(base_url(web), idle, fewest_web_path)
             meter = CpuMeter({"bare web": gunicorn_workers(web), "bare workers": [w.process.pid for w in workers],
                               **redis_pids(stack)})
             web_busy = drive_turns(base_url(web), callers, seconds, path_of=bare_web_path)
@@ -519,7 +532,8 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
     finally:
         for w in workers:
             w.stop()
-    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu)
+    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu, durable_idle,
+                          fewest_idle)
     if sweep:
         bare_sweeps(stack, callers, seconds, baselines.sweeps)
     return baselines
@@ -661,6 +675,13 @@ def main() -> None:
     print(f"  bare web idle turn: p50 {p(web_done, 50):.1f} ms -> {p(web_done, 50) / p(bare_idle, 50):.2f}x the bare "
           f"chain (HTTP + event log + SSE alone); turnstream / bare web {p(idle_done, 50) / p(web_done, 50):.2f}x; "
           f"its first event idle p50 {p(web_idle_first, 50):.1f} ms, p99 {p(web_idle_first, 99):.1f} ms")
+    durable_done = base.durable_idle.ms("done")
+    print(f"  bare web with a durable step's round trips (bare_web.py?durable=1: 7 per task): idle turn p50 "
+          f"{p(durable_done, 50):.1f} ms -> {p(durable_done, 50) / p(bare_idle, 50):.2f}x the bare chain; "
+          f"turnstream / that {p(idle_done, 50) / p(durable_done, 50):.2f}x")
+    fewest_done = base.fewest_idle.ms("done")
+    print(f"  the same writes in the fewest round trips a step allows (?durable=fewest: 4 per task): idle turn p50 "
+          f"{p(fewest_done, 50):.1f} ms -> {p(fewest_done, 50) / p(bare_idle, 50):.2f}x the bare chain")
     print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = "
           f"{base.web.throughput / bare.throughput:.2f} of the bare chain; "
           f"turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")
