@@ -207,14 +207,21 @@ class TurnRecord:
                  "step": self.step, "prompt": self.prompt, "answer": self.answer, "error": self.error,
                  "created_at": self.created_at, "updated_at": self.updated_at}
         return {name: value for name, value in shown.items() if value is not None}
-# KEYS: owner, turns list, history. ARGV: owner, ttl. Returns the session's owner after the call
-# (false for an orphan: data without an owner key, which nobody may claim while it lives).
-_CLAIM = master_only("""
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return false end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return ARGV[1]
+# The session claim, in one place for both scripts that make it: the session's owner after the
+# call (false for an orphan: data without an owner key, which nobody may claim while it lives).
+_CLAIM_OWNER_LUA = """
+local function claim_owner(owner_key, turns_key, history_key, owner, ttl)
+  local current = redis.call('GET', owner_key)
+  if current then return current end
+  if redis.call('EXISTS', turns_key, history_key) > 0 then return false end
+  redis.call('SET', owner_key, owner, 'EX', ttl)
+  return owner
+end
+"""
+
+# KEYS: owner, turns list, history. ARGV: owner, ttl. Returns the session's owner after the call.
+_CLAIM = master_only(_CLAIM_OWNER_LUA + """
+return claim_owner(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 """)
 
 
@@ -245,15 +252,9 @@ def owns_session(session_id: str, principal: Principal, r: redis.Redis | None = 
 # id, session id, then the record's fields and values. Returns 'created', 'exists' (a turn with this
 # id: nothing written) or 'not_owner' (claiming, the session is someone else's or an orphan, as
 # _CLAIM). One round trip for what a POST records: the session's owner, the turn, the indexes.
-_CREATE = master_only("""
-if ARGV[1] == '1' then
-  local current = redis.call('GET', KEYS[1])
-  if not current then
-    if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 'not_owner' end
-    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  elseif current ~= ARGV[2] then
-    return 'not_owner'
-  end
+_CREATE = master_only(_CLAIM_OWNER_LUA + """
+if ARGV[1] == '1' and claim_owner(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3]) ~= ARGV[2] then
+  return 'not_owner'
 end
 -- Claim the id first: a client may choose its ids (AG-UI's runId), and a second post of the
 -- same id must not overwrite a turn under way.

@@ -43,13 +43,19 @@ def claimed_by(broker: redis.Redis, session_id: str, message_id: str, worker: st
     broker.zadd(keys.worker_heartbeats(), {worker: time.time()})
 
 
+def held_by_another_worker(broker: redis.Redis, session_id: str, message_id: str) -> int:
+    """Execute claimed just now by a live worker elsewhere: this process's claim stands aside.
+    Returns execute's position."""
+    here = position(EXECUTE, 1)
+    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
+    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
+    return here
+
+
 def test_a_live_runner_holds_its_step_only_for_as_long_as_a_step_may_run(stack, turn):
     session_id, message_id = turn
     broker = stack.client("broker")
-    here = position(EXECUTE, 1)
-
-    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
-    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
+    here = held_by_another_worker(broker, session_id, message_id)
 
     long_ago = time.time() - get_settings().task_time_limit_s - turns.CLOCK_SKEW_S - 1
     claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=long_ago)
@@ -59,10 +65,7 @@ def test_a_live_runner_holds_its_step_only_for_as_long_as_a_step_may_run(stack, 
 
 def test_a_step_handed_back_is_taken_over_at_once_by_another_process(stack, turn):
     session_id, message_id = turn
-    broker = stack.client("broker")
-    here = position(EXECUTE, 1)
-    claimed_by(broker, session_id, message_id, "other-host-1@vm", claimed_at=time.time())
-    assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("held", None)
+    here = held_by_another_worker(stack.client("broker"), session_id, message_id)
 
     turns.let_go(session_id, message_id, worker="other-host-1@vm")  # it handed its message back
     assert turns.claim_step(session_id, message_id, EXECUTE, here) == ("running", None)
