@@ -17,7 +17,9 @@ Printed, all from this one run:
   callers' own event-loop lag) and idle; POST -> done; two baselines for it under the same
   kinds of load: the bare chain's apply_async -> its first task running, and GET /healthz on the
   busy web process (a request that does nothing);
-- a single idle turn against a single idle bare chain (p50 ratio);
+- a single idle turn against a single idle bare chain (p50 ratio), with every baseline's idle
+  turn: all of them up at once, one turn of each kind in turn, so the ratios come from the same
+  minutes (idle_interleaved; measured minutes apart, the host's drift moved them by 20-30 %);
 - the CPU each process spends per turn (from /proc), and each Redis store's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
   ratios of throughput to the 1-process run, and the same sweeps of the baselines (gevent worker
@@ -490,6 +492,55 @@ def idle_turns(stack: Stack, n: int) -> LoadResult:
         system.stop()
 
 
+IDLE_KINDS = ("turnstream", "bare chain", "bare web", "durable", "fewest")
+
+
+def idle_interleaved(stack: Stack, n: int, warm: int = 10) -> dict[str, list[float]]:
+    """Single idle turns of turnstream and of every baseline, one of each in turn, n rounds, with
+    all of them running at once (idle processes cost 0.1-0.4 % of a core): each p50 then comes
+    from the same minutes. Measured one after the other, minutes apart, a host whose speed drifts
+    by 20-30 % moved the ratio more than most changes do. Milliseconds from POST (apply_async for
+    the chain) to `done` (the result)."""
+    system = start_system(stack)
+    workers, web = bare_workers(stack), None
+    try:
+        web = bare_web_server(stack)
+        app = bare_app(stack)
+        timings: dict[str, list[float]] = {kind: [] for kind in IDLE_KINDS}
+
+        def one_chain(i: int) -> float:
+            started = time.perf_counter()
+            bare_chain(app, i).get(timeout=30)
+            return (time.perf_counter() - started) * 1000
+
+        async def run() -> None:
+            async with httpx.AsyncClient(headers=bearer(), timeout=60) as ours, \
+                    httpx.AsyncClient(timeout=60) as bare:
+                http = {"turnstream": (ours, stack.base_url, turn_path),
+                        "bare web": (bare, base_url(web), bare_web_path),
+                        "durable": (bare, base_url(web), durable_web_path),
+                        "fewest": (bare, base_url(web), fewest_web_path)}
+                for i in range(warm + n):
+                    for kind in IDLE_KINDS:
+                        if kind == "bare chain":
+                            ms = await asyncio.to_thread(one_chain, i)  # timed inside its thread
+                        else:
+                            client, url, path_of = http[kind]
+                            turn = await _one_turn(client, url, "cap-idle", path_of)
+                            ms = (turn.done - turn.posted) * 1000
+                        if i >= warm:
+                            timings[kind].append(ms)
+
+        asyncio.run(run())
+        return timings
+    finally:
+        if web is not None:
+            web.stop()
+        for w in workers:
+            w.stop()
+        system.stop()
+
+
 @dataclass
 class Baselines:
     """Everything measured on the bare chain and on bench/bare_web.py, same run, same Redis servers."""
@@ -500,8 +551,6 @@ class Baselines:
     web: LoadResult  # bare_web.py, busy
     web_idle: LoadResult
     web_cpu: dict
-    durable_idle: LoadResult  # bare_web.py?durable=1, idle
-    fewest_idle: LoadResult  # bare_web.py?durable=fewest, idle
     sweeps: dict = field(default_factory=dict)  # ("tools" | "web", n) -> throughput
 
 
@@ -521,8 +570,6 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
         try:
             idle_loop(base_url(web), 10, bare_web_path)
             web_idle = idle_loop(base_url(web), idle, bare_web_path)
-            durable_idle = idle_loop(base_url(web), idle, durable_web_path)
-            fewest_idle = idle_loop(base_url(web), idle, fewest_web_path)
             meter = CpuMeter({"bare web": gunicorn_workers(web), "bare workers": [w.process.pid for w in workers],
                               **redis_pids(stack)})
             web_busy = drive_turns(base_url(web), callers, seconds, path_of=bare_web_path)
@@ -532,8 +579,7 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
     finally:
         for w in workers:
             w.stop()
-    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu, durable_idle,
-                          fewest_idle)
+    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu)
     if sweep:
         bare_sweeps(stack, callers, seconds, baselines.sweeps)
     return baselines
@@ -616,6 +662,7 @@ def main() -> None:
             print(f"bare chain: {bare.throughput:.1f} chains/s busy; idle p50 {p(bare_idle, 50):.1f} ms; "
                   f"bare web: {base.web.throughput:.1f} turns/s busy ({base.web.errors} errors)", flush=True)
             idle = idle_turns(stack, args.idle)
+            interleaved = idle_interleaved(stack, args.idle)
             busy, cpu, cmds = busy_run(stack, args.callers, args.seconds,
                                        profile_dir=Path(tmp) if args.profile else None)
             print(f"turnstream: {busy.throughput:.1f} turns/s busy ({busy.errors} errors)", flush=True)
@@ -669,19 +716,22 @@ def main() -> None:
     print(f"POST -> first SSE event, idle: p50 {p(idle_first, 50):.1f} ms, p99 {p(idle_first, 99):.1f} ms "
           f"(target <= 20)")
     print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")
-    print(f"single idle turn: p50 {p(idle_done, 50):.1f} ms vs bare chain {p(bare_idle, 50):.1f} ms -> "
-          f"{p(idle_done, 50) / p(bare_idle, 50):.2f}x (target <= 1.5x)")
-    web_done, web_idle_first = base.web_idle.ms("done"), base.web_idle.ms("first_event")
-    print(f"  bare web idle turn: p50 {p(web_done, 50):.1f} ms -> {p(web_done, 50) / p(bare_idle, 50):.2f}x the bare "
-          f"chain (HTTP + event log + SSE alone); turnstream / bare web {p(idle_done, 50) / p(web_done, 50):.2f}x; "
-          f"its first event idle p50 {p(web_idle_first, 50):.1f} ms, p99 {p(web_idle_first, 99):.1f} ms")
-    durable_done = base.durable_idle.ms("done")
-    print(f"  bare web with a durable step's round trips (bare_web.py?durable=1: 7 per task): idle turn p50 "
-          f"{p(durable_done, 50):.1f} ms -> {p(durable_done, 50) / p(bare_idle, 50):.2f}x the bare chain; "
-          f"turnstream / that {p(idle_done, 50) / p(durable_done, 50):.2f}x")
-    fewest_done = base.fewest_idle.ms("done")
-    print(f"  the same writes in the fewest round trips a step allows (?durable=fewest: 4 per task): idle turn p50 "
-          f"{p(fewest_done, 50):.1f} ms -> {p(fewest_done, 50) / p(bare_idle, 50):.2f}x the bare chain")
+    alone = {kind: p(ms, 50) for kind, ms in interleaved.items()}
+    chain_alone = alone["bare chain"]
+    print(f"single idle turn, p50 of {args.idle} rounds of one turn of each kind in turn: turnstream "
+          f"{alone['turnstream']:.1f} ms vs bare chain {chain_alone:.1f} ms -> "
+          f"{alone['turnstream'] / chain_alone:.2f}x (target <= 1.5x); measured apart, minutes earlier: "
+          f"{p(idle_done, 50):.1f} ms vs {p(bare_idle, 50):.1f} ms")
+    print(f"  bare web idle turn: {alone['bare web']:.1f} ms -> {alone['bare web'] / chain_alone:.2f}x the bare "
+          f"chain (HTTP + event log + SSE alone); turnstream / bare web {alone['turnstream'] / alone['bare web']:.2f}x; "
+          f"its first event idle (measured apart) p50 {p(base.web_idle.ms('first_event'), 50):.1f} ms, "
+          f"p99 {p(base.web_idle.ms('first_event'), 99):.1f} ms")
+    print(f"  bare web with a durable step's round trips (bare_web.py?durable=1: 7 per task): {alone['durable']:.1f} ms "
+          f"-> {alone['durable'] / chain_alone:.2f}x the bare chain; turnstream / that "
+          f"{alone['turnstream'] / alone['durable']:.2f}x")
+    print(f"  the same writes in the fewest round trips a step allows (?durable=fewest: 4 per task): "
+          f"{alone['fewest']:.1f} ms -> {alone['fewest'] / chain_alone:.2f}x the bare chain; turnstream / that "
+          f"{alone['turnstream'] / alone['fewest']:.2f}x")
     print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = "
           f"{base.web.throughput / bare.throughput:.2f} of the bare chain; "
           f"turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")

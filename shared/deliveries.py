@@ -4,7 +4,8 @@ With late acks and reject-on-worker-lost, a message whose step kills its worker 
 in a model library, the OOM killer) goes back to the queue and is taken again, forever. So
 each step delivery is counted on the broker while it runs: `begin` adds one for the turn's
 step (a hash per turn, field = step tag such as `reason-1` or `call_tool-r1c0`), `end` takes
-it off again when the step returns, whatever it returned. What is left counts deliveries
+it off again once the task is over, whatever it returned (after Celery sent its chain's next
+step: workers.steps.TurnTask). What is left counts deliveries
 whose worker died under them. A delivery that finds TURNSTREAM_MAX_DELIVERIES of those
 already there does not run: the turn fails ("the llm worker crashed 3 times in this step").
 

@@ -3,7 +3,9 @@
 The reasoner reads them so a follow-up ("and in Berlin?") can use what came before. Only
 finished turns are kept, newest last, each as JSON {owner, prompt, answer, tools}. Each entry
 names its owner and `recall` returns only the caller's, so a history can never reach another
-user even if the session's ownership were lost; writing it renews the owner key with it."""
+user even if the session's ownership were lost; writing it renews the owner key with it. An
+entry is written by the script that makes its turn done (shared.turns.finish_turn), so only
+the delivery that finishes the turn writes it, in the same round trip."""
 
 import json
 
@@ -12,22 +14,15 @@ import redis
 from shared import keys
 from shared.redis_stores import client
 from shared.settings import get_settings
-from shared.turns import session_ttl_s
+from shared.turns import finish_turn
 
 
-def remember(session_id: str, owner: str, prompt: str, answer: str, tools: list[str],
-             r: redis.Redis | None = None) -> None:
-    settings = get_settings()
-    if settings.history_turns <= 0:
-        return
-    key = keys.session_history(session_id)
-    ttl = session_ttl_s()
-    pipe = (r or client("broker")).pipeline()
-    pipe.rpush(key, json.dumps({"owner": owner, "prompt": prompt, "answer": answer, "tools": tools}))
-    pipe.ltrim(key, -settings.history_turns, -1)
-    pipe.expire(key, ttl)
-    pipe.expire(keys.session_owner(session_id), ttl)
-    pipe.execute()
+def finish_with_answer(session_id: str, message_id: str, owner: str, prompt: str, answer: str, tools: list[str],
+                       r: redis.Redis | None = None) -> str | None:
+    """Move the turn to `done` with its answer and remember it, in one round trip (shared.turns.finish_turn):
+    only the call that makes the turn done appends the entry. Returns the turn's status afterwards."""
+    entry = json.dumps({"owner": owner, "prompt": prompt, "answer": answer, "tools": tools})
+    return finish_turn(session_id, message_id, answer, entry, max(get_settings().history_turns, 0), r=r)
 
 
 def recall(session_id: str, owner: str, r: redis.Redis | None = None) -> list[dict]:

@@ -203,6 +203,10 @@ class Publisher:
         """`publish` for several events (event, dedupe name), in order, in one round trip (one
         script: the store takes all of them or none). The fail-soft publisher keeps all of them
         in the outbox when the store does not answer."""
+        if len(events) <= 1:
+            for event, dedupe in events:
+                self.publish(event, dedupe)
+            return
         rendered = [(render(event), dedupe) for event, dedupe in events]
         if not self.fail_soft:
             append_and_publish_all(self.session_id, self.message_id, rendered, self._redis)

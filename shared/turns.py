@@ -35,27 +35,52 @@ from shared.identity import Principal
 from shared.redis_stores import client, master_only, replicated
 from shared.settings import get_settings
 from shared.turn_flow import Checkpoint, TurnPayload
-from shared.vocabulary import CANCELLED, FINAL_STATUSES, QUEUED, TurnStatus
+from shared.vocabulary import CANCELLED, DONE, FINAL_STATUSES, QUEUED, TurnStatus
 
 CLOCK_SKEW_S = 2.0  # between worker hosts' clocks, on top of a step's time limit (claim_step)
 _FINAL_LUA = "{" + ", ".join(f"['{status}'] = true" for status in sorted(FINAL_STATUSES)) + "}"
 
-# KEYS: record hash, in-flight index. ARGV: new status, member, now, then field/value pairs.
-# Returns the status after the call. A final status leaves the index; any other refreshes its score.
-_TRANSITION = master_only(f"""
-local final = {_FINAL_LUA}
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return false end
-if final[current] then return current end
-local fields = {{'status', ARGV[1]}}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-if final[ARGV[1]] then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-else
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+# A status change, in one place for both scripts that make it: the status after the call, and
+# whether this call changed it. `args`: new status, in-flight member, now; field/value pairs from
+# `first`. A final status leaves the index; any other refreshes its score.
+_TRANSITION_LUA = f"""
+local function transition(record, index, args, first)
+  local final = {_FINAL_LUA}
+  local current = redis.call('HGET', record, 'status')
+  if not current then return false, false end
+  if final[current] then return current, false end
+  local fields = {{'status', args[1]}}
+  for i = first, #args do fields[#fields + 1] = args[i] end
+  redis.call('HSET', record, unpack(fields))
+  if final[args[1]] then
+    redis.call('ZREM', index, args[2])
+  else
+    redis.call('ZADD', index, args[3], args[2])
+  end
+  return args[1], true
 end
-return ARGV[1]
+"""
+
+# KEYS: record hash, in-flight index. ARGV: new status, member, now, then field/value pairs.
+# Returns the status after the call.
+_TRANSITION = master_only(_TRANSITION_LUA + """
+local status = transition(KEYS[1], KEYS[2], ARGV, 4)
+return status
+""")
+
+# KEYS: record hash, in-flight index, the session's history, its owner key. ARGV: `done`, member,
+# now, history entry, entries kept, session ttl, then field/value pairs (the answer). The turn's
+# answer and its history entry in one round trip; only the call that makes the turn done writes
+# the entry, so a history never holds an answer twice, nor one its turn's record lacks.
+_FINISH = master_only(_TRANSITION_LUA + """
+local status, changed = transition(KEYS[1], KEYS[2], ARGV, 7)
+if changed and tonumber(ARGV[5]) > 0 then
+  redis.call('RPUSH', KEYS[3], ARGV[4])
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+return status
 """)
 
 
@@ -354,6 +379,23 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
         args=[status, keys.in_flight_member(session_id, message_id), now, *flat])
     if result == status and status in FINAL_STATUSES:
         metrics.record_turn(status)
+    return result
+
+
+def finish_turn(session_id: str, message_id: str, answer: str, history_entry: str, keep: int,
+                r: redis.Redis | None = None) -> str | None:
+    """Move a turn to `done` with its answer and, if this call did it, append `history_entry`
+    to the session's history, keeping its last `keep` entries (shared.history encodes them).
+    Returns the status afterwards, as update_turn: `done` also when an earlier call finished it."""
+    r = r or client("broker")
+    now = time.time()
+    result = r.register_script(_FINISH)(
+        keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.session_history(session_id),
+              keys.session_owner(session_id)],
+        args=[DONE, keys.in_flight_member(session_id, message_id), now, history_entry, keep, session_ttl_s(),
+              "answer", answer, "updated_at", now])
+    if result == DONE:
+        metrics.record_turn(DONE)
     return result
 
 

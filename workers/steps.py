@@ -30,12 +30,13 @@
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 import redis
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from celery.signals import task_postrun
 from kombu.exceptions import OperationalError
 from opentelemetry import trace
 
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=Mapping)
 R = TypeVar("R")
+Shown = tuple[ProgressEvent, str]  # an event and its dedupe name, as Publisher.publish_all takes them
 
 
 def with_broker(func: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -144,13 +146,13 @@ def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> Non
     raise Ignore()
 
 
-def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None) -> None:
-    """Publish the turn's terminal event. While the progress store is down (or its breaker open)
-    the fail-soft publisher keeps it in the outbox, behind the turn's other waiting events, and
-    the outbox publishes it once the store is back (shared.outbox); an open stream also finds
-    it at its next heartbeat."""
-    if event is not None:
-        publisher.publish(event, dedupe=TERMINAL_DEDUPE)
+def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None, shown_before: Sequence[Shown] = ()) -> None:
+    """Publish the turn's terminal event, after `shown_before` in the same round trip (the last
+    step's `finished`). While the progress store is down (or its breaker open) the fail-soft
+    publisher keeps them in the outbox, behind the turn's other waiting events, and the outbox
+    publishes them once the store is back (shared.outbox); an open stream also finds the
+    terminal event at its next heartbeat."""
+    publisher.publish_all([*shown_before, *([(event, TERMINAL_DEDUPE)] if event is not None else [])])
 
 
 def phase_event(step: Step, phase: StepPhase, round_: int | None = None,
@@ -159,17 +161,22 @@ def phase_event(step: Step, phase: StepPhase, round_: int | None = None,
     return StepEvent(step=step, status=phase, round=round_, duration_ms=duration_ms), step_dedupe(step, phase, round_)
 
 
-def publish_phase(publisher: Publisher, step: Step, phase: StepPhase, round_: int | None = None,
-                  duration_ms: float | None = None) -> None:
-    """Publish a step's `started` or `finished` event, under its dedupe name."""
-    event, dedupe = phase_event(step, phase, round_, duration_ms)
-    publisher.publish(event, dedupe=dedupe)
-
-
 def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,
-             claimed: bool = False) -> R:
+             claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> R:
+    """Run a step: claim it, publish `started`, run `body`, publish `finished`. `shown_with_start`:
+    events published in the same round trip as `started` (the step before's held `finished`)."""
+    result, finished = run_step_holding(step, turn, body, round_, claimed, shown_with_start)
+    Publisher(turn["session_id"], turn["message_id"], fail_soft=True).publish(*finished[0])
+    return result
+
+
+def run_step_holding(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,
+                     claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> tuple[R, list[Shown]]:
+    """run_step, but the step's `finished` event is returned, not published: the caller shows it
+    with what comes next (the next step's `started`, the turn's `done`), after the checkpoint
+    between them, in one round trip. Both are true by then, and the stream loses no step."""
     publisher = start_step(turn, step, round_=round_, claimed=claimed)
-    publish_phase(publisher, step, STARTED, round_)
+    publisher.publish_all([*shown_with_start, phase_event(step, STARTED, round_)])
     started = time.perf_counter()
     try:
         result = body(turn, publisher)
@@ -179,8 +186,7 @@ def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int
         failure = step_failure(step, turn, exc)
         fail_turn(turn["session_id"], turn["message_id"], failure.step, str(failure))
         raise failure from exc
-    publish_phase(publisher, step, FINISHED, round_, ms_since(started))
-    return result
+    return result, [phase_event(step, FINISHED, round_, ms_since(started))]
 
 
 def step_failure(step: Step, turn: TurnRef, exc: Exception) -> StepFailed:
@@ -244,7 +250,26 @@ class TurnTask(RedactingTask):
             raise
         finally:
             time_limits.unwatch(task_id)
+            self.end_delivery_when_over(session_id, message_id, tag)
+
+    def end_delivery_when_over(self, session_id: str, message_id: str, tag: str) -> None:
+        """Count the delivery off once the task is over (task_postrun, below): Celery sends a
+        chain's next step after __call__ returns, and that send must not wait behind a round
+        trip of bookkeeping. Called outside a worker (no postrun follows), it ends here."""
+        if self.request.called_directly:
             deliveries.end_or_owe(session_id, message_id, tag)
+        else:
+            self.request.turnstream_delivery = (session_id, message_id, tag)
+
+
+@task_postrun.connect
+def _end_delivery(task=None, **_: object) -> None:
+    """The task is over and its chain's next step sent: its delivery no longer counts (TurnTask).
+    A worker that dies before this counts as a crash of the step, as it would have anyway."""
+    delivery = getattr(getattr(task, "request", None), "turnstream_delivery", None)
+    if delivery:
+        task.request.turnstream_delivery = None
+        deliveries.end_or_owe(*delivery)
 
 
 def recorded_step(session_id: str, message_id: str) -> str | None:

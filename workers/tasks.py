@@ -49,6 +49,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Callable, TypeVar
 
 from celery import chord, group
@@ -72,9 +73,9 @@ from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (StepFailed, TurnTask, advance, fail_turn, forward, ms_since, phase_event, publish_phase,
-                           recorded_step, release, run_step, settle_terminal_event, start_step, step_failure,
-                           step_here, with_broker)
+from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, ms_since, phase_event,
+                           recorded_step, release, run_step, run_step_holding, settle_terminal_event, start_step,
+                           step_failure, step_here, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -127,20 +128,22 @@ def reason(self, turn: TurnState) -> None:
     reason_and_on(self, turn)
 
 
-def reason_and_on(task, turn: TurnState, claimed: bool = False) -> None:
+def reason_and_on(task, turn: TurnState, claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> None:
     """The reason step, then in the same task the step it leads to: execute's fan-out (a few
     milliseconds of bookkeeping), or synthesize where this pool lets it keep a time limit of its own.
     A step run next in the same task is claimed with the checkpoint that leads to it (advance's
-    `then`); `claimed`: so was this reason step, by collect."""
+    `then`); `claimed`: so was this reason step, by collect. Its `finished` is shown with the next
+    step's `started`, after the checkpoint (run_step_holding), and `shown_with_start` with its own."""
     round_ = _round(turn)
-    turn = run_step(REASON, turn, _reason, round_=round_, claimed=claimed)
+    turn, finished = run_step_holding(REASON, turn, _reason, round_=round_, claimed=claimed,
+                                      shown_with_start=shown_with_start)
     # The decision is saved before anything else happens: a redelivery never asks the reasoner again.
     if turn["pending"]:
         advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn), then=EXECUTE)
         with step_here(task, turn, EXECUTE):
-            fan_out(task, turn, claimed=True)
+            fan_out(task, turn, claimed=True, shown_with_start=finished)
     else:
-        synthesize_next(task, turn, position(REASON, round_))
+        synthesize_next(task, turn, position(REASON, round_), shown_with_start=finished)
 
 
 # --- execute -------------------------------------------------------------------------------
@@ -266,15 +269,17 @@ def execute(self, turn: TurnState) -> None:
     fan_out(self, turn)
 
 
-def fan_out(task, turn: TurnState, claimed: bool = False) -> None:
+def fan_out(task, turn: TurnState, claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> None:
     """Send the pending calls, each as its own task (on any tools worker), and `collect` after them:
-    one call as a chain (its outcome rides in collect's message), several as a chord."""
+    one call as a chain (its outcome rides in collect's message), several as a chord.
+    `shown_with_start`: events shown with the step's start (reason's `finished`)."""
     round_ = _round(turn)
     publisher = start_step(turn, EXECUTE, round_=round_, latest=position(COLLECT, round_), claimed=claimed)
     calls = [{k: c[k] for k in ToolCall.__annotations__ if k in c} for c in turn["pending"]]
     # The step's start and its calls are shown at once (before the guards, however long the tools
     # queue is), in one round trip, before the checkpoint: a redelivery publishes none of them twice.
     publisher.publish_all([
+        *shown_with_start,
         phase_event(EXECUTE, STARTED, round_),
         *((ToolEvent(call_id=call["call_id"], tool=call["tool"], args=call["args"], status=TOOL_STARTED),
            tool_started_dedupe(call["call_id"])) for call in calls)])
@@ -303,15 +308,16 @@ def collect(self, results: list[ToolOutcome] | ToolOutcome, turn: TurnState) -> 
     results = results if isinstance(results, list) else [results]  # one call comes through a chain
     round_ = _round(turn)
     duration_ms = round((time.time() - turn.pop("execute_started_at")) * 1000, 2)
-    publisher = start_step(turn, EXECUTE, task=COLLECT, round_=round_)
-    publish_phase(publisher, EXECUTE, FINISHED, round_, duration_ms)
+    start_step(turn, EXECUTE, task=COLLECT, round_=round_)
+    # Shown with the next step's start, after the checkpoint that leads to it: one round trip.
+    finished = [phase_event(EXECUTE, FINISHED, round_, duration_ms)]
     turn = {**turn, "rounds": [*turn["rounds"], {"results": results}]}
     if len(turn["rounds"]) >= get_settings().max_tool_rounds:
-        synthesize_next(self, turn, position(COLLECT, round_))
+        synthesize_next(self, turn, position(COLLECT, round_), shown_with_start=finished)
         return
     advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn), then=REASON)
     with step_here(self, turn, REASON):
-        reason_and_on(self, turn, claimed=True)
+        reason_and_on(self, turn, claimed=True, shown_with_start=finished)
 
 
 # --- synthesize ----------------------------------------------------------------------------
@@ -326,21 +332,22 @@ def _synthesize(turn: TurnState, publisher: Publisher) -> FinishedTurn:
             "owner": guarding.principal(turn).owner, "answer": text, "tools_used": used}
 
 
-def finish_turn(result: FinishedTurn) -> FinishedTurn:
-    """The terminal `done` event comes after synthesize's `finished`, so the stream shows every step.
+def finish_turn(result: FinishedTurn, finished: Sequence[Shown] = ()) -> FinishedTurn:
+    """The terminal `done` event comes after synthesize's `finished` (held by run_step_holding and
+    shown here, in the same round trip), so the stream shows every step.
 
-    Only the delivery whose transition to `done` wins writes the answer and the history; any
-    other (a redelivery, a turn cancelled meanwhile) re-publishes the recorded terminal event,
-    which the log already has."""
+    Only the delivery whose transition to `done` wins writes the answer and the history (one
+    script); any other (a redelivery, a turn cancelled meanwhile) re-publishes the recorded
+    terminal event, which the log already has."""
     session_id, message_id = result["session_id"], result["message_id"]
-    status = with_broker(turns.update_turn, session_id, message_id, status=DONE, answer=result["answer"])
+    status = with_broker(history.finish_with_answer, session_id, message_id, result["owner"], result["prompt"],
+                         result["answer"], result["tools_used"])
     if status == DONE:
-        history.remember(session_id, result["owner"], result["prompt"], result["answer"], result["tools_used"])
         record = turns.TurnRecord(status=DONE, answer=result["answer"])  # what was just written: no read back
         log.info("turn done")  # one line per turn (the per-task lines are at debug: workers.telemetry)
     else:
         record = with_broker(turns.get_turn, session_id, message_id)
-    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record))
+    settle_terminal_event(Publisher(session_id, message_id, fail_soft=True), terminal_event(record), finished)
     release(result, position(SYNTHESIZE))
     return result
 
@@ -348,20 +355,23 @@ def finish_turn(result: FinishedTurn) -> FinishedTurn:
 @app.task(name=task_name(SYNTHESIZE), base=TurnTask, ignore_result=True)
 def synthesize(turn: TurnState) -> None:
     # Nothing reads a task's return value here, and Celery reprs it for its log line and event.
-    finish_turn(run_step(SYNTHESIZE, turn, _synthesize))
+    finish_turn(*run_step_holding(SYNTHESIZE, turn, _synthesize))
 
 
-def synthesize_next(task, turn: TurnState, here: int) -> None:
+def synthesize_next(task, turn: TurnState, here: int, shown_with_start: Sequence[Shown] = ()) -> None:
     """Save the step at `here`'s checkpoint, then synthesize: in this task where the watchdog
     holds the time limits, so the answer gets a deadline of its own (threads: the `rules` and
     `local` reasoners' pool); elsewhere as a task of its own, since prefork and gevent enforce one
-    limit per task and the model's two calls must not share it."""
+    limit per task and the model's two calls must not share it. `shown_with_start`: the step
+    before's `finished`, shown with synthesize's `started` (or on its own, before it is sent)."""
     inline = time_limits.holds_limits()
     advance(turn, here, Checkpoint(SYNTHESIZE, None, turn), then=SYNTHESIZE if inline else None)
     if inline:
         with step_here(task, turn, SYNTHESIZE):
-            finish_turn(run_step(SYNTHESIZE, turn, _synthesize, claimed=True))
+            finish_turn(*run_step_holding(SYNTHESIZE, turn, _synthesize, claimed=True,
+                                          shown_with_start=shown_with_start))
     else:
+        Publisher(turn["session_id"], turn["message_id"], fail_soft=True).publish_all(list(shown_with_start))
         forward(task, synthesize.si(turn), turn, here)
 
 
