@@ -89,10 +89,12 @@ def dead_workers(r: redis.Redis, now: float | None = None) -> list[str]:
 RECEIVED = "@received"
 
 
-def received(session_id: str, message_id: str, r: redis.Redis) -> None:
-    """This process took a message of the turn off the queue: should it die before the step
-    claims the turn, the turn is sent again (nothing else knows where that message went)."""
-    r.sadd(keys.worker_turns(worker_id()), f"{keys.in_flight_member(session_id, message_id)}:{RECEIVED}")
+def received_all(turns: list[tuple[str, str]], r: redis.Redis) -> None:
+    """This process took these messages (session id, message id) of their turns off the queue:
+    should it die before their steps claim the turns, the turns are sent again (nothing else
+    knows where those messages went). One command for all of them."""
+    r.sadd(keys.worker_turns(worker_id()),
+           *(f"{keys.in_flight_member(session_id, message_id)}:{RECEIVED}" for session_id, message_id in turns))
 
 
 def has_received(worker: str, session_id: str, message_id: str, r: redis.Redis) -> bool:

@@ -136,17 +136,14 @@ def _beat_in_the_main_process(**_: object) -> None:
 
 @task_received.connect
 def _note_received(request=None, **_: object) -> None:
-    """Until its step claims the turn, a received message is this process's to account for."""
-    from shared import liveness
-    from shared.redis_stores import client
+    """Until its step claims the turn, a received message is this process's to account for
+    (noted beside the task's start, not before it: workers.received_notes)."""
     from shared.turn_flow import turn_of
+    from workers import received_notes
 
     turn = turn_of(getattr(request, "args", None))
     if turn.get("session_id") and turn.get("message_id"):
-        try:
-            liveness.received(turn["session_id"], turn["message_id"], client("broker"))
-        except Exception as exc:  # noqa: BLE001 - the visibility timeout still covers the message
-            log.warning("could not note a received message of %s/%s: %r", turn["session_id"], turn["message_id"], exc)
+        received_notes.note(turn["session_id"], turn["message_id"])
 
 
 @worker_process_init.connect
