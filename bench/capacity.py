@@ -18,8 +18,9 @@ Printed, all from this one run:
   kinds of load: the bare chain's apply_async -> its first task running, and GET /healthz on the
   busy web process (a request that does nothing);
 - a single idle turn against a single idle bare chain (p50 ratio), with every baseline's idle
-  turn: all of them up at once, one turn of each kind in turn, so the ratios come from the same
-  minutes (idle_interleaved; measured minutes apart, the host's drift moved them by 20-30 %);
+  turn: all of them up at once, in alternated blocks of turns of one kind, so the ratios come
+  from the same minutes (idle_interleaved; measured minutes apart, the host's drift moved them
+  by 20-30 %);
 - the CPU each process spends per turn (from /proc), and each Redis store's commands per turn;
 - a scaling sweep: 1 -> 2 -> 4 tools-worker processes, then 1 -> 2 -> 4 gunicorn workers, as
   ratios of throughput to the 1-process run, and the same sweeps of the baselines (gevent worker
@@ -495,12 +496,17 @@ def idle_turns(stack: Stack, n: int) -> LoadResult:
 IDLE_KINDS = ("turnstream", "bare chain", "bare web", "durable", "fewest")
 
 
-def idle_interleaved(stack: Stack, n: int, warm: int = 10) -> dict[str, list[float]]:
-    """Single idle turns of turnstream and of every baseline, one of each in turn, n rounds, with
-    all of them running at once (idle processes cost 0.1-0.4 % of a core): each p50 then comes
-    from the same minutes. Measured one after the other, minutes apart, a host whose speed drifts
-    by 20-30 % moved the ratio more than most changes do. Milliseconds from POST (apply_async for
-    the chain) to `done` (the result)."""
+def idle_interleaved(stack: Stack, n: int, block: int = 10, warm: int = 3) -> dict[str, list[float]]:
+    """Single idle turns of turnstream and of every baseline, in blocks: `warm` unmeasured then
+    `block` measured turns of one kind, then the next kind, round after round until each kind has
+    n, with all of them running at once (an idle process costs 0.1-0.4 % of a core). Each p50
+    then comes from the same minutes: measured one kind after the other, minutes apart, a host
+    whose speed drifts by 20-30 % moved the ratio more than most changes do (turnstream measured
+    alone 24.8 ms, then 30.7 ms in these blocks, in one run; the same turns alone, with the
+    baselines up and idle or not, differ by less than that from one minute to the next). Blocks,
+    not one turn of each kind in turn, so that a kind's turns follow one another, as an idle
+    turn's do in bench/turn_latency.py. Milliseconds from POST (apply_async for the chain) to
+    `done` (the result)."""
     system = start_system(stack)
     workers, web = bare_workers(stack), None
     try:
@@ -520,16 +526,17 @@ def idle_interleaved(stack: Stack, n: int, warm: int = 10) -> dict[str, list[flo
                         "bare web": (bare, base_url(web), bare_web_path),
                         "durable": (bare, base_url(web), durable_web_path),
                         "fewest": (bare, base_url(web), fewest_web_path)}
-                for i in range(warm + n):
+                for r in range(-(-n // block)):
                     for kind in IDLE_KINDS:
-                        if kind == "bare chain":
-                            ms = await asyncio.to_thread(one_chain, i)  # timed inside its thread
-                        else:
-                            client, url, path_of = http[kind]
-                            turn = await _one_turn(client, url, "cap-idle", path_of)
-                            ms = (turn.done - turn.posted) * 1000
-                        if i >= warm:
-                            timings[kind].append(ms)
+                        for i in range(warm + block):
+                            if kind == "bare chain":
+                                ms = await asyncio.to_thread(one_chain, r * 1000 + i)  # timed in its thread
+                            else:
+                                client, url, path_of = http[kind]
+                                turn = await _one_turn(client, url, "cap-idle", path_of)
+                                ms = (turn.done - turn.posted) * 1000
+                            if i >= warm:
+                                timings[kind].append(ms)
 
         asyncio.run(run())
         return timings
@@ -718,7 +725,7 @@ def main() -> None:
     print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")
     alone = {kind: p(ms, 50) for kind, ms in interleaved.items()}
     chain_alone = alone["bare chain"]
-    print(f"single idle turn, p50 of {args.idle} rounds of one turn of each kind in turn: turnstream "
+    print(f"single idle turn, p50 of {args.idle} turns of each kind, in alternated blocks of 10: turnstream "
           f"{alone['turnstream']:.1f} ms vs bare chain {chain_alone:.1f} ms -> "
           f"{alone['turnstream'] / chain_alone:.2f}x (target <= 1.5x); measured apart, minutes earlier: "
           f"{p(idle_done, 50):.1f} ms vs {p(bare_idle, 50):.1f} ms")

@@ -70,17 +70,25 @@ def _member(session_id: str, message_id: str, call_id: str) -> str:
 
 
 def begin(session_id: str, message_id: str, call_id: str, r: redis.Redis | None = None) -> Entry:
+    """The journal's word on a call about to run (Entry). One round trip, unless a live-looking
+    worker holds the call: its process may be gone from this host (a prefork child killed by a
+    signal, whose heartbeat is still fresh), which only this host can tell, so then the script
+    runs once more with that holder known dead."""
     r = r or client("broker")
-    journal = keys.tool_journal(session_id, message_id)
-    holder = r.hget(journal, f"{call_id}:started")
-    known_dead = holder if holder and liveness.gone_from_this_host(holder) else ""
-    state, value = r.register_script(_BEGIN)(
-        keys=[journal, keys.worker_heartbeats(), keys.worker_turns(liveness.worker_id())],
-        args=[call_id, liveness.worker_id(), time.time(), liveness.dead_before(), known_dead,
-              get_settings().turn_status_ttl_s, _member(session_id, message_id, call_id)])
+    state, value = _begin(r, session_id, message_id, call_id, known_dead="")
+    if state == "wait" and liveness.gone_from_this_host(value):
+        state, value = _begin(r, session_id, message_id, call_id, known_dead=value)
     if state == "done":
         return Entry("done", outcome=json.loads(value))
     return Entry(state, holder=value or None)
+
+
+def _begin(r: redis.Redis, session_id: str, message_id: str, call_id: str, known_dead: str) -> tuple[str, str]:
+    state, value = r.register_script(_BEGIN)(
+        keys=[keys.tool_journal(session_id, message_id), keys.worker_heartbeats(), keys.worker_turns(liveness.worker_id())],
+        args=[call_id, liveness.worker_id(), time.time(), liveness.dead_before(), known_dead,
+              get_settings().turn_status_ttl_s, _member(session_id, message_id, call_id)])
+    return state, value
 
 
 def finish(session_id: str, message_id: str, call_id: str, outcome: dict[str, Any],

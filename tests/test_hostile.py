@@ -211,6 +211,30 @@ def test_workers_publish_again_a_terminal_event_the_progress_store_dropped(hosti
         time.sleep(1)
 
 
+def test_streams_opened_after_a_progress_restart_that_no_stream_saw_stay_open(hostile, sid):
+    """The progress store restarts while no stream is open on the web process: its idle pub/sub
+    connection is dead, and nothing has read from it since. The next streams must not be cut
+    (or their subscriptions confused) by it: each opens once and ends with its turn's answer."""
+    alice = Principal("alice", "acme", ("analyst",))
+    warm_id, warm_url = unsent_turn(sid, alice)
+    with ThreadPoolExecutor(1) as pool:  # the web process subscribes once, then holds no channel
+        reader = pool.submit(stream_until_closed, hostile.base_url + warm_url)
+        time.sleep(1)
+        turns.update_turn(sid, warm_id, status=DONE, answer="warm")
+        assert [e.type for e in reader.result(timeout=60)] == ["done"]
+    hostile.stop_redis("progress")
+    hostile.restart_redis("progress")
+    message_id, url = unsent_turn(sid, alice)
+    openings: list[str] = []
+    with ThreadPoolExecutor(5) as pool:
+        readers = [pool.submit(follow, hostile.base_url, url, 60, openings) for _ in range(5)]
+        time.sleep(3)  # heartbeats every second: a stream cut meanwhile has reopened by now
+        turns.update_turn(sid, message_id, status=DONE, answer="after the restart")
+        ended = [reader.result(timeout=60) for reader in readers]
+    assert len(openings) == 5, f"streams were closed and reopened: {len(openings) - 5}"
+    assert [[(e.type, e.data.get("answer")) for e in events] for events in ended] == [[("done", "after the restart")]] * 5
+
+
 def test_every_stream_of_turns_that_end_without_a_terminal_event_ends_with_its_own_answer(hostile, sid):
     """Many streams on a few turns (a process reads each turn's status once per beat for all of
     them): each stream, followed as EventSource does, ends with its own turn's outcome, and only

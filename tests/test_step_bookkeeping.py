@@ -1,7 +1,8 @@
 """The turn record's bookkeeping in fewer round trips (issue 16), checked on the real broker: a
 POST's session claim and turn record in one script, a step's checkpoint that also claims the
-step run next in the same task, a claim that reads the runner only when one stands in its way,
-and the liveness thread's clean-up of a worker's turns set in one script per batch."""
+step run next in the same task, a claim (and a tool call's journal entry) that reads the runner
+only when one stands in its way, the answer and its history entry in one script, and the
+liveness thread's clean-up of a worker's turns set in one script per batch."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import keys, liveness, turns
+from shared import history, keys, liveness, tool_journal, turns
 from shared.identity import Principal
 from shared.turn_flow import Checkpoint, position
 from shared.vocabulary import EXECUTE, REASON, SYNTHESIZE
@@ -140,3 +141,50 @@ def test_the_liveness_thread_forgets_moved_turns_and_keeps_the_rest(stack, clean
     assert broker.smembers(keys.worker_turns(worker)) == {members["running_here"], members["received_waiting"],
                                                           members["tool_call"]}
     broker.delete(keys.worker_turns(worker))
+
+
+def test_the_answer_and_its_history_entry_are_written_by_the_one_call_that_finishes_the_turn(stack, turn, cleanup):
+    session_id, message_id = turn
+    broker = stack.client("broker")
+    assert history.finish_with_answer(session_id, message_id, ALICE.owner, "calculate 1 + 1", "2",
+                                      ["calculator"]) == "done"
+    # A redelivery finishing it again changes nothing and remembers nothing twice.
+    assert history.finish_with_answer(session_id, message_id, ALICE.owner, "calculate 1 + 1", "3", []) == "done"
+    record = turns.get_turn(session_id, message_id)
+    assert (record.status, record.answer) == ("done", "2")
+    assert history.recall(session_id, ALICE.owner) == [
+        {"owner": ALICE.owner, "prompt": "calculate 1 + 1", "answer": "2", "tools": ["calculator"]}]
+    assert broker.zscore(keys.turns_in_flight(), keys.in_flight_member(session_id, message_id)) is None
+    # A turn cancelled before its answer: neither the answer nor an entry.
+    other_id = uuid.uuid4().hex
+    assert turns.start_turn(session_id, other_id, ALICE, "calculate 2 + 2", None) == turns.CREATED
+    cleanup.append((session_id, other_id))
+    turns.cancel_turn(session_id, other_id)
+    assert history.finish_with_answer(session_id, other_id, ALICE.owner, "calculate 2 + 2", "4", []) == "cancelled"
+    assert turns.get_turn(session_id, other_id).answer is None
+    assert len(history.recall(session_id, ALICE.owner)) == 1
+
+
+def test_a_tool_call_held_by_a_live_worker_waits_and_one_whose_process_is_gone_runs_again(stack, turn):
+    """The journal's begin reads the holder only when a live-looking one stands in its way."""
+    session_id, message_id = turn
+    broker = stack.client("broker")
+    journal = keys.tool_journal(session_id, message_id)
+    elsewhere = "elsewhere-1-abcdef"  # another host: only its heartbeat can tell
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_here = f"{liveness.worker_id().partition('-')[0]}-{gone.stdout.strip()}-abcdef"
+    broker.zadd(keys.worker_heartbeats(), {elsewhere: time.time(), dead_here: time.time()})
+    try:
+        broker.hset(journal, "r1c0:started", elsewhere)
+        assert tool_journal.begin(session_id, message_id, "r1c0") == tool_journal.Entry("wait", holder=elsewhere)
+
+        broker.hset(journal, "r1c0:started", dead_here)
+        entry = tool_journal.begin(session_id, message_id, "r1c0")
+        assert (entry.state, entry.rerun, entry.holder) == ("run", True, dead_here)
+        assert broker.hget(journal, "r1c0:started") == liveness.worker_id()
+        # Its outcome, once recorded, is what every later delivery gets.
+        tool_journal.finish(session_id, message_id, "r1c0", {"call_id": "r1c0", "status": "ok", "result": 2})
+        assert tool_journal.begin(session_id, message_id, "r1c0").outcome["result"] == 2
+    finally:
+        broker.zrem(keys.worker_heartbeats(), elsewhere, dead_here)
+        broker.srem(keys.worker_turns(liveness.worker_id()), f"{keys.in_flight_member(session_id, message_id)}:r1c0")

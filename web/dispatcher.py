@@ -12,7 +12,8 @@ A subscriber that may have missed messages is closed the same way: when its shar
 drops (a dead server, a Cluster failover), when redis-py silently re-subscribed, or when the
 Cluster moved its channel's slot to another master (the server then ends the subscription
 itself). Each such client is closed once, reconnects, and resumes from the log; the slot map
-is read again first, so it subscribes where its channel lives now.
+is read again first, so it subscribes where its channel lives now. A connection that died while
+it held no channel (nothing reads it then) is replaced before it takes a new one.
 
 Rejected: redis-py's ClusterPubSub.get_sharded_message, which polls the per-node connections
 in turn with a timeout each, so one quiet shard delays the others; here each shard has its
@@ -118,6 +119,21 @@ class Shard:
         self.channels.discard(channel)
         (self.pubsub.sunsubscribe if self.sharded else self.pubsub.unsubscribe)(channel)
 
+    def idle_and_dead(self) -> bool:
+        """Holding no subscription, was this connection closed under us? With no channel nothing
+        reads it (redis-py waits for a subscription first), so a server that restarted while no
+        stream was open goes unnoticed until a new subscription is sent into the dead socket and
+        its streams are cut. Checked before a first channel is subscribed: a read that does not
+        wait (one syscall); a connection that is busy with a subscription is not touched."""
+        connection = self.pubsub.connection
+        if connection is None or self.channels or self.pubsub.subscribed:
+            return False
+        try:
+            connection.can_read(timeout=0)
+        except (redis.ConnectionError, OSError):
+            return True
+        return False
+
     def close(self) -> None:
         try:
             self.pubsub.reset()
@@ -190,11 +206,17 @@ class Dispatcher:
         """The connection for `channel`: the single one, or that of the master owning its slot."""
         if not self._sharded:
             shard = self._shards.get(SINGLE)
+            if shard is not None and shard.idle_and_dead():
+                self._drop_idle(shard)
+                shard = None
             if shard is None:
                 shard = self._shards[SINGLE] = Shard(SINGLE, self._redis.pubsub(), sharded_channels=False)
             return shard
         node = self._redis.get_node_from_key(channel)
         shard = self._shards.get(node.name)
+        if shard is not None and shard.idle_and_dead():
+            self._drop_idle(shard)
+            shard = None
         if shard is None:
             shard = self._shards[node.name] = Shard(node.name, self._node_pubsub(node), sharded_channels=True)
         return shard
@@ -206,6 +228,12 @@ class Dispatcher:
         retries, a dropped connection is an error the reader sees, and its clients resume instead."""
         options = {k: v for k, v in self._redis.nodes_manager.connection_kwargs.items() if k in NODE_OPTIONS}
         return redis.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0), **options).pubsub()
+
+    def _drop_idle(self, shard: Shard) -> None:
+        """Let go of a shard whose idle connection died (Shard.idle_and_dead); its reader stops."""
+        log.info("progress pub/sub connection %s was closed while idle; opening a new one", shard.name)
+        del self._shards[shard.name]
+        shard.close()
 
     def _forget(self, sub: Subscription) -> bool:
         """Drop `sub`; True if it was the channel's last subscriber."""
