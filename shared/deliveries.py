@@ -2,8 +2,9 @@
 
 With late acks and reject-on-worker-lost, a message whose step kills its worker (a segfault
 in a model library, the OOM killer) goes back to the queue and is taken again, forever. So
-each step delivery is counted on the broker while it runs: `begin` adds one for the turn's
-step (a hash per turn, field = step tag such as `reason-1` or `call_tool-r1c0`), `end` takes
+each step delivery is counted on the broker while it runs: one is added for the turn's step
+(a hash per turn, field = step tag such as `reason-1` or `call_tool-r1c0`) by the task's first
+claim, in its script (`to_count`), not in a round trip of its own, and `end` takes
 it off again once the task is over, whatever it returned (after Celery sent its chain's next
 step: workers.steps.TurnTask). What is left counts deliveries
 whose worker died under them. A delivery that finds TURNSTREAM_MAX_DELIVERIES of those
@@ -17,6 +18,7 @@ looked like to the turn."""
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import redis
 
@@ -30,15 +32,47 @@ _owed: list[tuple[str, str, str]] = []  # ends this process could not count yet 
 _owed_lock = threading.Lock()
 
 
-def begin(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> int:
-    """Count a delivery starting; returns how many deliveries of this step died before (0: none)."""
-    r = r or client("broker")
-    key = keys.turn_deliveries(session_id, message_id)
-    pipe = r.pipeline()
-    pipe.hincrby(key, keys.valid_step_tag(tag), 1)
-    pipe.expire(key, get_settings().turn_status_ttl_s)
-    started, _ = pipe.execute()
-    return int(started) - 1
+@dataclass
+class Delivery:
+    """The delivery of the task this thread (greenlet) runs: counted by the task's first claim,
+    in the same script (turns.claim_step_counting, tool_journal.begin), not a round trip of its own."""
+
+    session_id: str
+    message_id: str
+    tag: str
+    task: str  # the task's name, the step it runs first and what it is doing, for the turn's
+    step: str  # sentence when its deliveries keep dying (shared.failures.crash_cause)
+    doing: str | None = None
+    counted: bool = False
+
+
+_current = threading.local()
+
+
+def starting(delivery: Delivery) -> None:
+    """A task of this turn starts here: its first claim counts it (to_count)."""
+    _current.delivery = delivery
+
+
+def to_count(session_id: str, message_id: str) -> str | None:
+    """The tag a claim of this turn counts in its script: this task's, if not counted yet."""
+    delivery: Delivery | None = getattr(_current, "delivery", None)
+    if delivery is None or delivery.counted or (delivery.session_id, delivery.message_id) != (session_id, message_id):
+        return None
+    return delivery.tag
+
+
+def counted() -> Delivery:
+    """The claim counted this task's delivery: it is ended when the task is over."""
+    delivery: Delivery = _current.delivery
+    delivery.counted = True
+    return delivery
+
+
+def finished() -> Delivery | None:
+    """The task is over: its delivery, and this thread no longer runs one."""
+    delivery, _current.delivery = getattr(_current, "delivery", None), None
+    return delivery
 
 
 def end(session_id: str, message_id: str, tag: str, r: redis.Redis | None = None) -> None:

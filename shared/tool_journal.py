@@ -23,20 +23,27 @@ from shared import keys, liveness
 from shared.redis_stores import client, master_only
 from shared.settings import get_settings
 
-# KEYS: journal, heartbeats, this worker's turns set. ARGV: call id, worker, now, dead_before,
-# known-dead worker, ttl s, member. Returns {'done', outcome} | {'wait', holder} | {'run', previous holder or ''}.
+# KEYS: journal, heartbeats, this worker's turns set, the turn's delivery counts. ARGV: call id, worker, now,
+# dead_before, known-dead worker, ttl s, member, the delivery's tag ('' for none). Returns {'done', outcome,
+# crashes} | {'wait', holder, crashes} | {'run', previous holder or '', crashes}, where crashes counts the
+# deliveries of the tag that died before (shared.deliveries; false when not counted).
 _BEGIN = master_only("""
+local crashes = false
+if ARGV[8] ~= '' then
+  crashes = redis.call('HINCRBY', KEYS[4], ARGV[8], 1) - 1
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
 local outcome = redis.call('HGET', KEYS[1], ARGV[1] .. ':outcome')
-if outcome then return {'done', outcome} end
+if outcome then return {'done', outcome, crashes} end
 local started = redis.call('HGET', KEYS[1], ARGV[1] .. ':started')
 if started and started ~= ARGV[2] and started ~= ARGV[5] then
   local last = redis.call('ZSCORE', KEYS[2], started)
-  if last and tonumber(last) >= tonumber(ARGV[4]) then return {'wait', started} end
+  if last and tonumber(last) >= tonumber(ARGV[4]) then return {'wait', started, crashes} end
 end
 redis.call('HSET', KEYS[1], ARGV[1] .. ':started', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[7])
-return {'run', started or ''}
+return {'run', started or '', crashes}
 """)
 
 # KEYS: journal, this worker's turns set. ARGV: call id, outcome JSON, member. Returns the outcome recorded.
@@ -59,6 +66,7 @@ class Entry:
     state: Literal["done", "wait", "run"]
     outcome: dict[str, Any] | None = None
     holder: str | None = None
+    crashes: int | None = None  # deliveries of the task that died before (begin's `count`), None if not counted
 
     @property
     def rerun(self) -> bool:
@@ -69,26 +77,31 @@ def _member(session_id: str, message_id: str, call_id: str) -> str:
     return f"{keys.in_flight_member(session_id, message_id)}:{call_id}"
 
 
-def begin(session_id: str, message_id: str, call_id: str, r: redis.Redis | None = None) -> Entry:
+def begin(session_id: str, message_id: str, call_id: str, r: redis.Redis | None = None,
+          count: str | None = None) -> Entry:
     """The journal's word on a call about to run (Entry). One round trip, unless a live-looking
     worker holds the call: its process may be gone from this host (a prefork child killed by a
     signal, whose heartbeat is still fresh), which only this host can tell, so then the script
-    runs once more with that holder known dead."""
+    runs once more with that holder known dead. `count`: the task's delivery tag, counted in the
+    same script (shared.deliveries); the entry's `crashes` says how many of those died before."""
     r = r or client("broker")
-    state, value = _begin(r, session_id, message_id, call_id, known_dead="")
+    state, value, crashes = _begin(r, session_id, message_id, call_id, known_dead="", count=count or "")
     if state == "wait" and liveness.gone_from_this_host(value):
-        state, value = _begin(r, session_id, message_id, call_id, known_dead=value)
+        state, value, _ = _begin(r, session_id, message_id, call_id, known_dead=value, count="")
     if state == "done":
-        return Entry("done", outcome=json.loads(value))
-    return Entry(state, holder=value or None)
+        return Entry("done", outcome=json.loads(value), crashes=crashes)
+    return Entry(state, holder=value or None, crashes=crashes)
 
 
-def _begin(r: redis.Redis, session_id: str, message_id: str, call_id: str, known_dead: str) -> tuple[str, str]:
-    state, value = r.register_script(_BEGIN)(
-        keys=[keys.tool_journal(session_id, message_id), keys.worker_heartbeats(), keys.worker_turns(liveness.worker_id())],
+def _begin(r: redis.Redis, session_id: str, message_id: str, call_id: str, known_dead: str,
+           count: str) -> tuple[str, str, int | None]:
+    state, value, crashes = r.register_script(_BEGIN)(
+        keys=[keys.tool_journal(session_id, message_id), keys.worker_heartbeats(), keys.worker_turns(liveness.worker_id()),
+              keys.turn_deliveries(session_id, message_id)],
         args=[call_id, liveness.worker_id(), time.time(), liveness.dead_before(), known_dead,
-              get_settings().turn_status_ttl_s, _member(session_id, message_id, call_id)])
-    return state, value
+              get_settings().turn_status_ttl_s, _member(session_id, message_id, call_id),
+              keys.valid_step_tag(count) if count else ""])
+    return state, value, crashes
 
 
 def finish(session_id: str, message_id: str, call_id: str, outcome: dict[str, Any],

@@ -84,9 +84,10 @@ return status
 """)
 
 
-# KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set.
+# KEYS: record hash, in-flight index, heartbeats, the runner's worker-turns set, the turn's delivery counts.
 # ARGV: position, latest next position still run, worker, step, now, dead_before, known-dead worker, member,
-# held_until. Returns the status ('running' once claimed), or 'stale' (the turn moved past this step: its
+# held_until, the delivery's tag ('' for none) and the counts' ttl. Returns {status, runner or false, the
+# deliveries of this tag that died before (false when not counted)}: the status ('running' once claimed), or 'stale' (the turn moved past this step: its
 # runner follows when that runner is dead and held this step or a later one its task ran,
 # workers.steps.step_here, so the caller can send the turn on), or 'held' (a live worker runs this step).
 # A runner holds a step only while it is alive and until `held_until`, which its claim set to one step
@@ -98,23 +99,28 @@ _CLAIM_STEP = master_only(f"""
 local final = {_FINAL_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'next_pos', 'runner', 'runner_pos', 'held_until')
 local status, next_pos, runner, runner_pos = f[1], tonumber(f[2] or ''), f[3], tonumber(f[4] or '')
-if not status then return false end
-if final[status] then return status end
+if not status then return {{false, false, false}} end
+local crashes = false
+if ARGV[10] ~= '' then
+  crashes = redis.call('HINCRBY', KEYS[5], ARGV[10], 1) - 1
+  redis.call('EXPIRE', KEYS[5], ARGV[11])
+end
+if final[status] then return {{status, false, crashes}} end
 local live = false
 if runner and runner ~= ARGV[3] and runner ~= ARGV[7] and tonumber(f[5] or '0') >= tonumber(ARGV[5]) then
   local last = redis.call('ZSCORE', KEYS[3], runner)
   live = last and tonumber(last) >= tonumber(ARGV[6])
 end
 if next_pos and next_pos > tonumber(ARGV[2]) then
-  if runner and not live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return {{'stale', runner}} end
-  return 'stale'
+  if runner and not live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return {{'stale', runner, crashes}} end
+  return {{'stale', false, crashes}}
 end
-if live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return 'held' end
+if live and runner_pos and runner_pos >= tonumber(ARGV[1]) then return {{'held', false, crashes}} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[4], 'runner', ARGV[3], 'runner_pos', ARGV[1],
            'updated_at', ARGV[5], 'held_until', ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[8])
 redis.call('SADD', KEYS[4], ARGV[8])
-return 'running'
+return {{'running', false, crashes}}
 """)
 
 # KEYS: record hash, in-flight index. ARGV: position, worker, checkpoint JSON, next task, next round,
@@ -500,8 +506,18 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
     """Make this worker process the runner of the turn's step at `position`. Returns the status
     ('running' when claimed, a final status, 'stale', 'held' or None for no such turn) and, for a
     stale delivery whose runner died after finishing the step, that runner."""
+    status, orphaned_by, _ = claim_step_counting(session_id, message_id, step, position, latest, r=r)
+    return status, orphaned_by
+
+
+def claim_step_counting(session_id: str, message_id: str, step: str, position: int, latest: int | None = None,
+                        count: str | None = None,
+                        r: redis.Redis | None = None) -> tuple[str | None, str | None, int | None]:
+    """claim_step, counting the task's delivery under the tag `count` in the same script
+    (shared.deliveries): its third value is how many deliveries of that tag died before, or None
+    when nothing was counted (no `count`, or no such turn)."""
     r = r or client("broker")
-    status, orphaned_by = _claim_step(r, session_id, message_id, step, position, latest, known_dead="")
+    status, orphaned_by, crashes = _claim_step(r, session_id, message_id, step, position, latest, "", count or "")
     if status in ("held", "stale") and orphaned_by is None:
         # A live-looking runner stood in the way. One that ran on this host and whose process is
         # gone is dead whatever its heartbeat says (a restarted worker beats under a new id before
@@ -509,23 +525,22 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
         # runner first; the script answers 'running' the same either way.
         runner = r.hget(keys.turn_record(session_id, message_id), "runner")
         if runner and liveness.gone_from_this_host(runner):
-            return _claim_step(r, session_id, message_id, step, position, latest, known_dead=runner)
-    return status, orphaned_by
+            status, orphaned_by, _ = _claim_step(r, session_id, message_id, step, position, latest, runner, "")
+    return status, orphaned_by, crashes
 
 
 def _claim_step(r: redis.Redis, session_id: str, message_id: str, step: str, position: int, latest: int | None,
-                known_dead: str) -> tuple[str | None, str | None]:
+                known_dead: str, count: str) -> tuple[str | None, str | None, int | None]:
     worker = liveness.worker_id()
     now = time.time()
     held_until = now + get_settings().task_time_limit_s + CLOCK_SKEW_S  # this worker's hard limit
-    result = r.register_script(_CLAIM_STEP)(
+    status, orphaned_by, crashes = r.register_script(_CLAIM_STEP)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.worker_heartbeats(),
-              keys.worker_turns(worker)],
+              keys.worker_turns(worker), keys.turn_deliveries(session_id, message_id)],
         args=[position, position if latest is None else latest, worker, step, now, liveness.dead_before(now),
-              known_dead, keys.in_flight_member(session_id, message_id), held_until])
-    if isinstance(result, list):
-        return result[0], result[1]
-    return result, None
+              known_dead, keys.in_flight_member(session_id, message_id), held_until,
+              keys.valid_step_tag(count) if count else "", get_settings().turn_status_ttl_s])
+    return status, orphaned_by, crashes
 
 
 def let_go(session_id: str, message_id: str, r: redis.Redis | None = None, worker: str | None = None) -> None:

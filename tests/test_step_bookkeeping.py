@@ -188,3 +188,23 @@ def test_a_tool_call_held_by_a_live_worker_waits_and_one_whose_process_is_gone_r
     finally:
         broker.zrem(keys.worker_heartbeats(), elsewhere, dead_here)
         broker.srem(keys.worker_turns(liveness.worker_id()), f"{keys.in_flight_member(session_id, message_id)}:r1c0")
+
+
+def test_a_tasks_first_claim_counts_its_delivery_in_the_same_script(stack, turn):
+    """shared.deliveries: a task's delivery is counted by its claim (or a tool call's journal
+    entry), which also says how many deliveries of it died before."""
+    session_id, message_id = turn
+    broker = stack.client("broker")
+    counts = keys.turn_deliveries(session_id, message_id)
+    here = position(REASON, 1)
+    assert turns.claim_step_counting(session_id, message_id, REASON, here, count="reason-1") == ("running", None, 0)
+    assert broker.hget(counts, "reason-1") == "1"
+    broker.hset(counts, "reason-1", 3)  # three deliveries died in it: the next claim says so
+    assert turns.claim_step_counting(session_id, message_id, REASON, here, count="reason-1") == ("running", None, 3)
+    assert turns.claim_step_counting(session_id, message_id, REASON, here) == ("running", None, None)
+    assert broker.hget(counts, "reason-1") == "4"
+    entry = tool_journal.begin(session_id, message_id, "r1c0", count="call_tool-r1c0")
+    assert (entry.state, entry.crashes, broker.hget(counts, "call_tool-r1c0")) == ("run", 0, "1")
+    broker.srem(keys.worker_turns(liveness.worker_id()), f"{keys.in_flight_member(session_id, message_id)}:r1c0")
+    # No such turn: nothing to count.
+    assert turns.claim_step_counting("bkgone", uuid.uuid4().hex, REASON, here, count="reason-1") == (None, None, None)

@@ -24,9 +24,10 @@
 - `fail_turn`: end a turn with one sentence (shared.failures): status `failed` and its `error`
   event. A failing step calls it itself, then raises StepFailed; the chain's errback calls it
   for what a step cannot report (a hard time limit). The first sentence recorded wins.
-- `TurnTask`: the base of every task of a turn. It counts the step's delivery, so a step whose
-  worker keeps dying ends its turn (shared.deliveries), and, in a pool that cannot interrupt
-  a step, hands its deadline to the watchdog (workers.time_limits)."""
+- `TurnTask`: the base of every task of a turn. Its delivery is counted, by the task's first
+  claim in the same script, so a step whose worker keeps dying ends its turn
+  (shared.deliveries, `stop_a_crashing_step`), and, in a pool that cannot interrupt a step, it
+  hands its deadline to the watchdog (workers.time_limits)."""
 
 import logging
 import time
@@ -90,9 +91,12 @@ def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int |
     if claimed:
         return publisher
     here = position(task or step, round_)
-    status, orphaned_by = with_broker(turns.claim_step, session_id, message_id, step, here, latest)
+    status, orphaned_by, crashes = with_broker(turns.claim_step_counting, session_id, message_id, step, here, latest,
+                                               deliveries.to_count(session_id, message_id))
     if status is None:  # no such turn: believe it only from the master (redis_stores.on_the_master)
-        status, orphaned_by = with_broker(_claim_on_the_master, session_id, message_id, step, here, latest)
+        status, orphaned_by, crashes = with_broker(_claim_on_the_master, session_id, message_id, step, here, latest,
+                                                   deliveries.to_count(session_id, message_id))
+    stop_a_crashing_step(crashes)
     if status == RUNNING:
         return publisher
     if status in ("stale", "held"):
@@ -101,10 +105,27 @@ def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int |
     return publisher
 
 
-def _claim_on_the_master(session_id: str, message_id: str, step: Step, here: int,
-                         latest: int | None) -> tuple[str | None, str | None]:
+def _claim_on_the_master(session_id: str, message_id: str, step: Step, here: int, latest: int | None,
+                         count: str | None) -> tuple[str | None, str | None, int | None]:
     with on_the_master("broker") as broker:
-        return turns.claim_step(session_id, message_id, step, here, latest, r=broker)
+        return turns.claim_step_counting(session_id, message_id, step, here, latest, count, r=broker)
+
+
+def stop_a_crashing_step(crashes: int | None) -> None:
+    """The task's first claim counted its delivery (shared.deliveries; `crashes`: how many of
+    its deliveries died before, None if the claim counted none). A step that already killed
+    TURNSTREAM_MAX_DELIVERIES workers does not run again: its turn fails, naming the crashes, and
+    this delivery is not taken back."""
+    if crashes is None:
+        return
+    delivery = deliveries.counted()
+    if not deliveries.exhausted(crashes):
+        return
+    delivery.counted = False
+    step = recorded_step(delivery.session_id, delivery.message_id) or delivery.step  # it may be a later one
+    fail_turn(delivery.session_id, delivery.message_id, step,
+              sentence(step, crash_cause(delivery.task, crashes, delivery.doing)))
+    raise Ignore()
 
 
 def skip_delivery(session_id: str, message_id: str, task: str, round_: int | None, status: str,
@@ -236,11 +257,8 @@ class TurnTask(RedactingTask):
         # task_postrun): Celery sends a chain's next task after this returns, and that send must
         # not wait into the limit either. An errback run in between stops it first (turn_failed).
         time_limits.started(task_start=True)
-        crashes = with_broker(deliveries.begin, session_id, message_id, tag)
-        if deliveries.exhausted(crashes):
-            step = recorded_step(session_id, message_id) or step  # the step it crashed in may be a later one
-            fail_turn(session_id, message_id, step, sentence(step, crash_cause(self.name, crashes, doing)))
-            raise Ignore()
+        # Counted by the task's first claim, in its script (stop_a_crashing_step), before any step runs.
+        deliveries.starting(deliveries.Delivery(session_id, message_id, tag, self.name, step, doing))
         task_id = self.request.id or tag
         time_limits.watch(task_id, session_id, message_id, step)
         try:
@@ -250,7 +268,9 @@ class TurnTask(RedactingTask):
             raise
         finally:
             time_limits.unwatch(task_id)
-            self.end_delivery_when_over(session_id, message_id, tag)
+            delivery = deliveries.finished()
+            if delivery is not None and delivery.counted:
+                self.end_delivery_when_over(session_id, message_id, tag)
 
     def end_delivery_when_over(self, session_id: str, message_id: str, tag: str) -> None:
         """Count the delivery off once the task is over (task_postrun, below): Celery sends a

@@ -56,7 +56,7 @@ from celery import chord, group
 from celery.exceptions import ChordError, SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
-from shared import history, metrics, tool_journal, turns
+from shared import deliveries, history, metrics, tool_journal, turns
 from shared.breakers import UNAVAILABLE
 from shared.events import ToolEvent
 from shared.failures import sentence, step_of, time_limit_cause, unexpected_cause
@@ -75,7 +75,7 @@ from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, ms_since, phase_event,
                            recorded_step, release, run_step, run_step_holding, settle_terminal_event, start_step,
-                           step_failure, step_here, with_broker)
+                           step_failure, step_here, stop_a_crashing_step, with_broker)
 
 PREVIEW_CHARS = 200
 log = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ def journal_entry(ref: TurnRef, call: ToolCall) -> tool_journal.Entry:
     settings = get_settings()
     deadline = time.monotonic() + settings.mcp_call_timeout_s + settings.mcp_connect_timeout_s
     while True:
-        entry = with_broker(tool_journal.begin, ref["session_id"], ref["message_id"], call["call_id"])
+        entry = with_broker(tool_journal.begin, ref["session_id"], ref["message_id"], call["call_id"],
+                            count=deliveries.to_count(ref["session_id"], ref["message_id"]))
+        stop_a_crashing_step(entry.crashes)
         if entry.state != "wait" or time.monotonic() > deadline:
             return entry
         time.sleep(JOURNAL_POLL_S)
