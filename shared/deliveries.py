@@ -62,11 +62,14 @@ def to_count(session_id: str, message_id: str) -> str | None:
     return delivery.tag
 
 
-def counted() -> Delivery:
-    """The claim counted this task's delivery: it is ended when the task is over."""
-    delivery: Delivery = _current.delivery
-    delivery.counted = True
-    return delivery
+def mark_counted() -> None:
+    """A claim's script counted this task's delivery: it is ended when the task is over. Called
+    as soon as the script answers, so a retried claim does not count it again."""
+    _current.delivery.counted = True
+
+
+def current() -> Delivery | None:
+    return getattr(_current, "delivery", None)
 
 
 def finished() -> Delivery | None:

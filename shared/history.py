@@ -18,9 +18,10 @@ from shared.turns import finish_turn
 
 
 def finish_with_answer(session_id: str, message_id: str, owner: str, prompt: str, answer: str, tools: list[str],
-                       r: redis.Redis | None = None) -> str | None:
+                       r: redis.Redis | None = None) -> tuple[str | None, bool]:
     """Move the turn to `done` with its answer and remember it, in one round trip (shared.turns.finish_turn):
-    only the call that makes the turn done appends the entry. Returns the turn's status afterwards."""
+    only the call that makes the turn done appends the entry. Returns the turn's status afterwards
+    and whether this call made it done."""
     entry = json.dumps({"owner": owner, "prompt": prompt, "answer": answer, "tools": tools})
     return finish_turn(session_id, message_id, answer, entry, max(get_settings().history_turns, 0), r=r)
 

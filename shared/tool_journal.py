@@ -15,7 +15,7 @@ evict, and never holds side effects, which are the very calls that need the jour
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import redis
 
@@ -78,14 +78,17 @@ def _member(session_id: str, message_id: str, call_id: str) -> str:
 
 
 def begin(session_id: str, message_id: str, call_id: str, r: redis.Redis | None = None,
-          count: str | None = None) -> Entry:
+          count: str | None = None, on_counted: Callable[[], None] | None = None) -> Entry:
     """The journal's word on a call about to run (Entry). One round trip, unless a live-looking
     worker holds the call: its process may be gone from this host (a prefork child killed by a
     signal, whose heartbeat is still fresh), which only this host can tell, so then the script
     runs once more with that holder known dead. `count`: the task's delivery tag, counted in the
-    same script (shared.deliveries); the entry's `crashes` says how many of those died before."""
+    same script (shared.deliveries); the entry's `crashes` says how many of those died before;
+    `on_counted` runs as soon as the script counted, before any further round trip."""
     r = r or client("broker")
     state, value, crashes = _begin(r, session_id, message_id, call_id, known_dead="", count=count or "")
+    if crashes is not None and on_counted is not None:
+        on_counted()
     if state == "wait" and liveness.gone_from_this_host(value):
         state, value, _ = _begin(r, session_id, message_id, call_id, known_dead=value, count="")
     if state == "done":

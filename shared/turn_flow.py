@@ -123,6 +123,14 @@ def send_turn(app: Celery, turn: TurnPayload, **options: object) -> None:
     turn_chain(app, turn).apply_async(**options)
 
 
+def show_held(payload: TurnPayload, checkpoint: "Checkpoint") -> None:
+    from shared.events import StepEvent
+    from shared.progress import Publisher  # the progress store's client: only a resume needs it here
+
+    Publisher(payload["session_id"], payload["message_id"], fail_soft=True).publish_all(
+        [(StepEvent.model_validate_json(data), dedupe) for data, dedupe in checkpoint.shown])
+
+
 def revoke_turn(app: Celery, message_id: str) -> None:
     """Tell every worker to drop the turn's first tasks if they have not started."""
     app.control.revoke(list(first_task_ids(message_id)))
@@ -154,6 +162,10 @@ class Checkpoint:
     task: str
     round: int | None
     state: TurnState
+    # Events (a StepEvent's JSON, its dedupe name) the step before holds to show with this one's
+    # start (workers.steps.run_step_holding): a resume from this checkpoint shows them first, so a
+    # worker that died between saving it and showing them loses none.
+    shown: tuple[tuple[str, str], ...] = ()
 
     @property
     def position(self) -> int:
@@ -164,7 +176,11 @@ def resume_turn(app: Celery, payload: TurnPayload, checkpoint: Checkpoint | None
     """Send a turn again from its checkpoint (from its first step without one); returns the task sent.
 
     A checkpoint waiting for `collect` sends `execute` again: the round's calls fan out anew and
-    every call whose outcome the tool-call journal holds returns it without running again."""
+    every call whose outcome the tool-call journal holds returns it without running again. The
+    events the checkpoint holds (the step before's `finished`) are shown first: once if its
+    worker had shown them, by their dedupe names."""
+    if checkpoint is not None and checkpoint.shown:
+        show_held(payload, checkpoint)
     if checkpoint is None or checkpoint.task == DISCOVER:
         send_turn(app, payload)
         return DISCOVER

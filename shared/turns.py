@@ -26,7 +26,7 @@ refreshing the owner key on reads, which would let data outlive it on a quiet se
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -69,7 +69,8 @@ return status
 """)
 
 # KEYS: record hash, in-flight index, the session's history, its owner key. ARGV: `done`, member,
-# now, history entry, entries kept, session ttl, then field/value pairs (the answer). The turn's
+# now, history entry, entries kept, session ttl, then field/value pairs (the answer). Returns {the status
+# after the call, 1 if this call made the turn done}. The turn's
 # answer and its history entry in one round trip; only the call that makes the turn done writes
 # the entry, so a history never holds an answer twice, nor one its turn's record lacks.
 _FINISH = master_only(_TRANSITION_LUA + """
@@ -80,7 +81,7 @@ if changed and tonumber(ARGV[5]) > 0 then
   redis.call('EXPIRE', KEYS[3], ARGV[6])
   redis.call('EXPIRE', KEYS[4], ARGV[6])
 end
-return status
+return {status, changed and 1 or 0}
 """)
 
 
@@ -124,7 +125,8 @@ return {{'running', false, crashes}}
 """)
 
 # KEYS: record hash, in-flight index. ARGV: position, worker, checkpoint JSON, next task, next round,
-# next position, now, member, and optionally the next step and its held_until. 'saved', or 'lost'
+# next position, now, member, the events held to show with the next step (JSON, '' for none), and
+# optionally the next step and its held_until. 'saved', or 'lost'
 # when another worker took the step over (this one was taken for dead): its result is then dropped.
 # With a next step, the same worker also claims the checkpoint's position for it, which is what
 # _CLAIM_STEP would do there and then: the turn is not final, its runner is this worker and
@@ -136,9 +138,9 @@ if not f[1] then return false end
 if final[f[1]] then return f[1] end
 if f[2] ~= ARGV[2] or tonumber(f[3] or '-1') > tonumber(ARGV[1]) then return 'lost' end
 redis.call('HSET', KEYS[1], 'checkpoint', ARGV[3], 'next_task', ARGV[4], 'next_round', ARGV[5],
-           'next_pos', ARGV[6], 'updated_at', ARGV[7])
-if ARGV[9] then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[9], 'runner_pos', ARGV[6], 'held_until', ARGV[10])
+           'next_pos', ARGV[6], 'updated_at', ARGV[7], 'next_shown', ARGV[9])
+if ARGV[10] then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'step', ARGV[10], 'runner_pos', ARGV[6], 'held_until', ARGV[11])
 end
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[8])
 return 'saved'
@@ -221,7 +223,9 @@ class TurnRecord:
                    payload=json.loads(fields.get("payload") or "null") or None,
                    redeliveries=int(fields.get("redeliveries") or 0), runner=fields.get("runner") or None,
                    checkpoint=Checkpoint(fields["next_task"], int(fields["next_round"]) if fields.get("next_round") else None,
-                                         json.loads(fields["checkpoint"])) if fields.get("checkpoint") else None)
+                                         json.loads(fields["checkpoint"]),
+                                         tuple(tuple(held) for held in json.loads(fields.get("next_shown") or "[]")))
+                   if fields.get("checkpoint") else None)
 
     def to_hash(self) -> dict[str, str | float]:
         """The hash fields of a new record (later changes go through `update_turn`)."""
@@ -389,20 +393,20 @@ def update_turn(session_id: str, message_id: str, r: redis.Redis | None = None, 
 
 
 def finish_turn(session_id: str, message_id: str, answer: str, history_entry: str, keep: int,
-                r: redis.Redis | None = None) -> str | None:
+                r: redis.Redis | None = None) -> tuple[str | None, bool]:
     """Move a turn to `done` with its answer and, if this call did it, append `history_entry`
     to the session's history, keeping its last `keep` entries (shared.history encodes them).
-    Returns the status afterwards, as update_turn: `done` also when an earlier call finished it."""
+    Returns the status afterwards (None: no such turn) and whether this call made it `done`."""
     r = r or client("broker")
     now = time.time()
-    result = r.register_script(_FINISH)(
+    status, changed = r.register_script(_FINISH)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight(), keys.session_history(session_id),
               keys.session_owner(session_id)],
         args=[DONE, keys.in_flight_member(session_id, message_id), now, history_entry, keep, session_ttl_s(),
               "answer", answer, "updated_at", now])
-    if result == DONE:
+    if changed:
         metrics.record_turn(DONE)
-    return result
+    return status, bool(changed)
 
 
 def cancel_turn(session_id: str, message_id: str, r: redis.Redis | None = None) -> str | None:
@@ -511,13 +515,16 @@ def claim_step(session_id: str, message_id: str, step: str, position: int, lates
 
 
 def claim_step_counting(session_id: str, message_id: str, step: str, position: int, latest: int | None = None,
-                        count: str | None = None,
+                        count: str | None = None, on_counted: Callable[[], None] | None = None,
                         r: redis.Redis | None = None) -> tuple[str | None, str | None, int | None]:
     """claim_step, counting the task's delivery under the tag `count` in the same script
     (shared.deliveries): its third value is how many deliveries of that tag died before, or None
-    when nothing was counted (no `count`, or no such turn)."""
+    when nothing was counted (no `count`, or no such turn). `on_counted` runs as soon as the
+    script counted, before any further round trip that could fail and be retried."""
     r = r or client("broker")
     status, orphaned_by, crashes = _claim_step(r, session_id, message_id, step, position, latest, "", count or "")
+    if crashes is not None and on_counted is not None:
+        on_counted()
     if status in ("held", "stale") and orphaned_by is None:
         # A live-looking runner stood in the way. One that ran on this host and whose process is
         # gone is dead whatever its heartbeat says (a restarted worker beats under a new id before
@@ -561,7 +568,8 @@ def save_checkpoint(session_id: str, message_id: str, position: int, checkpoint:
     return r.register_script(_ADVANCE)(
         keys=[keys.turn_record(session_id, message_id), keys.turns_in_flight()],
         args=[position, liveness.worker_id(), json.dumps(checkpoint.state), checkpoint.task, checkpoint.round or "",
-              checkpoint.position, now, keys.in_flight_member(session_id, message_id), *claim])
+              checkpoint.position, now, keys.in_flight_member(session_id, message_id),
+              json.dumps(checkpoint.shown) if checkpoint.shown else "", *claim])
 
 
 def release_step(session_id: str, message_id: str, position: int, r: redis.Redis | None = None) -> None:

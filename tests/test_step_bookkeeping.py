@@ -147,9 +147,9 @@ def test_the_answer_and_its_history_entry_are_written_by_the_one_call_that_finis
     session_id, message_id = turn
     broker = stack.client("broker")
     assert history.finish_with_answer(session_id, message_id, ALICE.owner, "calculate 1 + 1", "2",
-                                      ["calculator"]) == "done"
+                                      ["calculator"]) == ("done", True)
     # A redelivery finishing it again changes nothing and remembers nothing twice.
-    assert history.finish_with_answer(session_id, message_id, ALICE.owner, "calculate 1 + 1", "3", []) == "done"
+    assert history.finish_with_answer(session_id, message_id, ALICE.owner, "calculate 1 + 1", "3", []) == ("done", False)
     record = turns.get_turn(session_id, message_id)
     assert (record.status, record.answer) == ("done", "2")
     assert history.recall(session_id, ALICE.owner) == [
@@ -160,7 +160,7 @@ def test_the_answer_and_its_history_entry_are_written_by_the_one_call_that_finis
     assert turns.start_turn(session_id, other_id, ALICE, "calculate 2 + 2", None) == turns.CREATED
     cleanup.append((session_id, other_id))
     turns.cancel_turn(session_id, other_id)
-    assert history.finish_with_answer(session_id, other_id, ALICE.owner, "calculate 2 + 2", "4", []) == "cancelled"
+    assert history.finish_with_answer(session_id, other_id, ALICE.owner, "calculate 2 + 2", "4", []) == ("cancelled", False)
     assert turns.get_turn(session_id, other_id).answer is None
     assert len(history.recall(session_id, ALICE.owner)) == 1
 
@@ -208,3 +208,26 @@ def test_a_tasks_first_claim_counts_its_delivery_in_the_same_script(stack, turn)
     broker.srem(keys.worker_turns(liveness.worker_id()), f"{keys.in_flight_member(session_id, message_id)}:r1c0")
     # No such turn: nothing to count.
     assert turns.claim_step_counting("bkgone", uuid.uuid4().hex, REASON, here, count="reason-1") == (None, None, None)
+
+
+def test_a_checkpoint_keeps_the_finished_event_held_for_the_next_step_and_a_resume_shows_it_once(stack, turn):
+    """run_step_holding shows a step's `finished` with the next step's `started`, after the
+    checkpoint: the checkpoint keeps it, so a resume after a worker died in between shows it."""
+    from shared.events import StepEvent
+    from shared.turn_flow import show_held
+    from workers.steps import held, phase_event
+
+    session_id, message_id = turn
+    assert turns.claim_step(session_id, message_id, REASON, position(REASON, 1)) == ("running", None)
+    finished = held([phase_event(REASON, "finished", 1, 12.5)])
+    checkpoint = Checkpoint(EXECUTE, 1, {"pending": []}, finished)
+    assert turns.save_checkpoint(session_id, message_id, position(REASON, 1), checkpoint, claim_next=EXECUTE) == "saved"
+    restored = turns.get_turn(session_id, message_id).checkpoint
+    assert restored == checkpoint
+
+    payload = {"session_id": session_id, "message_id": message_id}
+    show_held(payload, restored)
+    show_held(payload, restored)  # a second resume: the event is logged once
+    log = stack.client("progress").xrange(keys.progress_log(session_id, message_id))
+    shown = [StepEvent.model_validate_json(fields["data"]) for _, fields in log if fields["type"] == "step"]
+    assert [(e.step, e.status, e.round, e.duration_ms) for e in shown] == [(REASON, "finished", 1, 12.5)]

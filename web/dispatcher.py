@@ -216,7 +216,9 @@ class Dispatcher:
         shard = self._shards.get(node.name)
         if shard is not None and shard.idle_and_dead():
             self._drop_idle(shard)
-            shard = None
+            self._refresh_slots()  # it died in a failover, most likely: the slot may live elsewhere now
+            node = self._redis.get_node_from_key(channel)
+            shard = self._shards.get(node.name)
         if shard is None:
             shard = self._shards[node.name] = Shard(node.name, self._node_pubsub(node), sharded_channels=True)
         return shard

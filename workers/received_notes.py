@@ -6,7 +6,7 @@ is sent again at once instead of after the visibility timeout (workers.redeliver
 used to be written in the consumer before the message went to the pool, so every step's first
 round trips waited behind it. Here the consumer hands it to one writer per process (a daemon
 thread; a greenlet under gevent) and goes on: the note and the step's own first round trips
-are in flight together, and notes that pile up (a busy worker) go in one pipeline.
+are in flight together, and notes that pile up (a busy worker) go in one command.
 
 What changes: a process killed in the microseconds between taking a message and writing its
 note leaves that turn to the visibility timeout, as it did before the note existed; a note that

@@ -3,7 +3,10 @@
 - `run_step`: move the turn to `running`, publish `started`, run the step's body, publish
   `finished`; turn any failure into StepFailed (the user's one sentence) or, for a broker
   outage, hand the message back (Reject with requeue) so the step runs again later.
-- `start_step`: claim the step (shared.turns.claim_step): a turn already done, failed or
+- `run_step_holding`: the same, leaving `finished` to be shown with what comes next, after the
+  checkpoint between them, which keeps it for a resume (Checkpoint.shown).
+- `start_step`: claim the step (shared.turns.claim_step_counting, which also counts the task's
+  delivery: `stop_a_crashing_step`): a turn already done, failed or
   cancelled stops its flow here (Ignore), after making sure its log carries the outcome
   (shared.terminal_event); so does a delivery of a step the turn has moved past (its
   checkpoint is further on) or that a live worker runs. A stale delivery whose runner died
@@ -51,8 +54,8 @@ from shared.redaction import RedactingTask
 from shared.settings import get_settings
 from shared.terminal_event import terminal_event
 from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn, task_name
-from shared.vocabulary import (CALL_TOOL, COLLECT, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED, TERMINAL_DEDUPE,
-                               Step, StepPhase, step_dedupe)
+from shared.vocabulary import (CALL_TOOL, COLLECT, DONE, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED,
+                               SYNTHESIZE, TERMINAL_DEDUPE, Step, StepPhase, step_dedupe)
 from workers import guarding, telemetry, time_limits
 from workers.celery_app import app
 from workers.mcp.client import ToolCallError
@@ -91,11 +94,9 @@ def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int |
     if claimed:
         return publisher
     here = position(task or step, round_)
-    status, orphaned_by, crashes = with_broker(turns.claim_step_counting, session_id, message_id, step, here, latest,
-                                               deliveries.to_count(session_id, message_id))
+    status, orphaned_by, crashes = with_broker(_claim, session_id, message_id, step, here, latest)
     if status is None:  # no such turn: believe it only from the master (redis_stores.on_the_master)
-        status, orphaned_by, crashes = with_broker(_claim_on_the_master, session_id, message_id, step, here, latest,
-                                                   deliveries.to_count(session_id, message_id))
+        status, orphaned_by, crashes = with_broker(_claim_on_the_master, session_id, message_id, step, here, latest)
     stop_a_crashing_step(crashes)
     if status == RUNNING:
         return publisher
@@ -105,10 +106,18 @@ def start_step(turn: TurnRef, step: Step, task: str | None = None, round_: int |
     return publisher
 
 
-def _claim_on_the_master(session_id: str, message_id: str, step: Step, here: int, latest: int | None,
-                         count: str | None) -> tuple[str | None, str | None, int | None]:
+def _claim(session_id: str, message_id: str, step: Step, here: int, latest: int | None,
+           r: redis.Redis | None = None) -> tuple[str | None, str | None, int | None]:
+    """claim_step, counting this task's delivery if no attempt counted it yet (with_broker may
+    call this again after a broker error)."""
+    return turns.claim_step_counting(session_id, message_id, step, here, latest,
+                                     deliveries.to_count(session_id, message_id), deliveries.mark_counted, r=r)
+
+
+def _claim_on_the_master(session_id: str, message_id: str, step: Step, here: int,
+                         latest: int | None) -> tuple[str | None, str | None, int | None]:
     with on_the_master("broker") as broker:
-        return turns.claim_step_counting(session_id, message_id, step, here, latest, count, r=broker)
+        return _claim(session_id, message_id, step, here, latest, r=broker)
 
 
 def stop_a_crashing_step(crashes: int | None) -> None:
@@ -116,10 +125,8 @@ def stop_a_crashing_step(crashes: int | None) -> None:
     its deliveries died before, None if the claim counted none). A step that already killed
     TURNSTREAM_MAX_DELIVERIES workers does not run again: its turn fails, naming the crashes, and
     this delivery is not taken back."""
-    if crashes is None:
-        return
-    delivery = deliveries.counted()
-    if not deliveries.exhausted(crashes):
+    delivery = deliveries.current()
+    if crashes is None or delivery is None or not deliveries.exhausted(crashes):
         return
     delivery.counted = False
     step = recorded_step(delivery.session_id, delivery.message_id) or delivery.step  # it may be a later one
@@ -163,7 +170,10 @@ def stop_ended_turn(publisher: Publisher, step: Step, status: str | None) -> Non
              publisher.session_id, publisher.message_id, status or "gone", step)
     if status is not None:
         record = with_broker(turns.get_turn, publisher.session_id, publisher.message_id)
-        settle_terminal_event(publisher, terminal_event(record))
+        # A done turn's last step finished, though its worker may have died before showing it
+        # with `done` (finish_turn): shown here if so (by its dedupe name, never twice).
+        last = [phase_event(SYNTHESIZE, FINISHED)] if record is not None and record.status == DONE else []
+        settle_terminal_event(publisher, terminal_event(record), last)
     raise Ignore()
 
 
@@ -174,6 +184,11 @@ def settle_terminal_event(publisher: Publisher, event: ProgressEvent | None, sho
     publishes them once the store is back (shared.outbox); an open stream also finds the
     terminal event at its next heartbeat."""
     publisher.publish_all([*shown_before, *([(event, TERMINAL_DEDUPE)] if event is not None else [])])
+
+
+def held(shown: Sequence[Shown]) -> tuple[tuple[str, str], ...]:
+    """Step events held to show with the next step, as a checkpoint keeps them (Checkpoint.shown)."""
+    return tuple((event.model_dump_json(exclude_none=True), dedupe) for event, dedupe in shown)
 
 
 def phase_event(step: Step, phase: StepPhase, round_: int | None = None,
@@ -195,7 +210,10 @@ def run_step_holding(step: Step, turn: S, body: Callable[[S, Publisher], R], rou
                      claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> tuple[R, list[Shown]]:
     """run_step, but the step's `finished` event is returned, not published: the caller shows it
     with what comes next (the next step's `started`, the turn's `done`), after the checkpoint
-    between them, in one round trip. Both are true by then, and the stream loses no step."""
+    between them, in one round trip. Both are true by then. The checkpoint keeps it too
+    (Checkpoint.shown): a resume from it shows it first, and a done turn's last `finished` is
+    shown with `done` by whichever delivery finds the turn done (stop_ended_turn), so a worker
+    dying in between loses no step."""
     publisher = start_step(turn, step, round_=round_, claimed=claimed)
     publisher.publish_all([*shown_with_start, phase_event(step, STARTED, round_)])
     started = time.perf_counter()
@@ -285,7 +303,8 @@ class TurnTask(RedactingTask):
 @task_postrun.connect
 def _end_delivery(task=None, **_: object) -> None:
     """The task is over and its chain's next step sent: its delivery no longer counts (TurnTask).
-    A worker that dies before this counts as a crash of the step, as it would have anyway."""
+    A worker that dies after that send and before this counts one crash for a step that did its
+    work: harmless unless it happens TURNSTREAM_MAX_DELIVERIES times to the same step."""
     delivery = getattr(getattr(task, "request", None), "turnstream_delivery", None)
     if delivery:
         task.request.turnstream_delivery = None

@@ -73,7 +73,7 @@ from workers import guarding, time_limits
 from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
-from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, ms_since, phase_event,
+from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, held, ms_since, phase_event,
                            recorded_step, release, run_step, run_step_holding, settle_terminal_event, start_step,
                            step_failure, step_here, stop_a_crashing_step, with_broker)
 
@@ -139,7 +139,7 @@ def reason_and_on(task, turn: TurnState, claimed: bool = False, shown_with_start
                                       shown_with_start=shown_with_start)
     # The decision is saved before anything else happens: a redelivery never asks the reasoner again.
     if turn["pending"]:
-        advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn), then=EXECUTE)
+        advance(turn, position(REASON, round_), Checkpoint(EXECUTE, round_, turn, held(finished)), then=EXECUTE)
         with step_here(task, turn, EXECUTE):
             fan_out(task, turn, claimed=True, shown_with_start=finished)
     else:
@@ -182,13 +182,19 @@ def read_only(tool: dict) -> bool:
     return bool(tool.get("read_only")) or declarations.declaration(tool["name"], tool.get("cache_declaration")).cacheable
 
 
+def _journal_begin(ref: TurnRef, call: ToolCall) -> tool_journal.Entry:
+    """tool_journal.begin, counting the task's delivery if no attempt counted it yet (shared.deliveries)."""
+    return tool_journal.begin(ref["session_id"], ref["message_id"], call["call_id"],
+                              count=deliveries.to_count(ref["session_id"], ref["message_id"]),
+                              on_counted=deliveries.mark_counted)
+
+
 def journal_entry(ref: TurnRef, call: ToolCall) -> tool_journal.Entry:
     """The journal's word on this call, waiting while a live worker runs it (up to a call's timeout)."""
     settings = get_settings()
     deadline = time.monotonic() + settings.mcp_call_timeout_s + settings.mcp_connect_timeout_s
     while True:
-        entry = with_broker(tool_journal.begin, ref["session_id"], ref["message_id"], call["call_id"],
-                            count=deliveries.to_count(ref["session_id"], ref["message_id"]))
+        entry = with_broker(_journal_begin, ref, call)
         stop_a_crashing_step(entry.crashes)
         if entry.state != "wait" or time.monotonic() > deadline:
             return entry
@@ -317,7 +323,7 @@ def collect(self, results: list[ToolOutcome] | ToolOutcome, turn: TurnState) -> 
     if len(turn["rounds"]) >= get_settings().max_tool_rounds:
         synthesize_next(self, turn, position(COLLECT, round_), shown_with_start=finished)
         return
-    advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn), then=REASON)
+    advance(turn, position(COLLECT, round_), Checkpoint(REASON, round_ + 1, turn, held(finished)), then=REASON)
     with step_here(self, turn, REASON):
         reason_and_on(self, turn, claimed=True, shown_with_start=finished)
 
@@ -342,9 +348,9 @@ def finish_turn(result: FinishedTurn, finished: Sequence[Shown] = ()) -> Finishe
     script); any other (a redelivery, a turn cancelled meanwhile) re-publishes the recorded
     terminal event, which the log already has."""
     session_id, message_id = result["session_id"], result["message_id"]
-    status = with_broker(history.finish_with_answer, session_id, message_id, result["owner"], result["prompt"],
-                         result["answer"], result["tools_used"])
-    if status == DONE:
+    _, made_done = with_broker(history.finish_with_answer, session_id, message_id, result["owner"], result["prompt"],
+                               result["answer"], result["tools_used"])
+    if made_done:
         record = turns.TurnRecord(status=DONE, answer=result["answer"])  # what was just written: no read back
         log.info("turn done")  # one line per turn (the per-task lines are at debug: workers.telemetry)
     else:
@@ -367,7 +373,7 @@ def synthesize_next(task, turn: TurnState, here: int, shown_with_start: Sequence
     limit per task and the model's two calls must not share it. `shown_with_start`: the step
     before's `finished`, shown with synthesize's `started` (or on its own, before it is sent)."""
     inline = time_limits.holds_limits()
-    advance(turn, here, Checkpoint(SYNTHESIZE, None, turn), then=SYNTHESIZE if inline else None)
+    advance(turn, here, Checkpoint(SYNTHESIZE, None, turn, held(shown_with_start)), then=SYNTHESIZE if inline else None)
     if inline:
         with step_here(task, turn, SYNTHESIZE):
             finish_turn(*run_step_holding(SYNTHESIZE, turn, _synthesize, claimed=True,
