@@ -10,14 +10,19 @@ What it leaves out is what turnstream adds: auth (JWT), sessions and their owner
 limit, the turn record and checkpoints, step claims, tool guards, cancellation, metrics, the
 shared subscription. So `turnstream / bare web` is turnstream's own cost, and `bare web / bare
 chain` is the cost of HTTP + an event log + SSE that any implementation of the contract pays.
-`POST /turns?durable=1` adds the round trips of the guarantees (noop_app.durable_step)."""
+`POST /turns?durable=1` adds the round trips of the guarantees (noop_app.durable_step), `fewest`
+and `overlap` the same writes in fewer."""
 
 import uuid
 
+import jwt
 from celery import chain
 from flask import Flask, Response, jsonify, request
 
 import noop_app
+from shared.defaults import JWT_ALGORITHM
+from shared.identity import API_AUDIENCE
+from shared.settings import get_settings
 
 QUEUES = ("noop_tools", "noop_llm")
 app = Flask(__name__)
@@ -32,14 +37,26 @@ def healthz():
 def post_turn():
     """`?durable=1`: the turn is also recorded and each step makes a durable step's round trips
     (noop_app.durable_step): the floor of the contract with its guarantees; `?durable=fewest`:
-    the same writes in the fewest round trips."""
+    the same writes in the fewest round trips; `?durable=overlap`: those sent two at a time;
+    `?durable=mandated`: overlap, plus what other issues require at its least (a checked token,
+    rate limit and session owner with the record, the tool call's two guards)."""
     turn_id = uuid.uuid4().hex
     key = f"bare:{turn_id}"
     payload = {"log": key}
+    if request.args.get("durable") == "mandated":
+        # What other issues require of every turn, at its least: the caller's token checked (PyJWT,
+        # as turnstream's own), and the rate limit and session owner checked with the record write.
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        jwt.decode(token, get_settings().secret_key(), algorithms=[JWT_ALGORITHM], audience=API_AUDIENCE)
     if request.args.get("durable"):
         payload["record"] = f"bare-record:{turn_id}"
-        payload["fewest"] = request.args["durable"] == "fewest"
-        noop_app.broker().hset(payload["record"], mapping={"status": "queued"})
+        payload["durable"] = request.args["durable"]
+        record = {"status": "queued"}
+        if payload["durable"] == "mandated":
+            noop_app.transaction(noop_app.broker(), [("INCR", "bare-rate"), ("GET", "bare-owner"),
+                                                     ("HSET", payload["record"], "status", "queued")])
+        else:
+            noop_app.broker().hset(payload["record"], mapping=record)
     noop_app.event_log().xadd(key, {"event": "accepted"})
     chain(*(noop_app.app.signature("noop.step", queue=QUEUES[n % 2]) for n in range(noop_app.STEPS)))(payload)
     return jsonify(message_id=turn_id, stream_url=f"/turns/{turn_id}/events"), 202

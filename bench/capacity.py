@@ -110,6 +110,14 @@ def fewest_web_path(session_id: str) -> str:  # ... the same writes in the fewes
     return "/turns?durable=fewest"
 
 
+def overlap_web_path(session_id: str) -> str:  # ... and those sent to both servers at once
+    return "/turns?durable=overlap"
+
+
+def mandated_web_path(session_id: str) -> str:  # ... and what other issues require of a turn, at its least
+    return "/turns?durable=mandated"
+
+
 async def _one_turn(client: httpx.AsyncClient, base_url: str, session_id: str, path_of=turn_path) -> Turn:
     posted = time.perf_counter()
     response = await client.post(base_url + path_of(session_id), json={"prompt": PROMPT})
@@ -493,7 +501,7 @@ def idle_turns(stack: Stack, n: int) -> LoadResult:
         system.stop()
 
 
-IDLE_KINDS = ("turnstream", "bare chain", "bare web", "durable", "fewest")
+IDLE_KINDS = ("turnstream", "bare chain", "bare web", "durable", "fewest", "overlap", "mandated")
 
 
 def idle_interleaved(stack: Stack, n: int, block: int = 10, warm: int = 3) -> dict[str, list[float]]:
@@ -525,7 +533,9 @@ def idle_interleaved(stack: Stack, n: int, block: int = 10, warm: int = 3) -> di
                 http = {"turnstream": (ours, stack.base_url, turn_path),
                         "bare web": (bare, base_url(web), bare_web_path),
                         "durable": (bare, base_url(web), durable_web_path),
-                        "fewest": (bare, base_url(web), fewest_web_path)}
+                        "fewest": (bare, base_url(web), fewest_web_path),
+                        "overlap": (bare, base_url(web), overlap_web_path),
+                        "mandated": (ours, base_url(web), mandated_web_path)}
                 for r in range(-(-n // block)):
                     for kind in IDLE_KINDS:
                         for i in range(warm + block):
@@ -739,6 +749,12 @@ def main() -> None:
     print(f"  the same writes in the fewest round trips a step allows (?durable=fewest: 4 per task): "
           f"{alone['fewest']:.1f} ms -> {alone['fewest'] / chain_alone:.2f}x the bare chain; turnstream / that "
           f"{alone['turnstream'] / alone['fewest']:.2f}x")
+    print(f"  the same, the broker's and the progress store's round trips in flight together (?durable=overlap: "
+          f"2 waits per task): {alone['overlap']:.1f} ms -> {alone['overlap'] / chain_alone:.2f}x the bare chain")
+    print(f"  ... plus what other issues require of a turn at its least (a checked token, rate limit and session "
+          f"owner with the record, the tool call's two guards; ?durable=mandated): {alone['mandated']:.1f} ms -> "
+          f"{alone['mandated'] / chain_alone:.2f}x the bare chain; turnstream / that "
+          f"{alone['turnstream'] / alone['mandated']:.2f}x")
     print(f"throughput, bare web: {base.web.throughput:.1f} turns/s = "
           f"{base.web.throughput / bare.throughput:.2f} of the bare chain; "
           f"turnstream / bare web {busy.throughput / max(base.web.throughput, 1e-9):.2f}")

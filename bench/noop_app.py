@@ -9,7 +9,7 @@ named `done`: the floor of a turn's event log, without claims, checkpoints or gu
 With a `record` key too (bare_web's durable variant), each step also makes the round trips a
 turnstream step needs for its guarantees, each as one plain command: note the received message,
 count the delivery, claim the step, log `started`, log `finished`, save the checkpoint, uncount
-the delivery: seven as plain commands, four with `fewest` (durable_step)."""
+the delivery: seven as plain commands, four with `fewest`, two waits with `overlap` (durable_step)."""
 
 import os
 import time
@@ -49,29 +49,83 @@ def step(payload: dict) -> dict:
         payload["n"] = payload.get("n", 0) + 1
         last = payload["n"] == STEPS
         if "record" in payload:
-            durable_step(payload["record"], payload["log"], payload["n"], last, payload.get("fewest", False))
+            durable_step(payload["record"], payload["log"], payload["n"], last, payload.get("durable", "1"))
         else:
             event_log().xadd(payload["log"], {"event": "done" if last else "step"})
     return payload
 
 
-def durable_step(record: str, log: str, n: int, last: bool, fewest: bool) -> None:
+def durable_step(record: str, log: str, n: int, last: bool, mode: str) -> None:
     """The round trips of a step that can be claimed, counted, resumed and watched (see above).
-    `fewest`: the same writes in the fewest round trips a step allows, four: what comes before
-    the step's body on the broker in one transaction, `started`, `finished`, and what comes
-    after it on the broker in one transaction."""
+    `mode` "1": each write a round trip of its own, seven. "fewest": the same writes in the fewest
+    round trips a step allows, four: what comes before the step's body on the broker in one
+    transaction, `started`, `finished`, and what comes after it on the broker in one transaction.
+    "overlap": the same four, sent two at a time to the two servers (the broker transaction and
+    the event both in flight before either answer is read), so a step waits on two round trips:
+    a design no turnstream code has, measured to know what it would reach."""
     r, progress = broker(), event_log()
-    if fewest:
-        r.pipeline().sadd(f"{record}:received", n).hincrby(f"{record}:deliveries", n, 1).hset(
-            record, mapping={"runner": os.getpid(), "step": n}).execute()
+    before = [("SADD", f"{record}:received", n), ("HINCRBY", f"{record}:deliveries", n, 1),
+              ("HSET", record, "runner", os.getpid(), "step", n)]
+    after = [("HSET", record, "next", n + 1), ("HINCRBY", f"{record}:deliveries", n, -1)]
+    if mode in ("overlap", "mandated"):
+        both(before, ("XADD", log, "*", "event", "started"))
+        if mode == "mandated" and n == 3:  # the tool call's step: the permission memo, then the execution cache
+            guards()
+        both(after, ("XADD", log, "*", "event", "done" if last else "finished"))
+        return
+    if mode == "fewest":
+        transaction(r, before)
     else:
-        r.sadd(f"{record}:received", n)
-        r.hincrby(f"{record}:deliveries", n, 1)
-        r.hset(record, mapping={"runner": os.getpid(), "step": n})
+        for command in before:
+            r.execute_command(*command)
     progress.xadd(log, {"event": "started"})
     progress.xadd(log, {"event": "done" if last else "finished"})
-    if fewest:
-        r.pipeline().hset(record, "next", n + 1).hincrby(f"{record}:deliveries", n, -1).execute()
+    if mode == "fewest":
+        transaction(r, after)
     else:
-        r.hset(record, "next", n + 1)
-        r.hincrby(f"{record}:deliveries", n, -1)
+        for command in after:
+            r.execute_command(*command)
+
+
+_guards: tuple[redis.Redis, redis.Redis] | None = None
+
+
+def guards() -> None:
+    """A tool call's two guards at their least: one read of the permission memo and one of the
+    execution cache, each on its own server (as turnstream's are), both in flight at once."""
+    global _guards
+    if _guards is None:
+        _guards = tuple(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(os.environ[name]))
+                        for name in ("AUTH_MEMO_REDIS_URL", "EXEC_CACHE_REDIS_URL"))
+    memo, cache = (r.connection_pool.get_connection() for r in _guards)
+    try:
+        memo.send_command("MGET", "bare-memo:all", "bare-memo:tool")
+        cache.send_command("GET", "bare-cache:calculator")
+        memo.read_response()
+        cache.read_response()
+    finally:
+        _guards[0].connection_pool.release(memo)
+        _guards[1].connection_pool.release(cache)
+
+
+def transaction(r: redis.Redis, commands: list[tuple]) -> None:
+    pipe = r.pipeline()
+    for command in commands:
+        pipe.execute_command(*command)
+    pipe.execute()
+
+
+def both(on_broker: list[tuple], on_progress: tuple) -> None:
+    """A transaction on the broker and one command on the progress server, both sent before
+    either answer is read (redis-py's connections, used directly: its clients wait per call)."""
+    pools = (broker().connection_pool, event_log().connection_pool)
+    first, second = (pool.get_connection() for pool in pools)
+    try:
+        first.send_packed_command(first.pack_commands([("MULTI",), *on_broker, ("EXEC",)]))
+        second.send_command(*on_progress)
+        for _ in range(len(on_broker) + 2):
+            first.read_response()
+        second.read_response()
+    finally:
+        pools[0].release(first)
+        pools[1].release(second)
