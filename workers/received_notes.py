@@ -10,8 +10,9 @@ are in flight together, and notes that pile up (a busy worker) go in one command
 
 What changes: a process killed in the microseconds between taking a message and writing its
 note leaves that turn to the visibility timeout, as it did before the note existed; a note that
-lands after its step already claimed the turn is one the liveness thread drops at its next
-beat, as it drops every note whose step claimed the turn here (shared.turns.forget_moved).
+lands after its step already claimed the turn is dropped by the liveness thread like any other
+(shared.turns.forget_moved: once the step claimed the turn here, or the turn ended), and a
+worker's death resends a turn for it only while the turn has no runner.
 Rejected: writing the note in the task itself with the delivery count, one round trip fewer
 but no note for a message that waits in the threads pool's queue behind busy threads."""
 
