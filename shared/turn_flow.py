@@ -1,19 +1,23 @@
 """How a prompt becomes a chain: the task names, sending a turn, revoking it, and reading a
 turn back out of a task's arguments.
 
-The web tier sends `discover | reason` by task name (it never imports workers); each step
-then sends the next one itself (workers.steps.forward). Every task of the chain, and every
+The web tier sends `discover` by task name (it never imports workers); each step then sends
+the next one itself (workers.steps.forward), discover too: `reason`, under the id
+`first_task_ids` gives it, so a cancel revokes both without a lookup. Every task, and every
 task a step sends after it, carries the `turn_failed` errback, which ends the turn with one
-`error` event whatever failed. The web tier holds no result subscription for the first two
-tasks (`ignore_result`): the turn's record (shared.turns) is its result.
+`error` event whatever failed. The web tier holds no result subscription (`ignore_result`):
+the turn's record (shared.turns) is its result. (Rejected: `discover | reason` as a Celery
+chain from the web tier. Celery then reprs discover's whole result, tool catalogue included,
+for its log line, and builds and carries the second signature in every first message.)
 
 Rejected: a coordinator task that polls the chain. It would hold a worker slot per turn for
 the whole turn and would itself need redelivery; a self-forwarding chain needs neither."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
-from celery import Celery, chain
+from celery import Celery
 
 from shared.vocabulary import COLLECT, DISCOVER, EXECUTE, REASON, SYNTHESIZE, TURN_FAILED, ToolStatus
 
@@ -109,26 +113,31 @@ def first_task_ids(message_id: str) -> tuple[str, str]:
     return f"{message_id}-{DISCOVER}", f"{message_id}-{REASON}-1"
 
 
-def turn_chain(app: Celery, turn: TurnPayload):
-    """discover -> reason, by task name, with the `turn_failed` errback on the chain."""
-    discover_id, reason_id = first_task_ids(turn["message_id"])
-    errback = app.signature(task_name(TURN_FAILED), args=(turn["session_id"], turn["message_id"]))
-    flow = chain(app.signature(task_name(DISCOVER), args=(turn,), options={"task_id": discover_id, "ignore_result": True}),
-                 app.signature(task_name(REASON), options={"task_id": reason_id, "ignore_result": True}))
-    return flow.on_error(errback)
+def first_task(app: Celery, turn: TurnPayload):
+    """`discover`, by task name, with the `turn_failed` errback (it sends `reason` itself)."""
+    discover_id, _ = first_task_ids(turn["message_id"])
+    signature = app.signature(task_name(DISCOVER), args=(turn,), options={"task_id": discover_id, "ignore_result": True})
+    signature.link_error(app.signature(task_name(TURN_FAILED), args=(turn["session_id"], turn["message_id"])))
+    return signature
 
 
 def send_turn(app: Celery, turn: TurnPayload, **options: object) -> None:
-    """Enqueue the turn's chain on the broker (`options` go to apply_async, e.g. a retry policy)."""
-    turn_chain(app, turn).apply_async(**options)
+    """Enqueue the turn's first step on the broker (`options` go to apply_async, e.g. a retry policy)."""
+    first_task(app, turn).apply_async(**options)
+
+
+def held_events(kept: Sequence[Sequence[str]]) -> list:
+    """Step events held for the next step (a checkpoint's `shown`, or a task argument: JSON
+    pairs of an event's JSON and its dedupe name) as (StepEvent, dedupe name) pairs to publish."""
+    from shared.events import StepEvent
+
+    return [(StepEvent.model_validate_json(data), dedupe) for data, dedupe in kept]
 
 
 def show_held(payload: TurnPayload, checkpoint: "Checkpoint") -> None:
-    from shared.events import StepEvent
     from shared.progress import Publisher  # the progress store's client: only a resume needs it here
 
-    Publisher(payload["session_id"], payload["message_id"], fail_soft=True).publish_all(
-        [(StepEvent.model_validate_json(data), dedupe) for data, dedupe in checkpoint.shown])
+    Publisher(payload["session_id"], payload["message_id"], fail_soft=True).publish_all(held_events(checkpoint.shown))
 
 
 def revoke_turn(app: Celery, message_id: str) -> None:

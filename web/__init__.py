@@ -8,6 +8,7 @@ from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared import defaults
+from shared.broker_channel import transport_for
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
 from shared.redis_stores import check_broker_version, make_redis
@@ -47,7 +48,9 @@ def create_app(check_redis: bool = True) -> Flask:
     # Streams get their own small pool: thousands of clients replaying at once queue for a
     # connection instead of opening one each.
     stream_redis = make_redis(settings.store_url("progress"), settings, settings.sse_redis_connections)
-    extensions.install(app, celery=make_celery("turnstream-web", settings), stream_redis=stream_redis,
+    celery = make_celery("turnstream-web", settings)
+    celery.conf.broker_transport = transport_for(settings.store_target("broker").sentinel)  # shared.broker_channel
+    extensions.install(app, celery=celery, stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),
                        turn_watch=TurnWatch(settings.sse_heartbeat_s),

@@ -26,6 +26,8 @@ import redis
 from kombu.transport import redis as kombu_redis
 from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
+from shared import broker_channel
+
 log = logging.getLogger(__name__)
 LOST_CONNECTION = (AttributeError, redis.RedisError, OSError)
 DEMOTED = "UNBLOCKED"  # Redis's error to a client blocked on a server that turns replica
@@ -94,23 +96,23 @@ class QoS(kombu_redis.QoS):
         super(kombu_redis.QoS, self).ack(delivery_tag)
 
 
-class Channel(kombu_redis.Channel):
+class Channel(broker_channel.Channel):  # one redis-py client per channel (shared.broker_channel)
     QoS = QoS
     connection_class = Connection
     connection_class_ssl = SSLConnection
 
 
-class Transport(kombu_redis.Transport):
+class Transport(broker_channel.Transport):
     Channel = Channel
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(broker_channel.SentinelChannel):
     QoS = QoS
     connection_class = SentinelConnection
     connection_class_ssl = SentinelSSLConnection
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(broker_channel.SentinelTransport):
     """The same fix for a broker behind Sentinel: its failover drops every connection at once."""
 
     Channel = SentinelChannel

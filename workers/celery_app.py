@@ -8,6 +8,7 @@ from celery._state import _set_task_join_will_block
 from celery.signals import (task_postrun, task_received, worker_init, worker_process_init, worker_process_shutdown,
                             worker_ready, worker_shutdown)
 
+from shared.broker_channel import transport_for
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
 from shared.eviction import EvictingStoreError, check_evictions
@@ -21,8 +22,7 @@ app = make_celery("turnstream")
 app.conf.include = ["workers.tasks"]
 # The web tier gives up on a dead broker at once (503); a worker sending a turn's next step
 # waits for the broker to return instead, so an accepted turn is not dropped mid-chain.
-app.conf.broker_transport = ("workers.broker_transport:SentinelTransport"
-                             if get_settings().store_target("broker").sentinel else "workers.broker_transport:Transport")
+app.conf.broker_transport = transport_for(get_settings().store_target("broker").sentinel, "workers.broker_transport")
 # Never into the sending step's time limit, though (workers.time_limits): there the step hands
 # its message back instead (workers.steps.forward), or the chain's errback leaves the turn to
 # the redelivery sweeper, rather than the limit failing the turn for the outage.

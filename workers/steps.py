@@ -1,10 +1,10 @@
 """The step machinery every task of a turn runs through, so workers.tasks reads as the flow alone.
 
-- `run_step`: move the turn to `running`, publish `started`, run the step's body, publish
-  `finished`; turn any failure into StepFailed (the user's one sentence) or, for a broker
-  outage, hand the message back (Reject with requeue) so the step runs again later.
-- `run_step_holding`: the same, leaving `finished` to be shown with what comes next, after the
-  checkpoint between them, which keeps it for a resume (Checkpoint.shown).
+- `run_step_holding`: move the turn to `running`, publish `started`, run the step's body, and
+  return its `finished`, to be shown with what comes next, after the checkpoint between them,
+  which keeps it for a resume (Checkpoint.shown); turn any failure into StepFailed (the user's
+  one sentence) or, for a broker outage, hand the message back (Reject with requeue) so the
+  step runs again later.
 - `start_step`: claim the step (shared.turns.claim_step_counting, which also counts the task's
   delivery: `stop_a_crashing_step`): a turn already done, failed or
   cancelled stops its flow here (Ignore), after making sure its log carries the outcome
@@ -53,7 +53,7 @@ from shared.redis_stores import on_the_master
 from shared.redaction import RedactingTask
 from shared.settings import get_settings
 from shared.terminal_event import terminal_event
-from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn, task_name
+from shared.turn_flow import Checkpoint, TurnRef, position, resume_turn, task_name, turn_of
 from shared.vocabulary import (CALL_TOOL, COLLECT, DONE, EXECUTE, FAILED, FINISHED, REASON, RUNNING, STARTED,
                                SYNTHESIZE, TERMINAL_DEDUPE, Step, StepPhase, step_dedupe)
 from workers import guarding, telemetry, time_limits
@@ -197,20 +197,12 @@ def phase_event(step: Step, phase: StepPhase, round_: int | None = None,
     return StepEvent(step=step, status=phase, round=round_, duration_ms=duration_ms), step_dedupe(step, phase, round_)
 
 
-def run_step(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,
-             claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> R:
-    """Run a step: claim it, publish `started`, run `body`, publish `finished`. `shown_with_start`:
-    events published in the same round trip as `started` (the step before's held `finished`)."""
-    result, finished = run_step_holding(step, turn, body, round_, claimed, shown_with_start)
-    Publisher(turn["session_id"], turn["message_id"], fail_soft=True).publish(*finished[0])
-    return result
-
-
 def run_step_holding(step: Step, turn: S, body: Callable[[S, Publisher], R], round_: int | None = None,
                      claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> tuple[R, list[Shown]]:
-    """run_step, but the step's `finished` event is returned, not published: the caller shows it
-    with what comes next (the next step's `started`, the turn's `done`), after the checkpoint
-    between them, in one round trip. Both are true by then. The checkpoint keeps it too
+    """Run a step: claim it, publish `started` (with `shown_with_start`, the step before's held
+    `finished`, in the same round trip), run `body`. The step's `finished` event is returned, not
+    published: the caller shows it with what comes next (the next step's `started`, the turn's
+    `done`), after the checkpoint between them, in one round trip. Both are true by then. The checkpoint keeps it too
     (Checkpoint.shown): a resume from it shows it first, and a done turn's last `finished` is
     shown with `done` by whichever delivery finds the turn done (stop_ended_turn), so a worker
     dying in between loses no step."""
@@ -327,7 +319,7 @@ def step_tag(task: str, args: tuple) -> tuple[Step, str, str | None]:
     if name == CALL_TOOL:
         call = args[1]
         return EXECUTE, f"{CALL_TOOL}-{call['call_id']}", f"while calling {call['tool']}"
-    turn = args[-1]
+    turn = turn_of(args)
     if name in (REASON, EXECUTE, COLLECT):
         return step_of(name), f"{name}-{len(turn.get('rounds') or []) + 1}", None
     return step_of(name), name, None
@@ -349,9 +341,10 @@ def fail_past_time_limit(watched: time_limits.Watched, limit_s: float) -> None:
               sentence(watched.step, time_limit_cause(limit_s)))
 
 
-def forward(task, signature, turn: TurnRef, here: int) -> None:
+def forward(task, signature, turn: TurnRef, here: int, let_go: bool = True) -> None:
     """Send the turn's next step (or chord), carrying this task's errbacks to it, then let go of
-    the turn's step at `here`. While the broker is down the send waits for it like `with_broker`
+    the turn's step at `here` (`let_go=False`: the next step takes the turn over, as `reason`
+    does from discover; the round trip is saved). While the broker is down the send waits for it like `with_broker`
     (never into the step's time limit); past that the message goes back (Reject), the step lets
     go of the turn (TurnTask) with this process still named its runner, and its next delivery,
     finding the turn past its step, sends it on from the checkpoint `advance` saved
@@ -366,7 +359,8 @@ def forward(task, signature, turn: TurnRef, here: int) -> None:
         log.warning("turn %s/%s: could not send its next step (%r); handing the step back", turn["session_id"],
                     turn["message_id"], exc)
         raise Reject(exc, requeue=True) from exc
-    release(turn, here)
+    if let_go:
+        release(turn, here)
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The steps of a turn: discover -> reason -> [execute -> reason]* -> synthesize.
 
-The web tier sends discover | reason. `reason` asks the reasoner for tool calls and hands over
+The web tier sends discover, which sends reason. `reason` asks the reasoner for tool calls and hands over
 to `execute` (one `call_tool` task per call, in parallel on the tools queue, then `collect`),
 which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS is
 reached; then `synthesize` streams the answer. A step hands over by sending the next one
@@ -64,8 +64,8 @@ from shared.progress import DeltaCoalescer, Publisher
 from shared.settings import get_settings
 from shared.guards import declarations
 from shared.terminal_event import terminal_event
-from shared.turn_flow import (Checkpoint, FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, position,
-                              task_name)
+from shared.turn_flow import (Checkpoint, FinishedTurn, ToolCall, ToolOutcome, TurnRef, TurnState, first_task_ids,
+                              held_events, position, task_name)
 from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINISHED, REASON, STARTED, SYNTHESIZE,
                                TOOL_ERROR, TOOL_OK, TOOL_RUNNING, TOOL_STARTED, TURN_FAILED, tool_dedupe,
                                tool_running_dedupe, tool_started_dedupe)
@@ -74,7 +74,7 @@ from workers.celery_app import app
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, held, ms_since, phase_event,
-                           recorded_step, release, run_step, run_step_holding, settle_terminal_event, start_step,
+                           recorded_step, release, run_step_holding, settle_terminal_event, start_step,
                            step_failure, step_here, stop_a_crashing_step, with_broker)
 
 PREVIEW_CHARS = 200
@@ -103,13 +103,14 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
             "rounds": []}
 
 
-@app.task(name=task_name(DISCOVER), base=TurnTask, ignore_result=True)
-def discover(turn: TurnState) -> TurnState:
-    """The chain hands discover's result to `reason` (the web tier sends them together)."""
-    turn = run_step(DISCOVER, turn, _discover)
-    # No release: the chain sends `reason` after this returns, and `reason` takes the turn over.
-    advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn))
-    return turn
+@app.task(name=task_name(DISCOVER), bind=True, base=TurnTask, ignore_result=True)
+def discover(self, turn: TurnState) -> None:
+    """Sends `reason` with the turn and discover's `finished`, which reason shows with its own
+    `started` (the checkpoint keeps it too, for a resume). No release: reason takes the turn over."""
+    turn, finished = run_step_holding(DISCOVER, turn, _discover)
+    advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)))
+    reason_id = first_task_ids(turn["message_id"])[1]  # the id a cancel revokes (shared.turn_flow)
+    forward(self, reason.si(turn, held(finished)).set(task_id=reason_id), turn, position(DISCOVER), let_go=False)
 
 
 # --- reason --------------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def _reason(turn: TurnState, publisher: Publisher) -> TurnState:
 
 
 @app.task(name=task_name(REASON), bind=True, base=TurnTask, ignore_result=True)
-def reason(self, turn: TurnState) -> None:
-    reason_and_on(self, turn)
+def reason(self, turn: TurnState, shown: Sequence[Sequence[str]] = ()) -> None:
+    """`shown`: the step before's held events (discover's `finished`), shown with reason's `started`."""
+    reason_and_on(self, turn, shown_with_start=held_events(shown))
 
 
 def reason_and_on(task, turn: TurnState, claimed: bool = False, shown_with_start: Sequence[Shown] = ()) -> None:
