@@ -7,7 +7,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared import defaults
+from shared import defaults, gevent_polls
 from shared.broker_channel import transport_for
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
@@ -33,6 +33,7 @@ def create_app(check_redis: bool = True) -> Flask:
     """Build the app. Refuses to start if the broker or progress Redis evicts keys, or the
     broker is older than Redis 7."""
     telemetry.configure_process()
+    gevent_polls.install()  # gunicorn's gevent workers patched before loading us
     settings = get_settings()
     settings.secret_key()
     if check_redis:
