@@ -11,8 +11,8 @@ Per step, the cost Celery adds is kept to what a turn uses (bench/capacity.py me
 one result backend per process, shared by its greenlets and threads (Celery's default is one per
 thread, which under gevent means one per greenlet, each with its own connections); a producer
 pool sized for a web process's concurrency; argument reprs of a turn's ids only (shared.redaction);
-task events, which Flower needs, batched by workers (workers.task_events) and switchable with
-TURNSTREAM_TASK_EVENTS."""
+task events, which Flower needs, batched by workers (workers.task_events, with the `task-sent`
+events of what they send: shared.sent_events) and switchable with TURNSTREAM_TASK_EVENTS."""
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -96,7 +96,8 @@ def celery_config(settings: Settings) -> dict:
 
 
 def make_celery(main: str, settings: Settings | None = None) -> Celery:
-    # Task reprs, task events and task log lines without user text (shared.redaction).
-    app = Celery(main, amqp="shared.redaction:RedactingAMQP", task_cls="shared.redaction:RedactingTask")
+    # Task reprs, task events and task log lines without user text (shared.redaction); `task-sent`
+    # batched with a worker's own task events (shared.sent_events).
+    app = Celery(main, amqp="shared.sent_events:BatchingAMQP", task_cls="shared.redaction:RedactingTask")
     app.conf.update(celery_config(settings or get_settings()))
     return app

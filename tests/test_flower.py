@@ -62,6 +62,15 @@ def test_flower_lists_the_tasks_of_a_turn(flower_url, base_url, session_id):
         time.sleep(0.5)
         seen = tasks_of_this_turn()
     assert seen == {"turnstream.discover", "turnstream.reason", "turnstream.call_tool", "turnstream.collect"}
+    # Each was shown as sent: discover's task-sent comes from the web tier at once, the others'
+    # from the worker that sent them, in its batch of task events (shared.sent_events).
+    deadline = time.monotonic() + 20
+    unsent = seen
+    while unsent and time.monotonic() < deadline:
+        unsent = {task["name"] for task in flower_tasks(flower_url).values()
+                  if body["message_id"] in str(task.get("args", "")) and not task.get("sent")}
+        time.sleep(0.5)
+    assert not unsent, f"Flower never saw these sent: {unsent}"
 
 
 def test_flower_wants_the_credentials_from_the_environment(flower_url):

@@ -15,12 +15,16 @@ dispatcher's lock and clears only what it published, so the threads pool's threa
 sending while it runs. Prefork keeps Celery's own batching (its events come from the main
 process's loop, fed by the children; not measured here).
 
+The `task-sent` event of a task a worker sends goes into the same batch (shared.sent_events).
+
 Rejected: turning task events off by default (Flower is how ops watch the workers; it stays
 switchable with TURNSTREAM_TASK_EVENTS) and dropping event types (Flower uses each of them)."""
 
 import logging
 import threading
 import time
+
+from shared import sent_events
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ def _flush_forever(consumer) -> None:
                 dispatcher.buffer_group = frozenset({*dispatcher.buffer_group, TASK_GROUP})
                 dispatcher.buffer_limit = TASK_EVENTS_BATCH
                 dispatcher.on_send_buffered = None  # no flush at the event loop's next turn: ours
+            sent_events.batch_into(dispatcher)  # this process's task-sent events too (shared.sent_events)
             try:
                 dispatcher.flush(errors=True, groups=True)
             except Exception as exc:  # noqa: BLE001 - monitoring must never stop a worker
