@@ -42,7 +42,7 @@ def transport_options(settings: Settings) -> dict:
     sentinel = {"sentinel_kwargs": {"socket_timeout": settings.redis_socket_timeout_s,
                                     "socket_connect_timeout": settings.redis_connect_timeout_s}} if target.sentinel else {}
     return {**target.celery_transport_options(), **sentinel,
-        # A worker reads its queues in the order given (-Q discover,tools), not round-robin: a new
+        # A worker reads its queues in the order given (-Q discover,llm), not round-robin: a new
         # turn's first step goes before the tool-call backlog. It cannot starve the backlog for
         # longer than new turns keep arriving faster than they can start.
         "queue_order_strategy": "priority",

@@ -191,8 +191,9 @@ EXEC_CACHE_VOLATILE_FIELDS = ("timestamp", "ts", "request_id", "trace_id", "span
 PUBLISH_RETRIES_WEB = 1
 
 # Celery queues: LLM-bound steps and tool-bound steps scale separately
-# (`-Q llm -c 2` for model workers, `-Q discover,tools -P gevent -c 50` for tool workers). A new
-# turn's first step has a queue of its own, which tools workers serve before the tool-call backlog
+# (`-Q discover,llm -c 2` for model workers, `-Q tools -P gevent -c 50` for tool workers; with the
+# openai reasoner `-Q llm` and `-Q discover,tools`: shared.cli.processes.worker_specs). A new
+# turn's first step has a queue of its own, which the worker serving it reads before its backlog
 # (queue_order_strategy "priority", shared.celery_config), so a busy system still starts it at once.
 LLM_QUEUE = "llm"
 TOOLS_QUEUE = "tools"

@@ -70,11 +70,17 @@ def test_a_new_turn_is_accepted_on_its_stream_before_any_worker_runs_it(idle_sta
     assert polled["status"] == "queued"
 
 
-def test_the_first_step_has_its_own_queue_served_before_the_tool_calls():
+def test_the_first_step_has_its_own_queue_served_before_any_backlog():
     assert make_celery("routes").amqp.router.route({}, task_name(DISCOVER))["queue"].name == defaults.DISCOVER_QUEUE
     assert queues()[0] == defaults.DISCOVER_QUEUE, "a worker without -Q reads the discover queue first"
-    for reasoner in ("rules", "openai", "local"):
-        assert worker_specs(reasoner)["tools"].queues.split(",") == [defaults.DISCOVER_QUEUE, defaults.TOOLS_QUEUE]
+    # The llm worker of the threads pool (rules, local) serves it, running reason in the same task
+    # (workers.tasks.reason_here); with openai's gevent llm worker, the tools worker does.
+    expected = {"rules": ("llm", defaults.LLM_QUEUE), "local": ("llm", defaults.LLM_QUEUE),
+                "openai": ("tools", defaults.TOOLS_QUEUE)}
+    for reasoner, (kind, its_queue) in expected.items():
+        specs = worker_specs(reasoner)
+        assert specs[kind].queues.split(",") == [defaults.DISCOVER_QUEUE, its_queue]
+        assert [name for name, spec in specs.items() if defaults.DISCOVER_QUEUE in spec.queues.split(",")] == [kind]
 
 
 def test_a_worker_starts_a_new_turn_before_the_tool_call_backlog_and_its_stream_opens_with_accepted(idle_stack):
@@ -84,8 +90,8 @@ def test_a_worker_starts_a_new_turn_before_the_tool_call_backlog_and_its_stream_
     body = post_prompt(idle_stack.base_url, session_id, "calculate 6 * 7").json()
 
     # One slot, so the worker takes one message at a time: the order it takes them is the order they start.
-    idle_stack.start_worker(name="one-slot", **{"queues": worker_specs("rules")["tools"].queues + ",llm",
-                                                 "pool": "threads", "concurrency": 1})
+    queues = ",".join((defaults.DISCOVER_QUEUE, defaults.TOOLS_QUEUE, defaults.LLM_QUEUE))
+    idle_stack.start_worker(name="one-slot", **{"queues": queues, "pool": "threads", "concurrency": 1})
     events = read_stream(idle_stack.base_url, body["stream_url"], timeout=120)
 
     assert events[0].type == "accepted"

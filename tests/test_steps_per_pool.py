@@ -1,5 +1,5 @@
-"""Steps share a task where a turn stays on one worker (workers.tasks), and `synthesize` does so
-only where the watchdog holds the time limits (threads). Under prefork and gevent, which enforce
+"""Steps share a task where a turn stays on one worker (workers.tasks), and `reason` (after
+discover) and `synthesize` do so only where the watchdog holds the time limits (threads). Under prefork and gevent, which enforce
 one limit per task, it is a task of its own. Either way a user sees the same turn: every step's
 started/finished, each call's phases, the answer.
 
@@ -23,8 +23,10 @@ FOUR_TASKS = {"discover", "reason-1", "call_tool-r1c0", "collect-1"}
 
 
 @pytest.mark.parametrize(("pool", "tasks"), [
-    ("threads", FOUR_TASKS),                   # collect runs reason 2, which runs synthesize
-    ("gevent", FOUR_TASKS | {"synthesize"}),   # one hard limit per task: the answer gets its own
+    # discover runs reason 1 (this worker serves the llm queue too), collect runs reason 2,
+    # which runs synthesize: three tasks
+    ("threads", {"discover", "call_tool-r1c0", "collect-1"}),
+    ("gevent", FOUR_TASKS | {"synthesize"}),   # one hard limit per task: each model call gets its own
     ("prefork", FOUR_TASKS | {"synthesize"}),  # likewise (Celery's soft and hard limits)
 ])
 def test_a_turn_reads_the_same_whichever_tasks_its_steps_share(tmp_path, stack, pool, tasks):

@@ -11,10 +11,12 @@ record current.
 Tasks are where a turn changes worker, not one per step. A step whose next step would only go
 back to the same queue runs it in its own task (workers.steps.step_here), claim and checkpoint
 included: `reason` runs execute's fan-out; `collect` (on the llm queue) runs the next `reason`;
-`reason` runs `synthesize` where the watchdog holds the time limits (so each model call keeps a
-limit of its own). A one-call turn is four tasks, discover, reason, call_tool, collect, like a
-bare four-task chain, on the threads pool (the rules and local reasoners); under prefork or
-gevent (openai) synthesize is a task of its own, so five. Each task saved is a message
+`discover` runs the first `reason` (reason_here) and `reason` runs `synthesize` where the
+watchdog holds the time limits (so each model call keeps a limit of its own) and, for discover,
+where the worker serves the llm queue too (the threads pool's llm worker serves `discover,llm`).
+A one-call turn is three tasks, discover, call_tool, collect, on the threads pool (the rules and
+local reasoners), a hop fewer than a bare four-task chain; under prefork or gevent (openai)
+reason and synthesize are tasks of their own, so five. Each task saved is a message
 published, delivered and acknowledged, its task events and its delivery count (bench/capacity.py). Rejected: one task per step, which
 made a turn seven tasks for the same work; and running the tool calls in the reason task, which
 would put them on the llm worker and serialise them.
@@ -58,6 +60,7 @@ from kombu.exceptions import OperationalError
 
 from shared import deliveries, history, metrics, tool_journal, turns
 from shared.breakers import UNAVAILABLE
+from shared.defaults import LLM_QUEUE
 from shared.events import ToolEvent
 from shared.failures import sentence, step_of, time_limit_cause, unexpected_cause
 from shared.progress import DeltaCoalescer, Publisher
@@ -105,12 +108,28 @@ def _discover(turn: TurnState, publisher: Publisher) -> TurnState:
 
 @app.task(name=task_name(DISCOVER), bind=True, base=TurnTask, ignore_result=True)
 def discover(self, turn: TurnState) -> None:
-    """Sends `reason` with the turn and discover's `finished`, which reason shows with its own
-    `started` (the checkpoint keeps it too, for a resume). No release: reason takes the turn over."""
+    """Then `reason`: in this task where this worker serves reason's queue and the watchdog gives
+    each step a time limit of its own (reason_here); otherwise sent as a task with the turn and
+    discover's `finished`, which reason shows with its own `started` (the checkpoint keeps it
+    too, for a resume). No release: reason takes the turn over."""
     turn, finished = run_step_holding(DISCOVER, turn, _discover)
+    if reason_here():
+        advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)), then=REASON)
+        with step_here(self, turn, REASON):
+            reason_and_on(self, turn, claimed=True, shown_with_start=finished)
+        return
     advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)))
     reason_id = first_task_ids(turn["message_id"])[1]  # the id a cancel revokes (shared.turn_flow)
     forward(self, reason.si(turn, held(finished)).set(task_id=reason_id), turn, position(DISCOVER), let_go=False)
+
+
+def reason_here() -> bool:
+    """Does discover run `reason` in its own task? Where this worker also serves reason's queue
+    (the llm worker of the threads pool serves `discover,llm`: shared.cli.processes) and the
+    watchdog holds the time limits, so the model call still gets a limit of its own, as
+    synthesize_next decides. A hop saved: a message published, delivered and acknowledged."""
+    selected = app.amqp.queues.consume_from
+    return time_limits.holds_limits() and (not selected or LLM_QUEUE in selected)
 
 
 # --- reason --------------------------------------------------------------------------------

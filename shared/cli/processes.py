@@ -90,21 +90,35 @@ def worker_specs(reasoner: str, concurrency: int | None = None,
                  llm_concurrency: int | None = None) -> dict[str, WorkerSpec]:
     """The tools worker and the llm worker for `reasoner`.
 
-    Tools are I/O: gevent, many greenlets, and the turns' first steps (the discover queue) before
-    the tool-call backlog. The llm worker's pool follows the reasoner: `openai` calls a model
-    server over HTTP, so its calls are I/O too (gevent, many greenlets); `local` and `rules` burn
-    CPU in the process (llama.cpp releases the GIL), so a few threads. Rejected: one pool for both
-    kinds of reasoner; gevent cannot preempt a llama.cpp call, threads waste a slot per waiting
-    HTTP call."""
+    Tools are I/O: gevent, many greenlets. The llm worker's pool follows the reasoner: `openai`
+    calls a model server over HTTP, so its calls are I/O too (gevent, many greenlets); `local` and
+    `rules` burn CPU in the process (llama.cpp releases the GIL), so a few threads. Rejected: one
+    pool for both kinds of reasoner; gevent cannot preempt a llama.cpp call, threads waste a slot
+    per waiting HTTP call.
+
+    The turns' first steps (the discover queue, read before the worker's own backlog) go to the
+    threads llm worker, which runs `reason` in discover's task (workers.tasks.reason_here): one
+    hop fewer. Under gevent one task has one time limit, which the model call would share with
+    discover, so with `openai` the tools worker serves them and sends `reason` on."""
     from shared import defaults
 
     io_bound = reasoner == "openai"
     llm_pool, llm_default = ("gevent", defaults.LLM_GREENLETS) if io_bound else ("threads", defaults.LLM_THREADS)
+    # The turns' first step goes where it can run the second in the same task (workers.tasks.reason_here).
+    discover_on = "tools" if io_bound else "llm"
     return {
-        "tools": WorkerSpec("tools", ",".join((defaults.DISCOVER_QUEUE, defaults.TOOLS_QUEUE)), "gevent",
+        "tools": WorkerSpec("tools", queue_list(defaults.TOOLS_QUEUE, first=discover_on == "tools"), "gevent",
                             concurrency or defaults.TOOLS_GREENLETS),
-        "llm": WorkerSpec("llm", defaults.LLM_QUEUE, llm_pool, llm_concurrency or llm_default),
+        "llm": WorkerSpec("llm", queue_list(defaults.LLM_QUEUE, first=discover_on == "llm"), llm_pool,
+                          llm_concurrency or llm_default),
     }
+
+
+def queue_list(queue: str, first: bool) -> str:
+    """A worker's -Q: its queue, after the discover queue if it serves the turns' first steps."""
+    from shared import defaults
+
+    return f"{defaults.DISCOVER_QUEUE},{queue}" if first else queue
 
 
 def dev_workers(reasoner: str, concurrency: int | None = None, llm_concurrency: int | None = None) -> list[WorkerSpec]:
