@@ -3,9 +3,10 @@ web tier's /metrics (shared.metrics_dir: one multiprocess directory per host, by
 `.run/metrics` under the directory a process starts in, the one `make run` uses).
 
 The web process here reads `<project>/.run/metrics`, as `make run` started from <project> does. The
-hand-started worker takes the discover and tools queues (discover, the tool calls); the llm steps
-(reason, with execute's fan-out, collect, synthesize) run on a worker of the test's own that writes
-elsewhere, so every discover sample in /metrics can only come from the hand-started worker."""
+hand-started worker is the README's llm worker, on the discover and llm queues (discover with
+reason and execute's fan-out, collect, synthesize: the rules reasoner's threads pool); the tool
+calls run on a worker of the test's own that writes elsewhere, so every discover sample in
+/metrics can only come from the hand-started worker."""
 
 import os
 import re
@@ -28,10 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def readme_worker_command() -> list[str]:
-    """The tools worker command of README's "Running the parts by hand", word for word."""
+    """The llm worker command of README's "Running the parts by hand", word for word."""
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Running the parts by hand"):]
-    line = re.search(r"^(\.venv/bin/turnstream worker tools)\s*&", section, re.M).group(1)
+    line = re.search(r"^(\.venv/bin/turnstream worker llm)\s*&", section, re.M).group(1)
     # `.venv/bin` is this venv's bin (the test runs in a project directory of its own)
     return shlex.split(line.replace(".venv/bin/", f"{Path(sys.executable).parent}/", 1))
 
@@ -50,7 +51,7 @@ def project(tmp_path):
     try:
         stack.start_redis()
         with stack.env_applied():
-            stack.start_worker(name="llm", queues="llm")
+            stack.start_worker(name="tools", queues="tools", pool="gevent", concurrency=10)
             stack.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / ".run" / "metrics")
             stack.start_web()
             yield tmp_path, stack
@@ -61,7 +62,7 @@ def project(tmp_path):
 def test_a_worker_started_with_the_readme_command_shows_in_metrics(project):
     directory, stack = project
     command = readme_worker_command()
-    assert command[1:] == ["worker", "tools"]
+    assert command[1:] == ["worker", "llm"]
     env = {name: value for name, value in processes.child_env(stack.env).items()
            if name not in ("PROMETHEUS_MULTIPROC_DIR", "TURNSTREAM_WORKER_METRICS_PORT")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -74,7 +75,7 @@ def test_a_worker_started_with_the_readme_command_shows_in_metrics(project):
         body = post_prompt(stack.base_url, "s" + uuid.uuid4().hex[:12], "What is the weather in Paris?").json()
         assert read_stream(stack.base_url, body["stream_url"])[-1].type == "done"
         assert step_count(stack.base_url, "discover") >= 1
-        assert step_count(stack.base_url, "reason") == 0, "the llm worker writes elsewhere"
+        assert step_count(stack.base_url, "reason") >= 1  # run in discover's task, same worker
         assert any((directory / ".run" / "metrics").glob("histogram_*.db"))
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
