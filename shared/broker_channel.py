@@ -1,4 +1,5 @@
-"""kombu's Redis transport with one redis-py client per channel, not one per operation.
+"""kombu's Redis transport with one redis-py client per channel, not one per operation, and a
+channel pool that makes a caller wait for a connection instead of failing it.
 
 kombu 5.7's Redis channel builds a new `redis.Redis` for every publish, acknowledgement and
 delivery bookkeeping (`Channel.conn_or_acquire`); every one shares the channel's connection pool,
@@ -8,10 +9,21 @@ times per step (py-spy put `Channel._create_client` at 5-7 % of a worker's CPU o
 bench/README.md, capacity). Here a channel keeps the client it built while its pool is the
 same, and builds a new one when kombu replaced the pool (a reconnect).
 
+A channel's pool is kombu's `redis.ConnectionPool`, capped at 10 connections, and raises
+MaxConnectionsError past them. A gevent worker acknowledges its messages from up to 50 greenlets
+through its one consumer channel: the eleventh concurrent acknowledgement failed, Celery took
+it for a lost broker, restarted its consumer and left the unacknowledged steps for the
+visibility timeout (seen in a busy benchmark run: a turn stalled; stock kombu does the same,
+tests/test_broker_channel.py). Here the channel's pool is a BlockingConnectionPool of
+CHANNEL_CONNECTIONS: a caller past them waits (up to TURNSTREAM_REDIS_POOL_TIMEOUT_S) for one
+to come back. Under Sentinel kombu builds the pool through redis-py's Sentinel, which takes no
+pool class from it: there the cap alone is raised, above what a worker's greenlets hold at once.
+
 Rules:
 - A redis-py client over a connection pool is safe to share between threads and greenlets:
   every command checks a connection out of the pool and back. Pipelines stay per call.
 - A caller that passes its own client (kombu does, inside a pipeline) still gets that one.
+- The channel's blocking connection for BRPOP (kombu's asynchronous pool) is left as kombu makes it.
 
 Both tiers use it (the web tier sends turns, workers send steps, acknowledge them and publish
 task events): `transport_for` names the class a Celery app sets as `broker_transport`; the
@@ -26,6 +38,12 @@ from contextlib import contextmanager
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from shared.settings import get_settings
+
+# Connections a channel's pool opens at most: above the greenlets a worker runs (50 by default)
+# and a web process's producers (BROKER_POOL_LIMIT, one channel each).
+CHANNEL_CONNECTIONS = 64
 
 
 class ClientPerChannel:
@@ -45,7 +63,14 @@ class ClientPerChannel:
 
 
 class Channel(ClientPerChannel, kombu_redis.Channel):
-    pass
+    max_connections = CHANNEL_CONNECTIONS
+
+    def _get_pool(self, asynchronous: bool = False) -> redis.ConnectionPool:
+        pool = super()._get_pool(asynchronous=asynchronous)  # kombu's parameters, kombu's pool
+        if asynchronous:
+            return pool
+        return redis.BlockingConnectionPool(connection_class=pool.connection_class, max_connections=pool.max_connections,
+                                            timeout=get_settings().redis_pool_timeout_s, **pool.connection_kwargs)
 
 
 class Transport(kombu_redis.Transport):
@@ -53,7 +78,7 @@ class Transport(kombu_redis.Transport):
 
 
 class SentinelChannel(ClientPerChannel, kombu_redis.SentinelChannel):
-    pass
+    max_connections = CHANNEL_CONNECTIONS
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
