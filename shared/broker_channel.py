@@ -69,7 +69,8 @@ class Channel(ClientPerChannel, kombu_redis.Channel):
         pool = super()._get_pool(asynchronous=asynchronous)  # kombu's parameters, kombu's pool
         if asynchronous:
             return pool
-        return redis.BlockingConnectionPool(connection_class=pool.connection_class, max_connections=pool.max_connections,
+        return redis.BlockingConnectionPool(connection_class=pool.connection_class,
+                                            max_connections=pool.max_connections,
                                             timeout=get_settings().redis_pool_timeout_s, **pool.connection_kwargs)
 
 

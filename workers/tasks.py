@@ -1,12 +1,12 @@
 """The steps of a turn: discover -> reason -> [execute -> reason]* -> synthesize.
 
-The web tier sends discover, which sends reason. `reason` asks the reasoner for tool calls and hands over
-to `execute` (one `call_tool` task per call, in parallel on the tools queue, then `collect`),
-which loops back to `reason` until the reasoner is done or TURNSTREAM_MAX_TOOL_ROUNDS is
-reached; then `synthesize` streams the answer. A step hands over by sending the next one
-itself; how a step runs, reports and hands over is workers.steps. Every step publishes
-`started` and `finished` (reason and execute with their round) and keeps the turn's status
-record current.
+The web tier sends discover, which runs or sends reason. `reason` asks the reasoner for tool
+calls and hands over to `execute` (one `call_tool` task per call, in parallel on the tools
+queue, then `collect`), which loops back to `reason` until the reasoner is done or
+TURNSTREAM_MAX_TOOL_ROUNDS is reached; then `synthesize` streams the answer. A step hands over
+by sending the next one itself; how a step runs, reports and hands over is workers.steps.
+Every step publishes `started` and `finished` (reason and execute with their round) and keeps
+the turn's status record current.
 
 Tasks are where a turn changes worker, not one per step. A step whose next step would only go
 back to the same queue runs it in its own task (workers.steps.step_here), claim and checkpoint
