@@ -62,10 +62,15 @@ def _forks(worker: object) -> bool:
     return "prefork" in f"{getattr(pool, '__module__', '')}{pool}"
 
 
-def _takes_tool_calls() -> bool:
-    """Only workers on the tools queue talk to MCP servers; an llm-only worker opens no session."""
+def consumes(*queues: str) -> bool:
+    """Does this worker take messages from any of `queues`? (Without -Q it takes every queue.)"""
     selected = app.amqp.queues.consume_from
-    return not selected or bool({DISCOVER_QUEUE, TOOLS_QUEUE} & set(selected))
+    return not selected or bool(set(queues) & set(selected))
+
+
+def _takes_tool_calls() -> bool:
+    """Only workers on the tools or discover queue talk to MCP servers; an llm-only worker opens no session."""
+    return consumes(DISCOVER_QUEUE, TOOLS_QUEUE)
 
 
 def _open_mcp_sessions() -> None:

@@ -73,7 +73,7 @@ from shared.vocabulary import (CALL_TOOL, COLLECT, DISCOVER, DONE, EXECUTE, FINI
                                TOOL_ERROR, TOOL_OK, TOOL_RUNNING, TOOL_STARTED, TURN_FAILED, tool_dedupe,
                                tool_running_dedupe, tool_started_dedupe)
 from workers import guarding, time_limits
-from workers.celery_app import app
+from workers.celery_app import app, consumes
 from workers.mcp.client import Progress, ToolCallError, mcp_client
 from workers.reasoners import TurnContext, get_reasoner
 from workers.steps import (Shown, StepFailed, TurnTask, advance, fail_turn, forward, held, ms_since, phase_event,
@@ -113,12 +113,12 @@ def discover(self, turn: TurnState) -> None:
     discover's `finished`, which reason shows with its own `started` (the checkpoint keeps it
     too, for a resume). No release: reason takes the turn over."""
     turn, finished = run_step_holding(DISCOVER, turn, _discover)
-    if reason_here():
-        advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)), then=REASON)
+    inline = reason_here()
+    advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)), then=REASON if inline else None)
+    if inline:
         with step_here(self, turn, REASON):
             reason_and_on(self, turn, claimed=True, shown_with_start=finished)
         return
-    advance(turn, position(DISCOVER), Checkpoint(REASON, 1, turn, held(finished)))
     reason_id = first_task_ids(turn["message_id"])[1]  # the id a cancel revokes (shared.turn_flow)
     forward(self, reason.si(turn, held(finished)).set(task_id=reason_id), turn, position(DISCOVER), let_go=False)
 
@@ -128,8 +128,7 @@ def reason_here() -> bool:
     (the llm worker of the threads pool serves `discover,llm`: shared.cli.processes) and the
     watchdog holds the time limits, so the model call still gets a limit of its own, as
     synthesize_next decides. A hop saved: a message published, delivered and acknowledged."""
-    selected = app.amqp.queues.consume_from
-    return time_limits.holds_limits() and (not selected or LLM_QUEUE in selected)
+    return time_limits.holds_limits() and consumes(LLM_QUEUE)
 
 
 # --- reason --------------------------------------------------------------------------------
