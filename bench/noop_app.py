@@ -9,16 +9,28 @@ named `done`: the floor of a turn's event log, without claims, checkpoints or gu
 With a `record` key too (bare_web's durable variant), each step also makes the round trips a
 turnstream step needs for its guarantees, each as one plain command: note the received message,
 count the delivery, claim the step, log `started`, log `finished`, save the checkpoint, uncount
-the delivery: seven as plain commands, four with `fewest`, two waits with `overlap` (durable_step)."""
+the delivery: seven as plain commands, four with `fewest`, two waits with `overlap` (durable_step).
+
+Its workers run at turnstream's worker nice value (`TURNSTREAM_WORKER_NICE`), so that both sides
+of every comparison share the cores the same way."""
 
 import os
 import time
 
 import redis
+from celery.signals import worker_init
 
+from shared import nice
 from shared.celery_config import make_celery
+from shared.settings import get_settings
 
 app = make_celery("noop")
+
+
+@worker_init.connect
+def _same_nice_as_turnstream(**_: object) -> None:
+    """The baseline's workers yield the CPU as turnstream's do (shared.nice): same processes."""
+    nice.yield_cpu(get_settings().worker_nice)
 STEPS = 4
 _log: redis.Redis | None = None
 

@@ -150,6 +150,8 @@ STALL_S = 60.0
 # Task reprs, task events and worker logs show no prompt, answer or tool text (shared.redaction).
 REDACT_USER_TEXT = True
 TASK_EVENTS = True  # Celery task events (Flower needs them); False saves about a publish per task state
+# Workers run at this nice value, so the web tier gets a core first on shared cores (shared.nice).
+WORKER_NICE = 10
 
 SETTABLE = frozenset(name for name in set(globals()) - _before_settable if name.isupper())
 _before_fixed = set(globals())

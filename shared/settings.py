@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = defaults.WORKER_METRICS_PORT
     log_format: str = defaults.LOG_FORMAT
     task_events: bool = defaults.TASK_EVENTS
+    worker_nice: int = Field(defaults.WORKER_NICE, ge=0, le=19)
     ops_refresh_s: float = defaults.OPS_REFRESH_S
     ops_window_s: int = defaults.OPS_WINDOW_S
     ops_inspect_timeout_s: float = defaults.OPS_INSPECT_TIMEOUT_S

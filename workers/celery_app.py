@@ -8,7 +8,7 @@ from celery._state import _set_task_join_will_block
 from celery.signals import (task_postrun, task_received, worker_init, worker_process_init, worker_process_shutdown,
                             worker_ready, worker_shutdown)
 
-from shared import gevent_polls
+from shared import gevent_polls, nice
 from shared.broker_channel import transport_for
 from shared.celery_config import make_celery
 from shared.defaults import DISCOVER_QUEUE, TOOLS_QUEUE
@@ -38,6 +38,12 @@ app.conf.result_backend_max_retries = int(get_settings().worker_broker_wait_s)
 app.conf.worker_proc_alive_timeout = get_settings().mcp_connect_timeout_s + 10
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _yield_cpu_to_the_web_tier(**_: object) -> None:
+    """Steps wait in the broker's queues rather than the POST for a core (shared.nice)."""
+    nice.yield_cpu(get_settings().worker_nice)
 
 
 @worker_init.connect
