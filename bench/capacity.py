@@ -28,6 +28,10 @@ Printed, all from this one run:
 - with --profile: py-spy (installed on demand) on the busy processes, CPU by component;
 - with --events-cost: one more busy run with Flower's task events off, against the run with them on.
 
+turnstream's workers lower their CPU priority as deployed (TURNSTREAM_WORKER_NICE, shared.nice);
+the bare chain's keep theirs (stock Celery, with no web tier to give way to); the workers under
+bare_web.py get turnstream's, so the floor is that of the same design.
+
 Throughput counts the turns that end inside the measured window (steady state); CPU and Redis
 commands per turn are over everything the busy run did (warm-up and drain included) divided by
 every turn it finished. CPU time per turn is the figure least disturbed by other load on the
@@ -58,6 +62,7 @@ from httpx_sse import aconnect_sse
 from mirakuru import HTTPExecutor, SimpleExecutor
 
 from shared.cli import processes
+from shared.settings import get_settings
 from tests.sse import bearer
 from tests.stack import Stack
 
@@ -193,10 +198,14 @@ def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0
 
 
 # --- the bare chain -----------------------------------------------------------------------------
-def bare_workers(stack: Stack, tools: int = 1) -> list[SimpleExecutor]:
+def bare_workers(stack: Stack, tools: int = 1, nice: int = 0) -> list[SimpleExecutor]:
     """The baseline's workers: the same pools as `turnstream dev`'s two (gevent x50, threads x2);
-    `tools` gevent processes on the first queue, as the tools-worker sweep starts for turnstream."""
-    env = processes.child_env({**stack.env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{Path(__file__).parent}"})
+    `tools` gevent processes on the first queue, as the tools-worker sweep starts for turnstream.
+    `nice`: 0 under the bare chain (stock Celery: no web tier to give way to, and its 32 driving
+    threads in this process would otherwise take the cores from it); turnstream's worker nice
+    under bare_web.py, whose floor is then that of the same design (shared.nice)."""
+    env = processes.child_env({**stack.env, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{Path(__file__).parent}",
+                               "BARE_WORKER_NICE": str(nice)})
     stack.log_dir.mkdir(parents=True, exist_ok=True)
     specs = [(BARE_QUEUES[0], "gevent", 50, i) for i in range(tools)] + [(BARE_QUEUES[1], "threads", 2, 0)]
     started = []
@@ -583,6 +592,11 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
         result = drive_bare(app, callers, seconds)
         cpu = meter.per_turn_ms(result.completed)
         commands = {store: n / max(result.completed, 1) for store, n in command_counts(stack).items()}
+    finally:
+        for w in workers:
+            w.stop()
+    workers = bare_workers(stack, nice=get_settings().worker_nice)
+    try:
         web = bare_web_server(stack)
         try:
             idle_loop(base_url(web), 10, bare_web_path)
@@ -635,7 +649,8 @@ def bare_sweeps(stack: Stack, callers: int, seconds: float, sweeps: dict) -> Non
     app = bare_app(stack)
     for kind in ("tools", "web"):
         for n in (1, 2, 4):
-            workers = bare_workers(stack, tools=n if kind == "tools" else 2)
+            workers = bare_workers(stack, tools=n if kind == "tools" else 2,
+                                   nice=0 if kind == "tools" else get_settings().worker_nice)
             try:
                 if kind == "tools":
                     sweeps[(kind, n)] = drive_bare(app, callers, seconds).throughput
@@ -666,7 +681,8 @@ def main() -> None:
                         help="one more busy run with Flower's task events off (TURNSTREAM_TASK_EVENTS=0)")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, "
-          f"{args.callers} callers, {args.seconds:.0f} s per busy run", flush=True)
+          f"{args.callers} callers, {args.seconds:.0f} s per busy run, workers at nice "
+          f"{get_settings().worker_nice} (bare chain 0)", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp), TURNSTREAM_TURN_RATE_LIMIT="100000000/minute", TURNSTREAM_REASONER="rules",

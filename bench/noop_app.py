@@ -11,8 +11,7 @@ turnstream step needs for its guarantees, each as one plain command: note the re
 count the delivery, claim the step, log `started`, log `finished`, save the checkpoint, uncount
 the delivery: seven as plain commands, four with `fewest`, two waits with `overlap` (durable_step).
 
-Its workers run at turnstream's worker nice value (`TURNSTREAM_WORKER_NICE`), so that both sides
-of every comparison share the cores the same way."""
+Its workers keep the nice value they start with unless BARE_WORKER_NICE says otherwise (below)."""
 
 import os
 import time
@@ -22,15 +21,15 @@ from celery.signals import worker_init
 
 from shared import nice
 from shared.celery_config import make_celery
-from shared.settings import get_settings
 
 app = make_celery("noop")
 
 
 @worker_init.connect
-def _same_nice_as_turnstream(**_: object) -> None:
-    """The baseline's workers yield the CPU as turnstream's do (shared.nice): same processes."""
-    nice.yield_cpu(get_settings().worker_nice)
+def _nice_as_asked(**_: object) -> None:
+    """BARE_WORKER_NICE: 0 (the default) for the bare chain, stock Celery; bench/capacity.py gives
+    the workers under bare_web.py turnstream's worker nice, as the floor of the same design."""
+    nice.yield_cpu(int(os.environ.get("BARE_WORKER_NICE", "0")))
 STEPS = 4
 _log: redis.Redis | None = None
 
