@@ -40,7 +40,7 @@ class StatusUnknown(Exception):
 class TurnStreamBlueprint(ServerSentEventsBlueprint):
     """flask-sse's blueprint, with replay, heartbeats, shared subscriptions and per-turn tokens.
 
-    Every stream ends. Before subscribing it reads the turn's record, and while it is open the
+    Every stream ends. After its replay it reads the turn's record, and while it is open the
     process's turn watch reads it once per heartbeat period (web.turn_watch): a final turn gets
     its terminal event (put back into the log if the log lacks it) and the stream closes. If
     that check fails, the stream closes at once and EventSource reconnects after the `retry:`
@@ -64,10 +64,11 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
             raise ApiError(403, "forbidden", f"this token does not grant this stream: {exc}") from exc
 
     def _ended_at_open(self, session_id: str, message_id: str) -> bool:
-        """Whether the turn is final when its stream opens (one read shared by every stream
-        opening on it at that moment: web.turn_watch). A turn without a record is not final: its
-        events come from the log alone (publishers that keep no record, such as the benchmarks,
-        stream this way). Raises StatusUnknown if the broker cannot say."""
+        """Whether the turn is final when its stream opens, asked once its replay is sent and
+        lacks the terminal event (one read shared by every stream opening on it at that moment:
+        web.turn_watch). A turn without a record is not final: its events come from the log alone
+        (publishers that keep no record, such as the benchmarks, stream this way). Raises
+        StatusUnknown if the broker cannot say."""
         try:
             status = extensions.turn_watch().status(session_id, message_id)
         except redis.RedisError as exc:
@@ -97,19 +98,23 @@ class TurnStreamBlueprint(ServerSentEventsBlueprint):
         log_redis = extensions.stream_redis()
         watch = extensions.turn_watch()
         try:
-            ended = self._ended_at_open(session_id, message_id)
             sub = self.dispatcher().subscribe(channel)
-        except (StatusUnknown, SubscribeTimeout, redis.RedisError) as exc:
+        except (SubscribeTimeout, redis.RedisError) as exc:
             log.warning("stream %s closed at once (the client retries): %s", channel, exc)
             return
         watch.watch(sub, session_id, message_id)
         try:
             after = self._within_log(session_id, message_id, after, log_redis)
             replay = _until_terminal(read_log(session_id, message_id, after=after, r=log_redis))
+            # The replay goes out before the turn's record is read: a new turn's first event
+            # waits on two round trips (subscribe, replay), not three.
             yield replay
-            if ended or (replay and replay[-1].terminal):
+            if replay and replay[-1].terminal:
                 return
             last = replay[-1].id if replay else after
+            if self._ended_at_open(session_id, message_id):  # final, and the log lacked its terminal event
+                yield _until_terminal(read_log(session_id, message_id, after=last, r=log_redis))
+                return
             while True:
                 # Each beat a little early, at random: streams opened together do not beat together.
                 first = sub.get(timeout=heartbeat * random.uniform(HEARTBEAT_SPREAD, 1.0))
