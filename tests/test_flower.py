@@ -63,8 +63,8 @@ def test_flower_lists_the_tasks_of_a_turn(flower_url, base_url, session_id):
         time.sleep(0.5)
         seen = tasks_of_this_turn()
     assert seen == {"turnstream.discover", "turnstream.call_tool", "turnstream.collect"}
-    # Each was shown as sent: discover's task-sent comes from the web tier at once, the others'
-    # from the worker that sent them, in its batch of task events (shared.sent_events).
+    # Each was shown as sent: discover's task-sent comes from the web tier, the others' from the
+    # worker that sent them, each in its process's batch of task events (shared.sent_events).
     deadline = time.monotonic() + 20
     unsent = seen
     while unsent and time.monotonic() < deadline:

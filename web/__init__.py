@@ -7,7 +7,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared import defaults, gevent_polls
+from shared import defaults, gevent_polls, sent_events
 from shared.broker_channel import transport_for
 from shared.celery_config import make_celery
 from shared.eviction import check_evictions
@@ -51,6 +51,7 @@ def create_app(check_redis: bool = True) -> Flask:
     stream_redis = make_redis(settings.store_url("progress"), settings, settings.sse_redis_connections)
     celery = make_celery("turnstream-web", settings)
     celery.conf.broker_transport = transport_for(settings.store_target("broker").sentinel)  # shared.broker_channel
+    sent_events.batch_here(celery)  # the POST's task-sent event leaves in a batch, not in the request
     extensions.install(app, celery=celery, stream_redis=stream_redis,
                        dispatcher=Dispatcher(stream_redis, settings.sse_client_queue,
                                              subscribe_timeout=defaults.SSE_SUBSCRIBE_TIMEOUT_S),

@@ -7,8 +7,8 @@ receiver unpacks like single events), but it does so only when the worker runs a
 (prefork, and threads on the Redis transport), and there it flushes at the loop's next turn, so
 a worker that is not flooded still sends about one message per event; for gevent it publishes
 each event at once. Here a gevent or threads worker's dispatcher buffers task events and a
-daemon thread (a greenlet under gevent) flushes them every TASK_EVENTS_FLUSH_S, or sooner when
-TASK_EVENTS_BATCH are waiting (measured: the llm worker's task events cost 1.9 ms of CPU per
+daemon thread (a greenlet under gevent) flushes them every sent_events.FLUSH_S, or sooner when
+sent_events.BATCH are waiting (measured: the llm worker's task events cost 1.9 ms of CPU per
 turn flushed at each loop turn, the tools worker's 0.8 ms flushed so; bench/README.md). Flower
 sees a step at most that much later; nothing else reads task events. Celery's flush takes its
 dispatcher's lock and clears only what it published, so the threads pool's threads may go on
@@ -20,17 +20,10 @@ The `task-sent` event of a task a worker sends goes into the same batch (shared.
 Rejected: turning task events off by default (Flower is how ops watch the workers; it stays
 switchable with TURNSTREAM_TASK_EVENTS) and dropping event types (Flower uses each of them)."""
 
-import logging
 import threading
 import time
 
 from shared import sent_events
-
-log = logging.getLogger(__name__)
-
-TASK_EVENTS_FLUSH_S = 0.1
-TASK_EVENTS_BATCH = 64
-TASK_GROUP = "task"
 
 
 def batch_task_events(consumer) -> threading.Thread | None:
@@ -49,13 +42,10 @@ def _flush_forever(consumer) -> None:
     while True:
         dispatcher = consumer.event_dispatcher  # a new one after each reconnection
         if dispatcher is not None:
-            if TASK_GROUP not in dispatcher.buffer_group or dispatcher.on_send_buffered is not None:
-                dispatcher.buffer_group = frozenset({*dispatcher.buffer_group, TASK_GROUP})
-                dispatcher.buffer_limit = TASK_EVENTS_BATCH
+            if sent_events.TASK_GROUP not in dispatcher.buffer_group or dispatcher.on_send_buffered is not None:
+                dispatcher.buffer_group = frozenset({*dispatcher.buffer_group, sent_events.TASK_GROUP})
+                dispatcher.buffer_limit = sent_events.BATCH
                 dispatcher.on_send_buffered = None  # no flush at the event loop's next turn: ours
             sent_events.batch_into(dispatcher)  # this process's task-sent events too (shared.sent_events)
-            try:
-                dispatcher.flush(errors=True, groups=True)
-            except Exception as exc:  # noqa: BLE001 - monitoring must never stop a worker
-                log.debug("task events not flushed: %s", exc)
-        time.sleep(TASK_EVENTS_FLUSH_S)
+            sent_events.flush(dispatcher)
+        time.sleep(sent_events.FLUSH_S)
