@@ -24,6 +24,23 @@ def base_url(stack) -> str:
     return stack.base_url
 
 
+@pytest.fixture(scope="module")
+def idle_stack(tmp_path_factory):
+    """Redis servers and the web tier, no worker: what the web tier does alone (each module its own)."""
+    stack = Stack(tmp_path_factory.mktemp("idle-stack"))
+    if os.environ.get("TURNSTREAM_SECRET") != TEST_SECRET:  # the tokens this client signs; every stack shares it
+        os.environ["TURNSTREAM_SECRET"] = TEST_SECRET
+        from shared.settings import reload_settings
+
+        reload_settings()
+    try:
+        stack.start_redis()
+        stack.start_web()
+        yield stack
+    finally:
+        stack.stop()
+
+
 @pytest.fixture
 def session_id() -> str:
     return "s" + uuid.uuid4().hex[:12]

@@ -5,36 +5,20 @@ tool-call backlog (README, "Stream events" and "Queues and scaling").
 The stack here starts without a worker, so what a stream shows before any worker runs, and what a
 worker takes first from a backlog, are both observed rather than raced."""
 
-import os
 import uuid
 
 import httpx
-import pytest
 
 from shared import defaults, keys
 from shared.celery_config import make_celery, queues
 from shared.cli.processes import worker_specs
-from shared.settings import Settings, reload_settings
+from shared.settings import Settings
 from shared.turn_flow import task_name
 from shared.vocabulary import CALL_TOOL, DISCOVER
 from tests.sse import bearer, post_prompt, read_stream
-from tests.stack import TEST_SECRET, Stack
+from tests.stack import Stack
 
 BACKLOG = 30
-
-
-@pytest.fixture(scope="module")
-def idle_stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("first-event"))
-    if os.environ.get("TURNSTREAM_SECRET") != TEST_SECRET:  # the tokens this client signs; every stack shares it
-        os.environ["TURNSTREAM_SECRET"] = TEST_SECRET
-        reload_settings()
-    try:
-        stack.start_redis()
-        stack.start_web()
-        yield stack
-    finally:
-        stack.stop()
 
 
 def backlog_of_tool_calls(stack: Stack, session_id: str, n: int) -> None:

@@ -2,32 +2,15 @@
 the POST (shared.sent_events), and still do after the broker restarts. Read with Celery's own
 event receiver, as Flower reads them; no worker runs, so each turn's `discover` stays queued."""
 
-import os
 import threading
 
 import httpx
-import pytest
 
 from shared.celery_config import make_celery
-from shared.settings import reload_settings
 from shared.turn_flow import task_name
 from tests.sse import post_prompt
-from tests.stack import TEST_SECRET, Stack
+from tests.stack import Stack
 from tests.waiting import wait_for
-
-
-@pytest.fixture
-def web_only(tmp_path):
-    stack = Stack(tmp_path)
-    if os.environ.get("TURNSTREAM_SECRET") != TEST_SECRET:  # the tokens this client signs
-        os.environ["TURNSTREAM_SECRET"] = TEST_SECRET
-        reload_settings()
-    try:
-        stack.start_redis()
-        stack.start_web()
-        yield stack
-    finally:
-        stack.stop()
 
 
 class SentEvents:
@@ -57,21 +40,21 @@ class SentEvents:
         self.receiver.should_stop = True
 
 
-def test_the_web_tiers_task_sent_events_reach_the_broker_before_and_after_it_restarts(web_only):
-    events = SentEvents(web_only)
+def test_the_web_tiers_task_sent_events_reach_the_broker_before_and_after_it_restarts(idle_stack):
+    events = SentEvents(idle_stack)
     try:
-        before = post_prompt(web_only.base_url, "sent-1", "calculate 1 + 1").json()["message_id"]
+        before = post_prompt(idle_stack.base_url, "sent-1", "calculate 1 + 1").json()["message_id"]
         assert wait_for(lambda: events.of(before), timeout=20) == [task_name("discover")]
     finally:
         events.stop()
 
-    web_only.stop_redis("broker")
-    web_only.restart_redis("broker")
-    wait_for(lambda: httpx.get(f"{web_only.base_url}/readyz", timeout=5).status_code == 200, timeout=30)
-    events = SentEvents(web_only)
+    idle_stack.stop_redis("broker")
+    idle_stack.restart_redis("broker")
+    wait_for(lambda: httpx.get(f"{idle_stack.base_url}/readyz", timeout=5).status_code == 200, timeout=30)
+    events = SentEvents(idle_stack)
     try:
         after = wait_for(lambda: (lambda r: r.json()["message_id"] if r.status_code == 202 else None)(
-            post_prompt(web_only.base_url, "sent-2", "calculate 2 + 2")), timeout=30)
+            post_prompt(idle_stack.base_url, "sent-2", "calculate 2 + 2")), timeout=30)
         assert wait_for(lambda: events.of(after), timeout=20) == [task_name("discover")]
     finally:
         events.stop()
