@@ -7,9 +7,9 @@ keep theirs. Nothing here raises a priority: that needs privileges, and lowering
 Why. On shared cores with more turns than they can serve, the backlog builds up wherever the
 scheduler runs least. With every process equal, the web process waited for a core behind the
 workers' steps, and every round trip of a POST waited again: POST -> first SSE event had p50
-444 ms at 32 callers on 2 cores, where the web tier's own work for it is under 20 ms
-(bench/README.md, capacity.py). With the workers at nice 10 the same load gave p50 37 ms and the
-same throughput: the backlog waits in the broker's queues, after the turn's `accepted` event,
+297-549 ms at 32 callers on 2 cores, where the web tier's own work for it is under 20 ms
+(bench/README.md, capacity.py). With the workers at nice 10 the same load gave p50 25-38 ms and
+the same throughput: the backlog waits in the broker's queues, after the turn's `accepted` event,
 where the user already sees the turn and its queued step. The cores do the same work either way.
 
 How, on Linux:
@@ -18,13 +18,13 @@ How, on Linux:
 - autogroup (`kernel.sched_autogroup_enabled`, on in most distributions, for processes outside
   a CPU cgroup) shares the CPU between sessions first, and a process's own nice ranks it only
   inside its session. A worker that leads its own session (`turnstream dev` and mirakuru start
-  each process with setsid, as systemd does) also sets its session's nice in
+  each process with setsid) also sets its session's nice in
   /proc/self/autogroup; measured here, the per-thread nice alone changed nothing. A worker started
   from a shell shares the shell's session and leaves the session alone, so the shell's other
   programs keep their priority.
-- In containers the cgroup's CPU weight decides between containers, and nice only orders
-  processes inside one: deploy/ gives the web tier the larger weight (compose `cpu_shares`,
-  Kubernetes CPU requests).
+- In a CPU cgroup (a container, a systemd service) the cgroup's CPU weight decides between
+  cgroups, and nice only orders processes inside one: deploy/ gives the web tier the larger
+  weight (compose `cpu_shares`, Kubernetes CPU requests); under systemd, `CPUWeight=`.
 Elsewhere (macOS) the process's nice is set, which is what the platform has.
 
 Rejected: `nice -n 10 celery ...` in each launcher. Every way of starting a worker (turnstream
