@@ -33,6 +33,7 @@ decides. Rejected: a higher priority for the web tier, which needs CAP_SYS_NICE.
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -64,7 +65,6 @@ def _lower(thread_id: int, nice: int) -> None:
 
 
 def _lower_session(nice: int) -> None:
-    """The autogroup's nice: "/autogroup-42 nice 0" is what the file reads."""
     current = session_nice()
     if current is None or current >= nice:
         return
@@ -74,9 +74,14 @@ def _lower_session(nice: int) -> None:
         log.debug("session nice not set: %s", exc)
 
 
-def session_nice() -> int | None:
-    """This session's autogroup nice, or None where the kernel has no autogroup."""
+def session_nice(pid: int | str = "self") -> int | None:
+    """The nice of a process's session group, or None where no autogroup decides.
+
+    The file reads "/autogroup-42 nice 0". It is empty for a process in the root group (one
+    whose session was never split from init's, as under some CI runners and service
+    managers) and absent on a kernel without autogroup: in both, no session nice applies."""
     try:
-        return int(AUTOGROUP.read_text().split()[-1])
-    except (OSError, ValueError):
+        found = re.search(r"nice (-?\d+)", Path(f"/proc/{pid}/autogroup").read_text())
+    except OSError:
         return None
+    return int(found.group(1)) if found else None

@@ -7,23 +7,17 @@ bench/capacity.py (bench/README.md), never asserted here."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import psutil
 
 from shared import defaults
+from shared.nice import session_nice
 from shared.cli.processes import REPO_ROOT
 from tests.sse import post_prompt, read_stream
 
 
 def thread_nices(pid: int) -> set[int]:
     return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
-
-
-def session_nice(pid: int) -> int | None:
-    """The nice of the process's session group ("/autogroup-42 nice 0"), None without autogroup."""
-    path = Path(f"/proc/{pid}/autogroup")
-    return int(path.read_text().split()[-1]) if path.exists() else None
 
 
 def test_a_worker_runs_below_the_web_tier_and_redis(stack, base_url, session_id):
@@ -38,7 +32,7 @@ def test_a_worker_runs_below_the_web_tier_and_redis(stack, base_url, session_id)
     redis_servers = [server.process.pid for server in stack.redis.values()]
     for pid in web + redis_servers:
         assert thread_nices(pid) == {0}, pid
-    if session_nice(worker) is not None:  # a kernel without autogroup has no session groups
+    if session_nice(worker) is not None:  # no autogroup: a kernel without it, or a CPU cgroup
         assert session_nice(worker) == defaults.WORKER_NICE
         assert {session_nice(pid) for pid in web + redis_servers} == {0}
 
