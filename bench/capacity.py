@@ -58,6 +58,7 @@ from pathlib import Path
 from _common import REPO_ROOT, percentile  # noqa: E402  (puts the repo on sys.path)
 import httpx
 import psutil
+import run_delay
 from httpx_sse import aconnect_sse
 from mirakuru import HTTPExecutor, SimpleExecutor
 
@@ -89,6 +90,7 @@ class LoadResult:
     start: float = 0.0  # the measured window's start (perf_counter)
     loop_lag_ms: list[float] = field(default_factory=list)  # the client's own event-loop delays
     healthz_ms: list[float] = field(default_factory=list)  # the web tier's cheapest request, same load
+    waits: list[str] = field(default_factory=list)  # where the first events' time went, by process (run_delay)
 
     @property
     def throughput(self) -> float:
@@ -180,9 +182,21 @@ async def _healthz(base_url: str, start: float, stop: float, latencies: list[flo
             await asyncio.sleep(every)
 
 
-def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0, path_of=turn_path) -> LoadResult:
-    """`callers` loops for warmup + seconds; the turns that end inside the measured window count."""
-    headers = bearer() if path_of is turn_path else {}
+def drive_turns(base_url: str, callers: int, seconds: float, warmup: float = 3.0, path_of=turn_path,
+                watch: dict[str, list[int]] | None = None) -> LoadResult:
+    """`callers` loops for warmup + seconds; the turns that end inside the measured window count.
+    `watch`: processes whose run and run-queue wait to split each first event into (run_delay)."""
+    if watch is not None:
+        with run_delay.Sampler({**watch, "bench client": [os.getpid()]}) as sampler:
+            result = drive_turns(base_url, callers, seconds, warmup, path_of)
+        window = (result.start, result.start + result.seconds)
+        shares = sampler.shares(*window)
+        result.waits = ["  share of the window each process ran / waited for a core: " + ", ".join(
+            f"{k} {shares.run_ms[k]:.0%} / {shares.wait_ms[k]:.0%}" for k in sampler.names)]
+        result.waits += run_delay.describe(sampler, [(t.posted, t.first_event) for t in result.turns
+                                                     if t.posted >= result.start], "POST -> first event")
+        return result
+    headers = bearer() if path_of in (turn_path, mandated_web_path) else {}
 
     async def run() -> LoadResult:
         start = time.perf_counter() + warmup
@@ -479,7 +493,7 @@ def busy_run(stack: Stack, callers: int, seconds: float, tools: int = 1, web: in
         meter = CpuMeter(pids)
         profiles = start_profiles({k: v for k, v in pids.items() if not k.startswith("redis")}, seconds + 3,
                                   profile_dir) if profile_dir else None
-        result = drive_turns(stack.base_url, callers, seconds)
+        result = drive_turns(stack.base_url, callers, seconds, watch=pids)
         cpu = meter.per_turn_ms(result.completed)
         commands = {store: n / max(result.completed, 1) for store, n in command_counts(stack).items()}
         if profiles:
@@ -577,6 +591,7 @@ class Baselines:
     web: LoadResult  # bare_web.py, busy
     web_idle: LoadResult
     web_cpu: dict
+    mandated: LoadResult  # bare_web.py?durable=mandated, busy: the floor with what the issues require
     sweeps: dict = field(default_factory=dict)  # ("tools" | "web", n) -> throughput
 
 
@@ -601,16 +616,18 @@ def bare_run(stack: Stack, callers: int, seconds: float, idle: int, sweep: bool)
         try:
             idle_loop(base_url(web), 10, bare_web_path)
             web_idle = idle_loop(base_url(web), idle, bare_web_path)
-            meter = CpuMeter({"bare web": gunicorn_workers(web), "bare workers": [w.process.pid for w in workers],
-                              **redis_pids(stack)})
-            web_busy = drive_turns(base_url(web), callers, seconds, path_of=bare_web_path)
+            watched = {"bare web": gunicorn_workers(web), "bare workers": [w.process.pid for w in workers],
+                       **redis_pids(stack)}
+            meter = CpuMeter(watched)
+            web_busy = drive_turns(base_url(web), callers, seconds, path_of=bare_web_path, watch=watched)
             web_cpu = meter.per_turn_ms(web_busy.completed)
+            mandated = drive_turns(base_url(web), callers, seconds, path_of=mandated_web_path, watch=watched)
         finally:
             web.stop()
     finally:
         for w in workers:
             w.stop()
-    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu)
+    baselines = Baselines(result, idle_ms, cpu, commands, web_busy, web_idle, web_cpu, mandated)
     if sweep:
         bare_sweeps(stack, callers, seconds, baselines.sweeps)
     return baselines
@@ -746,6 +763,17 @@ def main() -> None:
     print(f"  bare web (bench/bare_web.py) under its own load: POST -> first SSE event p50 {p(web_first, 50):.1f} ms, "
           f"p99 {p(web_first, 99):.1f} ms (POST -> 202 p99 {p(web_answered, 99):.1f} ms), "
           f"at {base.web.throughput:.1f} turns/s")
+    print("where the busy first event's time went (bench/run_delay.py: each process's run and run-queue wait "
+          "inside the span), turnstream:")
+    print("\n".join(busy.waits))
+    print("  ... and the bare web:")
+    print("\n".join(base.web.waits))
+    m_first, m_answered = base.mandated.ms("first_event"), base.mandated.ms("answered")
+    print(f"  ... and the bare web with what the issues require of a turn (?durable=mandated: a checked token; "
+          f"rate limit, session owner and record in one round trip; durable steps), under its own load: "
+          f"POST -> first SSE event p50 {p(m_first, 50):.1f} ms, p99 {p(m_first, 99):.1f} ms "
+          f"(POST -> 202 p99 {p(m_answered, 99):.1f} ms), at {base.mandated.throughput:.1f} turns/s:")
+    print("\n".join(base.mandated.waits))
     print(f"POST -> first SSE event, idle: p50 {p(idle_first, 50):.1f} ms, p99 {p(idle_first, 99):.1f} ms "
           f"(target <= 20)")
     print(f"POST -> done, busy: p50 {p(done, 50):.1f} ms, p99 {p(done, 99):.1f} ms")
