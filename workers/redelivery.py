@@ -126,26 +126,44 @@ def give_up(session_id: str, message_id: str, attempts: int, r: redis.Redis) -> 
 
 
 def beat_forever(app: Celery) -> None:
-    """The loop of each step-running process's liveness thread: beat, publish this process's outbox,
-    act on dead workers. Never raises: a dead broker only skips beats."""
+    """The loop of each step-running process's liveness thread: beat, publish the outbox, act on
+    dead workers. Never raises: a dead broker only skips beats.
+
+    The outbox is tried apart from the beat, and every OUTBOX_RETRY_S while it may hold events:
+    a beat that fails (the broker down, or its breaker still open) must not hold back the events
+    waiting there until the next beat, seconds after the broker is back."""
     interval = get_settings().beat_s
     next_beat = 0.0
     while True:
-        try:
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + interval
-                r = client("broker")
-                liveness.beat(r)
-                resend_from_dead_workers(app)
-                let_go_of_moved_turns(r)
-                deliveries.settle_owed(r)
-            held = outbox.holding()
-            if held:
-                outbox.flush()
-        except Exception as exc:  # a beat must never kill its thread; the next one retries
-            log.warning("liveness beat skipped: %r", exc)
-            held = False
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + interval
+            _beat(app)
+        held = _publish_outbox()
         time.sleep(OUTBOX_RETRY_S if held else max(0.0, next_beat - time.monotonic()))
+
+
+def _beat(app: Celery) -> None:
+    try:
+        r = client("broker")
+        liveness.beat(r)
+        resend_from_dead_workers(app)
+        let_go_of_moved_turns(r)
+        deliveries.settle_owed(r)
+    except Exception as exc:  # a beat must never kill its thread; the next one retries
+        log.warning("liveness beat skipped: %r", exc)
+
+
+def _publish_outbox() -> bool:
+    """Publish what the outbox holds; True while it may still hold events (it did, or it could
+    not be read and this process saw it in use lately), so the caller comes back soon."""
+    try:
+        held = outbox.holding()
+        if held:
+            outbox.flush()
+        return held
+    except Exception as exc:  # the broker or the progress Redis is down: try again shortly
+        log.debug("outbox not published yet: %r", exc)
+        return outbox.in_use()
 
 
 def sweep_forever(app: Celery) -> None:
