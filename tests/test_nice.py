@@ -11,8 +11,8 @@ import sys
 import psutil
 
 from shared import defaults
-from shared.nice import session_nice
 from shared.cli.processes import REPO_ROOT
+from shared.nice import session_nice
 from tests.sse import post_prompt, read_stream
 
 

@@ -161,8 +161,11 @@ def _publish_outbox() -> bool:
         if held:
             outbox.flush()
         return held
-    except Exception as exc:  # the broker or the progress Redis is down: try again shortly
+    except redis.RedisError as exc:  # the broker or the progress Redis is down: try again shortly
         log.debug("outbox not published yet: %r", exc)
+        return outbox.in_use()
+    except Exception as exc:  # anything else is a fault to see, but must not kill the thread either
+        log.warning("outbox not published: %r", exc)
         return outbox.in_use()
 
 
